@@ -1,0 +1,149 @@
+"""Where a model's weights come from: seeded random values of a named shape, or a local directory.
+
+For latency and memory only shapes and dtype matter, so the default is random weights (seeded, and
+labelled "random weights" in every result). A user with real weights points ``path`` at a local
+Hugging Face format directory (config.json + *.safetensors, optionally tokenizer.json); nothing is
+ever downloaded.
+
+    loaded = load_model(ModelSpec(preset="smollm-135m", dtype="bf16", seed=0))  # fleet.records
+    loaded.model, loaded.weights_label, loaded.tokenizer
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from agents.engine.model import DTYPES, ModelArgs, Transformer
+from fleet.records import ModelSpec
+
+RANDOM_WEIGHTS = "random weights"
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    if name not in DTYPES:
+        raise ValueError(f"unknown dtype {name!r}; known: {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def model_args(spec: ModelSpec) -> ModelArgs:
+    """The model's shape, read without loading any weights."""
+    if spec.path:
+        return args_from_hf_config(_read_config(Path(spec.path)))
+    return ModelArgs.from_name(spec.preset)
+
+
+@dataclass
+class LoadedModel:
+    model: Transformer
+    weights_label: str  # "random weights" or "local weights: <dir>"
+    tokenizer: Any = None  # a `tokenizers.Tokenizer` when the directory has tokenizer.json
+
+
+def load_model(spec: ModelSpec) -> LoadedModel:
+    dtype = torch_dtype(spec.dtype)
+    if spec.path:
+        return _load_local(Path(spec.path), dtype)
+    return LoadedModel(random_model(model_args(spec), dtype, spec.seed), RANDOM_WEIGHTS)
+
+
+def random_model(args: ModelArgs, dtype: torch.dtype, seed: int) -> Transformer:
+    """Build on the meta device, then materialize once with seeded N(0, 0.02) weights."""
+    with torch.device("meta"):
+        model = Transformer(args)
+    model = model.to_empty(device="cpu").to(dtype)
+    if args.tie_embeddings:
+        model.lm_head.weight = model.embed_tokens.weight
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("layernorm.weight") or name == "norm.weight":
+                param.fill_(1.0)
+            else:
+                param.normal_(0.0, 0.02, generator=gen)
+    return model.eval()
+
+
+def _read_config(path: Path) -> dict:
+    cfg = path / "config.json"
+    if not cfg.is_file():
+        raise FileNotFoundError(f"{path}: no config.json (expected a Hugging Face format directory)")
+    return json.loads(cfg.read_text())
+
+
+def args_from_hf_config(cfg: dict) -> ModelArgs:
+    model_type = cfg.get("model_type", "llama")
+    if model_type not in ("llama", "qwen2", "mistral"):
+        raise ValueError(f"unsupported model_type {model_type!r} (Llama-family only)")
+    n_head = cfg["num_attention_heads"]
+    return ModelArgs(
+        name=cfg.get("_name_or_path") or model_type,
+        n_layer=cfg["num_hidden_layers"],
+        dim=cfg["hidden_size"],
+        n_head=n_head,
+        n_kv_head=cfg.get("num_key_value_heads", n_head),
+        intermediate_size=cfg["intermediate_size"],
+        vocab_size=cfg["vocab_size"],
+        rope_base=float(cfg.get("rope_theta", 10000.0)),
+        norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
+        qkv_bias=model_type == "qwen2" or bool(cfg.get("attention_bias", False)),
+        tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+        max_position=int(cfg.get("max_position_embeddings", 2048)),
+    )
+
+
+def _load_local(path: Path, dtype: torch.dtype) -> LoadedModel:
+    from safetensors import safe_open
+
+    args = args_from_hf_config(_read_config(path))
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"{path}: no *.safetensors files")
+    state: dict[str, torch.Tensor] = {}
+    for f in files:
+        with safe_open(str(f), framework="pt") as st:
+            for key in st.keys():
+                name = key.removeprefix("model.")
+                state[name] = st.get_tensor(key).to(dtype)
+    if args.tie_embeddings:
+        state.pop("lm_head.weight", None)
+    with torch.device("meta"):
+        model = Transformer(args)
+    expected = {k for k in model.state_dict() if not (args.tie_embeddings and k == "lm_head.weight")}
+    missing, unexpected = expected - state.keys(), state.keys() - expected
+    if missing or unexpected:
+        raise ValueError(f"{path}: weights do not match a {args.n_layer}-layer Llama-family model; "
+                         f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
+    model.load_state_dict(state, strict=False, assign=True)
+    if args.tie_embeddings:
+        model.lm_head.weight = model.embed_tokens.weight
+    tokenizer = None
+    if (path / "tokenizer.json").is_file():
+        from tokenizers import Tokenizer
+
+        tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
+    return LoadedModel(model.eval(), f"local weights: {path}", tokenizer)
+
+
+def save_hf_directory(model: Transformer, path: Path) -> None:
+    """Write ``model`` as a Hugging Face format directory (used by tests and to export shapes)."""
+    from safetensors.torch import save_file
+
+    a = model.args
+    path.mkdir(parents=True, exist_ok=True)
+    cfg = {
+        "model_type": "qwen2" if a.qkv_bias else "llama",
+        "num_hidden_layers": a.n_layer, "hidden_size": a.dim, "num_attention_heads": a.n_head,
+        "num_key_value_heads": a.n_kv_head, "intermediate_size": a.intermediate_size,
+        "vocab_size": a.vocab_size, "rope_theta": a.rope_base, "rms_norm_eps": a.norm_eps,
+        "tie_word_embeddings": a.tie_embeddings, "max_position_embeddings": a.max_position,
+    }
+    (path / "config.json").write_text(json.dumps(cfg, indent=2))
+    state = {f"model.{k}" if not k.startswith("lm_head") else k: v.contiguous()
+             for k, v in model.state_dict().items()
+             if not (a.tie_embeddings and k == "lm_head.weight")}
+    save_file(state, str(path / "model.safetensors"))

@@ -1,0 +1,89 @@
+"""``fleet-agent``: run one phone agent (a virtual phone on this machine, or on a phone itself).
+
+    FLEET_AGENT_TOKEN=secret fleet-agent --name pixel-a --memory-budget-mb 4096 --cpu-threads 2
+
+Binds 127.0.0.1 on a free port unless told otherwise and prints one JSON line once it serves:
+``{"event": "ready", "port": 50123, "pid": 4242}``. With ``--exit-on-stdin-eof`` it exits when its
+stdin closes, which is how a launcher makes sure no agent outlives it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+import threading
+
+from fleet.records import PhoneProfile
+
+TOKEN_ENV = "FLEET_AGENT_TOKEN"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="fleet-agent", description="Run a phone agent.")
+    p.add_argument("--name", default="virtual-phone", help="phone name")
+    p.add_argument("--kind", default="virtual", choices=["virtual", "android"])
+    p.add_argument("--memory-budget-mb", type=int, default=4096,
+                   help="memory the SLM processes together may use")
+    p.add_argument("--cpu-threads", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
+    p.add_argument("--port", type=int, default=0, help="port to bind (0 = any free port)")
+    p.add_argument("--token-file", help=f"file holding the shared token (default: ${TOKEN_ENV})")
+    p.add_argument("--tls-cert", help="PEM certificate; with --tls-key, serve TLS")
+    p.add_argument("--tls-key", help="PEM private key")
+    p.add_argument("--exit-on-stdin-eof", action="store_true",
+                   help="exit when stdin closes (set by launchers)")
+    return p.parse_args(argv)
+
+
+def read_token(ns: argparse.Namespace) -> str:
+    if ns.token_file:
+        with open(ns.token_file, encoding="utf-8") as f:
+            return f.read().strip()
+    return os.environ.get(TOKEN_ENV, "")
+
+
+async def _amain(ns: argparse.Namespace, token: str) -> None:
+    from agents.server import serve
+
+    profile = PhoneProfile(name=ns.name, kind=ns.kind,
+                           memory_budget_bytes=ns.memory_budget_mb * 1024 * 1024,
+                           cpu_threads=ns.cpu_threads, host=os.uname().nodename)
+    cert = key = None
+    if ns.tls_cert and ns.tls_key:
+        cert, key = open(ns.tls_cert, "rb").read(), open(ns.tls_key, "rb").read()
+    server, servicer, port = await serve(profile, token=token, host=ns.host, port=ns.port,
+                                         tls_cert=cert, tls_key=key)
+    print(json.dumps({"event": "ready", "port": port, "pid": os.getpid(), "name": ns.name}),
+          flush=True)
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    if ns.exit_on_stdin_eof:
+        def watch_stdin() -> None:
+            sys.stdin.buffer.read()  # returns at EOF: the launcher is gone
+            loop.call_soon_threadsafe(stopping.set)
+
+        threading.Thread(target=watch_stdin, daemon=True).start()
+    await stopping.wait()
+    await servicer.close()
+    await server.stop(grace=2.0)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ns = parse_args(argv)
+    token = read_token(ns)
+    if not token:
+        sys.exit(f"fleet-agent: no token: set ${TOKEN_ENV} or pass --token-file "
+                 "(the agent refuses to accept unauthenticated changes)")
+    if ns.memory_budget_mb <= 0 or ns.cpu_threads <= 0:
+        sys.exit("fleet-agent: --memory-budget-mb and --cpu-threads must be positive")
+    asyncio.run(_amain(ns, token))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,112 @@
+"""A blocking client for one phone agent: the coordinator's side of fleet.v1.
+
+Every call has a deadline; errors surface as ``AgentError`` carrying the gRPC status and a reason.
+
+    client = AgentClient("127.0.0.1:50123", token="...")
+    client.wait_healthy(timeout_s=30)
+    result = client.deploy(spec)
+    for event in client.run_workload(run):   # RequestRecord | ResourceSample | TrialSummary
+        ...
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Iterator
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from fleet import wire
+from fleet.records import DeployResult, DeploySpec, PhoneProfile, WorkloadRun
+from fleet.v1 import agent_pb2 as pb
+from fleet.v1 import agent_pb2_grpc as pb_grpc
+
+DEPLOY_TIMEOUT_S = 600.0
+CALL_TIMEOUT_S = 30.0
+STREAM_MARGIN_S = 120.0  # a workload stream may outlive its duration by this much (drain, summary)
+
+
+class AgentError(Exception):
+    def __init__(self, code: grpc.StatusCode | None, reason: str):
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+    @classmethod
+    def from_rpc(cls, what: str, err: grpc.RpcError) -> "AgentError":
+        code = err.code() if hasattr(err, "code") else None
+        name = code.name if code else "UNKNOWN"
+        return cls(code, f"{what}: {name}: {err.details() if hasattr(err, 'details') else err}")
+
+
+class AgentClient:
+    def __init__(self, address: str, token: str, *, root_cert: bytes | None = None):
+        self.address = address
+        if root_cert:
+            self._channel = grpc.secure_channel(address, grpc.ssl_channel_credentials(root_cert))
+        else:
+            self._channel = grpc.insecure_channel(address)
+        self._stub = pb_grpc.PhoneAgentServiceStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+        self._auth = (("authorization", f"Bearer {token}"),)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def wait_healthy(self, timeout_s: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        last = "no answer"
+        while time.monotonic() < deadline:
+            try:
+                resp = self._health.Check(
+                    health_pb2.HealthCheckRequest(service="fleet.v1.PhoneAgentService"),
+                    timeout=min(2.0, max(0.1, deadline - time.monotonic())))
+                if resp.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+                last = health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
+            except grpc.RpcError as err:
+                last = f"{err.code().name}: {err.details()}"
+            time.sleep(0.2)
+        raise AgentError(grpc.StatusCode.UNAVAILABLE,
+                         f"agent at {self.address} not healthy after {timeout_s:.0f} s ({last})")
+
+    def describe(self) -> tuple[PhoneProfile, pb.DescribeResponse]:
+        try:
+            resp = self._stub.Describe(pb.DescribeRequest(), timeout=CALL_TIMEOUT_S)
+        except grpc.RpcError as err:
+            raise AgentError.from_rpc(f"Describe {self.address}", err) from None
+        return wire.profile_from_pb(resp.profile), resp
+
+    def deploy(self, spec: DeploySpec) -> DeployResult:
+        try:
+            resp = self._stub.Deploy(wire.deploy_to_pb(spec), timeout=DEPLOY_TIMEOUT_S,
+                                     metadata=self._auth)
+        except grpc.RpcError as err:
+            raise AgentError.from_rpc(f"Deploy {self.address}", err) from None
+        return wire.deploy_result_from_pb(resp)
+
+    def run_workload(self, run: WorkloadRun) -> Iterator:
+        stream = self._stub.RunWorkload(wire.run_to_pb(run), metadata=self._auth,
+                                        timeout=run.duration_s + STREAM_MARGIN_S)
+        try:
+            for msg in stream:
+                yield wire.event_from_pb(msg)
+        except grpc.RpcError as err:
+            raise AgentError.from_rpc(f"RunWorkload {self.address}", err) from None
+        finally:
+            stream.cancel()
+
+    def stop(self, reason: str = "") -> bool:
+        try:
+            return self._stub.Stop(pb.StopRequest(reason=reason), timeout=CALL_TIMEOUT_S,
+                                   metadata=self._auth).was_running
+        except grpc.RpcError as err:
+            raise AgentError.from_rpc(f"Stop {self.address}", err) from None
+
+    def reset(self) -> int:
+        try:
+            return self._stub.Reset(pb.ResetRequest(), timeout=CALL_TIMEOUT_S,
+                                    metadata=self._auth).processes_stopped
+        except grpc.RpcError as err:
+            raise AgentError.from_rpc(f"Reset {self.address}", err) from None

@@ -1,0 +1,179 @@
+"""Plain data shared by the coordinator and the phone agent: specs going down, records coming up.
+
+Only ``fleet.wire`` converts these to and from protobuf messages; everything else (engine, apps,
+paradigms, store, analysis) works with these dataclasses. No torch, gRPC or Ray imports here.
+Times are CLOCK_MONOTONIC nanoseconds on the phone; durations carry a unit suffix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+NS_PER_S = 1_000_000_000
+
+
+class Paradigm(str, Enum):
+    PER_APP = "per_app"
+    SLMAAS = "slmaas"
+    AGENT_OS = "agent_os"
+
+
+class ArrivalPattern(str, Enum):
+    POISSON = "poisson"
+    CLOSED_LOOP = "closed_loop"
+
+
+class RequestStatus(str, Enum):
+    OK = "ok"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class TrialStatus(str, Enum):
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    preset: str = "tiny"  # named shape with random weights; ignored when path is set
+    path: str = ""  # local Hugging Face format directory with real weights
+    dtype: str = "fp32"  # fp32 | bf16
+    seed: int = 0  # seed of the random weights
+
+
+@dataclass(frozen=True)
+class PhoneProfile:
+    name: str
+    kind: str = "virtual"  # virtual | android
+    memory_budget_bytes: int = 0
+    cpu_threads: int = 1
+    host: str = ""
+
+
+@dataclass(frozen=True)
+class AppWorkload:
+    name: str
+    pattern: ArrivalPattern = ArrivalPattern.CLOSED_LOOP
+    rate_per_s: float = 0.0  # poisson: mean arrivals per second
+    burst_size: int = 1  # poisson: requests per arrival event
+    think_time_s: float = 0.0  # closed loop: pause after a response
+    prompt_tokens: int = 32
+    output_tokens: int = 8
+    multi_turn: bool = False  # closed loop: each turn's prompt carries the previous turns
+    max_requests: int = 0  # 0 = until the workload's duration ends
+    foreground: bool = False
+    slo_ttft_s: float = 0.0
+
+    def max_context_tokens(self) -> int:
+        """Longest prompt + output a request of this app can reach."""
+        if not self.multi_turn:
+            return self.prompt_tokens + self.output_tokens
+        turns = max(1, self.max_requests)
+        return turns * (self.prompt_tokens + self.output_tokens)
+
+
+@dataclass(frozen=True)
+class DeploySpec:
+    paradigm: Paradigm
+    model: ModelSpec
+    apps: tuple[AppWorkload, ...]
+    max_context_tokens: int = 0  # 0 = derive from the apps
+    threads_per_process: int = 1
+
+
+@dataclass(frozen=True)
+class AppDeployment:
+    app: str
+    pid: int
+    cold_start_s: float
+    weight_bytes: int
+    kv_cache_bytes: int
+
+
+@dataclass(frozen=True)
+class DeployResult:
+    apps: tuple[AppDeployment, ...]
+    weights_label: str
+    planned_bytes: int
+    memory_budget_bytes: int
+
+
+@dataclass(frozen=True)
+class WorkloadRun:
+    trial_id: str
+    duration_s: float
+    seed: int = 0
+    sample_interval_s: float = 0.25
+
+
+@dataclass
+class RequestRecord:
+    request_id: str
+    app: str
+    status: RequestStatus
+    prompt_tokens: int
+    submit_ns: int
+    scheduled_ns: int = 0
+    token_ns: list[int] = field(default_factory=list)
+    error: str = ""
+    cold_start_s: float = 0.0
+    turn: int = 0
+
+    @property
+    def output_tokens(self) -> int:
+        return len(self.token_ns)
+
+    @property
+    def first_token_ns(self) -> int:
+        return self.token_ns[0] if self.token_ns else 0
+
+    @property
+    def last_token_ns(self) -> int:
+        return self.token_ns[-1] if self.token_ns else 0
+
+    @property
+    def queue_wait_s(self) -> float:
+        return (self.scheduled_ns - self.submit_ns) / NS_PER_S if self.scheduled_ns else 0.0
+
+    @property
+    def ttft_s(self) -> float:
+        return (self.first_token_ns - self.submit_ns) / NS_PER_S if self.token_ns else 0.0
+
+    @property
+    def itl_s(self) -> float:
+        """Mean gap between consecutive output tokens; TTFT is not part of it."""
+        if len(self.token_ns) < 2:
+            return 0.0
+        return (self.token_ns[-1] - self.token_ns[0]) / (len(self.token_ns) - 1) / NS_PER_S
+
+    @property
+    def e2e_s(self) -> float:
+        return (self.last_token_ns - self.submit_ns) / NS_PER_S if self.token_ns else 0.0
+
+
+@dataclass(frozen=True)
+class ResourceSample:
+    t_ns: int
+    component: str  # the app (per-app) or service component the process belongs to
+    pid: int
+    rss_bytes: int
+    pss_bytes: int
+    cpu_percent: float = 0.0
+
+
+@dataclass(frozen=True)
+class TrialSummary:
+    status: TrialStatus
+    reason: str = ""
+    num_requests: int = 0
+    num_failed: int = 0
+    output_tokens: int = 0
+    duration_s: float = 0.0
+    peak_pss_bytes: int = 0
+    peak_rss_bytes: int = 0
+    weights_label: str = ""

@@ -1,0 +1,296 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Paradigm(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PARADIGM_UNSPECIFIED: _ClassVar[Paradigm]
+    PARADIGM_PER_APP: _ClassVar[Paradigm]
+    PARADIGM_SLMAAS: _ClassVar[Paradigm]
+    PARADIGM_AGENT_OS: _ClassVar[Paradigm]
+
+class ArrivalPattern(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ARRIVAL_PATTERN_UNSPECIFIED: _ClassVar[ArrivalPattern]
+    ARRIVAL_PATTERN_POISSON: _ClassVar[ArrivalPattern]
+    ARRIVAL_PATTERN_CLOSED_LOOP: _ClassVar[ArrivalPattern]
+
+class RequestStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    REQUEST_STATUS_UNSPECIFIED: _ClassVar[RequestStatus]
+    REQUEST_STATUS_OK: _ClassVar[RequestStatus]
+    REQUEST_STATUS_FAILED: _ClassVar[RequestStatus]
+    REQUEST_STATUS_CANCELLED: _ClassVar[RequestStatus]
+
+class TrialStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TRIAL_STATUS_UNSPECIFIED: _ClassVar[TrialStatus]
+    TRIAL_STATUS_COMPLETED: _ClassVar[TrialStatus]
+    TRIAL_STATUS_FAILED: _ClassVar[TrialStatus]
+    TRIAL_STATUS_STOPPED: _ClassVar[TrialStatus]
+PARADIGM_UNSPECIFIED: Paradigm
+PARADIGM_PER_APP: Paradigm
+PARADIGM_SLMAAS: Paradigm
+PARADIGM_AGENT_OS: Paradigm
+ARRIVAL_PATTERN_UNSPECIFIED: ArrivalPattern
+ARRIVAL_PATTERN_POISSON: ArrivalPattern
+ARRIVAL_PATTERN_CLOSED_LOOP: ArrivalPattern
+REQUEST_STATUS_UNSPECIFIED: RequestStatus
+REQUEST_STATUS_OK: RequestStatus
+REQUEST_STATUS_FAILED: RequestStatus
+REQUEST_STATUS_CANCELLED: RequestStatus
+TRIAL_STATUS_UNSPECIFIED: TrialStatus
+TRIAL_STATUS_COMPLETED: TrialStatus
+TRIAL_STATUS_FAILED: TrialStatus
+TRIAL_STATUS_STOPPED: TrialStatus
+
+class PhoneProfile(_message.Message):
+    __slots__ = ("name", "kind", "memory_budget_bytes", "cpu_threads", "host")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_BUDGET_BYTES_FIELD_NUMBER: _ClassVar[int]
+    CPU_THREADS_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    kind: str
+    memory_budget_bytes: int
+    cpu_threads: int
+    host: str
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., memory_budget_bytes: _Optional[int] = ..., cpu_threads: _Optional[int] = ..., host: _Optional[str] = ...) -> None: ...
+
+class ModelRef(_message.Message):
+    __slots__ = ("preset", "path", "dtype", "seed")
+    PRESET_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    preset: str
+    path: str
+    dtype: str
+    seed: int
+    def __init__(self, preset: _Optional[str] = ..., path: _Optional[str] = ..., dtype: _Optional[str] = ..., seed: _Optional[int] = ...) -> None: ...
+
+class AppWorkload(_message.Message):
+    __slots__ = ("name", "pattern", "rate_per_s", "burst_size", "think_time_s", "prompt_tokens", "output_tokens", "multi_turn", "max_requests", "foreground", "slo_ttft_s")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PATTERN_FIELD_NUMBER: _ClassVar[int]
+    RATE_PER_S_FIELD_NUMBER: _ClassVar[int]
+    BURST_SIZE_FIELD_NUMBER: _ClassVar[int]
+    THINK_TIME_S_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    MULTI_TURN_FIELD_NUMBER: _ClassVar[int]
+    MAX_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    FOREGROUND_FIELD_NUMBER: _ClassVar[int]
+    SLO_TTFT_S_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    pattern: ArrivalPattern
+    rate_per_s: float
+    burst_size: int
+    think_time_s: float
+    prompt_tokens: int
+    output_tokens: int
+    multi_turn: bool
+    max_requests: int
+    foreground: bool
+    slo_ttft_s: float
+    def __init__(self, name: _Optional[str] = ..., pattern: _Optional[_Union[ArrivalPattern, str]] = ..., rate_per_s: _Optional[float] = ..., burst_size: _Optional[int] = ..., think_time_s: _Optional[float] = ..., prompt_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., multi_turn: _Optional[bool] = ..., max_requests: _Optional[int] = ..., foreground: _Optional[bool] = ..., slo_ttft_s: _Optional[float] = ...) -> None: ...
+
+class DescribeRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class DescribeResponse(_message.Message):
+    __slots__ = ("profile", "paradigms", "model_presets", "versions", "host_facts", "agent_pid")
+    class VersionsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class HostFactsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    PROFILE_FIELD_NUMBER: _ClassVar[int]
+    PARADIGMS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_PRESETS_FIELD_NUMBER: _ClassVar[int]
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    HOST_FACTS_FIELD_NUMBER: _ClassVar[int]
+    AGENT_PID_FIELD_NUMBER: _ClassVar[int]
+    profile: PhoneProfile
+    paradigms: _containers.RepeatedScalarFieldContainer[Paradigm]
+    model_presets: _containers.RepeatedScalarFieldContainer[str]
+    versions: _containers.ScalarMap[str, str]
+    host_facts: _containers.ScalarMap[str, str]
+    agent_pid: int
+    def __init__(self, profile: _Optional[_Union[PhoneProfile, _Mapping]] = ..., paradigms: _Optional[_Iterable[_Union[Paradigm, str]]] = ..., model_presets: _Optional[_Iterable[str]] = ..., versions: _Optional[_Mapping[str, str]] = ..., host_facts: _Optional[_Mapping[str, str]] = ..., agent_pid: _Optional[int] = ...) -> None: ...
+
+class DeployRequest(_message.Message):
+    __slots__ = ("paradigm", "model", "apps", "max_context_tokens", "threads_per_process")
+    PARADIGM_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    APPS_FIELD_NUMBER: _ClassVar[int]
+    MAX_CONTEXT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    THREADS_PER_PROCESS_FIELD_NUMBER: _ClassVar[int]
+    paradigm: Paradigm
+    model: ModelRef
+    apps: _containers.RepeatedCompositeFieldContainer[AppWorkload]
+    max_context_tokens: int
+    threads_per_process: int
+    def __init__(self, paradigm: _Optional[_Union[Paradigm, str]] = ..., model: _Optional[_Union[ModelRef, _Mapping]] = ..., apps: _Optional[_Iterable[_Union[AppWorkload, _Mapping]]] = ..., max_context_tokens: _Optional[int] = ..., threads_per_process: _Optional[int] = ...) -> None: ...
+
+class AppDeployment(_message.Message):
+    __slots__ = ("app", "pid", "cold_start_s", "weight_bytes", "kv_cache_bytes")
+    APP_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    COLD_START_S_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    KV_CACHE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    app: str
+    pid: int
+    cold_start_s: float
+    weight_bytes: int
+    kv_cache_bytes: int
+    def __init__(self, app: _Optional[str] = ..., pid: _Optional[int] = ..., cold_start_s: _Optional[float] = ..., weight_bytes: _Optional[int] = ..., kv_cache_bytes: _Optional[int] = ...) -> None: ...
+
+class DeployResponse(_message.Message):
+    __slots__ = ("apps", "weights_label", "planned_bytes", "memory_budget_bytes")
+    APPS_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_LABEL_FIELD_NUMBER: _ClassVar[int]
+    PLANNED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_BUDGET_BYTES_FIELD_NUMBER: _ClassVar[int]
+    apps: _containers.RepeatedCompositeFieldContainer[AppDeployment]
+    weights_label: str
+    planned_bytes: int
+    memory_budget_bytes: int
+    def __init__(self, apps: _Optional[_Iterable[_Union[AppDeployment, _Mapping]]] = ..., weights_label: _Optional[str] = ..., planned_bytes: _Optional[int] = ..., memory_budget_bytes: _Optional[int] = ...) -> None: ...
+
+class RunWorkloadRequest(_message.Message):
+    __slots__ = ("trial_id", "duration_s", "seed", "sample_interval_s")
+    TRIAL_ID_FIELD_NUMBER: _ClassVar[int]
+    DURATION_S_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
+    trial_id: str
+    duration_s: float
+    seed: int
+    sample_interval_s: float
+    def __init__(self, trial_id: _Optional[str] = ..., duration_s: _Optional[float] = ..., seed: _Optional[int] = ..., sample_interval_s: _Optional[float] = ...) -> None: ...
+
+class RequestRecord(_message.Message):
+    __slots__ = ("request_id", "app", "status", "error", "prompt_tokens", "output_tokens", "submit_ns", "scheduled_ns", "first_token_ns", "last_token_ns", "token_ns", "queue_wait_s", "ttft_s", "itl_s", "e2e_s", "cold_start_s", "turn")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    APP_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    SUBMIT_NS_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULED_NS_FIELD_NUMBER: _ClassVar[int]
+    FIRST_TOKEN_NS_FIELD_NUMBER: _ClassVar[int]
+    LAST_TOKEN_NS_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_NS_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_WAIT_S_FIELD_NUMBER: _ClassVar[int]
+    TTFT_S_FIELD_NUMBER: _ClassVar[int]
+    ITL_S_FIELD_NUMBER: _ClassVar[int]
+    E2E_S_FIELD_NUMBER: _ClassVar[int]
+    COLD_START_S_FIELD_NUMBER: _ClassVar[int]
+    TURN_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    app: str
+    status: RequestStatus
+    error: str
+    prompt_tokens: int
+    output_tokens: int
+    submit_ns: int
+    scheduled_ns: int
+    first_token_ns: int
+    last_token_ns: int
+    token_ns: _containers.RepeatedScalarFieldContainer[int]
+    queue_wait_s: float
+    ttft_s: float
+    itl_s: float
+    e2e_s: float
+    cold_start_s: float
+    turn: int
+    def __init__(self, request_id: _Optional[str] = ..., app: _Optional[str] = ..., status: _Optional[_Union[RequestStatus, str]] = ..., error: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., submit_ns: _Optional[int] = ..., scheduled_ns: _Optional[int] = ..., first_token_ns: _Optional[int] = ..., last_token_ns: _Optional[int] = ..., token_ns: _Optional[_Iterable[int]] = ..., queue_wait_s: _Optional[float] = ..., ttft_s: _Optional[float] = ..., itl_s: _Optional[float] = ..., e2e_s: _Optional[float] = ..., cold_start_s: _Optional[float] = ..., turn: _Optional[int] = ...) -> None: ...
+
+class ResourceSample(_message.Message):
+    __slots__ = ("t_ns", "component", "pid", "rss_bytes", "pss_bytes", "cpu_percent")
+    T_NS_FIELD_NUMBER: _ClassVar[int]
+    COMPONENT_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    RSS_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PSS_BYTES_FIELD_NUMBER: _ClassVar[int]
+    CPU_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    t_ns: int
+    component: str
+    pid: int
+    rss_bytes: int
+    pss_bytes: int
+    cpu_percent: float
+    def __init__(self, t_ns: _Optional[int] = ..., component: _Optional[str] = ..., pid: _Optional[int] = ..., rss_bytes: _Optional[int] = ..., pss_bytes: _Optional[int] = ..., cpu_percent: _Optional[float] = ...) -> None: ...
+
+class TrialSummary(_message.Message):
+    __slots__ = ("status", "reason", "num_requests", "num_failed", "output_tokens", "duration_s", "peak_pss_bytes", "peak_rss_bytes", "weights_label")
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    NUM_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    NUM_FAILED_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    DURATION_S_FIELD_NUMBER: _ClassVar[int]
+    PEAK_PSS_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PEAK_RSS_BYTES_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_LABEL_FIELD_NUMBER: _ClassVar[int]
+    status: TrialStatus
+    reason: str
+    num_requests: int
+    num_failed: int
+    output_tokens: int
+    duration_s: float
+    peak_pss_bytes: int
+    peak_rss_bytes: int
+    weights_label: str
+    def __init__(self, status: _Optional[_Union[TrialStatus, str]] = ..., reason: _Optional[str] = ..., num_requests: _Optional[int] = ..., num_failed: _Optional[int] = ..., output_tokens: _Optional[int] = ..., duration_s: _Optional[float] = ..., peak_pss_bytes: _Optional[int] = ..., peak_rss_bytes: _Optional[int] = ..., weights_label: _Optional[str] = ...) -> None: ...
+
+class RunWorkloadResponse(_message.Message):
+    __slots__ = ("record", "sample", "summary")
+    RECORD_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_FIELD_NUMBER: _ClassVar[int]
+    SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    record: RequestRecord
+    sample: ResourceSample
+    summary: TrialSummary
+    def __init__(self, record: _Optional[_Union[RequestRecord, _Mapping]] = ..., sample: _Optional[_Union[ResourceSample, _Mapping]] = ..., summary: _Optional[_Union[TrialSummary, _Mapping]] = ...) -> None: ...
+
+class StopRequest(_message.Message):
+    __slots__ = ("reason",)
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    reason: str
+    def __init__(self, reason: _Optional[str] = ...) -> None: ...
+
+class StopResponse(_message.Message):
+    __slots__ = ("was_running",)
+    WAS_RUNNING_FIELD_NUMBER: _ClassVar[int]
+    was_running: bool
+    def __init__(self, was_running: _Optional[bool] = ...) -> None: ...
+
+class ResetRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ResetResponse(_message.Message):
+    __slots__ = ("processes_stopped",)
+    PROCESSES_STOPPED_FIELD_NUMBER: _ClassVar[int]
+    processes_stopped: int
+    def __init__(self, processes_stopped: _Optional[int] = ...) -> None: ...

@@ -1,0 +1,199 @@
+"""The protocol edge: converts between fleet.v1 protobuf messages and fleet.records dataclasses.
+
+This is the only module (with the generated stubs) that touches ``*_pb2`` message types; the agent
+server and the coordinator's client call these functions at their edges.
+"""
+
+from __future__ import annotations
+
+from fleet.records import (
+    AppDeployment, AppWorkload, ArrivalPattern, DeployResult, DeploySpec, ModelSpec, Paradigm,
+    PhoneProfile, RequestRecord, RequestStatus, ResourceSample, TrialStatus, TrialSummary,
+    WorkloadRun,
+)
+from fleet.v1 import agent_pb2 as pb
+
+_PARADIGM = {Paradigm.PER_APP: pb.PARADIGM_PER_APP, Paradigm.SLMAAS: pb.PARADIGM_SLMAAS,
+             Paradigm.AGENT_OS: pb.PARADIGM_AGENT_OS}
+_PATTERN = {ArrivalPattern.POISSON: pb.ARRIVAL_PATTERN_POISSON,
+            ArrivalPattern.CLOSED_LOOP: pb.ARRIVAL_PATTERN_CLOSED_LOOP}
+_REQUEST_STATUS = {RequestStatus.OK: pb.REQUEST_STATUS_OK,
+                   RequestStatus.FAILED: pb.REQUEST_STATUS_FAILED,
+                   RequestStatus.CANCELLED: pb.REQUEST_STATUS_CANCELLED}
+_TRIAL_STATUS = {TrialStatus.COMPLETED: pb.TRIAL_STATUS_COMPLETED,
+                 TrialStatus.FAILED: pb.TRIAL_STATUS_FAILED,
+                 TrialStatus.STOPPED: pb.TRIAL_STATUS_STOPPED}
+
+
+class WireError(ValueError):
+    """A message that is well-formed protobuf but not a valid request (-> INVALID_ARGUMENT)."""
+
+
+def _inverse(table: dict, value, what: str):
+    for key, wire in table.items():
+        if wire == value:
+            return key
+    raise WireError(f"{what} is unspecified or unknown ({value})")
+
+
+def paradigm_from_pb(value: int) -> Paradigm:
+    return _inverse(_PARADIGM, value, "paradigm")
+
+
+def paradigm_to_pb(value: Paradigm) -> int:
+    return _PARADIGM[value]
+
+
+# -- profile ---------------------------------------------------------------------------------
+
+def profile_to_pb(p: PhoneProfile) -> pb.PhoneProfile:
+    return pb.PhoneProfile(name=p.name, kind=p.kind, memory_budget_bytes=p.memory_budget_bytes,
+                           cpu_threads=p.cpu_threads, host=p.host)
+
+
+def profile_from_pb(m: pb.PhoneProfile) -> PhoneProfile:
+    return PhoneProfile(name=m.name, kind=m.kind, memory_budget_bytes=m.memory_budget_bytes,
+                        cpu_threads=m.cpu_threads, host=m.host)
+
+
+# -- deploy ----------------------------------------------------------------------------------
+
+def app_to_pb(a: AppWorkload) -> pb.AppWorkload:
+    return pb.AppWorkload(
+        name=a.name, pattern=_PATTERN[a.pattern], rate_per_s=a.rate_per_s,
+        burst_size=a.burst_size, think_time_s=a.think_time_s, prompt_tokens=a.prompt_tokens,
+        output_tokens=a.output_tokens, multi_turn=a.multi_turn, max_requests=a.max_requests,
+        foreground=a.foreground, slo_ttft_s=a.slo_ttft_s)
+
+
+def app_from_pb(m: pb.AppWorkload) -> AppWorkload:
+    if not m.name:
+        raise WireError("app name is empty")
+    pattern = _inverse(_PATTERN, m.pattern, f"app {m.name!r} arrival pattern")
+    if m.prompt_tokens < 1 or m.output_tokens < 1:
+        raise WireError(f"app {m.name!r}: prompt_tokens and output_tokens must be >= 1")
+    if pattern is ArrivalPattern.POISSON and m.rate_per_s <= 0:
+        raise WireError(f"app {m.name!r}: poisson arrivals need rate_per_s > 0")
+    if m.think_time_s < 0 or m.slo_ttft_s < 0:
+        raise WireError(f"app {m.name!r}: think_time_s and slo_ttft_s must be >= 0")
+    return AppWorkload(
+        name=m.name, pattern=pattern, rate_per_s=m.rate_per_s, burst_size=max(1, m.burst_size),
+        think_time_s=m.think_time_s, prompt_tokens=m.prompt_tokens,
+        output_tokens=m.output_tokens, multi_turn=m.multi_turn, max_requests=m.max_requests,
+        foreground=m.foreground, slo_ttft_s=m.slo_ttft_s)
+
+
+def deploy_to_pb(d: DeploySpec) -> pb.DeployRequest:
+    return pb.DeployRequest(
+        paradigm=_PARADIGM[d.paradigm],
+        model=pb.ModelRef(preset=d.model.preset, path=d.model.path, dtype=d.model.dtype,
+                          seed=d.model.seed),
+        apps=[app_to_pb(a) for a in d.apps], max_context_tokens=d.max_context_tokens,
+        threads_per_process=d.threads_per_process)
+
+
+def deploy_from_pb(m: pb.DeployRequest) -> DeploySpec:
+    apps = tuple(app_from_pb(a) for a in m.apps)
+    if not apps:
+        raise WireError("deploy needs at least one app")
+    names = [a.name for a in apps]
+    if len(set(names)) != len(names):
+        raise WireError(f"app names must be unique: {names}")
+    if not m.model.preset and not m.model.path:
+        raise WireError("model needs a preset or a path")
+    dtype = m.model.dtype or "fp32"
+    if dtype not in ("fp32", "bf16"):
+        raise WireError(f"model dtype must be fp32 or bf16, not {dtype!r}")
+    return DeploySpec(
+        paradigm=paradigm_from_pb(m.paradigm),
+        model=ModelSpec(preset=m.model.preset, path=m.model.path, dtype=dtype, seed=m.model.seed),
+        apps=apps, max_context_tokens=m.max_context_tokens,
+        threads_per_process=max(1, m.threads_per_process))
+
+
+def deploy_result_to_pb(r: DeployResult) -> pb.DeployResponse:
+    return pb.DeployResponse(
+        apps=[pb.AppDeployment(app=a.app, pid=a.pid, cold_start_s=a.cold_start_s,
+                               weight_bytes=a.weight_bytes, kv_cache_bytes=a.kv_cache_bytes)
+              for a in r.apps],
+        weights_label=r.weights_label, planned_bytes=r.planned_bytes,
+        memory_budget_bytes=r.memory_budget_bytes)
+
+
+def deploy_result_from_pb(m: pb.DeployResponse) -> DeployResult:
+    return DeployResult(
+        apps=tuple(AppDeployment(a.app, a.pid, a.cold_start_s, a.weight_bytes, a.kv_cache_bytes)
+                   for a in m.apps),
+        weights_label=m.weights_label, planned_bytes=m.planned_bytes,
+        memory_budget_bytes=m.memory_budget_bytes)
+
+
+# -- workload --------------------------------------------------------------------------------
+
+def run_to_pb(r: WorkloadRun) -> pb.RunWorkloadRequest:
+    return pb.RunWorkloadRequest(trial_id=r.trial_id, duration_s=r.duration_s, seed=r.seed,
+                                 sample_interval_s=r.sample_interval_s)
+
+
+def run_from_pb(m: pb.RunWorkloadRequest) -> WorkloadRun:
+    if m.duration_s <= 0:
+        raise WireError("duration_s must be > 0")
+    if m.sample_interval_s < 0:
+        raise WireError("sample_interval_s must be >= 0")
+    return WorkloadRun(trial_id=m.trial_id, duration_s=m.duration_s, seed=m.seed,
+                       sample_interval_s=m.sample_interval_s or 0.25)
+
+
+def record_to_pb(r: RequestRecord) -> pb.RunWorkloadResponse:
+    return pb.RunWorkloadResponse(record=pb.RequestRecord(
+        request_id=r.request_id, app=r.app, status=_REQUEST_STATUS[r.status], error=r.error,
+        prompt_tokens=r.prompt_tokens, output_tokens=r.output_tokens, submit_ns=r.submit_ns,
+        scheduled_ns=r.scheduled_ns, first_token_ns=r.first_token_ns,
+        last_token_ns=r.last_token_ns, token_ns=r.token_ns, queue_wait_s=r.queue_wait_s,
+        ttft_s=r.ttft_s, itl_s=r.itl_s, e2e_s=r.e2e_s, cold_start_s=r.cold_start_s, turn=r.turn))
+
+
+def record_from_pb(m: pb.RequestRecord) -> RequestRecord:
+    return RequestRecord(
+        request_id=m.request_id, app=m.app,
+        status=_inverse(_REQUEST_STATUS, m.status, "request status"),
+        prompt_tokens=m.prompt_tokens, submit_ns=m.submit_ns, scheduled_ns=m.scheduled_ns,
+        token_ns=list(m.token_ns), error=m.error, cold_start_s=m.cold_start_s, turn=m.turn)
+
+
+def sample_to_pb(s: ResourceSample) -> pb.RunWorkloadResponse:
+    return pb.RunWorkloadResponse(sample=pb.ResourceSample(
+        t_ns=s.t_ns, component=s.component, pid=s.pid, rss_bytes=s.rss_bytes,
+        pss_bytes=s.pss_bytes, cpu_percent=s.cpu_percent))
+
+
+def sample_from_pb(m: pb.ResourceSample) -> ResourceSample:
+    return ResourceSample(t_ns=m.t_ns, component=m.component, pid=m.pid, rss_bytes=m.rss_bytes,
+                          pss_bytes=m.pss_bytes, cpu_percent=m.cpu_percent)
+
+
+def summary_to_pb(s: TrialSummary) -> pb.RunWorkloadResponse:
+    return pb.RunWorkloadResponse(summary=pb.TrialSummary(
+        status=_TRIAL_STATUS[s.status], reason=s.reason, num_requests=s.num_requests,
+        num_failed=s.num_failed, output_tokens=s.output_tokens, duration_s=s.duration_s,
+        peak_pss_bytes=s.peak_pss_bytes, peak_rss_bytes=s.peak_rss_bytes,
+        weights_label=s.weights_label))
+
+
+def summary_from_pb(m: pb.TrialSummary) -> TrialSummary:
+    return TrialSummary(
+        status=_inverse(_TRIAL_STATUS, m.status, "trial status"), reason=m.reason,
+        num_requests=m.num_requests, num_failed=m.num_failed, output_tokens=m.output_tokens,
+        duration_s=m.duration_s, peak_pss_bytes=m.peak_pss_bytes,
+        peak_rss_bytes=m.peak_rss_bytes, weights_label=m.weights_label)
+
+
+def event_from_pb(m: pb.RunWorkloadResponse) -> RequestRecord | ResourceSample | TrialSummary:
+    kind = m.WhichOneof("event")
+    if kind == "record":
+        return record_from_pb(m.record)
+    if kind == "sample":
+        return sample_from_pb(m.sample)
+    if kind == "summary":
+        return summary_from_pb(m.summary)
+    raise WireError("empty workload event")
