@@ -1,0 +1,121 @@
+"""``fleet``: the coordinator's command line.
+
+    fleet run [EXPERIMENT.yaml] [--address ADDR] [--runs-dir runs]   run an experiment
+    fleet plan [EXPERIMENT.yaml]                                      list its trials, run nothing
+    fleet summary RUN_DIR                                             re-print a run's summary
+
+Exit codes: 0 all trials completed; 1 the run finished with failed trials; 2 bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+EXIT_FAILED_TRIALS = 1
+EXIT_BAD_INPUT = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fleet", description="On-device SLM fleet testbed.")
+    sub = p.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run an experiment (default: the embedded default)")
+    run.add_argument("experiment", nargs="?", help="experiment YAML file")
+    run.add_argument("--address", help="join an existing Ray cluster (default: start one)")
+    run.add_argument("--runs-dir", type=Path, default=Path("runs"))
+    run.add_argument("--run-id", help="name of the run directory (default: time-name-random)")
+    run.add_argument("--allow-shared-cores", action="store_true",
+                     help="run trials of phones sharing a host's cores at once (noted in results)")
+    plan = sub.add_parser("plan", help="list an experiment's trials without running them")
+    plan.add_argument("experiment", nargs="?")
+    summary = sub.add_parser("summary", help="print the summary of a finished run")
+    summary.add_argument("run_dir", type=Path)
+    return p
+
+
+def _load(path: str | None):
+    from fleet.config import ConfigError, load_experiment
+
+    try:
+        return load_experiment(path)
+    except ConfigError as err:
+        print(f"fleet: {err}", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+
+
+def cmd_plan(ns) -> int:
+    from fleet.plan import core_domain, plan_trials
+
+    exp = _load(ns.experiment)
+    for t in plan_trials(exp):
+        print(f"{t.trial_id}\t{core_domain(exp, t.phone)}")
+    return 0
+
+
+def cmd_run(ns) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from fleet.coordinator import Coordinator
+
+    exp = _load(ns.experiment)
+    if ns.allow_shared_cores:
+        exp = exp.model_copy(update={"allow_shared_cores": True})
+    console = Console()
+    source = ns.experiment or "(embedded default)"
+    console.print(f"[bold]fleet run[/] {exp.name} from {source}: {len(exp.phones)} phones, "
+                  f"{len(exp.paradigms)} paradigms, {len(exp.workloads)} workloads, "
+                  f"{len(exp.models)} models, {exp.repetitions} repetitions")
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), console=console)
+    coord = Coordinator(exp, runs_dir=ns.runs_dir, source=source, address=ns.address,
+                        run_id=ns.run_id, progress=progress)
+    console.print(f"run directory: {coord.run_dir}")
+    with progress:
+        result = coord.run()
+    _print_summary(result.run_dir, console)
+    if result.num_failed:
+        console.print(f"[red]{result.num_failed} of {result.num_trials} trials failed[/]; "
+                      f"records received before the failures are in {result.run_dir}")
+        return EXIT_FAILED_TRIALS
+    console.print(f"all {result.num_trials} trials completed; results in {result.run_dir}")
+    return 0
+
+
+def _print_summary(run_dir: Path, console) -> None:
+    from fleet.store import ResultStore
+    from fleet.summary import render, summarize
+
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    slo = {a["name"]: a.get("slo_ttft_ms", 0) / 1000.0
+           for w in manifest["experiment"]["workloads"] for a in w["apps"]}
+    store = ResultStore(run_dir / "results.sqlite")
+    try:
+        trials = store.query("SELECT trial_id, status, reason, summary_json FROM trials")
+        labels = {json.loads(t["summary_json"]).get("weights_label", "")
+                  for t in trials if t["summary_json"]}
+        render(summarize(store, slo), trials, console, ", ".join(sorted(x for x in labels if x)))
+    finally:
+        store.close()
+
+
+def cmd_summary(ns) -> int:
+    from rich.console import Console
+
+    if not (ns.run_dir / "results.sqlite").is_file():
+        print(f"fleet: {ns.run_dir}: not a run directory (no results.sqlite)", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    _print_summary(ns.run_dir, Console())
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    ns = _parser().parse_args(argv)
+    handlers = {"run": cmd_run, "plan": cmd_plan, "summary": cmd_summary}
+    sys.exit(handlers[ns.command](ns))
+
+
+if __name__ == "__main__":
+    main()

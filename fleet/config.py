@@ -1,0 +1,202 @@
+"""Experiment files: pydantic models loaded from YAML, unknown keys rejected.
+
+An experiment is paradigms x workloads x models x phones x repetitions. A typo is an error naming
+the file and the field:
+
+    exp = load_experiment("experiment.yaml")   # raises ConfigError("experiment.yaml: phones.0...")
+    exp = load_experiment(None)                # the embedded default experiment
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from fleet.records import AppWorkload, ArrivalPattern, ModelSpec
+
+DEFAULT_EXPERIMENT = "default.yaml"
+NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"  # names end up in ids, paths and metric labels
+
+
+class ConfigError(Exception):
+    """An experiment file that cannot be used; the message names the file and the field."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# -- phones ----------------------------------------------------------------------------------
+
+class VirtualPhone(Strict):
+    """A phone emulated on a Linux host: the same agent, with a phone's budget and core count."""
+    kind: Literal["virtual"] = "virtual"
+    name: str = Field(pattern=NAME)
+    memory_budget_mb: int = Field(4096, gt=0)  # memory the SLM processes together may use
+    cpu_threads: int = Field(2, gt=0)  # CPU threads the phone offers SLM inference
+    host: str = "local"  # Ray node (IP) whose cores it uses; "local" = the driver's node
+
+
+class RemotePhone(Strict):
+    """An agent already running elsewhere (a real phone, or a phone agent started by hand)."""
+    kind: Literal["remote"] = "remote"
+    name: str = Field(pattern=NAME)
+    address: str = Field(pattern=r"^[^:\s]+:\d+$")  # host:port of its gRPC server
+    token_env: str = "FLEET_AGENT_TOKEN"  # environment variable holding its token
+    tls_ca_file: str = ""  # PEM CA to verify it; empty = plaintext
+
+
+Phone = Annotated[Union[VirtualPhone, RemotePhone], Field(discriminator="kind")]
+
+
+# -- paradigms -------------------------------------------------------------------------------
+
+class PerAppConfig(Strict):
+    """Every app loads its own model in its own process."""
+    kind: Literal["per_app"] = "per_app"
+    threads_per_process: int = Field(1, gt=0)  # torch threads in each app's process
+
+
+ParadigmConfig = Annotated[Union[PerAppConfig], Field(discriminator="kind")]
+
+
+# -- models ----------------------------------------------------------------------------------
+
+class ModelConfig(Strict):
+    name: str = Field("", pattern=r"^$|" + NAME)  # label in results; defaults to preset/dir name
+    preset: str = "smollm-135m"  # named shape with random weights
+    path: str = ""  # local Hugging Face format directory with real weights
+    dtype: Literal["fp32", "bf16"] = "fp32"
+    seed: int = 0  # seed of the random weights
+
+    @property
+    def label(self) -> str:
+        return self.name or (Path(self.path).name if self.path else self.preset)
+
+    def spec(self) -> ModelSpec:
+        return ModelSpec(preset=self.preset, path=self.path, dtype=self.dtype, seed=self.seed)
+
+
+# -- workloads -------------------------------------------------------------------------------
+
+class PoissonArrival(Strict):
+    """Open loop: exponential inter-arrival times, optionally several requests per arrival."""
+    kind: Literal["poisson"] = "poisson"
+    rate_per_s: float = Field(gt=0)
+    burst_size: int = Field(1, ge=1)
+
+
+class ClosedLoopArrival(Strict):
+    """Closed loop: the next request follows the previous response after a think time."""
+    kind: Literal["closed_loop"] = "closed_loop"
+    think_time_s: float = Field(0.0, ge=0)
+
+
+Arrival = Annotated[Union[PoissonArrival, ClosedLoopArrival], Field(discriminator="kind")]
+
+
+class AppConfig(Strict):
+    name: str = Field(pattern=NAME)
+    arrival: Arrival
+    prompt_tokens: int = Field(gt=0)
+    output_tokens: int = Field(gt=0)
+    multi_turn: bool = False  # closed loop: each turn's prompt carries the previous turns
+    max_requests: int = Field(0, ge=0)  # 0 = until the workload's duration ends
+    foreground: bool = False
+    slo_ttft_ms: float = Field(0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _multi_turn_is_closed_loop(self):
+        if self.multi_turn and self.arrival.kind != "closed_loop":
+            raise ValueError("multi_turn needs closed_loop arrivals")
+        return self
+
+    def workload(self) -> AppWorkload:
+        a = self.arrival
+        return AppWorkload(
+            name=self.name,
+            pattern=ArrivalPattern.POISSON if a.kind == "poisson" else ArrivalPattern.CLOSED_LOOP,
+            rate_per_s=getattr(a, "rate_per_s", 0.0), burst_size=getattr(a, "burst_size", 1),
+            think_time_s=getattr(a, "think_time_s", 0.0), prompt_tokens=self.prompt_tokens,
+            output_tokens=self.output_tokens, multi_turn=self.multi_turn,
+            max_requests=self.max_requests, foreground=self.foreground,
+            slo_ttft_s=self.slo_ttft_ms / 1000.0)
+
+
+class WorkloadConfig(Strict):
+    name: str = Field(pattern=NAME)
+    duration_s: float = Field(gt=0)  # apps stop submitting after this long
+    max_context_tokens: int = Field(1024, gt=0)  # KV cache positions reserved per context
+    apps: list[AppConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_apps(self):
+        _unique([a.name for a in self.apps], "app")
+        return self
+
+
+# -- experiment ------------------------------------------------------------------------------
+
+class Experiment(Strict):
+    name: str = Field(pattern=NAME)
+    description: str = ""
+    seed: int = 0  # seeds arrivals and prompts; repetition r uses seed + r
+    repetitions: int = Field(1, ge=1)
+    allow_shared_cores: bool = False  # run trials of phones that share a host's cores at once
+    sample_interval_s: float = Field(0.25, gt=0)  # memory sampler interval on the phones
+    phones: list[Phone] = Field(min_length=1)
+    models: list[ModelConfig] = Field(min_length=1)
+    paradigms: list[ParadigmConfig] = Field(min_length=1)
+    workloads: list[WorkloadConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_names(self):
+        _unique([p.name for p in self.phones], "phone")
+        _unique([m.label for m in self.models], "model")
+        _unique([w.name for w in self.workloads], "workload")
+        _unique([p.kind for p in self.paradigms], "paradigm")
+        return self
+
+
+def _unique(names: list[str], what: str) -> None:
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ValueError(f"{what} names must be unique; repeated: {', '.join(dupes)}")
+
+
+def _format_errors(source: str, err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = "unknown field" if e["type"] == "extra_forbidden" else e["msg"]
+        lines.append(f"{source}: {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_experiment(data: object, source: str = "<experiment>") -> Experiment:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping of experiment fields at the top level")
+    try:
+        return Experiment.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(source, err)) from None
+
+
+def load_experiment(path: str | Path | None) -> Experiment:
+    if path is None:
+        text = resources.files("fleet.experiments").joinpath(DEFAULT_EXPERIMENT).read_text()
+        source = f"(embedded) {DEFAULT_EXPERIMENT}"
+    else:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"{p}: no such experiment file")
+        text, source = p.read_text(encoding="utf-8"), str(p)
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{source}: not valid YAML: {err}") from None
+    return parse_experiment(data, source)

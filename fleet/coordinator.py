@@ -1,0 +1,230 @@
+"""The coordinator (Ray driver): plans an experiment, brings up the fleet, dispatches trials and
+persists what streams back.
+
+One ``PhoneHost`` actor per host holds that host's phones: the local fleet's virtual phones are
+started by the actor on the driver's node; a virtual phone with ``host: <ip>`` gets an actor
+pinned to that Ray node. Trials of phones that share a host's cores run one after another unless
+the experiment allows sharing (and then every trial row says so). A phone that fails marks its
+trials failed with the reason; the rest of the experiment goes on.
+
+    result = Coordinator(experiment, runs_dir=Path("runs")).run()
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from fleet.config import Experiment, RemotePhone, VirtualPhone
+from fleet.manifest import Manifest
+from fleet.phone_host import PhoneHost
+from fleet.plan import Trial, core_domain, plan_trials
+from fleet.records import TrialStatus
+from fleet.store import ResultStore
+
+LOCAL = "local"
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    run_dir: Path
+    num_trials: int
+    statuses: dict[str, str] = field(default_factory=dict)  # trial_id -> status
+
+    @property
+    def num_failed(self) -> int:
+        return sum(s != TrialStatus.COMPLETED.value for s in self.statuses.values())
+
+
+def new_run_id(name: str) -> str:
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{name}-{secrets.token_hex(2)}"
+
+
+class Coordinator:
+    def __init__(self, exp: Experiment, *, runs_dir: Path, source: str = "", address: str | None = None,
+                 run_id: str | None = None, progress=None):
+        self.exp = exp
+        self.address = address
+        self.run_id = run_id or new_run_id(exp.name)
+        self.run_dir = Path(runs_dir) / self.run_id
+        self.source = source
+        self.progress = progress  # a rich Progress, or None
+        self._token = secrets.token_urlsafe(24)  # virtual phones' token, never written to disk
+        self._hosts: dict[str, object] = {}  # host key -> actor handle
+        self._phone_host: dict[str, str] = {}  # phone -> host key
+        self._phone_error: dict[str, str] = {}
+
+    # -- fleet -------------------------------------------------------------------------------
+
+    def _start_ray(self) -> None:
+        import ray
+
+        if not ray.is_initialized():
+            ray.init(address=self.address, include_dashboard=False, log_to_driver=False,
+                     configure_logging=False)
+        self.manifest.data["ray"] = {"address": self.address or "local",
+                                     "nodes": [n["NodeManagerAddress"] for n in ray.nodes()
+                                               if n.get("Alive")]}
+
+    def _host_actor(self, host: str):
+        import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        if host in self._hosts:
+            return self._hosts[host]
+        if host == LOCAL:
+            node_id = ray.get_runtime_context().get_node_id()
+        else:
+            nodes = [n for n in ray.nodes() if n.get("Alive") and n["NodeManagerAddress"] == host]
+            if not nodes:
+                raise RuntimeError(f"no live Ray node at host {host}")
+            node_id = nodes[0]["NodeID"]
+        actor_cls = ray.remote(num_cpus=0, max_concurrency=64)(PhoneHost)
+        actor = actor_cls.options(
+            name=f"phone-host:{self.run_id}:{host}",
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
+        ).remote(self._token)
+        self._hosts[host] = actor
+        return actor
+
+    def _bring_up(self, phone) -> None:
+        import os
+
+        import ray
+
+        host = phone.host if isinstance(phone, VirtualPhone) else LOCAL
+        self._phone_host[phone.name] = host
+        try:
+            actor = self._host_actor(host)
+            if isinstance(phone, VirtualPhone):
+                info = ray.get(actor.start_virtual_phone.remote(phone))
+            else:
+                token = os.environ.get(phone.token_env, "")
+                if not token:
+                    raise RuntimeError(f"${phone.token_env} is not set (token for {phone.name})")
+                cert = Path(phone.tls_ca_file).read_bytes() if phone.tls_ca_file else None
+                ray.get(actor.connect.remote(phone.name, phone.address, token, cert))
+                info = {"address": phone.address, "pid": 0}
+            describe = ray.get(actor.describe.remote(phone.name))
+        except Exception as exc:  # a phone that cannot come up fails its trials, not the run
+            reason = f"phone {phone.name} did not come up: {_reason(exc)}"
+            self._phone_error[phone.name] = reason
+            self.store.upsert_phone(phone.name, kind=phone.kind, host=host, status="down",
+                                    error=reason, address=getattr(phone, "address", ""))
+            self.manifest.data["phones"][phone.name] = {"status": "down", "error": reason}
+            return
+        pid = int(describe.get("agentPid", 0)) or info["pid"]
+        self.store.upsert_phone(phone.name, kind=phone.kind, address=info["address"],
+                                agent_pid=pid, host=host, status="up", describe=describe)
+        self.manifest.data["phones"][phone.name] = {"status": "up", "address": info["address"],
+                                                    "agent_pid": pid, "describe": describe}
+
+    # -- trials ------------------------------------------------------------------------------
+
+    def _run_trial(self, trial: Trial, task) -> str:
+        import ray
+
+        store = self.store
+        store.start_trial(trial.trial_id)
+        if trial.phone in self._phone_error:
+            store.finish_trial(trial.trial_id, TrialStatus.FAILED, self._phone_error[trial.phone])
+            return TrialStatus.FAILED.value
+        actor = self._hosts[self._phone_host[trial.phone]]
+        n_records = 0
+        status, reason, summary = TrialStatus.FAILED, "no result", None
+        try:
+            stream = actor.run_trial.remote(trial.phone, trial.deploy_spec(),
+                                            trial.workload_run(self.exp.sample_interval_s))
+            for ref in stream:
+                kind, payload = ray.get(ref)
+                if kind == "deployed":
+                    store.set_deploy(trial.trial_id, payload)
+                elif kind == "events":
+                    n_records += store.add_events(trial.trial_id, payload)[0]
+                    self._advance(task, trial, n_records)
+                elif kind == "summary":
+                    summary = payload
+                    status, reason = summary.status, summary.reason
+                elif kind == "failed":
+                    status, reason = TrialStatus.FAILED, payload
+        except Exception as exc:  # the host actor itself died: records stored so far stay
+            status, reason = TrialStatus.FAILED, f"phone host died: {_reason(exc)}"
+        store.finish_trial(trial.trial_id, status, reason, summary)
+        return status.value
+
+    def _advance(self, task, trial: Trial, n_records: int) -> None:
+        if self.progress is not None and task is not None:
+            self.progress.update(task, description=f"{trial.trial_id}: {n_records} requests")
+
+    def _run_domain(self, domain: str, trials: list[Trial], statuses: dict[str, str]) -> None:
+        task = None
+        if self.progress is not None:
+            task = self.progress.add_task(domain, total=len(trials))
+        for trial in trials:
+            self._advance(task, trial, 0)
+            statuses[trial.trial_id] = self._run_trial(trial, task)
+            if task is not None:
+                self.progress.advance(task)
+
+    # -- run ---------------------------------------------------------------------------------
+
+    def run(self) -> RunResult:
+        self.run_dir.mkdir(parents=True, exist_ok=False)
+        self.store = ResultStore(self.run_dir / "results.sqlite")
+        self.manifest = Manifest(self.run_dir / "manifest.json", run_id=self.run_id,
+                                 experiment=self.exp.model_dump(mode="json"), source=self.source)
+        trials = plan_trials(self.exp)
+        for t in trials:
+            self.store.add_trial(t.trial_id, phone=t.phone, paradigm=t.paradigm.kind,
+                                 workload=t.workload.name, model=t.model.label,
+                                 repetition=t.repetition,
+                                 shared_cores=self.exp.allow_shared_cores)
+        if self.exp.allow_shared_cores:
+            self.manifest.data["notes"].append(
+                "allow_shared_cores: trials of phones on one host ran at once and shared its "
+                "cores; their latencies include that contention")
+        statuses: dict[str, str] = {}
+        try:
+            self._start_ray()
+            for phone in self.exp.phones:
+                self._bring_up(phone)
+            self.manifest.write()
+            domains: dict[str, list[Trial]] = {}
+            for t in trials:
+                domains.setdefault(core_domain(self.exp, t.phone), []).append(t)
+            threads = [threading.Thread(target=self._run_domain, args=(d, ts, statuses),
+                                        name=f"domain-{d}") for d, ts in domains.items()]
+            for th in threads:
+                th.start()
+            for th in threads:
+                th.join()
+            self.manifest.update(status="finished")
+        except BaseException:
+            self.manifest.update(status="aborted")
+            raise
+        finally:
+            self.manifest.update(ended_at=time.time())
+            self._shutdown()
+        return RunResult(self.run_id, self.run_dir, len(trials), statuses)
+
+    def _shutdown(self) -> None:
+        try:
+            import ray
+
+            for actor in self._hosts.values():
+                try:
+                    ray.get(actor.shutdown.remote(), timeout=30)
+                except Exception:
+                    pass
+                ray.kill(actor)
+        finally:
+            self._hosts.clear()
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[-1] if text else ''}"[:500]

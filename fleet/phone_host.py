@@ -1,0 +1,157 @@
+"""The phones of one host: starts its virtual phones as agent processes, holds every phone's gRPC
+client, and runs trials on them as streams of event batches.
+
+A plain class: the coordinator wraps it with ``ray.remote`` at the edge and places one per host,
+so a lab host's actor runs next to the phones plugged into it, and unit tests need no Ray.
+Virtual phones are real ``fleet-agent`` processes; each is started with a pipe on its stdin and
+exits when the pipe closes, so no agent outlives the host that started it.
+
+    host = PhoneHost(token)
+    host.start_virtual_phone(VirtualPhone(name="phone-a"))  # -> {"address": ..., "pid": ...}
+    for kind, payload in host.run_trial("phone-a", deploy_spec, workload_run): ...
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict
+from typing import Iterator
+
+from fleet.agent_client import AgentClient, AgentError
+from fleet.records import RequestRecord, ResourceSample, TrialSummary
+
+AGENT_START_TIMEOUT_S = 60.0
+BATCH_INTERVAL_S = 0.2  # ship at least this often while events flow
+BATCH_MAX = 256
+
+
+class PhoneHost:
+    def __init__(self, token: str):
+        self._token = token
+        self._clients: dict[str, AgentClient] = {}
+        self._procs: dict[str, subprocess.Popen] = {}
+        self._lock = threading.Lock()
+
+    def node_ip(self) -> str:
+        try:
+            import ray
+
+            return ray.util.get_node_ip_address()
+        except Exception:  # outside Ray
+            return "127.0.0.1"
+
+    def start_virtual_phone(self, phone) -> dict:
+        """Start ``fleet-agent`` for a VirtualPhone config; returns its address and pid."""
+        cmd = [sys.executable, "-m", "agents.main", "--name", phone.name,
+               "--memory-budget-mb", str(phone.memory_budget_mb),
+               "--cpu-threads", str(phone.cpu_threads), "--host", "127.0.0.1", "--port", "0",
+               "--exit-on-stdin-eof"]
+        env = dict(os.environ, FLEET_AGENT_TOKEN=self._token)
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
+                                text=True)
+        ready = _read_ready_line(proc, AGENT_START_TIMEOUT_S)
+        address = f"127.0.0.1:{ready['port']}"
+        with self._lock:
+            self._procs[phone.name] = proc
+        self.connect(phone.name, address, self._token)
+        self._clients[phone.name].wait_healthy(timeout_s=AGENT_START_TIMEOUT_S)
+        return {"address": address, "pid": proc.pid}
+
+    def connect(self, name: str, address: str, token: str, root_cert: bytes | None = None):
+        with self._lock:
+            self._clients[name] = AgentClient(address, token, root_cert=root_cert)
+
+    def describe(self, name: str) -> dict:
+        from google.protobuf.json_format import MessageToDict
+
+        _, resp = self._clients[name].describe()
+        return MessageToDict(resp)
+
+    def run_trial(self, name: str, deploy_spec, workload_run) -> Iterator[tuple[str, object]]:
+        """Deploy, run the workload, reset; yields ("deployed", dict), ("events", [..]) batches,
+        then ("summary", TrialSummary) or ("failed", reason). Never raises for agent faults."""
+        client = self._clients.get(name)
+        if client is None:
+            yield "failed", f"phone {name} has no agent"
+            return
+        try:
+            client.wait_healthy(timeout_s=5.0)
+            deployed = client.deploy(deploy_spec)
+        except AgentError as err:
+            yield "failed", err.reason
+            return
+        yield "deployed", asdict(deployed)
+        batch: list = []
+        last = time.monotonic()
+        summary: TrialSummary | None = None
+        try:
+            for event in client.run_workload(workload_run):
+                if isinstance(event, (RequestRecord, ResourceSample)):
+                    batch.append(event)
+                else:
+                    summary = event
+                if batch and (len(batch) >= BATCH_MAX or summary is not None
+                              or time.monotonic() - last >= BATCH_INTERVAL_S):
+                    yield "events", batch
+                    batch, last = [], time.monotonic()
+        except AgentError as err:
+            if batch:
+                yield "events", batch
+            yield "failed", err.reason
+            return
+        if batch:
+            yield "events", batch
+        try:
+            client.reset()
+        except AgentError:
+            pass  # the trial's data is complete; the next Deploy resets anyway
+        if summary is None:
+            yield "failed", f"phone {name}: workload stream ended without a summary"
+        else:
+            yield "summary", summary
+
+    def stop_phone(self, name: str) -> None:
+        with self._lock:
+            client = self._clients.pop(name, None)
+            proc = self._procs.pop(name, None)
+        if client:
+            client.close()
+        if proc and proc.poll() is None:
+            proc.stdin.close()  # the agent exits on EOF
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
+
+    def shutdown(self) -> None:
+        for name in list(self._clients) + list(self._procs):
+            self.stop_phone(name)
+
+
+def _read_ready_line(proc: subprocess.Popen, timeout_s: float) -> dict:
+    result: dict = {}
+
+    def read() -> None:
+        for line in proc.stdout:
+            try:
+                msg = json.loads(line)
+            except ValueError:
+                continue
+            if msg.get("event") == "ready":
+                result.update(msg)
+                return
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(timeout_s)
+    if not result:
+        proc.kill()
+        raise RuntimeError(f"agent did not report ready within {timeout_s:.0f} s "
+                           f"(exit code {proc.poll()})")
+    return result

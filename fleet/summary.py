@@ -1,0 +1,107 @@
+"""The end-of-run summary, recomputed from the store: one row per (phone, paradigm, model, app).
+
+    rows = summarize(store)          # list[SummaryRow]
+    render(rows, failed, console)    # rich table
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from fleet.store import ResultStore
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Linear-interpolated percentile (q in 0..100); NaN for no values."""
+    if not values:
+        return math.nan
+    xs = sorted(values)
+    k = (len(xs) - 1) * q / 100.0
+    lo, hi = math.floor(k), math.ceil(k)
+    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
+
+
+@dataclass(frozen=True)
+class SummaryRow:
+    phone: str
+    paradigm: str
+    model: str
+    app: str
+    num_trials: int
+    num_requests: int
+    num_ok: int
+    ttft_p50_s: float
+    ttft_p99_s: float
+    itl_p50_s: float
+    e2e_p50_s: float
+    e2e_p99_s: float
+    peak_pss_bytes: int
+    slo_met: float  # share of ok requests within the app's TTFT SLO (NaN without an SLO)
+
+
+def summarize(store: ResultStore, slo_ttft_s: dict[str, float] | None = None) -> list[SummaryRow]:
+    slo_ttft_s = slo_ttft_s or {}
+    groups: dict[tuple, dict] = {}
+    for r in store.query(
+            "SELECT t.phone, t.paradigm, t.model, t.trial_id, q.app, q.status, q.ttft_s, q.itl_s, "
+            "q.e2e_s, q.output_tokens FROM requests q JOIN trials t USING (trial_id) "
+            "ORDER BY t.phone, t.paradigm, t.model, q.app"):
+        g = groups.setdefault((r["phone"], r["paradigm"], r["model"], r["app"]),
+                              {"trials": set(), "n": 0, "ttft": [], "itl": [], "e2e": []})
+        g["trials"].add(r["trial_id"])
+        g["n"] += 1
+        if r["status"] == "ok":
+            g["ttft"].append(r["ttft_s"])
+            g["e2e"].append(r["e2e_s"])
+            if r["output_tokens"] > 1:
+                g["itl"].append(r["itl_s"])
+    peaks = {(r["phone"], r["paradigm"], r["model"], r["component"]): r["peak"]
+             for r in store.query(
+                 "SELECT t.phone, t.paradigm, t.model, s.component, MAX(s.pss_bytes) AS peak "
+                 "FROM samples s JOIN trials t USING (trial_id) "
+                 "GROUP BY t.phone, t.paradigm, t.model, s.component")}
+    rows = []
+    for key, g in groups.items():
+        slo = slo_ttft_s.get(key[3], 0.0)
+        met = (sum(t <= slo for t in g["ttft"]) / len(g["ttft"])) if slo and g["ttft"] else math.nan
+        rows.append(SummaryRow(
+            *key, num_trials=len(g["trials"]), num_requests=g["n"], num_ok=len(g["ttft"]),
+            ttft_p50_s=percentile(g["ttft"], 50), ttft_p99_s=percentile(g["ttft"], 99),
+            itl_p50_s=percentile(g["itl"], 50), e2e_p50_s=percentile(g["e2e"], 50),
+            e2e_p99_s=percentile(g["e2e"], 99), peak_pss_bytes=int(peaks.get(key, 0) or 0),
+            slo_met=met))
+    return rows
+
+
+def _ms(x: float) -> str:
+    return "-" if math.isnan(x) else f"{x * 1000:.1f}"
+
+
+def render(rows: list[SummaryRow], trials: list, console, weights_label: str = "") -> None:
+    from rich.table import Table
+
+    title = "Per-(phone, app) summary"
+    if weights_label:
+        title += f" [{weights_label}]"
+    table = Table(title=title)
+    for col in ("phone", "paradigm", "model", "app", "trials", "requests ok/all", "TTFT p50 ms",
+                "TTFT p99 ms", "ITL p50 ms", "e2e p50 ms", "e2e p99 ms", "peak PSS MiB",
+                "SLO met"):
+        table.add_column(col, justify="left" if col in ("phone", "paradigm", "model", "app")
+                         else "right")
+    for r in rows:
+        table.add_row(r.phone, r.paradigm, r.model, r.app, str(r.num_trials),
+                      f"{r.num_ok}/{r.num_requests}", _ms(r.ttft_p50_s), _ms(r.ttft_p99_s),
+                      _ms(r.itl_p50_s), _ms(r.e2e_p50_s), _ms(r.e2e_p99_s),
+                      f"{r.peak_pss_bytes / 2**20:.0f}",
+                      "-" if math.isnan(r.slo_met) else f"{r.slo_met:.0%}")
+    console.print(table)
+    bad = [t for t in trials if t["status"] != "completed"]
+    if bad:
+        failed = Table(title="Trials not completed")
+        for col in ("trial", "status", "reason"):
+            failed.add_column(col)
+        for t in bad:
+            failed.add_row(t["trial_id"], t["status"], t["reason"] or "")
+        console.print(failed)
