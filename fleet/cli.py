@@ -55,7 +55,6 @@ def cmd_plan(ns) -> int:
 
 
 def cmd_run(ns) -> int:
-    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from fleet.coordinator import Coordinator
@@ -63,7 +62,7 @@ def cmd_run(ns) -> int:
     exp = _load(ns.experiment)
     if ns.allow_shared_cores:
         exp = exp.model_copy(update={"allow_shared_cores": True})
-    console = Console()
+    console = _console()
     source = ns.experiment or "(embedded default)"
     console.print(f"[bold]fleet run[/] {exp.name} from {source}: {len(exp.phones)} phones, "
                   f"{len(exp.paradigms)} paradigms, {len(exp.workloads)} workloads, "
@@ -101,13 +100,18 @@ def _print_summary(run_dir: Path, console) -> None:
         store.close()
 
 
-def cmd_summary(ns) -> int:
+def _console():
     from rich.console import Console
 
+    # Not a terminal (CI logs, pipes): wide enough that the summary table is never truncated.
+    return Console() if sys.stdout.isatty() else Console(width=160)
+
+
+def cmd_summary(ns) -> int:
     if not (ns.run_dir / "results.sqlite").is_file():
         print(f"fleet: {ns.run_dir}: not a run directory (no results.sqlite)", file=sys.stderr)
         return EXIT_BAD_INPUT
-    _print_summary(ns.run_dir, Console())
+    _print_summary(ns.run_dir, _console())
     return 0
 
 

@@ -81,27 +81,35 @@ def _ms(x: float) -> str:
 def render(rows: list[SummaryRow], trials: list, console, weights_label: str = "") -> None:
     from rich.table import Table
 
+    paradigms, models = sorted({r.paradigm for r in rows}), sorted({r.model for r in rows})
+    varied = [("paradigm", len(paradigms) > 1), ("model", len(models) > 1)]
     title = "Per-(phone, app) summary"
+    if len(paradigms) == 1:
+        title += f", {paradigms[0]}"
+    if len(models) == 1:
+        title += f", {models[0]}"
     if weights_label:
-        title += f" [{weights_label}]"
+        title += f" ({weights_label})"
     table = Table(title=title)
-    for col in ("phone", "paradigm", "model", "app", "trials", "requests ok/all", "TTFT p50 ms",
-                "TTFT p99 ms", "ITL p50 ms", "e2e p50 ms", "e2e p99 ms", "peak PSS MiB",
-                "SLO met"):
+    cols = ["phone"] + [name for name, shown in varied if shown] + [
+        "app", "trials", "ok/all", "TTFT p50", "TTFT p99", "ITL p50", "e2e p50", "e2e p99",
+        "peak PSS", "SLO met"]
+    for col in cols:
         table.add_column(col, justify="left" if col in ("phone", "paradigm", "model", "app")
                          else "right")
     for r in rows:
-        table.add_row(r.phone, r.paradigm, r.model, r.app, str(r.num_trials),
-                      f"{r.num_ok}/{r.num_requests}", _ms(r.ttft_p50_s), _ms(r.ttft_p99_s),
-                      _ms(r.itl_p50_s), _ms(r.e2e_p50_s), _ms(r.e2e_p99_s),
-                      f"{r.peak_pss_bytes / 2**20:.0f}",
+        extra = [v for (name, shown), v in zip(varied, (r.paradigm, r.model)) if shown]
+        table.add_row(r.phone, *extra, r.app, str(r.num_trials), f"{r.num_ok}/{r.num_requests}",
+                      _ms(r.ttft_p50_s), _ms(r.ttft_p99_s), _ms(r.itl_p50_s), _ms(r.e2e_p50_s),
+                      _ms(r.e2e_p99_s), f"{r.peak_pss_bytes / 2**20:.0f} MiB",
                       "-" if math.isnan(r.slo_met) else f"{r.slo_met:.0%}")
+    table.caption = "latencies in ms; peak PSS of the app's SLM process; SLO = TTFT target"
     console.print(table)
     bad = [t for t in trials if t["status"] != "completed"]
     if bad:
         failed = Table(title="Trials not completed")
         for col in ("trial", "status", "reason"):
-            failed.add_column(col)
+            failed.add_column(col, overflow="fold")
         for t in bad:
             failed.add_row(t["trial_id"], t["status"], t["reason"] or "")
         console.print(failed)

@@ -62,11 +62,12 @@ class PerAppParadigm(ParadigmHost):
                                   f"tokens exceed the model's {args.max_position} positions")
         total = sum(per_app.values())
         budget = self.profile.memory_budget_bytes
-        if budget and max(per_app.values()) > budget:
+        largest = max(per_app.values())
+        if budget and largest > budget:
             raise BudgetError(
                 f"model {args.name} ({spec.model.dtype}) cannot fit phone {self.profile.name}: "
-                f"one instance needs {fmt_mib(max(per_app.values()))} (weights "
-                f"{fmt_mib(weights)} + KV cache) > budget {fmt_mib(budget)}")
+                f"one instance needs {fmt_mib(largest)} (weights {fmt_mib(weights)} + KV cache "
+                f"{fmt_mib(largest - weights)}) > budget {fmt_mib(budget)}")
         if budget and total > budget:
             raise BudgetError(
                 f"per-app deployment of {len(spec.apps)} x {args.name} ({spec.model.dtype}) needs "

@@ -1,0 +1,108 @@
+"""App workload generators driven against the real tiny engine, in-process."""
+
+import random
+import threading
+import time
+
+import pytest
+import torch
+
+from agents.apps import poisson_arrivals_ns, run_app
+from agents.engine.generate import generate
+from agents.engine.model import ModelArgs
+from agents.engine.weights import random_model
+from fleet.records import NS_PER_S, AppWorkload, ArrivalPattern, RequestStatus, WorkloadRun
+
+
+@pytest.fixture(scope="module")
+def serve():
+    model = random_model(ModelArgs.from_name("tiny"), torch.float32, 0)
+    model.setup_caches(1, 256)
+
+    def serve(prompt, n, on_token, should_stop):
+        return generate(model, prompt, n, on_token=on_token, should_stop=should_stop)
+    return serve
+
+
+def test_poisson_arrivals_have_the_configured_rate_and_are_seeded():
+    app = AppWorkload("kb", ArrivalPattern.POISSON, rate_per_s=50.0, burst_size=2)
+    a = poisson_arrivals_ns(app, 0, 100.0, random.Random(1))
+    b = poisson_arrivals_ns(app, 0, 100.0, random.Random(1))
+    assert a == b
+    assert a == sorted(a) and a[-1] < 100 * NS_PER_S
+    assert a[0::2] == a[1::2]  # bursts of two at the same instant
+    assert 4500 < len(a) / 2 < 5500  # 50/s for 100 s
+
+
+def test_closed_loop_records_have_consistent_timestamps(serve):
+    app = AppWorkload("chat", ArrivalPattern.CLOSED_LOOP, think_time_s=0.01, prompt_tokens=20,
+                      output_tokens=6, multi_turn=True, max_requests=5)
+    records = []
+    n = run_app(app, WorkloadRun("t", 30.0), serve=serve, emit=records.append, vocab_size=256,
+                max_context=256)
+    assert n == 5 == len(records)
+    for i, r in enumerate(records):
+        assert r.status is RequestStatus.OK and r.output_tokens == 6
+        assert r.submit_ns <= r.scheduled_ns <= r.first_token_ns <= r.last_token_ns
+        assert r.token_ns == sorted(r.token_ns)
+        # ITL excludes TTFT: it is the mean gap after the first token, not e2e / tokens
+        assert r.itl_s == pytest.approx((r.last_token_ns - r.first_token_ns) / 5 / NS_PER_S)
+        assert r.e2e_s == pytest.approx(r.ttft_s + 5 * r.itl_s)
+        assert r.turn == i and r.prompt_tokens == 20 + i * 26  # the context grows per turn
+    for prev, cur in zip(records, records[1:]):
+        assert cur.submit_ns - prev.last_token_ns >= 0.01 * NS_PER_S  # think time honoured
+
+
+def test_multi_turn_context_restarts_when_the_window_is_full(serve):
+    app = AppWorkload("chat", ArrivalPattern.CLOSED_LOOP, prompt_tokens=40, output_tokens=10,
+                      multi_turn=True, max_requests=6)
+    records = []
+    run_app(app, WorkloadRun("t", 30.0), serve=serve, emit=records.append, vocab_size=256,
+            max_context=128)
+    assert [r.turn for r in records] == [0, 1, 0, 1, 0, 1]
+    assert max(r.prompt_tokens + r.output_tokens for r in records) <= 128
+
+
+def test_open_loop_keeps_scheduled_submit_times_and_cancels_leftovers():
+    """A slow server makes arrivals queue: queue wait grows, nothing is dropped silently."""
+    def slow(prompt, n, on_token, should_stop):
+        for i in range(n):
+            time.sleep(0.05)
+            on_token(i)
+        return list(range(n))
+
+    app = AppWorkload("kb", ArrivalPattern.POISSON, rate_per_s=40.0, prompt_tokens=4,
+                      output_tokens=2)
+    records = []
+    run_app(app, WorkloadRun("t", 1.0, seed=3), serve=slow, emit=records.append,
+            vocab_size=256, max_context=64)
+    expected = poisson_arrivals_ns(app, 0, 1.0, random.Random("3:kb"))
+    assert len(records) == len(expected)  # every arrival is a record, served or not
+    ok = [r for r in records if r.status is RequestStatus.OK]
+    cancelled = [r for r in records if r.status is RequestStatus.CANCELLED]
+    assert ok and cancelled
+    assert max(r.queue_wait_s for r in ok) > 0.2  # ~10/s served vs 40/s offered
+    assert all(r.error == "workload ended before it was scheduled" for r in cancelled)
+
+
+def test_stop_cancels_the_request_in_flight(serve):
+    stop = threading.Event()
+
+    def slow(prompt, n, on_token, should_stop):
+        out = []
+        for i in range(n):
+            if out and should_stop():
+                break
+            time.sleep(0.02)
+            on_token(i)
+            out.append(i)
+            if i == 3:
+                stop.set()
+        return out
+
+    app = AppWorkload("chat", ArrivalPattern.CLOSED_LOOP, prompt_tokens=4, output_tokens=50)
+    records = []
+    run_app(app, WorkloadRun("t", 30.0), serve=slow, emit=records.append, vocab_size=256,
+            max_context=64, stop=stop)
+    assert len(records) == 1
+    assert records[0].status is RequestStatus.CANCELLED and records[0].output_tokens == 4

@@ -1,0 +1,119 @@
+"""Experiment files: typos and wrong types name the file and the field; the CLI exits non-zero."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fleet.config import ConfigError, load_experiment, parse_experiment
+from fleet.plan import core_domain, plan_trials
+
+MINIMAL = {
+    "name": "t",
+    "phones": [{"name": "a", "kind": "virtual"}, {"name": "b", "kind": "virtual"}],
+    "models": [{"preset": "tiny"}],
+    "paradigms": [{"kind": "per_app"}],
+    "workloads": [{"name": "w", "duration_s": 5, "apps": [
+        {"name": "kb", "arrival": {"kind": "poisson", "rate_per_s": 2}, "prompt_tokens": 8,
+         "output_tokens": 4}]}],
+}
+
+
+def write(tmp_path: Path, data) -> Path:
+    p = tmp_path / "exp.yaml"
+    p.write_text(yaml.safe_dump(data))
+    return p
+
+
+def test_embedded_default_is_valid_and_small():
+    exp = load_experiment(None)
+    assert len(exp.phones) == 2 and exp.paradigms[0].kind == "per_app"
+    assert exp.models[0].preset == "smollm-135m"
+    assert len(exp.workloads[0].apps) == 3
+
+
+def test_misspelled_key_names_file_and_field(tmp_path):
+    data = yaml.safe_load(yaml.safe_dump(MINIMAL))
+    data["phones"][0]["memroy_budget_mb"] = 100
+    path = write(tmp_path, data)
+    with pytest.raises(ConfigError) as err:
+        load_experiment(path)
+    assert str(path) in str(err.value)
+    assert "phones.0.virtual.memroy_budget_mb: unknown field" in str(err.value)
+
+
+def test_wrong_type_names_the_field(tmp_path):
+    data = yaml.safe_load(yaml.safe_dump(MINIMAL))
+    data["workloads"][0]["duration_s"] = "long"
+    with pytest.raises(ConfigError, match=r"workloads\.0\.duration_s"):
+        load_experiment(write(tmp_path, data))
+
+
+def test_unknown_paradigm_kind_is_refused():
+    data = yaml.safe_load(yaml.safe_dump(MINIMAL))
+    data["paradigms"] = [{"kind": "per-app"}]
+    with pytest.raises(ConfigError, match="paradigms.0"):
+        parse_experiment(data)
+
+
+def test_multi_turn_needs_closed_loop_and_names_are_unique():
+    data = yaml.safe_load(yaml.safe_dump(MINIMAL))
+    data["workloads"][0]["apps"][0]["multi_turn"] = True
+    with pytest.raises(ConfigError, match="multi_turn needs closed_loop"):
+        parse_experiment(data)
+    data = yaml.safe_load(yaml.safe_dump(MINIMAL))
+    data["phones"][1]["name"] = "a"
+    with pytest.raises(ConfigError, match="repeated: a"):
+        parse_experiment(data)
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="no such experiment file"):
+        load_experiment(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_experiment(bad)
+
+
+def test_plan_expands_the_grid_and_serializes_a_shared_host():
+    data = yaml.safe_load(yaml.safe_dump(MINIMAL))
+    data["repetitions"] = 3
+    exp = parse_experiment(data)
+    trials = plan_trials(exp)
+    assert len(trials) == 2 * 3
+    assert len({t.trial_id for t in trials}) == 6
+    assert [t.repetition for t in trials] == [0, 0, 1, 1, 2, 2]  # repetitions interleave
+    assert core_domain(exp, "a") == core_domain(exp, "b")  # same host: one after the other
+    shared = parse_experiment({**data, "allow_shared_cores": True})
+    assert core_domain(shared, "a") != core_domain(shared, "b")
+
+
+def run_cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "fleet.cli", *args], capture_output=True,
+                          text=True, timeout=60, cwd=cwd)
+
+
+def test_cli_misspelled_key_exits_non_zero_naming_it(tmp_path):
+    data = yaml.safe_load(yaml.safe_dump(MINIMAL))
+    data["workloads"][0]["apps"][0]["promt_tokens"] = 8
+    path = write(tmp_path, data)
+    proc = run_cli("run", str(path), cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "promt_tokens" in proc.stderr and str(path) in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "runs").exists()  # nothing was started
+
+
+def test_cli_missing_file_is_one_line(tmp_path):
+    proc = run_cli("run", "missing.yaml", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "fleet: missing.yaml: no such experiment file"
+
+
+def test_cli_plan_lists_trials(tmp_path):
+    proc = run_cli("plan", str(write(tmp_path, MINIMAL)), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[0].startswith("per_app.w.tiny.a.r0\thost:local")
