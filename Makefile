@@ -1,0 +1,44 @@
+# Two set-up commands for a fresh Debian machine (see README.md):
+#   make demo   install everything, then run the default experiment on a local virtual fleet
+#   make test   install everything, then run the tests
+# Both are idempotent: the virtualenv is rebuilt only when pyproject.toml changes.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test test-fast bench protos system-deps clean
+
+demo: $(STAMP)
+	$(BIN)/fleet run
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow"
+
+bench: $(STAMP)
+	$(BIN)/python bench/engine_speed.py
+
+protos: $(STAMP)
+	$(BIN)/python scripts/gen_protos.py
+
+# Debian packages the run needs: a Python >= 3.11 with venv and pip, and git (run manifests record
+# the revision). Installed only when missing, so a machine that has them needs no root.
+system-deps:
+	@if ! $(PYTHON) -c 'import sys, venv, ensurepip; assert sys.version_info >= (3, 11)' 2>/dev/null \
+	    || ! command -v git >/dev/null; then \
+	  echo "installing Debian packages: python3 python3-venv python3-pip git"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    python3 python3-venv python3-pip git; \
+	fi
+
+$(STAMP): pyproject.toml | system-deps
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[coordinator,dev]'
+	touch $(STAMP)
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache
