@@ -25,14 +25,15 @@ bench: $(STAMP)
 protos: $(STAMP)
 	$(BIN)/python scripts/gen_protos.py
 
-# Debian packages the run needs: a Python >= 3.11 with venv and pip, and git (run manifests record
-# the revision). Installed only when missing, so a machine that has them needs no root.
+# Debian packages the run needs: a Python >= 3.11 with venv and pip, git (run manifests record the
+# revision) and openssl (the TLS test makes a certificate). Installed only when missing, so a
+# machine that has them needs no root.
 system-deps:
 	@if ! $(PYTHON) -c 'import sys, venv, ensurepip; assert sys.version_info >= (3, 11)' 2>/dev/null \
-	    || ! command -v git >/dev/null; then \
-	  echo "installing Debian packages: python3 python3-venv python3-pip git"; \
+	    || ! command -v git >/dev/null || ! command -v openssl >/dev/null; then \
+	  echo "installing Debian packages: python3 python3-venv python3-pip git openssl"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-	    python3 python3-venv python3-pip git; \
+	    python3 python3-venv python3-pip git openssl; \
 	fi
 
 $(STAMP): pyproject.toml | system-deps

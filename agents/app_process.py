@@ -43,6 +43,7 @@ def app_main(cmd_conn, evt_conn, app: AppWorkload, model_spec: ModelSpec, thread
             elif cmd[0] == "exit":
                 os._exit(0)
             else:
+                stop.clear()  # here, not in the main loop: a stop right after run must stick
                 commands.put(cmd)
 
     threading.Thread(target=watch_commands, daemon=True, name="commands").start()
@@ -66,7 +67,6 @@ def app_main(cmd_conn, evt_conn, app: AppWorkload, model_spec: ModelSpec, thread
         cmd = commands.get()
         if cmd[0] != "run":
             continue
-        stop.clear()
         try:
             n = run_app(app, cmd[1], serve=serve, emit=lambda r: evt_conn.send(("record", r)),
                         vocab_size=model.args.vocab_size, max_context=max_context, stop=stop)

@@ -10,6 +10,7 @@ binds to loopback unless told otherwise, and every state-changing call needs the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import os
 import platform
@@ -117,10 +118,18 @@ class PhoneAgentServicer(pb_grpc.PhoneAgentServiceServicer):
             except (ValueError, FileNotFoundError) as exc:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
             await self._reset()
+            loading = asyncio.ensure_future(asyncio.to_thread(host.deploy, spec))
             try:
-                result = await asyncio.to_thread(host.deploy, spec)
+                result = await asyncio.shield(loading)
             except DeployError as exc:
                 await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+            except asyncio.CancelledError:
+                # The caller went away mid-load: finish, then unload, before releasing the lock,
+                # so no app process outlives the deployment that nobody owns.
+                with contextlib.suppress(Exception):
+                    await loading
+                await asyncio.to_thread(host.shutdown)
+                raise
             self._host = host
             return wire.deploy_result_to_pb(result)
 
@@ -197,9 +206,13 @@ class PhoneAgentServicer(pb_grpc.PhoneAgentServiceServicer):
                 peak_pss_bytes=peak["pss"], peak_rss_bytes=peak["rss"],
                 weights_label=host.weights_label))
         finally:
-            # A client that went away mid-stream stops the workload instead of leaving it running.
+            # A client that went away mid-stream stops the workload instead of leaving it running,
+            # and the lock is held until the paradigm has returned: no second run can read its
+            # processes' pipes while this one still does.
             stop.set()
             done.set()
+            with contextlib.suppress(BaseException):
+                await asyncio.shield(work)
             self._stop = None
 
     async def Stop(self, request, context):

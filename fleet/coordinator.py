@@ -37,7 +37,9 @@ class RunResult:
 
     @property
     def num_failed(self) -> int:
-        return sum(s != TrialStatus.COMPLETED.value for s in self.statuses.values())
+        """Trials that did not complete, including any that never got a status."""
+        return self.num_trials - sum(s == TrialStatus.COMPLETED.value
+                                     for s in self.statuses.values())
 
 
 def new_run_id(name: str) -> str:
@@ -166,7 +168,12 @@ class Coordinator:
             task = self.progress.add_task(domain, total=len(trials))
         for trial in trials:
             self._advance(task, trial, 0)
-            statuses[trial.trial_id] = self._run_trial(trial, task)
+            try:
+                statuses[trial.trial_id] = self._run_trial(trial, task)
+            except Exception as exc:  # a bug or a store error fails this trial, not the domain
+                reason = f"coordinator error: {_reason(exc)}"
+                self.store.finish_trial(trial.trial_id, TrialStatus.FAILED, reason)
+                statuses[trial.trial_id] = TrialStatus.FAILED.value
             if task is not None:
                 self.progress.advance(task)
 

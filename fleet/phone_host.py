@@ -104,12 +104,10 @@ class PhoneHost:
                 yield "events", batch
             yield "failed", err.reason
             return
+        finally:
+            _reset_quietly(client)  # failed or not, free the phone's memory before the next trial
         if batch:
             yield "events", batch
-        try:
-            client.reset()
-        except AgentError:
-            pass  # the trial's data is complete; the next Deploy resets anyway
         if summary is None:
             yield "failed", f"phone {name}: workload stream ended without a summary"
         else:
@@ -134,23 +132,32 @@ class PhoneHost:
             self.stop_phone(name)
 
 
+def _reset_quietly(client: AgentClient) -> None:
+    try:
+        client.reset()
+    except AgentError:
+        pass  # a dead agent has nothing loaded; a live one resets on the next Deploy anyway
+
+
 def _read_ready_line(proc: subprocess.Popen, timeout_s: float) -> dict:
+    """Wait for the agent's ready line, then keep draining its stdout so it can never block."""
     result: dict = {}
+    ready = threading.Event()
 
     def read() -> None:
         for line in proc.stdout:
+            if ready.is_set():
+                continue
             try:
                 msg = json.loads(line)
             except ValueError:
                 continue
             if msg.get("event") == "ready":
                 result.update(msg)
-                return
+                ready.set()
 
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    reader.join(timeout_s)
-    if not result:
+    threading.Thread(target=read, daemon=True, name="agent-stdout").start()
+    if not ready.wait(timeout_s):
         proc.kill()
         raise RuntimeError(f"agent did not report ready within {timeout_s:.0f} s "
                            f"(exit code {proc.poll()})")

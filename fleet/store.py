@@ -45,6 +45,13 @@ CREATE INDEX IF NOT EXISTS samples_trial ON samples (trial_id, t_ns);
 """
 
 
+def _served_metrics(r: RequestRecord) -> tuple:
+    """(queue wait, TTFT, ITL, e2e) in seconds; NULL where the request never got that far."""
+    if not r.token_ns:
+        return (r.queue_wait_s if r.scheduled_ns else None), None, None, None
+    return r.queue_wait_s, r.ttft_s, (r.itl_s if len(r.token_ns) > 1 else None), r.e2e_s
+
+
 class ResultStore:
     def __init__(self, path: Path):
         self.path = Path(path)
@@ -103,7 +110,7 @@ class ResultStore:
                 recs.append((trial_id, e.request_id, e.app, e.status.value, e.error,
                              e.prompt_tokens, e.output_tokens, e.submit_ns, e.scheduled_ns,
                              e.first_token_ns, e.last_token_ns, json.dumps(e.token_ns),
-                             e.queue_wait_s, e.ttft_s, e.itl_s, e.e2e_s, e.cold_start_s, e.turn))
+                             *_served_metrics(e), e.cold_start_s, e.turn))
             elif isinstance(e, ResourceSample):
                 samples.append((trial_id, e.t_ns, e.component, e.pid, e.rss_bytes, e.pss_bytes,
                                 e.cpu_percent))

@@ -210,3 +210,22 @@ def _alive(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+def test_tls_agent_serves_tls_clients_only(tmp_path):
+    import subprocess
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
+                   check=True, capture_output=True, timeout=60)
+    with agent_process("--name", "tls-phone", "--tls-cert", str(cert), "--tls-key", str(key)) \
+            as (address, _):
+        client = AgentClient(address, TOKEN, root_cert=cert.read_bytes())
+        client.wait_healthy(timeout_s=10)
+        assert client.describe()[0].name == "tls-phone"
+        assert client.reset() == 0  # an authenticated call over TLS
+        plain = AgentClient(address, TOKEN)
+        with pytest.raises(AgentError) as err:
+            plain.describe()
+        assert err.value.code == grpc.StatusCode.UNAVAILABLE

@@ -106,3 +106,25 @@ def test_stop_cancels_the_request_in_flight(serve):
             max_context=64, stop=stop)
     assert len(records) == 1
     assert records[0].status is RequestStatus.CANCELLED and records[0].output_tokens == 4
+
+
+def test_itl_excludes_ttft():
+    """A server slow to the first token and quick after it: ITL is the gaps after the first."""
+    def slow_first(prompt, n, on_token, should_stop):
+        time.sleep(0.3)
+        for i in range(n):
+            if i:
+                time.sleep(0.01)
+            on_token(i)
+        return list(range(n))
+
+    app = AppWorkload("chat", ArrivalPattern.CLOSED_LOOP, prompt_tokens=4, output_tokens=11,
+                      max_requests=1)
+    records = []
+    run_app(app, WorkloadRun("t", 30.0), serve=slow_first, emit=records.append, vocab_size=256,
+            max_context=64)
+    (r,) = records
+    assert r.ttft_s >= 0.3
+    assert 0.01 <= r.itl_s < 0.03  # folding TTFT in would give >= (0.3 + 0.1) / 11 = 0.036
+    assert r.itl_s < (r.e2e_s / r.output_tokens)
+    assert r.e2e_s >= 0.4

@@ -27,7 +27,8 @@ def test_kv_cached_decode_equals_full_forward(overrides):
     model = tiny(**overrides)
     tokens = torch.randint(0, model.args.vocab_size, (1, 24), generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
-        full = model(tokens, torch.arange(24))  # (1, 24, V), one uncached pass
+        full = model(tokens, torch.arange(24))  # (1, 24, V), one pass over all tokens
+        model.setup_caches(1, 128)  # fresh, empty caches: the cached path must fill them itself
         # prefill the first 10 tokens, then decode the rest one at a time through the cache
         cached = [prefill(model, tokens[:, :10])]
         for pos in range(10, 23):
@@ -43,6 +44,7 @@ def test_chunked_prefill_matches_full_prefill():
     tokens = torch.randint(0, 256, (1, 40), generator=torch.Generator().manual_seed(2))
     with torch.inference_mode():
         whole = prefill(model, tokens)
+        model.setup_caches(1, 128)
         prefill(model, tokens[:, :25])
         chunked = prefill(model, tokens[:, 25:], start_pos=25)
     torch.testing.assert_close(chunked, whole, rtol=1e-4, atol=1e-4)
@@ -151,3 +153,30 @@ def test_memory_estimates_match_allocations():
     args = model.args
     assert model.kv_cache_bytes() == args.kv_cache_bytes(128, torch.float32)
     assert PRESETS["smollm-135m"].weight_bytes(torch.float32) / 2**20 == pytest.approx(513, abs=1)
+
+
+def test_hf_directory_uses_hugging_face_parameter_names(tmp_path):
+    """The names a real Qwen2/Llama checkpoint has, written out by hand, not by our saver."""
+    from safetensors import safe_open
+
+    save_hf_directory(tiny(), tmp_path)
+    with safe_open(str(tmp_path / "model.safetensors"), framework="pt") as st:
+        keys = set(st.keys())
+    expected = {"model.embed_tokens.weight", "model.norm.weight"}
+    for i in range(2):
+        p = f"model.layers.{i}."
+        expected |= {p + "input_layernorm.weight", p + "post_attention_layernorm.weight",
+                     p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight",
+                     p + "mlp.down_proj.weight", p + "self_attn.o_proj.weight"}
+        for proj in "qkv":
+            expected |= {p + f"self_attn.{proj}_proj.weight", p + f"self_attn.{proj}_proj.bias"}
+    assert keys == expected  # tied embeddings: no lm_head.weight, as in Qwen2.5-0.5B
+
+
+def test_local_directory_with_an_unsupported_config_is_refused(tmp_path):
+    save_hf_directory(tiny(), tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg["rope_scaling"] = {"rope_type": "llama3", "factor": 8.0}
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="unsupported model config: rope_scaling"):
+        load_model(ModelSpec(path=str(tmp_path)))

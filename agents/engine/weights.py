@@ -80,6 +80,17 @@ def args_from_hf_config(cfg: dict) -> ModelArgs:
     if model_type not in ("llama", "qwen2", "mistral"):
         raise ValueError(f"unsupported model_type {model_type!r} (Llama-family only)")
     n_head = cfg["num_attention_heads"]
+    unsupported = []
+    if cfg.get("rope_scaling"):
+        unsupported.append(f"rope_scaling={cfg['rope_scaling']}")
+    if cfg.get("head_dim") not in (None, cfg["hidden_size"] // n_head):
+        unsupported.append(f"head_dim={cfg['head_dim']}")
+    if cfg.get("hidden_act", "silu") != "silu":
+        unsupported.append(f"hidden_act={cfg['hidden_act']}")
+    if cfg.get("use_sliding_window") or (model_type == "mistral" and cfg.get("sliding_window")):
+        unsupported.append(f"sliding_window={cfg.get('sliding_window')}")
+    if unsupported:
+        raise ValueError(f"unsupported model config: {', '.join(unsupported)}")
     return ModelArgs(
         name=cfg.get("_name_or_path") or model_type,
         n_layer=cfg["num_hidden_layers"],
@@ -108,6 +119,8 @@ def _load_local(path: Path, dtype: torch.dtype) -> LoadedModel:
         with safe_open(str(f), framework="pt") as st:
             for key in st.keys():
                 name = key.removeprefix("model.")
+                if name.endswith("rotary_emb.inv_freq"):
+                    continue  # older checkpoints store the RoPE table; we compute it
                 state[name] = st.get_tensor(key).to(dtype)
     if args.tie_embeddings:
         state.pop("lm_head.weight", None)

@@ -32,9 +32,14 @@ class _AppProc:
     deployment: AppDeployment | None = None
 
 
+DEFAULT_CONTEXT_TOKENS = 2048  # an unbounded multi-turn app's window when none is configured
+
+
 def context_tokens(spec: DeploySpec, app: AppWorkload, max_position: int) -> int:
     """KV cache positions one app's process reserves."""
     wanted = spec.max_context_tokens or app.max_context_tokens()
+    if app.multi_turn and not app.max_requests and not spec.max_context_tokens:
+        wanted = DEFAULT_CONTEXT_TOKENS
     return max(app.prompt_tokens + app.output_tokens, min(wanted, max_position))
 
 
@@ -123,9 +128,13 @@ class PerAppParadigm(ParadigmHost):
         if not self._apps:
             raise DeployError("nothing is deployed")
         problems: list[str] = []
+        pending = {}
         for a in self._apps:
-            a.cmd.send(("run", run))
-        pending = {a.evt: a for a in self._apps}
+            if self._send(a, ("run", run)):
+                pending[a.evt] = a
+            else:
+                problems.append(f"app {a.app.name} process {a.proc.pid} was dead at the start "
+                                f"(exit code {a.proc.exitcode})")
         stop_sent = False
         while pending:
             if stop.is_set() and not stop_sent:
@@ -152,11 +161,12 @@ class PerAppParadigm(ParadigmHost):
         return problems
 
     @staticmethod
-    def _send(a: _AppProc, cmd: tuple) -> None:
+    def _send(a: _AppProc, cmd: tuple) -> bool:
         try:
             a.cmd.send(cmd)
+            return True
         except (BrokenPipeError, OSError):
-            pass
+            return False
 
     def processes(self) -> dict[int, str]:
         return {a.proc.pid: a.app.name for a in self._apps if a.proc.is_alive()}
