@@ -25,6 +25,7 @@ def app_main(cmd_conn, evt_conn, app: AppWorkload, model_spec: ModelSpec, thread
     import torch
 
     from agents.apps import run_app
+    from agents.engine.context import KVContext
     from agents.engine.generate import generate
     from agents.engine.weights import load_model
 
@@ -50,18 +51,19 @@ def app_main(cmd_conn, evt_conn, app: AppWorkload, model_spec: ModelSpec, thread
     try:
         loaded = load_model(model_spec)
         model = loaded.model
-        model.setup_caches(max_batch_size=1, max_seq_len=max_context)
+        ctx = KVContext(model, capacity=max_context)
     except Exception as exc:
         evt_conn.send(("error", f"{type(exc).__name__}: {exc}"))
         return
     evt_conn.send(("ready", {
         "weights_label": loaded.weights_label,
         "weight_bytes": sum(p.numel() * p.element_size() for p in model.parameters()),
-        "kv_cache_bytes": model.kv_cache_bytes(),
+        "kv_cache_bytes": ctx.allocated_bytes(),
     }))
 
     def serve(prompt, n_out, on_token, should_stop):
-        return generate(model, prompt, n_out, on_token=on_token, should_stop=should_stop)
+        ctx.truncate(0)  # no context is kept between requests: the app's own model serves one
+        return generate(model, prompt, n_out, on_token=on_token, should_stop=should_stop, ctx=ctx)
 
     while True:
         cmd = commands.get()

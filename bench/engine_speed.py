@@ -16,6 +16,7 @@ import time
 
 import torch
 
+from agents.engine.context import KVContext
 from agents.engine.generate import decode_one_token, prefill
 from agents.engine.model import DTYPES, ModelArgs
 from agents.engine.weights import random_model
@@ -41,16 +42,18 @@ def measure(model, threads: int, runs: int, decode_tokens: int) -> tuple[float, 
     torch.set_num_threads(threads)
     gen = torch.Generator().manual_seed(0)
     prompt = torch.randint(0, model.args.vocab_size, (1, 256), generator=gen)
-    prefill(model, prompt[:, :32])  # warm-up
+    prompt = prompt[0].tolist()
+    prefill(model, KVContext(model), prompt[:32])  # warm-up
     prefill_s, decode_s = [], []
     for _ in range(runs):
+        ctx = KVContext(model, capacity=256 + decode_tokens)
         t0 = time.perf_counter()
-        logits = prefill(model, prompt)
+        logits = prefill(model, ctx, prompt)
         prefill_s.append(time.perf_counter() - t0)
-        tok = logits.argmax(-1)
+        tok = int(logits.argmax())
         t0 = time.perf_counter()
-        for i in range(decode_tokens):
-            tok = decode_one_token(model, tok, 256 + i).argmax(-1)
+        for _ in range(decode_tokens):
+            tok = int(decode_one_token(model, ctx, tok).argmax())
         decode_s.append(time.perf_counter() - t0)
     return 256 / statistics.median(prefill_s), decode_tokens / statistics.median(decode_s)
 
@@ -77,7 +80,6 @@ def main() -> None:
     for dtype_name in ns.dtypes:
         dtype = DTYPES[dtype_name]
         model = random_model(args, dtype, seed=0)
-        model.setup_caches(1, 256 + ns.decode_tokens)
         weight_bytes = args.weight_bytes(dtype)  # a decode step reads every weight once
         for t in ns.threads:
             prefill_tps, decode_tps = measure(model, t, ns.runs, ns.decode_tokens)

@@ -17,7 +17,6 @@ from fleet.records import NS_PER_S, AppWorkload, ArrivalPattern, RequestStatus, 
 @pytest.fixture(scope="module")
 def serve():
     model = random_model(ModelArgs.from_name("tiny"), torch.float32, 0)
-    model.setup_caches(1, 256)
 
     def serve(prompt, n, on_token, should_stop):
         return generate(model, prompt, n, on_token=on_token, should_stop=should_stop)

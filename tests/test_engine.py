@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+from agents.engine.context import KVContext
 from agents.engine.generate import decode_one_token, generate, prefill, sample
 from agents.engine.model import PRESETS, ModelArgs, Transformer
 from agents.engine.weights import RANDOM_WEIGHTS, load_model, random_model, save_hf_directory
@@ -16,38 +17,78 @@ def tiny(dtype=torch.float32, seed=0, **overrides) -> Transformer:
     if overrides:
         from dataclasses import replace
         args = replace(args, **overrides)
-    model = random_model(args, dtype, seed)
-    model.setup_caches(max_batch_size=1, max_seq_len=128)
-    return model
+    return random_model(args, dtype, seed)
 
 
 @pytest.mark.parametrize("overrides", [{}, {"qkv_bias": False, "tie_embeddings": False},
                                        {"n_kv_head": 4}, {"n_kv_head": 1}])
 def test_kv_cached_decode_equals_full_forward(overrides):
     model = tiny(**overrides)
-    tokens = torch.randint(0, model.args.vocab_size, (1, 24), generator=torch.Generator().manual_seed(1))
+    tokens = torch.randint(0, model.args.vocab_size, (24,),
+                           generator=torch.Generator().manual_seed(1)).tolist()
     with torch.inference_mode():
-        full = model(tokens, torch.arange(24))  # (1, 24, V), one pass over all tokens
-        model.setup_caches(1, 128)  # fresh, empty caches: the cached path must fill them itself
-        # prefill the first 10 tokens, then decode the rest one at a time through the cache
-        cached = [prefill(model, tokens[:, :10])]
+        full = model([(KVContext(model), tokens)], all_logits=True)  # (24, V), one pass
+        ctx = KVContext(model)  # a fresh context: the cached path fills it itself
+        cached = [prefill(model, ctx, tokens[:10])]
         for pos in range(10, 23):
-            cached.append(decode_one_token(model, tokens[0, pos:pos + 1], pos))
-    expected = full[0, 9:23]
-    got = torch.cat(cached, dim=0)
-    assert got.shape == expected.shape
-    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+            cached.append(decode_one_token(model, ctx, tokens[pos]))
+    torch.testing.assert_close(torch.stack(cached), full[9:23], rtol=1e-4, atol=1e-4)
+    assert ctx.length == 23
 
 
 def test_chunked_prefill_matches_full_prefill():
     model = tiny()
-    tokens = torch.randint(0, 256, (1, 40), generator=torch.Generator().manual_seed(2))
+    tokens = torch.randint(0, 256, (40,), generator=torch.Generator().manual_seed(2)).tolist()
     with torch.inference_mode():
-        whole = prefill(model, tokens)
-        model.setup_caches(1, 128)
-        prefill(model, tokens[:, :25])
-        chunked = prefill(model, tokens[:, 25:], start_pos=25)
+        whole = prefill(model, KVContext(model), tokens)
+        ctx = KVContext(model, capacity=8)  # small: the context has to grow on the way
+        prefill(model, ctx, tokens[:25])
+        chunked = prefill(model, ctx, tokens[25:])
     torch.testing.assert_close(chunked, whole, rtol=1e-4, atol=1e-4)
+
+
+def test_batched_step_over_ragged_sequences_equals_each_alone():
+    """Prefill chunks and decode steps of different lengths in one forward pass."""
+    model = tiny(tie_embeddings=False)
+    gen = torch.Generator().manual_seed(4)
+    prompts = [torch.randint(0, 256, (n,), generator=gen).tolist() for n in (5, 17, 1, 30)]
+    with torch.inference_mode():
+        alone = []
+        for p in prompts:
+            ctx = KVContext(model)
+            prefill(model, ctx, p[:-1] if len(p) > 1 else p)
+            alone.append(model([(ctx, p[-1:])])[0] if len(p) > 1 else None)
+        ctxs = [KVContext(model) for _ in prompts]
+        for ctx, p in zip(ctxs, prompts):
+            if len(p) > 1:
+                prefill(model, ctx, p[:-1])
+        # one step: three decode steps and one full prefill, ragged
+        batch = [(c, p[-1:]) if len(p) > 1 else (c, p) for c, p in zip(ctxs, prompts)]
+        together = model(batch)
+    for i, p in enumerate(prompts):
+        expected = alone[i] if alone[i] is not None else prefill(model, KVContext(model), p)
+        torch.testing.assert_close(together[i], expected, rtol=1e-4, atol=1e-4)
+    assert [c.length for c in ctxs] == [len(p) for p in prompts]
+
+
+def test_context_swap_and_recompute_restore_exact_greedy_tokens(tmp_path):
+    model = tiny(tie_embeddings=False)
+    prompt = list(range(3, 40))
+    uninterrupted = generate(model, prompt, 24)
+    for how in ("swap", "recompute"):
+        ctx = KVContext(model)
+        first = generate(model, prompt, 12, ctx=ctx)
+        used = ctx.used_bytes()
+        if how == "swap":
+            assert ctx.swap_out(tmp_path / "ctx.pt") == used and not ctx.resident
+            assert ctx.swap_in(tmp_path / "ctx.pt") == used
+        else:
+            assert ctx.drop() > 0 and not ctx.resident
+            with torch.inference_mode():
+                prefill(model, ctx, ctx.reset_for_recompute())
+        # continue the same sequence: the context already holds prompt + first[:-1]
+        rest = generate(model, prompt + first, 12, ctx=ctx)
+        assert first + rest == uninterrupted, how
 
 
 def test_same_seed_same_tokens_and_different_seed_differs():
@@ -83,10 +124,10 @@ def test_on_token_fires_per_token_and_stop_ends_early():
     assert seen == out and len(out) == 4
 
 
-def test_generate_refuses_more_tokens_than_the_cache_holds():
+def test_generate_refuses_more_tokens_than_the_model_has_positions():
     model = tiny()
-    with pytest.raises(ValueError, match="exceed the KV cache"):
-        generate(model, list(range(100)), 40)
+    with pytest.raises(ValueError, match="exceed the model's 512 positions"):
+        generate(model, list(range(500)), 40)
 
 
 def test_bf16_runs_and_halves_weight_bytes():
@@ -134,7 +175,6 @@ def test_local_hf_directory_round_trip_with_tokenizer(tmp_path):
     loaded = load_model(ModelSpec(path=str(tmp_path)))
     assert loaded.weights_label == f"local weights: {tmp_path}"
     assert loaded.tokenizer.encode("w3 w9").ids == [3, 9]
-    loaded.model.setup_caches(1, 128)
     prompt = loaded.tokenizer.encode("w1 w2 w3 w4").ids
     assert generate(loaded.model, prompt, 12) == generate(src, prompt, 12)
 
@@ -151,7 +191,9 @@ def test_local_directory_with_wrong_weights_is_refused(tmp_path):
 def test_memory_estimates_match_allocations():
     model = tiny()
     args = model.args
-    assert model.kv_cache_bytes() == args.kv_cache_bytes(128, torch.float32)
+    ctx = KVContext(model, capacity=128)
+    assert ctx.allocated_bytes() == args.kv_cache_bytes(128, torch.float32)
+    assert ctx.k.numel() * 4 * 2 == ctx.allocated_bytes()
     assert PRESETS["smollm-135m"].weight_bytes(torch.float32) / 2**20 == pytest.approx(513, abs=1)
 
 

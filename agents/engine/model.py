@@ -5,10 +5,15 @@ parameter names follow the Hugging Face layout (minus the leading ``model.``), s
 safetensors checkpoint maps onto it without a renaming table. The engine knows nothing about
 tokenization or time, only token ids.
 
+Sequences keep their KV cache in a ``KVContext`` of their own (context.py), so one forward pass
+can serve sequences of different lengths, prefill chunks and decode steps together: every linear
+layer runs once over all their new tokens, and attention runs per sequence over its own cache
+(Orca's selective batching). One sequence is the special case of a batch of one.
+
     args = ModelArgs.from_name("smollm-135m")
     model = Transformer(args)                     # see weights.py for random / local weights
-    model.setup_caches(max_batch_size=1, max_seq_len=512)
-    logits = model(tokens, input_pos)             # tokens (B, T), input_pos (T,)
+    ctx_a, ctx_b = KVContext(model), KVContext(model)
+    logits = model([(ctx_a, [1, 2, 3]), (ctx_b, [7])])   # (2, V): next-token logits per sequence
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from agents.engine.context import KVContext
 
 
 @dataclass(frozen=True)
@@ -93,23 +100,6 @@ def with_overrides(args: ModelArgs, **changes) -> ModelArgs:
     return replace(args, **changes)
 
 
-class KVCache(nn.Module):
-    def __init__(self, max_batch_size: int, max_seq_len: int, n_kv_head: int, head_dim: int,
-                 dtype: torch.dtype):
-        super().__init__()
-        shape = (max_batch_size, n_kv_head, max_seq_len, head_dim)  # (B, Hkv, S, D)
-        self.register_buffer("k_cache", torch.zeros(shape, dtype=dtype), persistent=False)
-        self.register_buffer("v_cache", torch.zeros(shape, dtype=dtype), persistent=False)
-
-    def update(self, input_pos: torch.Tensor, k_val: torch.Tensor, v_val: torch.Tensor):
-        # input_pos: (T,), k_val/v_val: (B, Hkv, T, D)
-        bsz = k_val.shape[0]
-        self.k_cache[:bsz, :, input_pos] = k_val
-        self.v_cache[:bsz, :, input_pos] = v_val
-        end = int(input_pos[-1]) + 1
-        return self.k_cache[:bsz, :, :end], self.v_cache[:bsz, :, :end]  # (B, Hkv, end, D)
-
-
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float):
         super().__init__()
@@ -144,29 +134,37 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 class Attention(nn.Module):
-    def __init__(self, args: ModelArgs):
+    def __init__(self, args: ModelArgs, layer_idx: int):
         super().__init__()
         self.args = args
+        self.layer_idx = layer_idx
         kv_dim = args.n_kv_head * args.head_dim
         self.q_proj = nn.Linear(args.dim, args.dim, bias=args.qkv_bias)
         self.k_proj = nn.Linear(args.dim, kv_dim, bias=args.qkv_bias)
         self.v_proj = nn.Linear(args.dim, kv_dim, bias=args.qkv_bias)
         self.o_proj = nn.Linear(args.dim, args.dim, bias=False)
-        self.kv_cache: KVCache | None = None
 
-    def forward(self, x, cos, sin, input_pos, mask):
-        bsz, seqlen, _ = x.shape  # (B, T, C)
+    def forward(self, x, cos, sin, batch: "list[tuple[KVContext, int]]"):
+        """x (1, T, C): the new tokens of every sequence, concatenated; batch: (context, count)."""
+        _, seqlen, _ = x.shape
         a = self.args
-        q = self.q_proj(x).view(bsz, seqlen, a.n_head, a.head_dim).transpose(1, 2)  # (B, H, T, D)
-        k = self.k_proj(x).view(bsz, seqlen, a.n_kv_head, a.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
-        v = self.v_proj(x).view(bsz, seqlen, a.n_kv_head, a.head_dim).transpose(1, 2)
+        q = self.q_proj(x).view(1, seqlen, a.n_head, a.head_dim).transpose(1, 2)  # (1, H, T, D)
+        k = self.k_proj(x).view(1, seqlen, a.n_kv_head, a.head_dim).transpose(1, 2)  # (1, Hkv, T, D)
+        v = self.v_proj(x).view(1, seqlen, a.n_kv_head, a.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if self.kv_cache is not None:
-            k, v = self.kv_cache.update(input_pos, k, v)  # (B, Hkv, S, D)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
-                                           enable_gqa=a.n_kv_head != a.n_head)  # (B, H, T, D)
-        y = y.transpose(1, 2).reshape(bsz, seqlen, a.dim)  # (B, T, C)
-        return self.o_proj(y)
+        outs, off = [], 0
+        for ctx, n in batch:
+            start = ctx.length  # positions already cached for this sequence
+            keys, values = ctx.write(self.layer_idx, start, k[0, :, off:off + n], v[0, :, off:off + n])
+            mask = None  # one new token sees the whole cache
+            if n > 1:  # query i (at position start + i) sees cached positions <= its own
+                mask = torch.arange(start + n)[None, :] <= (start + torch.arange(n))[:, None]
+            outs.append(F.scaled_dot_product_attention(
+                q[:, :, off:off + n], keys[None], values[None], attn_mask=mask,
+                enable_gqa=a.n_kv_head != a.n_head))  # (1, H, n, D)
+            off += n
+        y = torch.cat(outs, dim=2) if len(outs) > 1 else outs[0]  # (1, H, T, D)
+        return self.o_proj(y.transpose(1, 2).reshape(1, seqlen, a.dim))  # (1, T, C)
 
 
 class MLP(nn.Module):
@@ -181,15 +179,15 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, args: ModelArgs):
+    def __init__(self, args: ModelArgs, layer_idx: int):
         super().__init__()
         self.input_layernorm = RMSNorm(args.dim, args.norm_eps)
-        self.self_attn = Attention(args)
+        self.self_attn = Attention(args, layer_idx)
         self.post_attention_layernorm = RMSNorm(args.dim, args.norm_eps)
         self.mlp = MLP(args)
 
-    def forward(self, x, cos, sin, input_pos, mask):
-        h = x + self.self_attn(self.input_layernorm(x), cos, sin, input_pos, mask)
+    def forward(self, x, cos, sin, batch):
+        h = x + self.self_attn(self.input_layernorm(x), cos, sin, batch)
         return h + self.mlp(self.post_attention_layernorm(h))
 
 
@@ -198,50 +196,53 @@ class Transformer(nn.Module):
         super().__init__()
         self.args = args
         self.embed_tokens = nn.Embedding(args.vocab_size, args.dim)
-        self.layers = nn.ModuleList(Block(args) for _ in range(args.n_layer))
+        self.layers = nn.ModuleList(Block(args, i) for i in range(args.n_layer))
         self.norm = RMSNorm(args.dim, args.norm_eps)
         self.lm_head = nn.Linear(args.dim, args.vocab_size, bias=False)
         if args.tie_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
-        self.max_seq_len = 0
-        self._cos = self._sin = None
+        self._cos = self._sin = None  # RoPE tables, grown on demand
 
     @property
     def dtype(self) -> torch.dtype:
         return self.embed_tokens.weight.dtype
 
-    def setup_caches(self, max_batch_size: int, max_seq_len: int) -> None:
-        """Preallocate a KV cache per layer; must precede cached forward calls."""
-        if max_seq_len > self.args.max_position:
-            raise ValueError(f"max_seq_len {max_seq_len} exceeds the model's "
-                             f"{self.args.max_position} positions")
-        self.max_seq_len = max_seq_len
-        for layer in self.layers:
-            layer.self_attn.kv_cache = KVCache(max_batch_size, max_seq_len, self.args.n_kv_head,
-                                               self.args.head_dim, self.dtype)
-        cos, sin = rope_tables(self.args, max_seq_len)
-        self._cos, self._sin = cos.to(self.dtype), sin.to(self.dtype)
+    def weight_bytes(self) -> int:
+        return sum(p.numel() * p.element_size() for p in self.parameters())
 
-    def kv_cache_bytes(self) -> int:
-        return sum(b.numel() * b.element_size() for layer in self.layers
-                   if layer.self_attn.kv_cache is not None
-                   for b in layer.self_attn.kv_cache.buffers())
+    def _rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        needed = int(positions.max()) + 1
+        if self._cos is None or self._cos.shape[0] < needed:
+            size = min(self.args.max_position, max(needed, 2 * (0 if self._cos is None
+                                                             else self._cos.shape[0]), 256))
+            cos, sin = rope_tables(self.args, size)
+            self._cos, self._sin = cos.to(self.dtype), sin.to(self.dtype)
+        return self._cos[positions], self._sin[positions]  # (T, D)
 
-    def forward(self, idx: torch.Tensor, input_pos: torch.Tensor, last_only: bool = False):
-        """idx (B, T) token ids at positions input_pos (T,) -> logits (B, T, V) or (B, 1, V)."""
-        if self._cos is None:
-            raise RuntimeError("call setup_caches() before forward()")
-        seqlen = idx.shape[1]
-        cos, sin = self._cos[input_pos], self._sin[input_pos]  # (T, D)
-        end = int(input_pos[-1]) + 1
-        mask = None
-        if seqlen > 1:
-            # Query t sees every cached position up to and including its own.
-            mask = torch.arange(end)[None, :] <= input_pos[:, None]  # (T, end)
-        x = self.embed_tokens(idx)  # (B, T, C)
+    def forward(self, batch: "list[tuple[KVContext, list[int]]]",
+                all_logits: bool = False) -> torch.Tensor:
+        """Append each sequence's new tokens to its context and return next-token logits:
+        (S, V) for S sequences, or (T, V) for every new token when ``all_logits``."""
+        counts = [len(toks) for _, toks in batch]
+        if not batch or min(counts) < 1:
+            raise ValueError("every sequence in a batch needs at least one new token")
+        for (ctx, _), n in zip(batch, counts):
+            if ctx.length + n > self.args.max_position:
+                raise ValueError(f"context of {ctx.length + n} tokens exceeds the model's "
+                                 f"{self.args.max_position} positions")
+            ctx.reserve(ctx.length + n)
+        ids = torch.tensor([t for _, toks in batch for t in toks], dtype=torch.long)
+        positions = torch.cat([torch.arange(ctx.length, ctx.length + n)
+                               for (ctx, _), n in zip(batch, counts)])
+        cos, sin = self._rope(positions)
+        pairs = [(ctx, n) for (ctx, _), n in zip(batch, counts)]
+        x = self.embed_tokens(ids)[None]  # (1, T, C)
         for layer in self.layers:
-            x = layer(x, cos, sin, input_pos, mask)
-        x = self.norm(x)
-        if last_only:
-            x = x[:, -1:, :]
-        return self.lm_head(x).float()  # (B, T, V)
+            x = layer(x, cos, sin, pairs)
+        for (ctx, toks) in batch:
+            ctx.append(toks)
+        x = x[0]  # (T, C)
+        if not all_logits:
+            last = torch.tensor(counts).cumsum(0) - 1
+            x = x[last]  # (S, C)
+        return self.lm_head(self.norm(x)).float()
