@@ -24,6 +24,17 @@ class ArrivalPattern(str, Enum):
     CLOSED_LOOP = "closed_loop"
 
 
+class SchedulerPolicy(str, Enum):
+    FCFS = "fcfs"
+    PRIORITY = "priority"
+    ROUND_ROBIN = "round_robin"
+
+
+class ContextPolicy(str, Enum):
+    SWAP = "swap"
+    RECOMPUTE = "recompute"
+
+
 class RequestStatus(str, Enum):
     OK = "ok"
     FAILED = "failed"
@@ -68,13 +79,29 @@ class AppWorkload:
     max_requests: int = 0  # 0 = until the workload's duration ends
     foreground: bool = False
     slo_ttft_s: float = 0.0
+    turns_per_session: int = 0  # multi-turn: a new conversation after this many turns (0 = when full)
+    system_prompt_tokens: int = 0  # a fixed prefix of every prompt (shared-prefix reuse)
 
     def max_context_tokens(self) -> int:
-        """Longest prompt + output a request of this app can reach."""
+        """Longest prompt + output a request of this app can reach (0 = unbounded)."""
+        turn = self.prompt_tokens + self.output_tokens
         if not self.multi_turn:
-            return self.prompt_tokens + self.output_tokens
-        turns = max(1, self.max_requests)
-        return turns * (self.prompt_tokens + self.output_tokens)
+            return self.system_prompt_tokens + turn
+        turns = self.turns_per_session or self.max_requests
+        return self.system_prompt_tokens + turns * turn if turns else 0
+
+
+@dataclass(frozen=True)
+class ServiceOptions:
+    """How a shared model service runs (SLMaaS and agent-OS)."""
+    scheduler: SchedulerPolicy = SchedulerPolicy.FCFS
+    max_batch_size: int = 8  # most sequences in one forward pass
+    prefill_chunk_tokens: int = 512  # most prompt tokens of one sequence per step
+    prefix_cache: bool = True  # reuse KV of an app's system prompt
+    persistent_contexts: bool = False  # keep multi-turn contexts between turns
+    context_policy: ContextPolicy = ContextPolicy.SWAP
+    kv_budget_bytes: int = 0  # 0 = phone budget - weights
+    quantum_tokens: int = 16  # round robin: decode steps per slice
 
 
 @dataclass(frozen=True)
@@ -84,6 +111,7 @@ class DeploySpec:
     apps: tuple[AppWorkload, ...]
     max_context_tokens: int = 0  # 0 = derive from the apps
     threads_per_process: int = 1
+    service: ServiceOptions = ServiceOptions()
 
 
 @dataclass(frozen=True)
@@ -111,6 +139,26 @@ class WorkloadRun:
     sample_interval_s: float = 0.25
 
 
+@dataclass(frozen=True)
+class Slice:
+    """One uninterrupted stretch of a request on the model."""
+    start_ns: int
+    end_ns: int
+    prefill_tokens: int = 0
+    output_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class PhoneEvent:
+    """Something that happened to the phone's SLMs: an LMK kill, a cold start, a swap."""
+    t_ns: int
+    kind: str  # lmk_kill | cold_start | swap_out | swap_in | recompute | drop | service_died
+    app: str = ""
+    detail: str = ""
+    bytes: int = 0
+    duration_s: float = 0.0
+
+
 @dataclass
 class RequestRecord:
     request_id: str
@@ -123,6 +171,12 @@ class RequestRecord:
     error: str = ""
     cold_start_s: float = 0.0
     turn: int = 0
+    slices: list[Slice] = field(default_factory=list)
+    context_switch_s: float = 0.0
+    context_switch_bytes: int = 0
+    context_restore: str = ""  # swap | recompute | "" (no evicted context to restore)
+    cached_prompt_tokens: int = 0
+    max_batch_size: int = 0
 
     @property
     def output_tokens(self) -> int:

@@ -7,9 +7,9 @@ server and the coordinator's client call these functions at their edges.
 from __future__ import annotations
 
 from fleet.records import (
-    AppDeployment, AppWorkload, ArrivalPattern, DeployResult, DeploySpec, ModelSpec, Paradigm,
-    PhoneProfile, RequestRecord, RequestStatus, ResourceSample, TrialStatus, TrialSummary,
-    WorkloadRun,
+    AppDeployment, AppWorkload, ArrivalPattern, ContextPolicy, DeployResult, DeploySpec,
+    ModelSpec, Paradigm, PhoneEvent, PhoneProfile, RequestRecord, RequestStatus, ResourceSample,
+    SchedulerPolicy, ServiceOptions, Slice, TrialStatus, TrialSummary, WorkloadRun,
 )
 from fleet.v1 import agent_pb2 as pb
 
@@ -20,6 +20,11 @@ _PATTERN = {ArrivalPattern.POISSON: pb.ARRIVAL_PATTERN_POISSON,
 _REQUEST_STATUS = {RequestStatus.OK: pb.REQUEST_STATUS_OK,
                    RequestStatus.FAILED: pb.REQUEST_STATUS_FAILED,
                    RequestStatus.CANCELLED: pb.REQUEST_STATUS_CANCELLED}
+_SCHEDULER = {SchedulerPolicy.FCFS: pb.SCHEDULER_POLICY_FCFS,
+              SchedulerPolicy.PRIORITY: pb.SCHEDULER_POLICY_PRIORITY,
+              SchedulerPolicy.ROUND_ROBIN: pb.SCHEDULER_POLICY_ROUND_ROBIN}
+_CONTEXT_POLICY = {ContextPolicy.SWAP: pb.CONTEXT_POLICY_SWAP,
+                   ContextPolicy.RECOMPUTE: pb.CONTEXT_POLICY_RECOMPUTE}
 _TRIAL_STATUS = {TrialStatus.COMPLETED: pb.TRIAL_STATUS_COMPLETED,
                  TrialStatus.FAILED: pb.TRIAL_STATUS_FAILED,
                  TrialStatus.STOPPED: pb.TRIAL_STATUS_STOPPED}
@@ -63,7 +68,8 @@ def app_to_pb(a: AppWorkload) -> pb.AppWorkload:
         name=a.name, pattern=_PATTERN[a.pattern], rate_per_s=a.rate_per_s,
         burst_size=a.burst_size, think_time_s=a.think_time_s, prompt_tokens=a.prompt_tokens,
         output_tokens=a.output_tokens, multi_turn=a.multi_turn, max_requests=a.max_requests,
-        foreground=a.foreground, slo_ttft_s=a.slo_ttft_s)
+        foreground=a.foreground, slo_ttft_s=a.slo_ttft_s, turns_per_session=a.turns_per_session,
+        system_prompt_tokens=a.system_prompt_tokens)
 
 
 def app_from_pb(m: pb.AppWorkload) -> AppWorkload:
@@ -80,11 +86,33 @@ def app_from_pb(m: pb.AppWorkload) -> AppWorkload:
         name=m.name, pattern=pattern, rate_per_s=m.rate_per_s, burst_size=max(1, m.burst_size),
         think_time_s=m.think_time_s, prompt_tokens=m.prompt_tokens,
         output_tokens=m.output_tokens, multi_turn=m.multi_turn, max_requests=m.max_requests,
-        foreground=m.foreground, slo_ttft_s=m.slo_ttft_s)
+        foreground=m.foreground, slo_ttft_s=m.slo_ttft_s, turns_per_session=m.turns_per_session,
+        system_prompt_tokens=m.system_prompt_tokens)
+
+
+def service_to_pb(o: ServiceOptions) -> pb.ServiceOptions:
+    return pb.ServiceOptions(
+        scheduler=_SCHEDULER[o.scheduler], max_batch_size=o.max_batch_size,
+        prefill_chunk_tokens=o.prefill_chunk_tokens, prefix_cache=o.prefix_cache,
+        persistent_contexts=o.persistent_contexts, context_policy=_CONTEXT_POLICY[o.context_policy],
+        kv_budget_bytes=o.kv_budget_bytes, quantum_tokens=o.quantum_tokens)
+
+
+def service_from_pb(m: pb.ServiceOptions) -> ServiceOptions:
+    d = ServiceOptions()
+    return ServiceOptions(
+        scheduler=(_inverse(_SCHEDULER, m.scheduler, "scheduler policy") if m.scheduler
+                   else d.scheduler),
+        max_batch_size=m.max_batch_size or d.max_batch_size,
+        prefill_chunk_tokens=m.prefill_chunk_tokens or d.prefill_chunk_tokens,
+        prefix_cache=m.prefix_cache, persistent_contexts=m.persistent_contexts,
+        context_policy=(_inverse(_CONTEXT_POLICY, m.context_policy, "context policy")
+                        if m.context_policy else d.context_policy),
+        kv_budget_bytes=m.kv_budget_bytes, quantum_tokens=m.quantum_tokens or d.quantum_tokens)
 
 
 def deploy_to_pb(d: DeploySpec) -> pb.DeployRequest:
-    return pb.DeployRequest(
+    return pb.DeployRequest(service=service_to_pb(d.service),
         paradigm=_PARADIGM[d.paradigm],
         model=pb.ModelRef(preset=d.model.preset, path=d.model.path, dtype=d.model.dtype,
                           seed=d.model.seed),
@@ -108,7 +136,7 @@ def deploy_from_pb(m: pb.DeployRequest) -> DeploySpec:
         paradigm=paradigm_from_pb(m.paradigm),
         model=ModelSpec(preset=m.model.preset, path=m.model.path, dtype=dtype, seed=m.model.seed),
         apps=apps, max_context_tokens=m.max_context_tokens,
-        threads_per_process=max(1, m.threads_per_process))
+        threads_per_process=max(1, m.threads_per_process), service=service_from_pb(m.service))
 
 
 def deploy_result_to_pb(r: DeployResult) -> pb.DeployResponse:
@@ -150,7 +178,19 @@ def record_to_pb(r: RequestRecord) -> pb.RunWorkloadResponse:
         prompt_tokens=r.prompt_tokens, output_tokens=r.output_tokens, submit_ns=r.submit_ns,
         scheduled_ns=r.scheduled_ns, first_token_ns=r.first_token_ns,
         last_token_ns=r.last_token_ns, token_ns=r.token_ns, queue_wait_s=r.queue_wait_s,
-        ttft_s=r.ttft_s, itl_s=r.itl_s, e2e_s=r.e2e_s, cold_start_s=r.cold_start_s, turn=r.turn))
+        ttft_s=r.ttft_s, itl_s=r.itl_s, e2e_s=r.e2e_s, cold_start_s=r.cold_start_s, turn=r.turn,
+        slices=[slice_to_pb(s) for s in r.slices], context_switch_s=r.context_switch_s,
+        context_switch_bytes=r.context_switch_bytes, context_restore=r.context_restore,
+        cached_prompt_tokens=r.cached_prompt_tokens, max_batch_size=r.max_batch_size))
+
+
+def slice_to_pb(s: Slice) -> pb.Slice:
+    return pb.Slice(start_ns=s.start_ns, end_ns=s.end_ns, prefill_tokens=s.prefill_tokens,
+                    output_tokens=s.output_tokens)
+
+
+def slice_from_pb(m: pb.Slice) -> Slice:
+    return Slice(m.start_ns, m.end_ns, m.prefill_tokens, m.output_tokens)
 
 
 def record_from_pb(m: pb.RequestRecord) -> RequestRecord:
@@ -158,7 +198,21 @@ def record_from_pb(m: pb.RequestRecord) -> RequestRecord:
         request_id=m.request_id, app=m.app,
         status=_inverse(_REQUEST_STATUS, m.status, "request status"),
         prompt_tokens=m.prompt_tokens, submit_ns=m.submit_ns, scheduled_ns=m.scheduled_ns,
-        token_ns=list(m.token_ns), error=m.error, cold_start_s=m.cold_start_s, turn=m.turn)
+        token_ns=list(m.token_ns), error=m.error, cold_start_s=m.cold_start_s, turn=m.turn,
+        slices=[slice_from_pb(s) for s in m.slices], context_switch_s=m.context_switch_s,
+        context_switch_bytes=m.context_switch_bytes, context_restore=m.context_restore,
+        cached_prompt_tokens=m.cached_prompt_tokens, max_batch_size=m.max_batch_size)
+
+
+def phone_event_to_pb(e: PhoneEvent) -> pb.RunWorkloadResponse:
+    return pb.RunWorkloadResponse(phone_event=pb.PhoneEvent(
+        t_ns=e.t_ns, kind=e.kind, app=e.app, detail=e.detail, bytes=e.bytes,
+        duration_s=e.duration_s))
+
+
+def phone_event_from_pb(m: pb.PhoneEvent) -> PhoneEvent:
+    return PhoneEvent(t_ns=m.t_ns, kind=m.kind, app=m.app, detail=m.detail, bytes=m.bytes,
+                      duration_s=m.duration_s)
 
 
 def sample_to_pb(s: ResourceSample) -> pb.RunWorkloadResponse:
@@ -196,4 +250,6 @@ def event_from_pb(m: pb.RunWorkloadResponse) -> RequestRecord | ResourceSample |
         return sample_from_pb(m.sample)
     if kind == "summary":
         return summary_from_pb(m.summary)
+    if kind == "phone_event":
+        return phone_event_from_pb(m.phone_event)
     raise WireError("empty workload event")

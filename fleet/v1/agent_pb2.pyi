@@ -33,6 +33,19 @@ class TrialStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TRIAL_STATUS_COMPLETED: _ClassVar[TrialStatus]
     TRIAL_STATUS_FAILED: _ClassVar[TrialStatus]
     TRIAL_STATUS_STOPPED: _ClassVar[TrialStatus]
+
+class ContextPolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CONTEXT_POLICY_UNSPECIFIED: _ClassVar[ContextPolicy]
+    CONTEXT_POLICY_SWAP: _ClassVar[ContextPolicy]
+    CONTEXT_POLICY_RECOMPUTE: _ClassVar[ContextPolicy]
+
+class SchedulerPolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SCHEDULER_POLICY_UNSPECIFIED: _ClassVar[SchedulerPolicy]
+    SCHEDULER_POLICY_FCFS: _ClassVar[SchedulerPolicy]
+    SCHEDULER_POLICY_PRIORITY: _ClassVar[SchedulerPolicy]
+    SCHEDULER_POLICY_ROUND_ROBIN: _ClassVar[SchedulerPolicy]
 PARADIGM_UNSPECIFIED: Paradigm
 PARADIGM_PER_APP: Paradigm
 PARADIGM_SLMAAS: Paradigm
@@ -48,6 +61,13 @@ TRIAL_STATUS_UNSPECIFIED: TrialStatus
 TRIAL_STATUS_COMPLETED: TrialStatus
 TRIAL_STATUS_FAILED: TrialStatus
 TRIAL_STATUS_STOPPED: TrialStatus
+CONTEXT_POLICY_UNSPECIFIED: ContextPolicy
+CONTEXT_POLICY_SWAP: ContextPolicy
+CONTEXT_POLICY_RECOMPUTE: ContextPolicy
+SCHEDULER_POLICY_UNSPECIFIED: SchedulerPolicy
+SCHEDULER_POLICY_FCFS: SchedulerPolicy
+SCHEDULER_POLICY_PRIORITY: SchedulerPolicy
+SCHEDULER_POLICY_ROUND_ROBIN: SchedulerPolicy
 
 class PhoneProfile(_message.Message):
     __slots__ = ("name", "kind", "memory_budget_bytes", "cpu_threads", "host")
@@ -76,7 +96,7 @@ class ModelRef(_message.Message):
     def __init__(self, preset: _Optional[str] = ..., path: _Optional[str] = ..., dtype: _Optional[str] = ..., seed: _Optional[int] = ...) -> None: ...
 
 class AppWorkload(_message.Message):
-    __slots__ = ("name", "pattern", "rate_per_s", "burst_size", "think_time_s", "prompt_tokens", "output_tokens", "multi_turn", "max_requests", "foreground", "slo_ttft_s")
+    __slots__ = ("name", "pattern", "rate_per_s", "burst_size", "think_time_s", "prompt_tokens", "output_tokens", "multi_turn", "turns_per_session", "system_prompt_tokens", "max_requests", "foreground", "slo_ttft_s")
     NAME_FIELD_NUMBER: _ClassVar[int]
     PATTERN_FIELD_NUMBER: _ClassVar[int]
     RATE_PER_S_FIELD_NUMBER: _ClassVar[int]
@@ -85,6 +105,8 @@ class AppWorkload(_message.Message):
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     MULTI_TURN_FIELD_NUMBER: _ClassVar[int]
+    TURNS_PER_SESSION_FIELD_NUMBER: _ClassVar[int]
+    SYSTEM_PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     MAX_REQUESTS_FIELD_NUMBER: _ClassVar[int]
     FOREGROUND_FIELD_NUMBER: _ClassVar[int]
     SLO_TTFT_S_FIELD_NUMBER: _ClassVar[int]
@@ -96,10 +118,12 @@ class AppWorkload(_message.Message):
     prompt_tokens: int
     output_tokens: int
     multi_turn: bool
+    turns_per_session: int
+    system_prompt_tokens: int
     max_requests: int
     foreground: bool
     slo_ttft_s: float
-    def __init__(self, name: _Optional[str] = ..., pattern: _Optional[_Union[ArrivalPattern, str]] = ..., rate_per_s: _Optional[float] = ..., burst_size: _Optional[int] = ..., think_time_s: _Optional[float] = ..., prompt_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., multi_turn: _Optional[bool] = ..., max_requests: _Optional[int] = ..., foreground: _Optional[bool] = ..., slo_ttft_s: _Optional[float] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., pattern: _Optional[_Union[ArrivalPattern, str]] = ..., rate_per_s: _Optional[float] = ..., burst_size: _Optional[int] = ..., think_time_s: _Optional[float] = ..., prompt_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., multi_turn: _Optional[bool] = ..., turns_per_session: _Optional[int] = ..., system_prompt_tokens: _Optional[int] = ..., max_requests: _Optional[int] = ..., foreground: _Optional[bool] = ..., slo_ttft_s: _Optional[float] = ...) -> None: ...
 
 class DescribeRequest(_message.Message):
     __slots__ = ()
@@ -135,19 +159,41 @@ class DescribeResponse(_message.Message):
     agent_pid: int
     def __init__(self, profile: _Optional[_Union[PhoneProfile, _Mapping]] = ..., paradigms: _Optional[_Iterable[_Union[Paradigm, str]]] = ..., model_presets: _Optional[_Iterable[str]] = ..., versions: _Optional[_Mapping[str, str]] = ..., host_facts: _Optional[_Mapping[str, str]] = ..., agent_pid: _Optional[int] = ...) -> None: ...
 
+class ServiceOptions(_message.Message):
+    __slots__ = ("scheduler", "max_batch_size", "prefill_chunk_tokens", "prefix_cache", "persistent_contexts", "context_policy", "kv_budget_bytes", "quantum_tokens")
+    SCHEDULER_FIELD_NUMBER: _ClassVar[int]
+    MAX_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PREFILL_CHUNK_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_CACHE_FIELD_NUMBER: _ClassVar[int]
+    PERSISTENT_CONTEXTS_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_POLICY_FIELD_NUMBER: _ClassVar[int]
+    KV_BUDGET_BYTES_FIELD_NUMBER: _ClassVar[int]
+    QUANTUM_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    scheduler: SchedulerPolicy
+    max_batch_size: int
+    prefill_chunk_tokens: int
+    prefix_cache: bool
+    persistent_contexts: bool
+    context_policy: ContextPolicy
+    kv_budget_bytes: int
+    quantum_tokens: int
+    def __init__(self, scheduler: _Optional[_Union[SchedulerPolicy, str]] = ..., max_batch_size: _Optional[int] = ..., prefill_chunk_tokens: _Optional[int] = ..., prefix_cache: _Optional[bool] = ..., persistent_contexts: _Optional[bool] = ..., context_policy: _Optional[_Union[ContextPolicy, str]] = ..., kv_budget_bytes: _Optional[int] = ..., quantum_tokens: _Optional[int] = ...) -> None: ...
+
 class DeployRequest(_message.Message):
-    __slots__ = ("paradigm", "model", "apps", "max_context_tokens", "threads_per_process")
+    __slots__ = ("paradigm", "model", "apps", "max_context_tokens", "threads_per_process", "service")
     PARADIGM_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     APPS_FIELD_NUMBER: _ClassVar[int]
     MAX_CONTEXT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     THREADS_PER_PROCESS_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
     paradigm: Paradigm
     model: ModelRef
     apps: _containers.RepeatedCompositeFieldContainer[AppWorkload]
     max_context_tokens: int
     threads_per_process: int
-    def __init__(self, paradigm: _Optional[_Union[Paradigm, str]] = ..., model: _Optional[_Union[ModelRef, _Mapping]] = ..., apps: _Optional[_Iterable[_Union[AppWorkload, _Mapping]]] = ..., max_context_tokens: _Optional[int] = ..., threads_per_process: _Optional[int] = ...) -> None: ...
+    service: ServiceOptions
+    def __init__(self, paradigm: _Optional[_Union[Paradigm, str]] = ..., model: _Optional[_Union[ModelRef, _Mapping]] = ..., apps: _Optional[_Iterable[_Union[AppWorkload, _Mapping]]] = ..., max_context_tokens: _Optional[int] = ..., threads_per_process: _Optional[int] = ..., service: _Optional[_Union[ServiceOptions, _Mapping]] = ...) -> None: ...
 
 class AppDeployment(_message.Message):
     __slots__ = ("app", "pid", "cold_start_s", "weight_bytes", "kv_cache_bytes")
@@ -188,7 +234,7 @@ class RunWorkloadRequest(_message.Message):
     def __init__(self, trial_id: _Optional[str] = ..., duration_s: _Optional[float] = ..., seed: _Optional[int] = ..., sample_interval_s: _Optional[float] = ...) -> None: ...
 
 class RequestRecord(_message.Message):
-    __slots__ = ("request_id", "app", "status", "error", "prompt_tokens", "output_tokens", "submit_ns", "scheduled_ns", "first_token_ns", "last_token_ns", "token_ns", "queue_wait_s", "ttft_s", "itl_s", "e2e_s", "cold_start_s", "turn")
+    __slots__ = ("request_id", "app", "status", "error", "prompt_tokens", "output_tokens", "submit_ns", "scheduled_ns", "first_token_ns", "last_token_ns", "token_ns", "queue_wait_s", "ttft_s", "itl_s", "e2e_s", "cold_start_s", "turn", "slices", "context_switch_s", "context_switch_bytes", "context_restore", "cached_prompt_tokens", "max_batch_size")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     APP_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
@@ -206,6 +252,12 @@ class RequestRecord(_message.Message):
     E2E_S_FIELD_NUMBER: _ClassVar[int]
     COLD_START_S_FIELD_NUMBER: _ClassVar[int]
     TURN_FIELD_NUMBER: _ClassVar[int]
+    SLICES_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_SWITCH_S_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_SWITCH_BYTES_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_RESTORE_FIELD_NUMBER: _ClassVar[int]
+    CACHED_PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    MAX_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     app: str
     status: RequestStatus
@@ -223,7 +275,41 @@ class RequestRecord(_message.Message):
     e2e_s: float
     cold_start_s: float
     turn: int
-    def __init__(self, request_id: _Optional[str] = ..., app: _Optional[str] = ..., status: _Optional[_Union[RequestStatus, str]] = ..., error: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., submit_ns: _Optional[int] = ..., scheduled_ns: _Optional[int] = ..., first_token_ns: _Optional[int] = ..., last_token_ns: _Optional[int] = ..., token_ns: _Optional[_Iterable[int]] = ..., queue_wait_s: _Optional[float] = ..., ttft_s: _Optional[float] = ..., itl_s: _Optional[float] = ..., e2e_s: _Optional[float] = ..., cold_start_s: _Optional[float] = ..., turn: _Optional[int] = ...) -> None: ...
+    slices: _containers.RepeatedCompositeFieldContainer[Slice]
+    context_switch_s: float
+    context_switch_bytes: int
+    context_restore: str
+    cached_prompt_tokens: int
+    max_batch_size: int
+    def __init__(self, request_id: _Optional[str] = ..., app: _Optional[str] = ..., status: _Optional[_Union[RequestStatus, str]] = ..., error: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., submit_ns: _Optional[int] = ..., scheduled_ns: _Optional[int] = ..., first_token_ns: _Optional[int] = ..., last_token_ns: _Optional[int] = ..., token_ns: _Optional[_Iterable[int]] = ..., queue_wait_s: _Optional[float] = ..., ttft_s: _Optional[float] = ..., itl_s: _Optional[float] = ..., e2e_s: _Optional[float] = ..., cold_start_s: _Optional[float] = ..., turn: _Optional[int] = ..., slices: _Optional[_Iterable[_Union[Slice, _Mapping]]] = ..., context_switch_s: _Optional[float] = ..., context_switch_bytes: _Optional[int] = ..., context_restore: _Optional[str] = ..., cached_prompt_tokens: _Optional[int] = ..., max_batch_size: _Optional[int] = ...) -> None: ...
+
+class Slice(_message.Message):
+    __slots__ = ("start_ns", "end_ns", "prefill_tokens", "output_tokens")
+    START_NS_FIELD_NUMBER: _ClassVar[int]
+    END_NS_FIELD_NUMBER: _ClassVar[int]
+    PREFILL_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    start_ns: int
+    end_ns: int
+    prefill_tokens: int
+    output_tokens: int
+    def __init__(self, start_ns: _Optional[int] = ..., end_ns: _Optional[int] = ..., prefill_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ...) -> None: ...
+
+class PhoneEvent(_message.Message):
+    __slots__ = ("t_ns", "kind", "app", "detail", "bytes", "duration_s")
+    T_NS_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    APP_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    DURATION_S_FIELD_NUMBER: _ClassVar[int]
+    t_ns: int
+    kind: str
+    app: str
+    detail: str
+    bytes: int
+    duration_s: float
+    def __init__(self, t_ns: _Optional[int] = ..., kind: _Optional[str] = ..., app: _Optional[str] = ..., detail: _Optional[str] = ..., bytes: _Optional[int] = ..., duration_s: _Optional[float] = ...) -> None: ...
 
 class ResourceSample(_message.Message):
     __slots__ = ("t_ns", "component", "pid", "rss_bytes", "pss_bytes", "cpu_percent")
@@ -264,14 +350,16 @@ class TrialSummary(_message.Message):
     def __init__(self, status: _Optional[_Union[TrialStatus, str]] = ..., reason: _Optional[str] = ..., num_requests: _Optional[int] = ..., num_failed: _Optional[int] = ..., output_tokens: _Optional[int] = ..., duration_s: _Optional[float] = ..., peak_pss_bytes: _Optional[int] = ..., peak_rss_bytes: _Optional[int] = ..., weights_label: _Optional[str] = ...) -> None: ...
 
 class RunWorkloadResponse(_message.Message):
-    __slots__ = ("record", "sample", "summary")
+    __slots__ = ("record", "sample", "summary", "phone_event")
     RECORD_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_FIELD_NUMBER: _ClassVar[int]
     SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    PHONE_EVENT_FIELD_NUMBER: _ClassVar[int]
     record: RequestRecord
     sample: ResourceSample
     summary: TrialSummary
-    def __init__(self, record: _Optional[_Union[RequestRecord, _Mapping]] = ..., sample: _Optional[_Union[ResourceSample, _Mapping]] = ..., summary: _Optional[_Union[TrialSummary, _Mapping]] = ...) -> None: ...
+    phone_event: PhoneEvent
+    def __init__(self, record: _Optional[_Union[RequestRecord, _Mapping]] = ..., sample: _Optional[_Union[ResourceSample, _Mapping]] = ..., summary: _Optional[_Union[TrialSummary, _Mapping]] = ..., phone_event: _Optional[_Union[PhoneEvent, _Mapping]] = ...) -> None: ...
 
 class StopRequest(_message.Message):
     __slots__ = ("reason",)

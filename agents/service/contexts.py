@@ -1,0 +1,142 @@
+"""The context manager of a model service: persistent per-app contexts and shared prefixes, held
+under a KV byte budget.
+
+- Persistent contexts (agent-OS): a multi-turn app's KV cache is kept between its turns, keyed by
+  session; the next turn prefills only what is new.
+- Shared prefixes (SLMaaS and agent-OS): the KV of an app's system prompt is kept once and copied
+  into each new request of that app instead of being prefilled again.
+- Under the budget, idle contexts (least recently used first) are evicted by policy: swapped out
+  to storage, or dropped to be recomputed. Making one usable again is a measured context switch.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from pathlib import Path
+
+import torch
+
+from agents.engine.context import KVContext
+from agents.service.scheduler import ServiceRequest
+from fleet.records import ContextPolicy, PhoneEvent
+
+
+class ContextManager:
+    def __init__(self, model, *, policy: ContextPolicy, kv_budget_bytes: int, swap_dir: Path,
+                 persistent: bool, prefix_cache: bool):
+        self.model = model
+        self.policy = policy
+        self.kv_budget_bytes = kv_budget_bytes
+        self.swap_dir = Path(swap_dir)
+        self.swap_dir.mkdir(parents=True, exist_ok=True)
+        self.persistent = persistent
+        self.prefix_cache = prefix_cache
+        self.sessions: OrderedDict[str, KVContext] = OrderedDict()  # LRU order: oldest first
+        self.in_use: set[str] = set()
+        self.prefixes: dict[tuple[int, ...], KVContext] = {}
+        self.events: list[PhoneEvent] = []
+        self.counters = {"prefix_hits": 0, "context_hits": 0, "swap_outs": 0, "swap_ins": 0,
+                         "recomputes": 0, "drops": 0, "swap_bytes": 0}
+
+    def _event(self, kind: str, app: str, num_bytes: int, duration_s: float, detail: str = ""):
+        self.events.append(PhoneEvent(time.monotonic_ns(), kind, app, detail, num_bytes,
+                                      duration_s))
+
+    def acquire(self, req: ServiceRequest) -> KVContext:
+        """The context a request starts from; sets how much of its prompt is already cached."""
+        need = len(req.prompt) + req.max_new_tokens
+        ctx = None
+        if self.persistent and req.session:
+            ctx = self.sessions.get(req.session)
+            if ctx is not None:
+                self.sessions.move_to_end(req.session)
+                if not ctx.resident:
+                    self._restore(req, ctx)
+                keep = min(ctx.common_prefix(req.prompt), len(req.prompt) - 1)
+                ctx.truncate(keep)
+                req.prefilled = req.cached_prompt_tokens = keep
+                self.counters["context_hits"] += keep > 0
+            else:
+                ctx = self.sessions[req.session] = KVContext(self.model, need)
+            self.in_use.add(req.session)
+        if ctx is None:
+            ctx = KVContext(self.model, need)
+        p = req.shared_prefix_tokens
+        if self.prefix_cache and p and ctx.length == 0 and p < len(req.prompt):
+            entry = self.prefixes.get(tuple(req.prompt[:p]))
+            if entry is not None:
+                ctx.copy_prefix_from(entry, p)
+                req.prefilled = req.cached_prompt_tokens = p
+                self.counters["prefix_hits"] += 1
+        return ctx
+
+    def _restore(self, req: ServiceRequest, ctx: KVContext) -> None:
+        t0 = time.perf_counter()
+        path = self._swap_path(req.session)
+        if path.exists():
+            moved, kind = ctx.swap_in(path), "swap_in"
+            self.counters["swap_ins"] += 1
+        else:
+            tokens = ctx.reset_for_recompute()
+            with torch.inference_mode():
+                self.model([(ctx, tokens)])
+            moved, kind = ctx.used_bytes(), "recompute"
+            self.counters["recomputes"] += 1
+        took = time.perf_counter() - t0
+        req.context_switch_s, req.context_switch_bytes = took, moved
+        req.context_restore = "swap" if kind == "swap_in" else "recompute"
+        self._event(kind, req.app, moved, took, f"{ctx.length} tokens")
+
+    def release(self, req: ServiceRequest) -> None:
+        """A request is done with its context: keep what is worth keeping."""
+        ctx, p = req.ctx, req.shared_prefix_tokens
+        if ctx is None:
+            return
+        key = tuple(req.prompt[:p])
+        if (self.prefix_cache and p and key not in self.prefixes and ctx.resident
+                and ctx.common_prefix(req.prompt) >= p):
+            entry = KVContext(self.model, p)
+            entry.copy_prefix_from(ctx, p)
+            self.prefixes[key] = entry
+        if self.persistent and req.session:
+            self.in_use.discard(req.session)
+
+    def enforce_budget(self, active_bytes: int) -> None:
+        """Evict idle sessions, least recently used first, until the KV held fits the budget."""
+        if not self.kv_budget_bytes:
+            return
+        held = active_bytes + sum(c.allocated_bytes() for s, c in self.sessions.items()
+                                  if c.resident and s not in self.in_use)
+        held += sum(c.allocated_bytes() for c in self.prefixes.values())
+        for session, ctx in list(self.sessions.items()):
+            if held <= self.kv_budget_bytes:
+                return
+            if session in self.in_use or not ctx.resident:
+                continue
+            t0 = time.perf_counter()
+            freed = ctx.allocated_bytes()
+            if self.policy is ContextPolicy.SWAP:
+                moved = ctx.swap_out(self._swap_path(session))
+                self.counters["swap_outs"] += 1
+                self.counters["swap_bytes"] += moved
+                self._event("swap_out", session, moved, time.perf_counter() - t0)
+            else:
+                ctx.drop()
+                self.counters["drops"] += 1
+                self._event("drop", session, freed, time.perf_counter() - t0)
+            held -= freed
+
+    def held_bytes(self) -> int:
+        return (sum(c.allocated_bytes() for c in self.sessions.values() if c.resident)
+                + sum(c.allocated_bytes() for c in self.prefixes.values()))
+
+    def _swap_path(self, session: str) -> Path:
+        safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in session)
+        return self.swap_dir / f"{safe}.kv"
+
+    def take_events(self) -> list[PhoneEvent]:
+        out, self.events = self.events, []
+        return out
+
+

@@ -1,0 +1,133 @@
+"""The serving engine of a model service: iteration-level (continuous) batching over one model.
+
+``step()`` = schedule -> execute -> update, as in vLLM. New requests join between steps; each
+step runs prefill chunks and decode tokens of every scheduled sequence in one forward pass over
+their own KV contexts. Tokens go to each request's ``sink`` as soon as they are sampled.
+Plain Python and torch: the gRPC server (server.py) drives it from a thread.
+
+    engine = ServingEngine(model, options, swap_dir)
+    engine.submit(request); engine.run_forever(stop_event)   # or step() in tests
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+
+import torch
+
+from agents.service.contexts import ContextManager
+from agents.service.scheduler import RequestState, ServiceRequest, make_scheduler
+from fleet.records import ServiceOptions
+
+
+class ServingEngine:
+    def __init__(self, model, options: ServiceOptions, swap_dir, kv_budget_bytes: int = 0):
+        self.model = model
+        self.options = options
+        self.scheduler = make_scheduler(options.scheduler, options.max_batch_size,
+                                        options.quantum_tokens)
+        self.contexts = ContextManager(
+            model, policy=options.context_policy,
+            kv_budget_bytes=options.kv_budget_bytes or kv_budget_bytes, swap_dir=swap_dir,
+            persistent=options.persistent_contexts, prefix_cache=options.prefix_cache)
+        self.active: list[ServiceRequest] = []
+        self._incoming: list[ServiceRequest] = []
+        self._cond = threading.Condition()
+        self._seq = 0
+        self._running: set[ServiceRequest] = set()
+        self.batch_sizes: Counter[int] = Counter()  # steps per batch size
+        self.num_preemptions = 0
+        self.num_steps = 0
+
+    # -- intake (any thread) -----------------------------------------------------------------
+
+    def submit(self, req: ServiceRequest) -> None:
+        with self._cond:
+            self._seq += 1
+            req.seq = self._seq
+            self._incoming.append(req)
+            self._cond.notify()
+
+    def cancel(self, req: ServiceRequest) -> None:
+        req.cancelled = True
+        with self._cond:
+            self._cond.notify()
+
+    # -- loop (engine thread) ----------------------------------------------------------------
+
+    def run_forever(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            with self._cond:
+                while not self._incoming and not self.active and not stop.is_set():
+                    self._cond.wait(timeout=0.5)
+                self.active.extend(self._incoming)
+                self._incoming.clear()
+            self.step()
+
+    @torch.inference_mode()
+    def step(self) -> None:
+        now = time.monotonic_ns()
+        for r in [r for r in self.active if r.cancelled]:
+            self._finish(r, RequestState.CANCELLED, now)
+        batch = self.scheduler.schedule(self.active)
+        chosen = set(batch)
+        for r in self._running - chosen:
+            if not r.done:
+                r.end_slice(now, RequestState.PREEMPTED)
+                self.num_preemptions += 1
+        for r in batch:
+            if r not in self._running:
+                if r.ctx is None:
+                    r.ctx = self.contexts.acquire(r)
+                r.start_slice(time.monotonic_ns())
+        self._running = chosen
+        if not batch:
+            return
+        work = [(r.ctx, r.next_chunk(self.options.prefill_chunk_tokens)) for r in batch]
+        logits = self.model(work)  # (S, V)
+        self.num_steps += 1
+        self.batch_sizes[len(batch)] += 1
+        for i, (r, (_, chunk)) in enumerate(zip(batch, work)):
+            r.max_batch_size = max(r.max_batch_size, len(batch))
+            if r.needs_prefill:
+                r.prefilled += len(chunk)
+                r.slice_prefill += len(chunk)
+                if r.needs_prefill:
+                    continue  # more prompt to go: these logits are not a token yet
+            tok = int(torch.argmax(logits[i]))
+            r.generated.append(tok)
+            r.pending_token = tok
+            r.slice_output += 1
+            if r.sink is not None:
+                r.sink(tok)
+            if len(r.generated) >= r.max_new_tokens:
+                self._finish(r, RequestState.FINISHED, time.monotonic_ns())
+        self.contexts.enforce_budget(self._active_bytes())
+
+    def _finish(self, r: ServiceRequest, state: RequestState, now_ns: int) -> None:
+        r.end_slice(now_ns, state)
+        r.state = state
+        self.active.remove(r)
+        self._running.discard(r)
+        self.contexts.release(r)
+        if not (self.options.persistent_contexts and r.session):
+            r.ctx = None  # its KV is freed once nobody holds it
+        if r.sink is not None:
+            r.sink(r)
+
+    def _active_bytes(self) -> int:
+        kept = set(self.contexts.sessions.values())
+        return sum(r.ctx.allocated_bytes() for r in self.active
+                   if r.ctx is not None and r.ctx not in kept and r.ctx.resident)
+
+    def stats(self) -> dict:
+        sizes = self.batch_sizes
+        steps = sum(sizes.values())
+        return {
+            "steps": steps, "preemptions": self.num_preemptions,
+            "mean_batch_size": (sum(k * v for k, v in sizes.items()) / steps) if steps else 0.0,
+            "max_batch_size": max(sizes, default=0), **self.contexts.counters,
+            "kv_held_bytes": self.contexts.held_bytes() + self._active_bytes(),
+        }

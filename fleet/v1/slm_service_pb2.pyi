@@ -1,0 +1,52 @@
+from fleet.v1 import agent_pb2 as _agent_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class GenerateRequest(_message.Message):
+    __slots__ = ("app", "request_id", "prompt_tokens", "max_new_tokens", "foreground", "session", "shared_prefix_tokens")
+    APP_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    FOREGROUND_FIELD_NUMBER: _ClassVar[int]
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    SHARED_PREFIX_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    app: str
+    request_id: str
+    prompt_tokens: _containers.RepeatedScalarFieldContainer[int]
+    max_new_tokens: int
+    foreground: bool
+    session: str
+    shared_prefix_tokens: int
+    def __init__(self, app: _Optional[str] = ..., request_id: _Optional[str] = ..., prompt_tokens: _Optional[_Iterable[int]] = ..., max_new_tokens: _Optional[int] = ..., foreground: _Optional[bool] = ..., session: _Optional[str] = ..., shared_prefix_tokens: _Optional[int] = ...) -> None: ...
+
+class GenerateResponse(_message.Message):
+    __slots__ = ("token", "completion")
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    COMPLETION_FIELD_NUMBER: _ClassVar[int]
+    token: int
+    completion: Completion
+    def __init__(self, token: _Optional[int] = ..., completion: _Optional[_Union[Completion, _Mapping]] = ...) -> None: ...
+
+class Completion(_message.Message):
+    __slots__ = ("scheduled_ns", "slices", "context_switch_s", "context_switch_bytes", "context_restore", "cached_prompt_tokens", "max_batch_size")
+    SCHEDULED_NS_FIELD_NUMBER: _ClassVar[int]
+    SLICES_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_SWITCH_S_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_SWITCH_BYTES_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_RESTORE_FIELD_NUMBER: _ClassVar[int]
+    CACHED_PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    MAX_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    scheduled_ns: int
+    slices: _containers.RepeatedCompositeFieldContainer[_agent_pb2.Slice]
+    context_switch_s: float
+    context_switch_bytes: int
+    context_restore: str
+    cached_prompt_tokens: int
+    max_batch_size: int
+    def __init__(self, scheduled_ns: _Optional[int] = ..., slices: _Optional[_Iterable[_Union[_agent_pb2.Slice, _Mapping]]] = ..., context_switch_s: _Optional[float] = ..., context_switch_bytes: _Optional[int] = ..., context_restore: _Optional[str] = ..., cached_prompt_tokens: _Optional[int] = ..., max_batch_size: _Optional[int] = ...) -> None: ...

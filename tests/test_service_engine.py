@@ -1,0 +1,134 @@
+"""The shared service's engine, in-process with the real tiny model: batching, schedulers,
+persistent contexts, swap and recompute, shared prefixes."""
+
+from dataclasses import replace
+
+import torch
+
+from agents.engine.generate import generate
+from agents.engine.model import ModelArgs
+from agents.engine.weights import random_model
+from agents.service.engine import ServingEngine
+from agents.service.scheduler import RequestState, ServiceRequest
+from fleet.records import ContextPolicy, SchedulerPolicy, ServiceOptions
+
+MODEL = random_model(replace(ModelArgs.from_name("tiny"), tie_embeddings=False), torch.float32, 0)
+
+
+def req(rid, prompt, n, **kw):
+    out = []
+    r = ServiceRequest(rid, kw.pop("app", rid), list(prompt), n, **kw)
+    r.sink = lambda item: out.append(item) if isinstance(item, int) else None
+    r.tokens = out
+    return r
+
+
+def drain(engine, limit=10_000):
+    for _ in range(limit):
+        if not engine.active and not engine._incoming:
+            return
+        engine.active.extend(engine._incoming)
+        engine._incoming.clear()
+        engine.step()
+    raise AssertionError("engine did not drain")
+
+
+def test_continuous_batching_gives_each_request_its_own_greedy_tokens(tmp_path):
+    engine = ServingEngine(MODEL, ServiceOptions(max_batch_size=4, prefix_cache=False), tmp_path)
+    prompts = [list(range(1, 9)), list(range(50, 80)), [7], list(range(100, 117))]
+    reqs = [req(f"r{i}", p, 6 + i) for i, p in enumerate(prompts)]
+    for r in reqs[:2]:
+        engine.submit(r)
+    engine.active.extend(engine._incoming)
+    engine._incoming.clear()
+    engine.step()  # two prefills in one step
+    for r in reqs[2:]:
+        engine.submit(r)  # join between decode steps
+    drain(engine)
+    for r, p in zip(reqs, prompts):
+        assert r.tokens == generate(MODEL, p, r.max_new_tokens), r.request_id
+        assert r.state == RequestState.FINISHED and len(r.slices) == 1
+    assert engine.stats()["max_batch_size"] == 4 and engine.stats()["mean_batch_size"] > 1
+
+
+def test_priority_preempts_background_and_records_every_slice(tmp_path):
+    engine = ServingEngine(MODEL, ServiceOptions(scheduler=SchedulerPolicy.PRIORITY,
+                                                 max_batch_size=4), tmp_path)
+    bg = req("bg", range(1, 30), 20)
+    engine.submit(bg)
+    engine.active.extend(engine._incoming)
+    engine._incoming.clear()
+    for _ in range(5):
+        engine.step()
+    fg = req("fg", range(40, 50), 5, foreground=True)
+    engine.submit(fg)
+    drain(engine)
+    assert fg.slices and len(fg.slices) == 1
+    assert len(bg.slices) == 2  # preempted once, resumed once; the last slice is recorded too
+    assert bg.slices[0].end_ns <= fg.slices[0].start_ns and fg.slices[0].end_ns <= bg.slices[1].start_ns
+    assert sum(s.output_tokens for s in bg.slices) == 20
+    assert bg.tokens == generate(MODEL, list(range(1, 30)), 20)  # preemption changes no token
+    assert engine.num_preemptions == 1
+
+
+def test_round_robin_rotates_by_quantum(tmp_path):
+    engine = ServingEngine(MODEL, ServiceOptions(scheduler=SchedulerPolicy.ROUND_ROBIN,
+                                                 quantum_tokens=3), tmp_path)
+    a, b = req("a", range(1, 5), 7), req("b", range(9, 14), 7)
+    engine.submit(a)
+    engine.submit(b)
+    drain(engine)
+    assert engine.stats()["max_batch_size"] == 1
+    assert len(a.slices) == 3 and len(b.slices) == 3  # 7 tokens in slices of <= 3 steps
+    assert a.tokens == generate(MODEL, list(range(1, 5)), 7)
+
+
+def _multi_turn(engine, turns=3):
+    history, outs = [], []
+    for t in range(turns):
+        prompt = history + list(range(10 * t + 1, 10 * t + 9))
+        r = req(f"chat/{t}", prompt, 6, app="chat", session="chat")
+        engine.submit(r)
+        drain(engine)
+        # another app's long context pushes chat out of the KV budget between turns
+        other = req(f"other/{t}", range(100, 160), 2, app="other", session=f"other{t}")
+        engine.submit(other)
+        drain(engine)
+        outs.append(r)
+        history = prompt + r.tokens
+    return outs
+
+
+def test_persistent_context_is_swapped_out_and_restored_exactly(tmp_path):
+    for policy in (ContextPolicy.SWAP, ContextPolicy.RECOMPUTE):
+        engine = ServingEngine(MODEL, ServiceOptions(persistent_contexts=True,
+                                                     context_policy=policy, kv_budget_bytes=1),
+                               tmp_path / policy.value)
+        outs = _multi_turn(engine)
+        history = []
+        for t, r in enumerate(outs):
+            prompt = history + list(range(10 * t + 1, 10 * t + 9))
+            assert r.tokens == generate(MODEL, prompt, 6), (policy, t)
+            history = prompt + r.tokens
+            if t:
+                assert r.context_restore == policy.value
+                assert r.context_switch_s > 0 and r.context_switch_bytes > 0
+                # all of the previous turn is reused but its last sampled token, never fed back
+                assert r.cached_prompt_tokens == len(prompt) - 8 - 1
+        stats = engine.stats()
+        key = "swap_ins" if policy is ContextPolicy.SWAP else "recomputes"
+        assert stats[key] == 2
+
+
+def test_shared_prefix_is_prefilled_once_per_app(tmp_path):
+    engine = ServingEngine(MODEL, ServiceOptions(prefix_cache=True), tmp_path)
+    system = list(range(200, 232))
+    rs = [req(f"n{i}", system + [i + 1, i + 2, i + 3], 4, app="notif", shared_prefix_tokens=32)
+          for i in range(3)]
+    for r in rs:
+        engine.submit(r)
+        drain(engine)
+    assert [r.cached_prompt_tokens for r in rs] == [0, 32, 32]
+    for r in rs:
+        assert r.tokens == generate(MODEL, r.prompt, 4)
+    assert engine.stats()["prefix_hits"] == 2
