@@ -7,7 +7,7 @@ up front and a late request keeps its scheduled submit time (no coordinated omis
 spent behind earlier requests shows up as queue wait. Arrivals the workload's end leaves unserved
 are recorded as cancelled, never dropped.
 
-    run_app(app, run, serve=..., emit=records.append, vocab_size=..., max_context=...)
+    run_app(app, run, serve=local_serve(model), emit=records.append, vocab_size=..., max_context=...)
 """
 
 from __future__ import annotations
@@ -15,14 +15,41 @@ from __future__ import annotations
 import random
 import threading
 import time
+from dataclasses import dataclass, field
 from typing import Callable
 
 from fleet.records import (
     NS_PER_S, AppWorkload, ArrivalPattern, RequestRecord, RequestStatus, WorkloadRun,
 )
 
-# serve(prompt_ids, output_tokens, on_token, should_stop) -> generated ids
-ServeFn = Callable[[list[int], int, Callable[[int], None], Callable[[], bool]], list[int]]
+
+
+@dataclass(frozen=True)
+class ServeCall:
+    """One request as an app hands it to its model."""
+    request_id: str
+    app: str
+    prompt: list[int]
+    output_tokens: int
+    foreground: bool = False
+    session: str = ""  # the app's conversation, for a service that keeps contexts
+    shared_prefix_tokens: int = 0  # the app's fixed system prompt
+
+
+@dataclass
+class ServeResult:
+    tokens: list[int]
+    scheduled_ns: int = 0  # 0: the app stamps it when it sends the request
+    extra: dict = field(default_factory=dict)  # RequestRecord fields the model side knows
+
+
+# serve(call, on_token, should_stop) -> ServeResult
+ServeFn = Callable[[ServeCall, Callable[[int], None], Callable[[], bool]], ServeResult]
+
+
+def system_prompt(app: AppWorkload, vocab_size: int) -> list[int]:
+    rng = random.Random(f"system:{app.name}")
+    return [rng.randrange(vocab_size) for _ in range(app.system_prompt_tokens)]
 
 
 def poisson_arrivals_ns(app: AppWorkload, start_ns: int, duration_s: float,
@@ -54,30 +81,38 @@ def run_app(app: AppWorkload, run: WorkloadRun, *, serve: ServeFn,
     rng = random.Random(f"{run.seed}:{app.name}")
     start_ns = time.monotonic_ns()
     deadline_ns = start_ns + int(run.duration_s * NS_PER_S)
-    history: list[int] = []  # multi-turn conversation so far
+    system = system_prompt(app, vocab_size)
+    history: list[int] = []  # multi-turn conversation so far (after the system prompt)
     turn = 0
     n = 0
 
     def one_request(submit_ns: int) -> RequestRecord:
         nonlocal history, turn
         new = [rng.randrange(vocab_size) for _ in range(app.prompt_tokens)]
-        if app.multi_turn and len(history) + len(new) + app.output_tokens > max_context:
-            history, turn = [], 0  # the context window is full: a new conversation starts
-        prompt = history + new if app.multi_turn else new
-        rec = RequestRecord(request_id=f"{run.trial_id}/{app.name}/{n}", app=app.name,
-                            status=RequestStatus.OK, prompt_tokens=len(prompt),
-                            submit_ns=submit_ns, turn=turn)
-        rec.scheduled_ns = time.monotonic_ns()
+        full = len(system) + len(history) + len(new) + app.output_tokens > max_context
+        if app.multi_turn and (full or (app.turns_per_session and turn >= app.turns_per_session)):
+            history, turn = [], 0  # a new conversation (or agent task) starts
+        prompt = system + (history if app.multi_turn else []) + new
+        rid = f"{run.trial_id}/{app.name}/{n}"
+        rec = RequestRecord(request_id=rid, app=app.name, status=RequestStatus.OK,
+                            prompt_tokens=len(prompt), submit_ns=submit_ns, turn=turn)
+        call = ServeCall(rid, app.name, prompt, app.output_tokens, app.foreground,
+                         session=app.name if app.multi_turn else "",
+                         shared_prefix_tokens=len(system))
+        sent_ns = time.monotonic_ns()
         try:
-            out = serve(prompt, app.output_tokens,
-                        lambda _tok: rec.token_ns.append(time.monotonic_ns()), stop.is_set)
+            result = serve(call, lambda _tok: rec.token_ns.append(time.monotonic_ns()),
+                           stop.is_set)
         except Exception as exc:  # a failed request is a record, not a crash of the app
             rec.status, rec.error = RequestStatus.FAILED, f"{type(exc).__name__}: {exc}"
             return rec
-        if len(out) < app.output_tokens:
+        rec.scheduled_ns = result.scheduled_ns or sent_ns
+        for key, value in result.extra.items():
+            setattr(rec, key, value)
+        if len(result.tokens) < app.output_tokens:
             rec.status, rec.error = RequestStatus.CANCELLED, "stopped during generation"
         if app.multi_turn:
-            history, turn = prompt + out, turn + 1
+            history, turn = history + new + result.tokens, turn + 1
         return rec
 
     def cancelled(submit_ns: int, why: str) -> RequestRecord:
@@ -109,3 +144,13 @@ def run_app(app: AppWorkload, run: WorkloadRun, *, serve: ServeFn,
                 time.monotonic_ns() + int(app.think_time_s * NS_PER_S), stop):
             break
     return n
+
+
+def local_serve(model) -> ServeFn:
+    """Serve from a model in this process (tests, benchmarks): one request at a time."""
+    from agents.engine.generate import generate
+
+    def serve(call: ServeCall, on_token, should_stop) -> ServeResult:
+        return ServeResult(generate(model, call.prompt, call.output_tokens, on_token=on_token,
+                                    should_stop=should_stop))
+    return serve

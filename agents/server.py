@@ -27,7 +27,7 @@ from agents.paradigms.base import (
 )
 from agents.probes import ProcessSampler
 from fleet import wire
-from fleet.records import NS_PER_S, PhoneProfile, TrialStatus, TrialSummary
+from fleet.records import NS_PER_S, PhoneEvent, PhoneProfile, TrialStatus, TrialSummary
 from fleet.v1 import agent_pb2 as pb
 from fleet.v1 import agent_pb2_grpc as pb_grpc
 
@@ -155,7 +155,11 @@ class PhoneAgentServicer(pb_grpc.PhoneAgentServiceServicer):
         counts = {"requests": 0, "failed": 0, "tokens": 0}
         peak = {"pss": 0, "rss": 0}
 
-        def emit(record) -> None:
+        def emit(item) -> None:
+            if isinstance(item, PhoneEvent):
+                loop.call_soon_threadsafe(events.put_nowait, wire.phone_event_to_pb(item))
+                return
+            record = item
             counts["requests"] += 1
             counts["failed"] += record.status.value != "ok"
             counts["tokens"] += record.output_tokens

@@ -23,7 +23,7 @@ from dataclasses import asdict
 from typing import Iterator
 
 from fleet.agent_client import AgentClient, AgentError
-from fleet.records import RequestRecord, ResourceSample, TrialSummary
+from fleet.records import PhoneEvent, RequestRecord, ResourceSample, TrialSummary
 
 AGENT_START_TIMEOUT_S = 60.0
 BATCH_INTERVAL_S = 0.2  # ship at least this often while events flow
@@ -91,7 +91,7 @@ class PhoneHost:
         summary: TrialSummary | None = None
         try:
             for event in client.run_workload(workload_run):
-                if isinstance(event, (RequestRecord, ResourceSample)):
+                if isinstance(event, (RequestRecord, ResourceSample, PhoneEvent)):
                     batch.append(event)
                 else:
                     summary = event

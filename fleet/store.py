@@ -18,7 +18,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Iterable
 
-from fleet.records import RequestRecord, ResourceSample, TrialStatus, TrialSummary
+from fleet.records import PhoneEvent, RequestRecord, ResourceSample, TrialStatus, TrialSummary
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS phones (
@@ -27,7 +27,7 @@ CREATE TABLE IF NOT EXISTS phones (
 );
 CREATE TABLE IF NOT EXISTS trials (
     trial_id TEXT PRIMARY KEY, phone TEXT, paradigm TEXT, workload TEXT, model TEXT,
-    repetition INTEGER, status TEXT, reason TEXT, shared_cores INTEGER,
+    repetition INTEGER, mix TEXT, num_apps INTEGER, status TEXT, reason TEXT, shared_cores INTEGER,
     started_at REAL, ended_at REAL, deploy_json TEXT, summary_json TEXT
 );
 CREATE TABLE IF NOT EXISTS requests (
@@ -35,7 +35,13 @@ CREATE TABLE IF NOT EXISTS requests (
     prompt_tokens INTEGER, output_tokens INTEGER, submit_ns INTEGER, scheduled_ns INTEGER,
     first_token_ns INTEGER, last_token_ns INTEGER, token_ns_json TEXT,
     queue_wait_s REAL, ttft_s REAL, itl_s REAL, e2e_s REAL, cold_start_s REAL, turn INTEGER,
+    slices_json TEXT, context_switch_s REAL, context_switch_bytes INTEGER, context_restore TEXT,
+    cached_prompt_tokens INTEGER, max_batch_size INTEGER,
     PRIMARY KEY (trial_id, request_id)
+);
+CREATE TABLE IF NOT EXISTS events (
+    trial_id TEXT, t_ns INTEGER, kind TEXT, app TEXT, detail TEXT, bytes INTEGER,
+    duration_s REAL
 );
 CREATE TABLE IF NOT EXISTS samples (
     trial_id TEXT, t_ns INTEGER, component TEXT, pid INTEGER, rss_bytes INTEGER,
@@ -81,10 +87,12 @@ class ResultStore:
                      json.dumps(describe or {})))
 
     def add_trial(self, trial_id: str, *, phone: str, paradigm: str, workload: str, model: str,
-                  repetition: int, shared_cores: bool) -> None:
+                  repetition: int, shared_cores: bool, mix: str = "corun",
+                  num_apps: int = 0) -> None:
         self._write("INSERT OR IGNORE INTO trials (trial_id, phone, paradigm, workload, model, "
-                    "repetition, status, reason, shared_cores) VALUES (?,?,?,?,?,?,?,?,?)",
-                    (trial_id, phone, paradigm, workload, model, repetition,
+                    "repetition, mix, num_apps, status, reason, shared_cores) "
+                    "VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                    (trial_id, phone, paradigm, workload, model, repetition, mix, num_apps,
                      TrialStatus.PENDING.value, "", int(shared_cores)))
 
     def start_trial(self, trial_id: str) -> None:
@@ -104,20 +112,27 @@ class ResultStore:
 
     def add_events(self, trial_id: str, events: Iterable) -> tuple[int, int]:
         """Commit a batch of records and samples; returns (records, samples) written."""
-        recs, samples = [], []
+        recs, samples, phone_events = [], [], []
         for e in events:
             if isinstance(e, RequestRecord):
                 recs.append((trial_id, e.request_id, e.app, e.status.value, e.error,
                              e.prompt_tokens, e.output_tokens, e.submit_ns, e.scheduled_ns,
                              e.first_token_ns, e.last_token_ns, json.dumps(e.token_ns),
-                             *_served_metrics(e), e.cold_start_s, e.turn))
+                             *_served_metrics(e), e.cold_start_s, e.turn,
+                             json.dumps([asdict(s) for s in e.slices]), e.context_switch_s,
+                             e.context_switch_bytes, e.context_restore, e.cached_prompt_tokens,
+                             e.max_batch_size))
+            elif isinstance(e, PhoneEvent):
+                phone_events.append((trial_id, e.t_ns, e.kind, e.app, e.detail, e.bytes,
+                                     e.duration_s))
             elif isinstance(e, ResourceSample):
                 samples.append((trial_id, e.t_ns, e.component, e.pid, e.rss_bytes, e.pss_bytes,
                                 e.cpu_percent))
         with self._lock:
             self._db.execute("BEGIN")
             self._db.executemany("INSERT OR REPLACE INTO requests VALUES "
-                                 "(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", recs)
+                                 f"({','.join('?' * 24)})", recs)
+            self._db.executemany("INSERT INTO events VALUES (?,?,?,?,?,?,?)", phone_events)
             self._db.executemany("INSERT INTO samples VALUES (?,?,?,?,?,?,?)", samples)
             self._db.execute("COMMIT")
         return len(recs), len(samples)

@@ -7,8 +7,7 @@ import time
 import pytest
 import torch
 
-from agents.apps import poisson_arrivals_ns, run_app
-from agents.engine.generate import generate
+from agents.apps import ServeResult, local_serve, poisson_arrivals_ns, run_app
 from agents.engine.model import ModelArgs
 from agents.engine.weights import random_model
 from fleet.records import NS_PER_S, AppWorkload, ArrivalPattern, RequestStatus, WorkloadRun
@@ -16,11 +15,7 @@ from fleet.records import NS_PER_S, AppWorkload, ArrivalPattern, RequestStatus, 
 
 @pytest.fixture(scope="module")
 def serve():
-    model = random_model(ModelArgs.from_name("tiny"), torch.float32, 0)
-
-    def serve(prompt, n, on_token, should_stop):
-        return generate(model, prompt, n, on_token=on_token, should_stop=should_stop)
-    return serve
+    return local_serve(random_model(ModelArgs.from_name("tiny"), torch.float32, 0))
 
 
 def test_poisson_arrivals_have_the_configured_rate_and_are_seeded():
@@ -64,11 +59,11 @@ def test_multi_turn_context_restarts_when_the_window_is_full(serve):
 
 def test_open_loop_keeps_scheduled_submit_times_and_cancels_leftovers():
     """A slow server makes arrivals queue: queue wait grows, nothing is dropped silently."""
-    def slow(prompt, n, on_token, should_stop):
-        for i in range(n):
+    def slow(call, on_token, should_stop):
+        for i in range(call.output_tokens):
             time.sleep(0.05)
             on_token(i)
-        return list(range(n))
+        return ServeResult(list(range(call.output_tokens)))
 
     app = AppWorkload("kb", ArrivalPattern.POISSON, rate_per_s=40.0, prompt_tokens=4,
                       output_tokens=2)
@@ -87,9 +82,9 @@ def test_open_loop_keeps_scheduled_submit_times_and_cancels_leftovers():
 def test_stop_cancels_the_request_in_flight(serve):
     stop = threading.Event()
 
-    def slow(prompt, n, on_token, should_stop):
+    def slow(call, on_token, should_stop):
         out = []
-        for i in range(n):
+        for i in range(call.output_tokens):
             if out and should_stop():
                 break
             time.sleep(0.02)
@@ -97,7 +92,7 @@ def test_stop_cancels_the_request_in_flight(serve):
             out.append(i)
             if i == 3:
                 stop.set()
-        return out
+        return ServeResult(out)
 
     app = AppWorkload("chat", ArrivalPattern.CLOSED_LOOP, prompt_tokens=4, output_tokens=50)
     records = []
@@ -109,13 +104,13 @@ def test_stop_cancels_the_request_in_flight(serve):
 
 def test_itl_excludes_ttft():
     """A server slow to the first token and quick after it: ITL is the gaps after the first."""
-    def slow_first(prompt, n, on_token, should_stop):
+    def slow_first(call, on_token, should_stop):
         time.sleep(0.3)
-        for i in range(n):
+        for i in range(call.output_tokens):
             if i:
                 time.sleep(0.01)
             on_token(i)
-        return list(range(n))
+        return ServeResult(list(range(call.output_tokens)))
 
     app = AppWorkload("chat", ArrivalPattern.CLOSED_LOOP, prompt_tokens=4, output_tokens=11,
                       max_requests=1)
@@ -127,3 +122,28 @@ def test_itl_excludes_ttft():
     assert 0.01 <= r.itl_s < 0.03  # folding TTFT in would give >= (0.3 + 0.1) / 11 = 0.036
     assert r.itl_s < (r.e2e_s / r.output_tokens)
     assert r.e2e_s >= 0.4
+
+
+def test_system_prompt_and_sessions_reach_the_model():
+    calls = []
+
+    def record(call, on_token, should_stop):
+        calls.append(call)
+        for i in range(call.output_tokens):
+            on_token(i)
+        return ServeResult(list(range(call.output_tokens)), extra={"cached_prompt_tokens": 7})
+
+    app = AppWorkload("agent", ArrivalPattern.CLOSED_LOOP, prompt_tokens=5, output_tokens=2,
+                      multi_turn=True, max_requests=5, turns_per_session=2,
+                      system_prompt_tokens=8)
+    records = []
+    run_app(app, WorkloadRun("t", 30.0), serve=record, emit=records.append, vocab_size=256,
+            max_context=256)
+    assert [r.turn for r in records] == [0, 1, 0, 1, 0]  # a new task every two steps
+    system = calls[0].prompt[:8]
+    assert all(c.prompt[:8] == system and c.shared_prefix_tokens == 8 for c in calls)
+    # turn 2 = turn 1's prompt + its answer + 5 new tokens
+    assert calls[1].prompt[:13] == calls[0].prompt and calls[1].prompt[13:15] == [0, 1]
+    assert len(calls[1].prompt) == 8 + 5 + 2 + 5
+    assert {c.session for c in calls} == {"agent"}
+    assert all(r.cached_prompt_tokens == 7 for r in records)

@@ -18,7 +18,7 @@ from abc import ABC, abstractmethod
 from typing import Callable
 
 from fleet.records import (
-    DeployResult, DeploySpec, Paradigm, PhoneProfile, RequestRecord, WorkloadRun,
+    DeployResult, DeploySpec, Paradigm, PhoneEvent, PhoneProfile, RequestRecord, WorkloadRun,
 )
 
 MIB = 1024 * 1024
@@ -46,12 +46,14 @@ class ParadigmHost(ABC):
     def deploy(self, spec: DeploySpec) -> DeployResult: ...
 
     @abstractmethod
-    def run(self, run: WorkloadRun, emit: Callable[[RequestRecord], None],
+    def run(self, run: WorkloadRun, emit: Callable[[RequestRecord | PhoneEvent], None],
             stop: threading.Event) -> list[str]:
-        """Run every app's workload; returns problems seen (e.g. a process that died)."""
+        """Run every app's workload, emitting records and phone events (kills, swaps, cold
+        starts) as they happen; returns problems seen (e.g. a process that died)."""
 
     @abstractmethod
-    def processes(self) -> dict[int, str]: ...
+    def processes(self) -> dict[int, str]:
+        """The phone's SLM processes now, {pid: component}, for the memory sampler."""
 
     @abstractmethod
     def shutdown(self) -> int:
@@ -68,12 +70,15 @@ def fmt_mib(num_bytes: int) -> str:
 
 def make_paradigm(paradigm: Paradigm, profile: PhoneProfile) -> ParadigmHost:
     from agents.paradigms.per_app import PerAppParadigm
+    from agents.paradigms.service import AgentOsParadigm, SlmaasParadigm
 
-    hosts: dict[Paradigm, type[ParadigmHost]] = {Paradigm.PER_APP: PerAppParadigm}
+    hosts: dict[Paradigm, type[ParadigmHost]] = {Paradigm.PER_APP: PerAppParadigm,
+                                                 Paradigm.SLMAAS: SlmaasParadigm,
+                                                 Paradigm.AGENT_OS: AgentOsParadigm}
     if paradigm not in hosts:
         raise NotImplementedError(f"paradigm {paradigm.value} is not implemented by this agent")
     return hosts[paradigm](profile)
 
 
 def implemented_paradigms() -> list[Paradigm]:
-    return [Paradigm.PER_APP]
+    return [Paradigm.PER_APP, Paradigm.SLMAAS, Paradigm.AGENT_OS]

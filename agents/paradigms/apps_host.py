@@ -1,0 +1,137 @@
+"""The app processes of a deployment: spawn one client process per app, run their workloads,
+relay what they send. Shared by every paradigm; what differs is the model each app reaches.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import threading
+import time
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from typing import Callable
+
+from agents.app_client import ModelEndpoint, client_main
+from agents.paradigms.base import DeployError
+from fleet.records import AppWorkload, WorkloadRun
+
+READY_TIMEOUT_S = 300.0
+
+
+@dataclass
+class AppProc:
+    app: AppWorkload
+    proc: mp.process.BaseProcess
+    cmd: Connection  # host -> app
+    evt: Connection  # app -> host
+    ready: dict = field(default_factory=dict)
+    model_pid: int = 0  # own model process (per-app), 0 for shared
+    busy: bool = False
+    last_used_ns: int = 0  # when its last request started or ended (for LRU choices)
+
+
+class AppsHost:
+    def __init__(self) -> None:
+        self.apps: list[AppProc] = []
+
+    def start(self, apps: tuple[AppWorkload, ...], endpoint_of: Callable[[AppWorkload], ModelEndpoint],
+              vocab_size: int, max_context_of: Callable[[AppWorkload], int]) -> None:
+        ctx = mp.get_context("spawn")
+        for app in apps:
+            cmd_r, cmd_w = ctx.Pipe(duplex=False)
+            evt_r, evt_w = ctx.Pipe(duplex=False)
+            proc = ctx.Process(target=client_main, name=f"app-{app.name}", daemon=True,
+                               args=(cmd_r, evt_w, app, endpoint_of(app), vocab_size,
+                                     max_context_of(app)))
+            proc.start()
+            cmd_r.close()
+            evt_w.close()  # keep only our ends, so a dead app reads as EOF
+            self.apps.append(AppProc(app, proc, cmd_w, evt_r))
+        pending = {a.evt: a for a in self.apps}
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while pending:
+            ready = wait(list(pending), timeout=max(0.0, deadline - time.monotonic()))
+            if not ready:
+                raise DeployError(f"apps {sorted(a.app.name for a in pending.values())} did not "
+                                  f"start within {READY_TIMEOUT_S:.0f} s")
+            for conn in ready:
+                a = pending[conn]
+                try:
+                    kind, payload = conn.recv()
+                except (EOFError, OSError):
+                    kind, payload = "error", f"process exited with code {a.proc.exitcode}"
+                if kind == "model_pid":
+                    a.model_pid = payload
+                    continue
+                del pending[conn]
+                if kind != "ready":
+                    raise DeployError(f"app {a.app.name} failed to start: {payload}")
+                a.ready = payload
+
+    def run(self, run: WorkloadRun, emit: Callable, stop: threading.Event,
+            on_tick: Callable[[], None] | None = None) -> list[str]:
+        """Run every app's workload; ``on_tick`` is called about every 0.1 s meanwhile."""
+        problems: list[str] = []
+        pending = {}
+        for a in self.apps:
+            if self.send(a, ("run", run)):
+                pending[a.evt] = a
+            else:
+                problems.append(f"app {a.app.name} process {a.proc.pid} was dead at the start")
+        stop_sent = False
+        while pending:
+            if stop.is_set() and not stop_sent:
+                for a in pending.values():
+                    self.send(a, ("stop",))
+                stop_sent = True
+            for conn in wait(list(pending), timeout=0.1):
+                a = pending[conn]
+                try:
+                    kind, payload = conn.recv()
+                except (EOFError, OSError):
+                    a.proc.join(timeout=1.0)
+                    problems.append(f"app {a.app.name} process {a.proc.pid} died "
+                                    f"(exit code {a.proc.exitcode})")
+                    del pending[conn]
+                    continue
+                if kind == "record":
+                    emit(payload)
+                elif kind == "phone_event":
+                    emit(payload)
+                elif kind == "busy":
+                    a.busy, a.last_used_ns = payload, time.monotonic_ns()
+                elif kind == "model_pid":
+                    a.model_pid = payload
+                elif kind == "done":
+                    del pending[conn]
+                elif kind == "error":
+                    problems.append(f"app {a.app.name}: {payload}")
+                    del pending[conn]
+            if on_tick is not None:
+                on_tick()
+        return problems
+
+    @staticmethod
+    def send(a: AppProc, cmd: tuple) -> bool:
+        try:
+            a.cmd.send(cmd)
+            return True
+        except (BrokenPipeError, OSError):
+            return False
+
+    def shutdown(self) -> int:
+        n = 0
+        for a in self.apps:
+            if a.proc.is_alive():
+                self.send(a, ("exit",))
+                a.proc.join(timeout=10.0)
+                if a.proc.is_alive():
+                    a.proc.kill()
+                    a.proc.join(timeout=5.0)
+                n += 1
+            a.cmd.close()
+            a.evt.close()
+        self.apps = []
+        return n
+
+

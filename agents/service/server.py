@@ -1,0 +1,150 @@
+"""An SLM process: one model behind fleet.v1.SlmService on a Unix domain socket.
+
+The same program is a per-app app's own model process (batch of one, nothing shared) and the
+shared system service of SLMaaS and agent-OS; ``ServiceOptions`` make the difference. The engine
+runs in its own thread; the gRPC handlers only queue requests and stream tokens back.
+
+    python -m agents.service.server --socket /tmp/x.sock --spec '{...}' --exit-on-stdin-eof
+prints ``{"event": "ready", "pid": ..., "load_s": ..., "weight_bytes": ...}`` once it serves.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import grpc
+
+from agents.service.engine import ServingEngine
+from agents.service.scheduler import RequestState, ServiceRequest
+from fleet import wire
+from fleet.records import ContextPolicy, ModelSpec, SchedulerPolicy, ServiceOptions
+from fleet.v1 import slm_service_pb2 as spb
+from fleet.v1 import slm_service_pb2_grpc as spb_grpc
+
+
+def spec_to_json(model: ModelSpec, options: ServiceOptions, threads: int, kv_budget_bytes: int,
+                 swap_dir: str) -> str:
+    return json.dumps({"model": asdict(model), "service": asdict(options), "threads": threads,
+                       "kv_budget_bytes": kv_budget_bytes, "swap_dir": swap_dir})
+
+
+def spec_from_json(text: str):
+    d = json.loads(text)
+    s = d["service"]
+    options = ServiceOptions(**{**s, "scheduler": SchedulerPolicy(s["scheduler"]),
+                                "context_policy": ContextPolicy(s["context_policy"])})
+    return ModelSpec(**d["model"]), options, d["threads"], d["kv_budget_bytes"], d["swap_dir"]
+
+
+class SlmServicer(spb_grpc.SlmServiceServicer):
+    def __init__(self, engine: ServingEngine, max_position: int):
+        self.engine = engine
+        self.max_position = max_position
+
+    async def Generate(self, request, context):
+        prompt = list(request.prompt_tokens)
+        if not prompt or request.max_new_tokens < 1:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                "need at least one prompt token and max_new_tokens >= 1")
+        if len(prompt) + request.max_new_tokens > self.max_position:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"{len(prompt)} + {request.max_new_tokens} tokens exceed the "
+                                f"model's {self.max_position} positions")
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+        req = ServiceRequest(request.request_id, request.app, prompt, request.max_new_tokens,
+                             foreground=request.foreground, session=request.session,
+                             shared_prefix_tokens=request.shared_prefix_tokens)
+        req.sink = lambda item: loop.call_soon_threadsafe(queue.put_nowait, item)
+        self.engine.submit(req)
+        try:
+            while True:
+                item = await queue.get()
+                if isinstance(item, int):
+                    yield spb.GenerateResponse(token=item)
+                    continue
+                if item.state != RequestState.FINISHED:
+                    await context.abort(grpc.StatusCode.ABORTED, f"request {item.state.name}")
+                yield spb.GenerateResponse(completion=spb.Completion(
+                    scheduled_ns=req.scheduled_ns,
+                    slices=[wire.slice_to_pb(s) for s in req.slices],
+                    context_switch_s=req.context_switch_s,
+                    context_switch_bytes=req.context_switch_bytes,
+                    context_restore=req.context_restore,
+                    cached_prompt_tokens=req.cached_prompt_tokens,
+                    max_batch_size=req.max_batch_size))
+                return
+        finally:
+            if not req.done:
+                self.engine.cancel(req)  # the app went away: free its place in the batch
+
+
+async def _amain(ns) -> None:
+    import torch
+
+    from agents.engine.weights import load_model
+
+    model_spec, options, threads, kv_budget, swap_dir = spec_from_json(ns.spec)
+    torch.set_num_threads(threads)
+    t0 = time.perf_counter()
+    loaded = load_model(model_spec)
+    load_s = time.perf_counter() - t0
+    engine = ServingEngine(loaded.model, options, Path(swap_dir), kv_budget_bytes=kv_budget)
+    stop = threading.Event()
+    worker = threading.Thread(target=engine.run_forever, args=(stop,), name="engine", daemon=True)
+    worker.start()
+    server = grpc.aio.server()
+    spb_grpc.add_SlmServiceServicer_to_server(SlmServicer(engine, loaded.model.args.max_position),
+                                             server)
+    if server.add_insecure_port(f"unix:{ns.socket}") == 0:
+        raise SystemExit(f"cannot bind unix:{ns.socket}")
+    await server.start()
+    os.chmod(ns.socket, 0o600)  # only this user's apps may talk to the model
+    print(json.dumps({"event": "ready", "pid": os.getpid(), "load_s": load_s,
+                      "weight_bytes": loaded.model.weight_bytes(),
+                      "weights_label": loaded.weights_label}), flush=True)
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    def watch_stdin() -> None:
+        # Commands on stdin: "stats" prints the engine's stats as one JSON line; EOF exits.
+        for line in sys.stdin:
+            if line.strip() == "stats":
+                for _ in range(5):  # the engine thread may be mid-update: read again
+                    try:
+                        stats = {"event": "stats", **engine.stats(),
+                                 "events": [asdict(e) for e in engine.contexts.take_events()]}
+                        break
+                    except RuntimeError:
+                        time.sleep(0.01)
+                print(json.dumps(stats), flush=True)
+        loop.call_soon_threadsafe(stopping.set)
+
+    if ns.exit_on_stdin_eof:
+        threading.Thread(target=watch_stdin, daemon=True).start()
+    await stopping.wait()
+    stop.set()
+    await server.stop(grace=1.0)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="slm-service", description="Serve one SLM on a Unix socket.")
+    p.add_argument("--socket", required=True)
+    p.add_argument("--spec", required=True, help="JSON: model, service options, threads")
+    p.add_argument("--exit-on-stdin-eof", action="store_true")
+    ns = p.parse_args(argv)
+    asyncio.run(_amain(ns))
+
+
+if __name__ == "__main__":
+    main()
