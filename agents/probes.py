@@ -22,6 +22,7 @@ class ProcessSampler:
 
     def sample(self, processes: dict[int, str]) -> list[ResourceSample]:
         out: list[ResourceSample] = []
+        now = time.monotonic_ns()  # one time per tick, so a tick's samples can be summed
         for pid, component in processes.items():
             proc = self._procs.get(pid)
             try:
@@ -34,7 +35,7 @@ class ProcessSampler:
                 self._procs.pop(pid, None)
                 continue
             pss = getattr(mem, "pss", 0) or mem.rss  # no PSS outside Linux: fall back to RSS
-            out.append(ResourceSample(t_ns=time.monotonic_ns(), component=component, pid=pid,
+            out.append(ResourceSample(t_ns=now, component=component, pid=pid,
                                       rss_bytes=mem.rss, pss_bytes=pss, cpu_percent=cpu))
         return out
 

@@ -3,6 +3,7 @@
     fleet run [EXPERIMENT.yaml] [--address ADDR] [--runs-dir runs]   run an experiment
     fleet plan [EXPERIMENT.yaml]                                      list its trials, run nothing
     fleet summary RUN_DIR                                             re-print a run's summary
+    fleet report RUN_DIR [-o FILE]                                    write the HTML comparison
 
 Exit codes: 0 all trials completed; 1 the run finished with failed trials; 2 bad input.
 """
@@ -32,6 +33,9 @@ def _parser() -> argparse.ArgumentParser:
     plan.add_argument("experiment", nargs="?")
     summary = sub.add_parser("summary", help="print the summary of a finished run")
     summary.add_argument("run_dir", type=Path)
+    report = sub.add_parser("report", help="write the HTML paradigm comparison of a run")
+    report.add_argument("run_dir", type=Path)
+    report.add_argument("-o", "--output", type=Path, help="default: RUN_DIR/report.html")
     return p
 
 
@@ -75,6 +79,7 @@ def cmd_run(ns) -> int:
     with progress:
         result = coord.run()
     _print_summary(result.run_dir, console)
+    _print_comparison(result.run_dir, console)
     if result.num_failed:
         console.print(f"[red]{result.num_failed} of {result.num_trials} trials failed[/]; "
                       f"records received before the failures are in {result.run_dir}")
@@ -100,11 +105,42 @@ def _print_summary(run_dir: Path, console) -> None:
         store.close()
 
 
+def _print_comparison(run_dir: Path, console) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    from fleet.report import comparison_rows, load, write_report
+
+    manifest, groups = load(run_dir)
+    rows = comparison_rows(groups)
+    if rows:
+        table = Table(title=escape("Paradigm comparison (co-run; median [min-max] over "
+                                   "repetitions)"))
+        for col in rows[0]:
+            table.add_column(col, justify="left" if col in ("phone", "paradigm", "model",
+                                                            "workload") else "right")
+        for r in rows:
+            table.add_row(*(escape(v) for v in r.values()))
+        console.print(table)
+    path = write_report(run_dir)
+    console.print(f"report: {path}")
+
+
+def cmd_report(ns) -> int:
+    from fleet.report import write_report
+
+    if not (ns.run_dir / "results.sqlite").is_file():
+        print(f"fleet: {ns.run_dir}: not a run directory (no results.sqlite)", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(write_report(ns.run_dir, ns.output))
+    return 0
+
+
 def _console():
     from rich.console import Console
 
     # Not a terminal (CI logs, pipes): wide enough that the summary table is never truncated.
-    return Console() if sys.stdout.isatty() else Console(width=160)
+    return Console() if sys.stdout.isatty() else Console(width=220)
 
 
 def cmd_summary(ns) -> int:
@@ -117,7 +153,7 @@ def cmd_summary(ns) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     ns = _parser().parse_args(argv)
-    handlers = {"run": cmd_run, "plan": cmd_plan, "summary": cmd_summary}
+    handlers = {"run": cmd_run, "plan": cmd_plan, "summary": cmd_summary, "report": cmd_report}
     sys.exit(handlers[ns.command](ns))
 
 

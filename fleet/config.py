@@ -16,7 +16,9 @@ from typing import Annotated, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from fleet.records import AppWorkload, ArrivalPattern, ModelSpec
+from fleet.records import (
+    AppWorkload, ArrivalPattern, ContextPolicy, ModelSpec, SchedulerPolicy, ServiceOptions,
+)
 
 DEFAULT_EXPERIMENT = "default.yaml"
 NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"  # names end up in ids, paths and metric labels
@@ -56,12 +58,52 @@ Phone = Annotated[Union[VirtualPhone, RemotePhone], Field(discriminator="kind")]
 # -- paradigms -------------------------------------------------------------------------------
 
 class PerAppConfig(Strict):
-    """Every app loads its own model in its own process."""
+    """Every app loads its own model in its own process; a low-memory killer acts over budget."""
     kind: Literal["per_app"] = "per_app"
-    threads_per_process: int = Field(1, gt=0)  # torch threads in each app's process
+    threads_per_process: int = Field(1, gt=0)  # torch threads in each app's model process
+
+    def service_options(self) -> ServiceOptions:
+        return ServiceOptions(max_batch_size=1, prefix_cache=False)
 
 
-ParadigmConfig = Annotated[Union[PerAppConfig], Field(discriminator="kind")]
+class SlmaasConfig(Strict):
+    """One shared model service: continuous batching, shared-prefix reuse, FCFS."""
+    kind: Literal["slmaas"] = "slmaas"
+    threads_per_process: int = Field(2, gt=0)  # torch threads of the service process
+    max_batch_size: int = Field(8, gt=0)  # most sequences in one forward pass
+    prefill_chunk_tokens: int = Field(512, gt=0)  # most prompt tokens of a sequence per step
+    prefix_cache: bool = True  # reuse the KV of an app's system prompt
+
+    def service_options(self) -> ServiceOptions:
+        return ServiceOptions(scheduler=SchedulerPolicy.FCFS, max_batch_size=self.max_batch_size,
+                              prefill_chunk_tokens=self.prefill_chunk_tokens,
+                              prefix_cache=self.prefix_cache, persistent_contexts=False)
+
+
+class AgentOsConfig(Strict):
+    """The model service as an OS subsystem: priorities, preemption, kept and swapped contexts."""
+    kind: Literal["agent_os"] = "agent_os"
+    threads_per_process: int = Field(2, gt=0)
+    scheduler: Literal["priority", "fcfs", "round_robin"] = "priority"
+    quantum_tokens: int = Field(16, gt=0)  # round robin: decode steps per slice
+    max_batch_size: int = Field(8, gt=0)
+    prefill_chunk_tokens: int = Field(64, gt=0)  # small chunks: a foreground request waits less
+    prefix_cache: bool = True
+    persistent_contexts: bool = True  # keep multi-turn apps' KV between turns
+    context_policy: Literal["swap", "recompute"] = "swap"  # how an evicted context comes back
+    kv_budget_mb: int = Field(0, ge=0)  # KV held before idle contexts are evicted (0: budget - weights)
+
+    def service_options(self) -> ServiceOptions:
+        return ServiceOptions(
+            scheduler=SchedulerPolicy(self.scheduler), max_batch_size=self.max_batch_size,
+            prefill_chunk_tokens=self.prefill_chunk_tokens, prefix_cache=self.prefix_cache,
+            persistent_contexts=self.persistent_contexts,
+            context_policy=ContextPolicy(self.context_policy),
+            kv_budget_bytes=self.kv_budget_mb * 2**20, quantum_tokens=self.quantum_tokens)
+
+
+ParadigmConfig = Annotated[Union[PerAppConfig, SlmaasConfig, AgentOsConfig],
+                           Field(discriminator="kind")]
 
 
 # -- models ----------------------------------------------------------------------------------
@@ -105,6 +147,8 @@ class AppConfig(Strict):
     prompt_tokens: int = Field(gt=0)
     output_tokens: int = Field(gt=0)
     multi_turn: bool = False  # closed loop: each turn's prompt carries the previous turns
+    turns_per_session: int = Field(0, ge=0)  # multi-turn: a new conversation/task after N turns
+    system_prompt_tokens: int = Field(0, ge=0)  # a fixed prefix of every prompt of the app
     max_requests: int = Field(0, ge=0)  # 0 = until the workload's duration ends
     foreground: bool = False
     slo_ttft_ms: float = Field(0.0, ge=0)
@@ -124,7 +168,11 @@ class AppConfig(Strict):
             think_time_s=getattr(a, "think_time_s", 0.0), prompt_tokens=self.prompt_tokens,
             output_tokens=self.output_tokens, multi_turn=self.multi_turn,
             max_requests=self.max_requests, foreground=self.foreground,
-            slo_ttft_s=self.slo_ttft_ms / 1000.0)
+            slo_ttft_s=self.slo_ttft_ms / 1000.0, turns_per_session=self.turns_per_session,
+            system_prompt_tokens=self.system_prompt_tokens)
+
+    def renamed(self, name: str) -> "AppConfig":
+        return self.model_copy(update={"name": name})
 
 
 class WorkloadConfig(Strict):
@@ -139,6 +187,22 @@ class WorkloadConfig(Strict):
         return self
 
 
+# -- contention methodology ------------------------------------------------------------------
+
+class ContentionConfig(Strict):
+    """Which app mixes every (paradigm, workload, model, phone, repetition) runs."""
+    solo_baselines: bool = True  # each app alone first: the baseline of its slowdown
+    solo_duration_s: float = Field(0.0, ge=0)  # 0 = the workload's duration
+    corun: bool = True  # all of the workload's apps together
+    app_counts: list[int] = Field(default_factory=list)  # sweep: the first k apps (cycled)
+
+    @model_validator(mode="after")
+    def _positive_counts(self):
+        if any(k < 1 for k in self.app_counts):
+            raise ValueError("app_counts must be >= 1")
+        return self
+
+
 # -- experiment ------------------------------------------------------------------------------
 
 class Experiment(Strict):
@@ -148,6 +212,7 @@ class Experiment(Strict):
     repetitions: int = Field(1, ge=1)
     allow_shared_cores: bool = False  # run trials of phones that share a host's cores at once
     sample_interval_s: float = Field(0.25, gt=0)  # memory sampler interval on the phones
+    contention: ContentionConfig = ContentionConfig(solo_baselines=False)
     phones: list[Phone] = Field(min_length=1)
     models: list[ModelConfig] = Field(min_length=1)
     paradigms: list[ParadigmConfig] = Field(min_length=1)

@@ -189,7 +189,8 @@ class Coordinator:
             self.store.add_trial(t.trial_id, phone=t.phone, paradigm=t.paradigm.kind,
                                  workload=t.workload.name, model=t.model.label,
                                  repetition=t.repetition,
-                                 shared_cores=self.exp.allow_shared_cores)
+                                 shared_cores=self.exp.allow_shared_cores, mix=t.mix,
+                                 num_apps=len(t.apps))
         if self.exp.allow_shared_cores:
             self.manifest.data["notes"].append(
                 "allow_shared_cores: trials of phones on one host ran at once and shared its "

@@ -1,5 +1,8 @@
-"""The plan: an experiment expanded into trials (paradigm x workload x model x phone x repetition).
+"""The plan: an experiment expanded into trials.
 
+paradigm x workload x model x phone x repetition, and within each, the app mixes of the
+contention methodology: every app alone (its solo baseline), all apps together (the co-run), and
+an app-count sweep (the first k apps, cycled and renamed when k exceeds the workload's apps).
 Repetitions are the outer loop so that repeated trials spread over the run's time instead of
 running back to back, which keeps slow drift of a shared machine out of a single configuration.
 """
@@ -7,9 +10,14 @@ running back to back, which keeps slow drift of a shared machine out of a single
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import cycle, islice
 
-from fleet.config import Experiment, ModelConfig, ParadigmConfig, VirtualPhone, WorkloadConfig
+from fleet.config import (
+    AppConfig, Experiment, ModelConfig, ParadigmConfig, VirtualPhone, WorkloadConfig,
+)
 from fleet.records import DeploySpec, Paradigm, WorkloadRun
+
+CORUN = "corun"
 
 
 @dataclass(frozen=True)
@@ -21,16 +29,36 @@ class Trial:
     model: ModelConfig
     repetition: int
     seed: int
+    mix: str  # "solo:<app>", "corun" or "apps:<k>"
+    apps: tuple[AppConfig, ...]
+    duration_s: float
 
     def deploy_spec(self) -> DeploySpec:
         return DeploySpec(paradigm=Paradigm(self.paradigm.kind), model=self.model.spec(),
-                          apps=tuple(a.workload() for a in self.workload.apps),
+                          apps=tuple(a.workload() for a in self.apps),
                           max_context_tokens=self.workload.max_context_tokens,
-                          threads_per_process=self.paradigm.threads_per_process)
+                          threads_per_process=self.paradigm.threads_per_process,
+                          service=self.paradigm.service_options())
 
     def workload_run(self, sample_interval_s: float) -> WorkloadRun:
-        return WorkloadRun(trial_id=self.trial_id, duration_s=self.workload.duration_s,
+        return WorkloadRun(trial_id=self.trial_id, duration_s=self.duration_s,
                            seed=self.seed, sample_interval_s=sample_interval_s)
+
+
+def app_mixes(exp: Experiment, workload: WorkloadConfig):
+    """(mix, apps, duration) of one workload under the contention methodology."""
+    c = exp.contention
+    if c.solo_baselines:
+        for app in workload.apps:
+            yield f"solo:{app.name}", (app,), c.solo_duration_s or workload.duration_s
+    if c.corun:
+        yield CORUN, tuple(workload.apps), workload.duration_s
+    for k in c.app_counts:
+        apps = []
+        for i, app in enumerate(islice(cycle(workload.apps), k)):
+            copy = i // len(workload.apps)
+            apps.append(app if copy == 0 else app.renamed(f"{app.name}-{copy + 1}"))
+        yield f"apps:{k}", tuple(apps), workload.duration_s
 
 
 def plan_trials(exp: Experiment) -> list[Trial]:
@@ -39,10 +67,12 @@ def plan_trials(exp: Experiment) -> list[Trial]:
         for paradigm in exp.paradigms:
             for model in exp.models:
                 for workload in exp.workloads:
-                    for phone in exp.phones:
-                        tid = f"{paradigm.kind}.{workload.name}.{model.label}.{phone.name}.r{rep}"
-                        trials.append(Trial(tid, phone.name, paradigm, workload, model, rep,
-                                            exp.seed + rep))
+                    for mix, apps, duration in app_mixes(exp, workload):
+                        for phone in exp.phones:
+                            tid = (f"{paradigm.kind}.{workload.name}.{model.label}.{phone.name}"
+                                   f".{mix.replace(':', '-')}.r{rep}")
+                            trials.append(Trial(tid, phone.name, paradigm, workload, model, rep,
+                                                exp.seed + rep, mix, apps, duration))
     return trials
 
 

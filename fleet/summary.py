@@ -1,4 +1,5 @@
-"""The end-of-run summary, recomputed from the store: one row per (phone, paradigm, model, app).
+"""The end-of-run summary, recomputed from the store: one row per (phone, paradigm, model, app)
+over the co-run trials (all apps together; solo baselines and sweeps are the report's business).
 
     rows = summarize(store)          # list[SummaryRow]
     render(rows, failed, console)    # rich table
@@ -46,7 +47,7 @@ def summarize(store: ResultStore, slo_ttft_s: dict[str, float] | None = None) ->
     for r in store.query(
             "SELECT t.phone, t.paradigm, t.model, t.trial_id, q.app, q.status, q.ttft_s, q.itl_s, "
             "q.e2e_s, q.output_tokens FROM requests q JOIN trials t USING (trial_id) "
-            "ORDER BY t.phone, t.paradigm, t.model, q.app"):
+            "WHERE t.mix = 'corun' ORDER BY t.phone, t.paradigm, t.model, q.app"):
         g = groups.setdefault((r["phone"], r["paradigm"], r["model"], r["app"]),
                               {"trials": set(), "n": 0, "ttft": [], "itl": [], "e2e": []})
         g["trials"].add(r["trial_id"])
@@ -59,7 +60,7 @@ def summarize(store: ResultStore, slo_ttft_s: dict[str, float] | None = None) ->
     peaks = {(r["phone"], r["paradigm"], r["model"], r["component"]): r["peak"]
              for r in store.query(
                  "SELECT t.phone, t.paradigm, t.model, s.component, MAX(s.pss_bytes) AS peak "
-                 "FROM samples s JOIN trials t USING (trial_id) "
+                 "FROM samples s JOIN trials t USING (trial_id) WHERE t.mix = 'corun' "
                  "GROUP BY t.phone, t.paradigm, t.model, s.component")}
     rows = []
     for key, g in groups.items():
@@ -69,7 +70,8 @@ def summarize(store: ResultStore, slo_ttft_s: dict[str, float] | None = None) ->
             *key, num_trials=len(g["trials"]), num_requests=g["n"], num_ok=len(g["ttft"]),
             ttft_p50_s=percentile(g["ttft"], 50), ttft_p99_s=percentile(g["ttft"], 99),
             itl_p50_s=percentile(g["itl"], 50), e2e_p50_s=percentile(g["e2e"], 50),
-            e2e_p99_s=percentile(g["e2e"], 99), peak_pss_bytes=int(peaks.get(key, 0) or 0),
+            e2e_p99_s=percentile(g["e2e"], 99),
+            peak_pss_bytes=int(peaks.get(key) or peaks.get((*key[:3], "service")) or 0),
             slo_met=met))
     return rows
 
@@ -103,7 +105,8 @@ def render(rows: list[SummaryRow], trials: list, console, weights_label: str = "
                       _ms(r.ttft_p50_s), _ms(r.ttft_p99_s), _ms(r.itl_p50_s), _ms(r.e2e_p50_s),
                       _ms(r.e2e_p99_s), f"{r.peak_pss_bytes / 2**20:.0f} MiB",
                       "-" if math.isnan(r.slo_met) else f"{r.slo_met:.0%}")
-    table.caption = "latencies in ms; peak PSS of the app's SLM process; SLO = TTFT target"
+    table.caption = ("co-run trials; latencies in ms; peak PSS of the app's own SLM process "
+                     "(per-app) or of the shared service; SLO = TTFT target")
     console.print(table)
     bad = [t for t in trials if t["status"] != "completed"]
     if bad:

@@ -116,4 +116,4 @@ def test_cli_missing_file_is_one_line(tmp_path):
 def test_cli_plan_lists_trials(tmp_path):
     proc = run_cli("plan", str(write(tmp_path, MINIMAL)), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.splitlines()[0].startswith("per_app.w.tiny.a.r0\thost:local")
+    assert proc.stdout.splitlines()[0].startswith("per_app.w.tiny.a.corun.r0\thost:local")

@@ -92,7 +92,7 @@ def test_killed_agent_fails_its_trials_and_the_run_goes_on(tmp_path):
     exp["workloads"][0]["duration_s"] = 4
     proc = start_run(tmp_path, exp, "kill")
     db = tmp_path / "runs" / "kill" / "results.sqlite"
-    victim_trial = "per_app.w.tiny.phone-a.r0"
+    victim_trial = "per_app.w.tiny.phone-a.corun.r0"
     deadline = time.monotonic() + 240
     pid = 0
     while time.monotonic() < deadline and proc.poll() is None:
@@ -111,11 +111,11 @@ def test_killed_agent_fails_its_trials_and_the_run_goes_on(tmp_path):
     assert proc.returncode == 1, out  # finished, with failed trials
     trials = dict(rows(db, "SELECT trial_id, status FROM trials"))
     assert trials == {
-        "per_app.w.tiny.phone-a.r0": "failed", "per_app.w.tiny.phone-a.r1": "failed",
-        "per_app.w.tiny.phone-b.r0": "completed", "per_app.w.tiny.phone-b.r1": "completed"}
+        "per_app.w.tiny.phone-a.corun.r0": "failed", "per_app.w.tiny.phone-a.corun.r1": "failed",
+        "per_app.w.tiny.phone-b.corun.r0": "completed", "per_app.w.tiny.phone-b.corun.r1": "completed"}
     reasons = dict(rows(db, "SELECT trial_id, reason FROM trials WHERE status='failed'"))
     assert "UNAVAILABLE" in reasons[victim_trial] or "CANCELLED" in reasons[victim_trial]
-    assert "not healthy" in reasons["per_app.w.tiny.phone-a.r1"]
+    assert "not healthy" in reasons["per_app.w.tiny.phone-a.corun.r1"]
     # records received before the kill are still there
     assert kept >= 2
     assert rows(db, "SELECT COUNT(*) FROM requests WHERE trial_id=? AND status='ok'",

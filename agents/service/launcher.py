@@ -20,7 +20,7 @@ import threading
 import time
 from pathlib import Path
 
-from agents.service.server import spec_to_json
+from agents.service.spec import spec_to_json
 from fleet.records import ModelSpec, ServiceOptions
 
 READY_TIMEOUT_S = 300.0

@@ -25,24 +25,10 @@ import grpc
 
 from agents.service.engine import ServingEngine
 from agents.service.scheduler import RequestState, ServiceRequest
+from agents.service.spec import spec_from_json
 from fleet import wire
-from fleet.records import ContextPolicy, ModelSpec, SchedulerPolicy, ServiceOptions
 from fleet.v1 import slm_service_pb2 as spb
 from fleet.v1 import slm_service_pb2_grpc as spb_grpc
-
-
-def spec_to_json(model: ModelSpec, options: ServiceOptions, threads: int, kv_budget_bytes: int,
-                 swap_dir: str) -> str:
-    return json.dumps({"model": asdict(model), "service": asdict(options), "threads": threads,
-                       "kv_budget_bytes": kv_budget_bytes, "swap_dir": swap_dir})
-
-
-def spec_from_json(text: str):
-    d = json.loads(text)
-    s = d["service"]
-    options = ServiceOptions(**{**s, "scheduler": SchedulerPolicy(s["scheduler"]),
-                                "context_policy": ContextPolicy(s["context_policy"])})
-    return ModelSpec(**d["model"]), options, d["threads"], d["kv_budget_bytes"], d["swap_dir"]
 
 
 class SlmServicer(spb_grpc.SlmServiceServicer):
