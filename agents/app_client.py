@@ -152,8 +152,9 @@ def client_main(cmd_conn, evt_conn, app: AppWorkload, endpoint: ModelEndpoint, v
                                  cached_prompt_tokens=c.cached_prompt_tokens,
                                  max_batch_size=c.max_batch_size)
                     continue
-                tokens.append(msg.token)
-                on_token(msg.token)
+                for tok in msg.tokens.ids:
+                    tokens.append(tok)
+                    on_token(tok)
                 if should_stop() and len(tokens) < call.output_tokens:
                     stream.cancel()
                     break

@@ -77,8 +77,8 @@ class SharedServiceParadigm(ParadigmHost):
             weights_label=self._label, planned_bytes=planned, memory_budget_bytes=budget)
 
     def run(self, run, emit, stop) -> list[str]:
-        problems = self.apps.run(run, emit, stop, on_tick=lambda: self._watch(emit))
-        self._watch(emit)
+        problems = self.apps.run(run, emit, stop, on_tick=lambda: self._watch(emit, stop))
+        self._watch(emit, stop)
         if self._died_reported:
             problems.append(f"{self.paradigm.value} service process {self.service.pid} died "
                             f"(exit code {self.service.proc.returncode}); its in-flight requests "
@@ -91,11 +91,12 @@ class SharedServiceParadigm(ParadigmHost):
             emit(PhoneEvent(time.monotonic_ns(), "service_stats", "", json.dumps(stats)))
         return problems
 
-    def _watch(self, emit) -> None:
+    def _watch(self, emit, stop) -> None:
         if self.service is not None and not self.service.alive() and not self._died_reported:
             self._died_reported = True
             emit(PhoneEvent(time.monotonic_ns(), "service_died", "",
                             f"exit code {self.service.proc.returncode}"))
+            stop.set()  # every later request would fail the same way: end the trial now
 
     def processes(self) -> dict[int, str]:
         if self.service is not None and self.service.alive():

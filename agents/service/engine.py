@@ -40,6 +40,10 @@ class ServingEngine:
         self.batch_sizes: Counter[int] = Counter()  # steps per batch size
         self.num_preemptions = 0
         self.num_steps = 0
+        # deliver(items): hands a step's (sink, item) pairs over at once, e.g. to an event loop
+        # with one wake-up per step instead of one per token; None calls the sinks here.
+        self.deliver = None
+        self._outbox: list = []
 
     # -- intake (any thread) -----------------------------------------------------------------
 
@@ -84,6 +88,7 @@ class ServingEngine:
                 r.start_slice(time.monotonic_ns())
         self._running = chosen
         if not batch:
+            self._flush()
             return
         work = [(r.ctx, r.next_chunk(self.options.prefill_chunk_tokens)) for r in batch]
         logits = self.model(work)  # (S, V)
@@ -100,11 +105,25 @@ class ServingEngine:
             r.generated.append(tok)
             r.pending_token = tok
             r.slice_output += 1
-            if r.sink is not None:
-                r.sink(tok)
+            self._emit(r, tok)
             if len(r.generated) >= r.max_new_tokens:
                 self._finish(r, RequestState.FINISHED, time.monotonic_ns())
+        self._flush()
         self.contexts.enforce_budget(self._active_bytes())
+
+    def _emit(self, r: ServiceRequest, item) -> None:
+        if r.sink is not None:
+            self._outbox.append((r.sink, item))
+
+    def _flush(self) -> None:
+        out, self._outbox = self._outbox, []
+        if not out:
+            return
+        if self.deliver is not None:
+            self.deliver(out)
+        else:
+            for sink, item in out:
+                sink(item)
 
     def _finish(self, r: ServiceRequest, state: RequestState, now_ns: int) -> None:
         r.end_slice(now_ns, state)
@@ -114,8 +133,7 @@ class ServingEngine:
         self.contexts.release(r)
         if not (self.options.persistent_contexts and r.session):
             r.ctx = None  # its KV is freed once nobody holds it
-        if r.sink is not None:
-            r.sink(r)
+        self._emit(r, r)
 
     def _active_bytes(self) -> int:
         kept = set(self.contexts.sessions.values())

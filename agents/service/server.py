@@ -50,13 +50,16 @@ class SlmServicer(spb_grpc.SlmServiceServicer):
         req = ServiceRequest(request.request_id, request.app, prompt, request.max_new_tokens,
                              foreground=request.foreground, session=request.session,
                              shared_prefix_tokens=request.shared_prefix_tokens)
-        req.sink = lambda item: loop.call_soon_threadsafe(queue.put_nowait, item)
+        req.sink = queue.put_nowait  # called on this loop by deliver()
         self.engine.submit(req)
         try:
             while True:
                 item = await queue.get()
                 if isinstance(item, int):
-                    yield spb.GenerateResponse(token=item)
+                    ids = [item]
+                    while not queue.empty() and isinstance(queue._queue[0], int):
+                        ids.append(queue.get_nowait())  # the app fell behind: send together
+                    yield spb.GenerateResponse(tokens=spb.TokenChunk(ids=ids))
                     continue
                 if item.state != RequestState.FINISHED:
                     await context.abort(grpc.StatusCode.ABORTED, f"request {item.state.name}")
@@ -85,6 +88,13 @@ async def _amain(ns) -> None:
     loaded = load_model(model_spec)
     load_s = time.perf_counter() - t0
     engine = ServingEngine(loaded.model, options, Path(swap_dir), kv_budget_bytes=kv_budget)
+    loop = asyncio.get_running_loop()
+
+    def dispatch(items) -> None:
+        for sink, item in items:
+            sink(item)
+
+    engine.deliver = lambda items: loop.call_soon_threadsafe(dispatch, items)
     stop = threading.Event()
     worker = threading.Thread(target=engine.run_forever, args=(stop,), name="engine", daemon=True)
     worker.start()
@@ -98,7 +108,6 @@ async def _amain(ns) -> None:
     print(json.dumps({"event": "ready", "pid": os.getpid(), "load_s": load_s,
                       "weight_bytes": loaded.model.weight_bytes(),
                       "weights_label": loaded.weights_label}), flush=True)
-    loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)

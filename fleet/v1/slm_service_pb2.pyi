@@ -26,12 +26,18 @@ class GenerateRequest(_message.Message):
     def __init__(self, app: _Optional[str] = ..., request_id: _Optional[str] = ..., prompt_tokens: _Optional[_Iterable[int]] = ..., max_new_tokens: _Optional[int] = ..., foreground: _Optional[bool] = ..., session: _Optional[str] = ..., shared_prefix_tokens: _Optional[int] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
-    __slots__ = ("token", "completion")
-    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    __slots__ = ("tokens", "completion")
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
     COMPLETION_FIELD_NUMBER: _ClassVar[int]
-    token: int
+    tokens: TokenChunk
     completion: Completion
-    def __init__(self, token: _Optional[int] = ..., completion: _Optional[_Union[Completion, _Mapping]] = ...) -> None: ...
+    def __init__(self, tokens: _Optional[_Union[TokenChunk, _Mapping]] = ..., completion: _Optional[_Union[Completion, _Mapping]] = ...) -> None: ...
+
+class TokenChunk(_message.Message):
+    __slots__ = ("ids",)
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class Completion(_message.Message):
     __slots__ = ("scheduled_ns", "slices", "context_switch_s", "context_switch_bytes", "context_restore", "cached_prompt_tokens", "max_batch_size")

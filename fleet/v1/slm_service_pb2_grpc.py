@@ -47,7 +47,7 @@ class SlmServiceServicer:
     """
 
     def Generate(self, request, context):
-        """Generate streams one message per output token, then a completion.
+        """Generate streams the output tokens as they are sampled, then a completion.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
