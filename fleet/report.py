@@ -55,7 +55,7 @@ def comparison_rows(groups: list[GroupResult]) -> list[dict[str, str]]:
             "fg TTFT p50 ms": g.foreground_ttft_p50_s.fmt(1000, 0),
             "TTFT p50 slowdown": _median_slowdown(g),
             "Jain fairness": g.fairness.fmt(1, 2),
-            "SLO met": g.slo_attainment.fmt(100, 0),
+            "SLO met %": g.slo_attainment.fmt(100, 0),
             "kills": g.kills.fmt(1, 0), "cold starts": g.cold_starts.fmt(1, 0),
             "ctx restores": g.swaps.fmt(1, 0), "mean batch": g.mean_batch_size.fmt(1, 2),
         })
@@ -97,6 +97,7 @@ def _plots(groups: list[GroupResult]) -> list[tuple[str, str]]:
         hi = [g.by_app_count[k]["peak_pss_bytes"].hi / 2**20 for k in ks]
         ax.plot(ks, ys, "o-", color=COLORS.get(g.paradigm), label=g.paradigm)
         ax.fill_between(ks, lo, hi, color=COLORS.get(g.paradigm), alpha=0.15)
+    ax.set_xticks(sorted({k for g in gs for k in g.by_app_count}))
     ax.set_xlabel("apps on the phone")
     ax.set_ylabel("peak PSS of SLM processes (MiB)")
     ax.legend()

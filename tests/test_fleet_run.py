@@ -79,6 +79,9 @@ def test_fleet_run_writes_every_record_and_the_manifest(tmp_path):
     assert summary["weights_label"] == "random weights"
     assert "Per-(phone, app) summary" in out and "random weights" in out
     assert "all 2 trials completed" in out
+    assert "Paradigm comparison" in out
+    report = (run / "report.html").read_text()
+    assert report.count("<svg") == 5 and "per_app" in report
     # the summary can be recomputed from the store alone
     again = subprocess.run([sys.executable, "-m", "fleet.cli", "summary", str(run)],
                            capture_output=True, text=True, timeout=60)
