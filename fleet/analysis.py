@@ -65,6 +65,7 @@ class AppResult:
     slowdown_e2e_p50: Spread
     slowdown_e2e_p99: Spread
     slo_attainment: Spread
+    waiting_p50_s: Spread  # time not running on the model (before and between slices)
     ttft_samples_s: list[float]  # every ok co-run request, for distributions
 
 
@@ -106,8 +107,8 @@ def analyze(store: ResultStore, app_configs: dict[str, dict] | None = None) -> l
         "SELECT trial_id, phone, paradigm, model, workload, repetition, mix, num_apps, status, "
         "summary_json FROM trials")}
     reqs: dict[str, list] = defaultdict(list)
-    for r in store.query("SELECT trial_id, app, status, ttft_s, e2e_s, output_tokens "
-                         "FROM requests"):
+    for r in store.query("SELECT trial_id, app, status, ttft_s, e2e_s, output_tokens, "
+                         "waiting_s FROM requests"):
         reqs[r["trial_id"]].append(r)
     events: dict[str, list] = defaultdict(list)
     for e in store.query("SELECT trial_id, kind, app, detail, duration_s FROM events"):
@@ -159,6 +160,9 @@ def _group(key, ts, reqs, events, store, app_configs) -> GroupResult:
             rows["corun_p50"].append(c["ttft_p50"])
             rows["corun_p99"].append(c["ttft_p99"])
             rows["slo"].append(_slo(reqs[co["trial_id"]], name, slo_s))
+            rows["waiting"].append(_p([r["waiting_s"] for r in reqs[co["trial_id"]]
+                                       if r["app"] == name and r["status"] == "ok"
+                                       and r["waiting_s"] is not None], 50))
             if solo is not None:
                 s = _latency(reqs[solo["trial_id"]], name)
                 rows["solo_p50"].append(s["ttft_p50"])
@@ -170,7 +174,7 @@ def _group(key, ts, reqs, events, store, app_configs) -> GroupResult:
             Spread.of(rows["corun_p50"]), Spread.of(rows["corun_p99"]),
             Spread.of(rows["sd_ttft_p50"]), Spread.of(rows["sd_ttft_p99"]),
             Spread.of(rows["sd_e2e_p50"]), Spread.of(rows["sd_e2e_p99"]), Spread.of(rows["slo"]),
-            samples))
+            Spread.of(rows["waiting"]), samples))
     for rep, sds in per_app_slowdowns.items():
         fairness.append(jain_index(sds))
     tokens_s, peaks, kills, colds, swaps, switch_s, batch, fg = [], [], [], [], [], [], [], []

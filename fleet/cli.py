@@ -49,11 +49,23 @@ def _load(path: str | None):
         sys.exit(EXIT_BAD_INPUT)
 
 
+def _check(exp, source: str) -> list:
+    from fleet.plan import check_budgets, plan_trials
+
+    trials = plan_trials(exp)
+    problems = check_budgets(exp, trials)
+    for problem in problems:
+        print(f"fleet: {source}: {problem}", file=sys.stderr)
+    if problems:
+        sys.exit(EXIT_BAD_INPUT)
+    return trials
+
+
 def cmd_plan(ns) -> int:
-    from fleet.plan import core_domain, plan_trials
+    from fleet.plan import core_domain
 
     exp = _load(ns.experiment)
-    for t in plan_trials(exp):
+    for t in _check(exp, ns.experiment or "(embedded default)"):
         print(f"{t.trial_id}\t{core_domain(exp, t.phone)}")
     return 0
 
@@ -68,6 +80,7 @@ def cmd_run(ns) -> int:
         exp = exp.model_copy(update={"allow_shared_cores": True})
     console = _console()
     source = ns.experiment or "(embedded default)"
+    _check(exp, source)
     console.print(f"[bold]fleet run[/] {exp.name} from {source}: {len(exp.phones)} phones, "
                   f"{len(exp.paradigms)} paradigms, {len(exp.workloads)} workloads, "
                   f"{len(exp.models)} models, {exp.repetitions} repetitions")

@@ -60,7 +60,12 @@ Phone = Annotated[Union[VirtualPhone, RemotePhone], Field(discriminator="kind")]
 class PerAppConfig(Strict):
     """Every app loads its own model in its own process; a low-memory killer acts over budget."""
     kind: Literal["per_app"] = "per_app"
+    name: str = Field("", pattern=r"^$|" + NAME)  # label in results (default: the kind)
     threads_per_process: int = Field(1, gt=0)  # torch threads in each app's model process
+
+    @property
+    def label(self) -> str:
+        return self.name or self.kind
 
     def service_options(self) -> ServiceOptions:
         return ServiceOptions(max_batch_size=1, prefix_cache=False)
@@ -69,10 +74,15 @@ class PerAppConfig(Strict):
 class SlmaasConfig(Strict):
     """One shared model service: continuous batching, shared-prefix reuse, FCFS."""
     kind: Literal["slmaas"] = "slmaas"
+    name: str = Field("", pattern=r"^$|" + NAME)  # label in results (default: the kind)
     threads_per_process: int = Field(2, gt=0)  # torch threads of the service process
     max_batch_size: int = Field(8, gt=0)  # most sequences in one forward pass
     prefill_chunk_tokens: int = Field(512, gt=0)  # most prompt tokens of a sequence per step
     prefix_cache: bool = True  # reuse the KV of an app's system prompt
+
+    @property
+    def label(self) -> str:
+        return self.name or self.kind
 
     def service_options(self) -> ServiceOptions:
         return ServiceOptions(scheduler=SchedulerPolicy.FCFS, max_batch_size=self.max_batch_size,
@@ -83,6 +93,7 @@ class SlmaasConfig(Strict):
 class AgentOsConfig(Strict):
     """The model service as an OS subsystem: priorities, preemption, kept and swapped contexts."""
     kind: Literal["agent_os"] = "agent_os"
+    name: str = Field("", pattern=r"^$|" + NAME)  # label in results (default: the kind)
     threads_per_process: int = Field(2, gt=0)
     scheduler: Literal["priority", "fcfs", "round_robin"] = "priority"
     quantum_tokens: int = Field(16, gt=0)  # round robin: decode steps per slice
@@ -92,6 +103,10 @@ class AgentOsConfig(Strict):
     persistent_contexts: bool = True  # keep multi-turn apps' KV between turns
     context_policy: Literal["swap", "recompute"] = "swap"  # how an evicted context comes back
     kv_budget_mb: int = Field(0, ge=0)  # KV held before idle contexts are evicted (0: budget - weights)
+
+    @property
+    def label(self) -> str:
+        return self.name or self.kind
 
     def service_options(self) -> ServiceOptions:
         return ServiceOptions(
@@ -152,6 +167,7 @@ class AppConfig(Strict):
     max_requests: int = Field(0, ge=0)  # 0 = until the workload's duration ends
     foreground: bool = False
     slo_ttft_ms: float = Field(0.0, ge=0)
+    model: "ModelConfig | None" = None  # per-app only: this app ships its own, different model
 
     @model_validator(mode="after")
     def _multi_turn_is_closed_loop(self):
@@ -169,7 +185,8 @@ class AppConfig(Strict):
             output_tokens=self.output_tokens, multi_turn=self.multi_turn,
             max_requests=self.max_requests, foreground=self.foreground,
             slo_ttft_s=self.slo_ttft_ms / 1000.0, turns_per_session=self.turns_per_session,
-            system_prompt_tokens=self.system_prompt_tokens)
+            system_prompt_tokens=self.system_prompt_tokens,
+            model=self.model.spec() if self.model else None)
 
     def renamed(self, name: str) -> "AppConfig":
         return self.model_copy(update={"name": name})
@@ -223,7 +240,7 @@ class Experiment(Strict):
         _unique([p.name for p in self.phones], "phone")
         _unique([m.label for m in self.models], "model")
         _unique([w.name for w in self.workloads], "workload")
-        _unique([p.kind for p in self.paradigms], "paradigm")
+        _unique([p.label for p in self.paradigms], "paradigm")
         return self
 
 

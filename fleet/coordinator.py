@@ -186,7 +186,7 @@ class Coordinator:
                                  experiment=self.exp.model_dump(mode="json"), source=self.source)
         trials = plan_trials(self.exp)
         for t in trials:
-            self.store.add_trial(t.trial_id, phone=t.phone, paradigm=t.paradigm.kind,
+            self.store.add_trial(t.trial_id, phone=t.phone, paradigm=t.paradigm.label,
                                  workload=t.workload.name, model=t.model.label,
                                  repetition=t.repetition,
                                  shared_cores=self.exp.allow_shared_cores, mix=t.mix,

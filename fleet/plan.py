@@ -69,11 +69,42 @@ def plan_trials(exp: Experiment) -> list[Trial]:
                 for workload in exp.workloads:
                     for mix, apps, duration in app_mixes(exp, workload):
                         for phone in exp.phones:
-                            tid = (f"{paradigm.kind}.{workload.name}.{model.label}.{phone.name}"
+                            tid = (f"{paradigm.label}.{workload.name}.{model.label}.{phone.name}"
                                    f".{mix.replace(':', '-')}.r{rep}")
                             trials.append(Trial(tid, phone.name, paradigm, workload, model, rep,
                                                 exp.seed + rep, mix, apps, duration))
     return trials
+
+
+def check_budgets(exp: Experiment, trials: list[Trial]) -> list[str]:
+    """Problems that make trials impossible before anything starts: a model (weights + one
+    context's KV cache) larger than a virtual phone's budget under any paradigm, or an app that
+    brings its own model to a shared service. Local-path models are checked on the phone."""
+    from agents.engine.model import DTYPES, ModelArgs
+
+    budgets = {p.name: p.memory_budget_mb * 2**20 for p in exp.phones
+               if isinstance(p, VirtualPhone)}
+    problems: set[str] = set()
+    for t in trials:
+        for app in t.apps:
+            model = app.model or t.model
+            if app.model and t.paradigm.kind != "per_app":
+                problems.add(f"paradigm {t.paradigm.label}: app {app.name} brings its own model; "
+                             "only per_app can host apps with different models")
+            if model.path or t.phone not in budgets:
+                continue
+            args, dtype = ModelArgs.from_name(model.preset), DTYPES[model.dtype]
+            a = app.workload()
+            ctx = min(args.max_position, max(a.system_prompt_tokens + a.prompt_tokens
+                                             + a.output_tokens, t.workload.max_context_tokens))
+            need = args.weight_bytes(dtype) + args.kv_cache_bytes(ctx, dtype)
+            if need > budgets[t.phone]:
+                problems.add(
+                    f"phone {t.phone} ({budgets[t.phone] / 2**20:.0f} MiB) cannot hold model "
+                    f"{model.label} ({model.dtype}) for app {app.name} under any paradigm: "
+                    f"weights {args.weight_bytes(dtype) / 2**20:.1f} MiB + KV cache "
+                    f"{args.kv_cache_bytes(ctx, dtype) / 2**20:.1f} MiB")
+    return sorted(problems)
 
 
 def core_domain(exp: Experiment, phone_name: str) -> str:

@@ -81,6 +81,7 @@ class AppWorkload:
     slo_ttft_s: float = 0.0
     turns_per_session: int = 0  # multi-turn: a new conversation after this many turns (0 = when full)
     system_prompt_tokens: int = 0  # a fixed prefix of every prompt (shared-prefix reuse)
+    model: ModelSpec | None = None  # per-app: the app's own model, when not the deployment's
 
     def max_context_tokens(self) -> int:
         """Longest prompt + output a request of this app can reach (0 = unbounded)."""
@@ -204,6 +205,15 @@ class RequestRecord:
         if len(self.token_ns) < 2:
             return 0.0
         return (self.token_ns[-1] - self.token_ns[0]) / (len(self.token_ns) - 1) / NS_PER_S
+
+    @property
+    def waiting_s(self) -> float:
+        """Time submitted but not running on the model: before its first slice and between
+        slices (a preempted request waits again). Queue wait when no slices were recorded."""
+        if not self.slices:
+            return self.queue_wait_s
+        gaps = sum(b.start_ns - a.end_ns for a, b in zip(self.slices, self.slices[1:]))
+        return (self.slices[0].start_ns - self.submit_ns + gaps) / NS_PER_S
 
     @property
     def e2e_s(self) -> float:

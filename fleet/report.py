@@ -183,6 +183,7 @@ def _app_table(groups: list[GroupResult]) -> str:
                          "slowdown TTFT p99": a.slowdown_ttft_p99.fmt(1, 2),
                          "slowdown e2e p50": a.slowdown_e2e_p50.fmt(1, 2),
                          "slowdown e2e p99": a.slowdown_e2e_p99.fmt(1, 2),
+                         "waiting p50 ms": a.waiting_p50_s.fmt(1000, 0),
                          "SLO met %": a.slo_attainment.fmt(100, 0)})
     return _table(rows)
 

@@ -36,7 +36,7 @@ CREATE TABLE IF NOT EXISTS requests (
     first_token_ns INTEGER, last_token_ns INTEGER, token_ns_json TEXT,
     queue_wait_s REAL, ttft_s REAL, itl_s REAL, e2e_s REAL, cold_start_s REAL, turn INTEGER,
     slices_json TEXT, context_switch_s REAL, context_switch_bytes INTEGER, context_restore TEXT,
-    cached_prompt_tokens INTEGER, max_batch_size INTEGER,
+    cached_prompt_tokens INTEGER, max_batch_size INTEGER, waiting_s REAL,
     PRIMARY KEY (trial_id, request_id)
 );
 CREATE TABLE IF NOT EXISTS events (
@@ -121,7 +121,7 @@ class ResultStore:
                              *_served_metrics(e), e.cold_start_s, e.turn,
                              json.dumps([asdict(s) for s in e.slices]), e.context_switch_s,
                              e.context_switch_bytes, e.context_restore, e.cached_prompt_tokens,
-                             e.max_batch_size))
+                             e.max_batch_size, e.waiting_s if e.scheduled_ns else None))
             elif isinstance(e, PhoneEvent):
                 phone_events.append((trial_id, e.t_ns, e.kind, e.app, e.detail, e.bytes,
                                      e.duration_s))
@@ -131,7 +131,7 @@ class ResultStore:
         with self._lock:
             self._db.execute("BEGIN")
             self._db.executemany("INSERT OR REPLACE INTO requests VALUES "
-                                 f"({','.join('?' * 24)})", recs)
+                                 f"({','.join('?' * 25)})", recs)
             self._db.executemany("INSERT INTO events VALUES (?,?,?,?,?,?,?)", phone_events)
             self._db.executemany("INSERT INTO samples VALUES (?,?,?,?,?,?,?)", samples)
             self._db.execute("COMMIT")

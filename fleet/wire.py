@@ -69,7 +69,8 @@ def app_to_pb(a: AppWorkload) -> pb.AppWorkload:
         burst_size=a.burst_size, think_time_s=a.think_time_s, prompt_tokens=a.prompt_tokens,
         output_tokens=a.output_tokens, multi_turn=a.multi_turn, max_requests=a.max_requests,
         foreground=a.foreground, slo_ttft_s=a.slo_ttft_s, turns_per_session=a.turns_per_session,
-        system_prompt_tokens=a.system_prompt_tokens)
+        system_prompt_tokens=a.system_prompt_tokens,
+        model=model_to_pb(a.model) if a.model else None)
 
 
 def app_from_pb(m: pb.AppWorkload) -> AppWorkload:
@@ -87,7 +88,21 @@ def app_from_pb(m: pb.AppWorkload) -> AppWorkload:
         think_time_s=m.think_time_s, prompt_tokens=m.prompt_tokens,
         output_tokens=m.output_tokens, multi_turn=m.multi_turn, max_requests=m.max_requests,
         foreground=m.foreground, slo_ttft_s=m.slo_ttft_s, turns_per_session=m.turns_per_session,
-        system_prompt_tokens=m.system_prompt_tokens)
+        system_prompt_tokens=m.system_prompt_tokens,
+        model=model_from_pb(m.model, f"app {m.name!r} model") if m.HasField("model") else None)
+
+
+def model_to_pb(s: ModelSpec) -> pb.ModelRef:
+    return pb.ModelRef(preset=s.preset, path=s.path, dtype=s.dtype, seed=s.seed)
+
+
+def model_from_pb(m: pb.ModelRef, what: str = "model") -> ModelSpec:
+    if not m.preset and not m.path:
+        raise WireError(f"{what} needs a preset or a path")
+    dtype = m.dtype or "fp32"
+    if dtype not in ("fp32", "bf16"):
+        raise WireError(f"{what} dtype must be fp32 or bf16, not {dtype!r}")
+    return ModelSpec(preset=m.preset, path=m.path, dtype=dtype, seed=m.seed)
 
 
 def service_to_pb(o: ServiceOptions) -> pb.ServiceOptions:
@@ -114,8 +129,7 @@ def service_from_pb(m: pb.ServiceOptions) -> ServiceOptions:
 def deploy_to_pb(d: DeploySpec) -> pb.DeployRequest:
     return pb.DeployRequest(service=service_to_pb(d.service),
         paradigm=_PARADIGM[d.paradigm],
-        model=pb.ModelRef(preset=d.model.preset, path=d.model.path, dtype=d.model.dtype,
-                          seed=d.model.seed),
+        model=model_to_pb(d.model),
         apps=[app_to_pb(a) for a in d.apps], max_context_tokens=d.max_context_tokens,
         threads_per_process=d.threads_per_process)
 
@@ -127,14 +141,9 @@ def deploy_from_pb(m: pb.DeployRequest) -> DeploySpec:
     names = [a.name for a in apps]
     if len(set(names)) != len(names):
         raise WireError(f"app names must be unique: {names}")
-    if not m.model.preset and not m.model.path:
-        raise WireError("model needs a preset or a path")
-    dtype = m.model.dtype or "fp32"
-    if dtype not in ("fp32", "bf16"):
-        raise WireError(f"model dtype must be fp32 or bf16, not {dtype!r}")
     return DeploySpec(
         paradigm=paradigm_from_pb(m.paradigm),
-        model=ModelSpec(preset=m.model.preset, path=m.model.path, dtype=dtype, seed=m.model.seed),
+        model=model_from_pb(m.model),
         apps=apps, max_context_tokens=m.max_context_tokens,
         threads_per_process=max(1, m.threads_per_process), service=service_from_pb(m.service))
 

@@ -231,3 +231,17 @@ def test_tls_agent_serves_tls_clients_only(tmp_path):
         with pytest.raises(AgentError) as err:
             plain.describe()
         assert err.value.code == grpc.StatusCode.UNAVAILABLE
+
+
+def test_per_app_apps_may_use_different_models_and_services_refuse_them(agent):
+    client = AgentClient(agent[0], TOKEN)
+    own = replace(APPS[0], model=ModelSpec(preset="tiny", dtype="bf16"))
+    spec = DeploySpec(Paradigm.PER_APP, ModelSpec(preset="tiny"), (own, APPS[1]),
+                      max_context_tokens=256)
+    deployed = {a.app: a for a in client.deploy(spec).apps}
+    assert deployed["keyboard"].weight_bytes * 2 == deployed["chat"].weight_bytes
+    client.reset()
+    with pytest.raises(AgentError) as err:
+        client.deploy(replace(spec, paradigm=Paradigm.SLMAAS))
+    assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "only per_app can host" in err.value.reason

@@ -117,3 +117,29 @@ def test_cli_plan_lists_trials(tmp_path):
     proc = run_cli("plan", str(write(tmp_path, MINIMAL)), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[0].startswith("per_app.w.tiny.a.corun.r0\thost:local")
+
+
+def test_a_workload_no_paradigm_can_hold_is_refused_up_front_with_the_numbers(tmp_path):
+    data = yaml.safe_load(yaml.safe_dump(MINIMAL))
+    data["phones"][0]["memory_budget_mb"] = 256
+    data["models"] = [{"preset": "smollm-135m"}]
+    proc = run_cli("plan", str(write(tmp_path, data)), cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "phone a (256 MiB) cannot hold model smollm-135m (fp32) for app kb" in proc.stderr
+    assert "weights 513.1 MiB" in proc.stderr
+    assert "phone b" not in proc.stderr  # the 4096 MiB phone is fine
+
+
+def test_apps_with_their_own_models_need_per_app(tmp_path):
+    data = yaml.safe_load(yaml.safe_dump(MINIMAL))
+    data["workloads"][0]["apps"][0]["model"] = {"preset": "tiny", "dtype": "bf16"}
+    data["paradigms"] = [{"kind": "per_app"}, {"kind": "slmaas"}]
+    proc = run_cli("plan", str(write(tmp_path, data)), cwd=tmp_path)
+    assert proc.returncode == 2 and "only per_app can host" in proc.stderr
+    data["paradigms"] = [{"kind": "per_app"}, {"kind": "agent_os", "name": "aios-rr",
+                                               "scheduler": "round_robin"},
+                         {"kind": "agent_os", "name": "aios-prio"}]
+    data["workloads"][0]["apps"][0].pop("model")
+    proc = run_cli("plan", str(write(tmp_path, data)), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert any(line.startswith("aios-rr.w.tiny.a.corun.r0") for line in proc.stdout.splitlines())

@@ -34,15 +34,18 @@ class AppsHost:
     def __init__(self) -> None:
         self.apps: list[AppProc] = []
 
-    def start(self, apps: tuple[AppWorkload, ...], endpoint_of: Callable[[AppWorkload], ModelEndpoint],
-              vocab_size: int, max_context_of: Callable[[AppWorkload], int]) -> None:
+    def start(self, apps: tuple[AppWorkload, ...],
+              endpoint_of: Callable[[AppWorkload], ModelEndpoint],
+              args_of: Callable, max_context_of: Callable[[AppWorkload], int]) -> None:
+        """Start one client process per app; args_of(app) is its model's shape (for the
+        vocabulary its prompts draw from)."""
         ctx = mp.get_context("spawn")
         for app in apps:
             cmd_r, cmd_w = ctx.Pipe(duplex=False)
             evt_r, evt_w = ctx.Pipe(duplex=False)
             proc = ctx.Process(target=client_main, name=f"app-{app.name}", daemon=True,
-                               args=(cmd_r, evt_w, app, endpoint_of(app), vocab_size,
-                                     max_context_of(app)))
+                               args=(cmd_r, evt_w, app, endpoint_of(app),
+                                     args_of(app).vocab_size, max_context_of(app)))
             proc.start()
             cmd_r.close()
             evt_w.close()  # keep only our ends, so a dead app reads as EOF

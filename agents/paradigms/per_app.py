@@ -37,25 +37,30 @@ def context_tokens(spec: DeploySpec, app: AppWorkload, max_position: int) -> int
                min(wanted, max_position))
 
 
-def check_fits_one(spec: DeploySpec, profile, what: str) -> tuple[int, dict[str, int]]:
-    """Weights and each app's KV; raises BudgetError when even one model instance cannot fit."""
-    args = model_args(spec.model)
-    dtype = torch_dtype(spec.model.dtype)
-    weights = args.weight_bytes(dtype)
-    kv = {}
+def app_model(spec: DeploySpec, app: AppWorkload):
+    return app.model or spec.model
+
+
+def check_fits_one(spec: DeploySpec, profile, what: str) -> dict[str, tuple[int, int]]:
+    """{app: (weight bytes, KV bytes)} of each app's model; raises BudgetError when even one
+    model instance with one context cannot fit the phone."""
+    need = {}
     for app in spec.apps:
+        model = app_model(spec, app)
+        args, dtype = model_args(model), torch_dtype(model.dtype)
         if app.system_prompt_tokens + app.prompt_tokens + app.output_tokens > args.max_position:
             raise BudgetError(f"app {app.name}: prompt + output tokens exceed the model's "
                               f"{args.max_position} positions")
-        kv[app.name] = args.kv_cache_bytes(context_tokens(spec, app, args.max_position), dtype)
-    budget = profile.memory_budget_bytes
-    largest = max(kv.values())
-    if budget and weights + largest > budget:
-        raise BudgetError(
-            f"{what}: model {args.name} ({spec.model.dtype}) cannot fit phone {profile.name} "
-            f"under any paradigm: weights {fmt_mib(weights)} + one context's KV cache "
-            f"{fmt_mib(largest)} = {fmt_mib(weights + largest)} > budget {fmt_mib(budget)}")
-    return weights, kv
+        weights = args.weight_bytes(dtype)
+        kv = args.kv_cache_bytes(context_tokens(spec, app, args.max_position), dtype)
+        budget = profile.memory_budget_bytes
+        if budget and weights + kv > budget:
+            raise BudgetError(
+                f"{what}: model {args.name} ({model.dtype}) of app {app.name} cannot fit phone "
+                f"{profile.name} under any paradigm: weights {fmt_mib(weights)} + one context's "
+                f"KV cache {fmt_mib(kv)} = {fmt_mib(weights + kv)} > budget {fmt_mib(budget)}")
+        need[app.name] = (weights, kv)
+    return need
 
 
 class PerAppParadigm(ParadigmHost):
@@ -74,30 +79,29 @@ class PerAppParadigm(ParadigmHost):
         return self._label
 
     def plan_bytes(self, spec: DeploySpec) -> int:
-        weights, kv = check_fits_one(spec, self.profile, "per-app")
-        return len(spec.apps) * weights + sum(kv.values())  # over budget: the LMK will act
+        need = check_fits_one(spec, self.profile, "per-app")
+        return sum(w + kv for w, kv in need.values())  # over the budget, the LMK will act
 
     def deploy(self, spec: DeploySpec) -> DeployResult:
         planned = self.plan_bytes(spec)
         self.shutdown()
         self._dir = tempfile.TemporaryDirectory(prefix="slm-per-app-")
-        args = model_args(spec.model)
-        dtype = torch_dtype(spec.model.dtype)
+        need = check_fits_one(spec, self.profile, "per-app")
 
         def endpoint(app: AppWorkload) -> ModelEndpoint:
             return ModelEndpoint(socket=str(Path(self._dir.name) / f"{app.name}.sock"), own=True,
-                                 model=spec.model, threads=spec.threads_per_process,
+                                 model=app_model(spec, app), threads=spec.threads_per_process,
                                  options=OWN_MODEL)
 
-        self.apps.start(spec.apps, endpoint, args.vocab_size,
-                        lambda app: context_tokens(spec, app, args.max_position))
-        self._label = self.apps.apps[0].ready.get("weights_label", "")
+        self.apps.start(spec.apps, endpoint, lambda app: model_args(app_model(spec, app)),
+                        lambda app: context_tokens(spec, app,
+                                                   model_args(app_model(spec, app)).max_position))
+        self._label = "; ".join(sorted({a.ready.get("weights_label", "")
+                                        for a in self.apps.apps}))
         return DeployResult(
             apps=tuple(AppDeployment(
                 app=a.app.name, pid=a.model_pid, cold_start_s=a.ready["cold_start_s"],
-                weight_bytes=a.ready["weight_bytes"],
-                kv_cache_bytes=args.kv_cache_bytes(context_tokens(spec, a.app, args.max_position),
-                                                   dtype))
+                weight_bytes=a.ready["weight_bytes"], kv_cache_bytes=need[a.app.name][1])
                 for a in self.apps.apps),
             weights_label=self._label, planned_bytes=planned,
             memory_budget_bytes=self.profile.memory_budget_bytes)

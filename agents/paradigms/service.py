@@ -46,8 +46,13 @@ class SharedServiceParadigm(ParadigmHost):
         return spec.service
 
     def plan_bytes(self, spec: DeploySpec) -> int:
-        weights, kv = check_fits_one(spec, self.profile, self.paradigm.value)
-        return weights + sum(kv.values())
+        own = [a.name for a in spec.apps if a.model and a.model != spec.model]
+        if own:
+            raise ValueError(f"apps {own} bring their own model: only per_app can host that; "
+                             f"{self.paradigm.value} serves every app with one model")
+        need = check_fits_one(spec, self.profile, self.paradigm.value)
+        weights = next(iter(need.values()))[0]
+        return weights + sum(kv for _, kv in need.values())
 
     def deploy(self, spec: DeploySpec) -> DeployResult:
         planned = self.plan_bytes(spec)
@@ -68,7 +73,7 @@ class SharedServiceParadigm(ParadigmHost):
         self._label = info["weights_label"]
         self._died_reported = False
         endpoint = ModelEndpoint(socket=str(self.service.socket_path), own=False)
-        self.apps.start(spec.apps, lambda app: endpoint, args.vocab_size,
+        self.apps.start(spec.apps, lambda app: endpoint, lambda app: args,
                         lambda app: context_tokens(spec, app, args.max_position))
         return DeployResult(
             apps=(AppDeployment(app="service", pid=self.service.pid,

@@ -96,7 +96,7 @@ class ModelRef(_message.Message):
     def __init__(self, preset: _Optional[str] = ..., path: _Optional[str] = ..., dtype: _Optional[str] = ..., seed: _Optional[int] = ...) -> None: ...
 
 class AppWorkload(_message.Message):
-    __slots__ = ("name", "pattern", "rate_per_s", "burst_size", "think_time_s", "prompt_tokens", "output_tokens", "multi_turn", "turns_per_session", "system_prompt_tokens", "max_requests", "foreground", "slo_ttft_s")
+    __slots__ = ("name", "pattern", "rate_per_s", "burst_size", "think_time_s", "prompt_tokens", "output_tokens", "multi_turn", "turns_per_session", "system_prompt_tokens", "model", "max_requests", "foreground", "slo_ttft_s")
     NAME_FIELD_NUMBER: _ClassVar[int]
     PATTERN_FIELD_NUMBER: _ClassVar[int]
     RATE_PER_S_FIELD_NUMBER: _ClassVar[int]
@@ -107,6 +107,7 @@ class AppWorkload(_message.Message):
     MULTI_TURN_FIELD_NUMBER: _ClassVar[int]
     TURNS_PER_SESSION_FIELD_NUMBER: _ClassVar[int]
     SYSTEM_PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
     MAX_REQUESTS_FIELD_NUMBER: _ClassVar[int]
     FOREGROUND_FIELD_NUMBER: _ClassVar[int]
     SLO_TTFT_S_FIELD_NUMBER: _ClassVar[int]
@@ -120,10 +121,11 @@ class AppWorkload(_message.Message):
     multi_turn: bool
     turns_per_session: int
     system_prompt_tokens: int
+    model: ModelRef
     max_requests: int
     foreground: bool
     slo_ttft_s: float
-    def __init__(self, name: _Optional[str] = ..., pattern: _Optional[_Union[ArrivalPattern, str]] = ..., rate_per_s: _Optional[float] = ..., burst_size: _Optional[int] = ..., think_time_s: _Optional[float] = ..., prompt_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., multi_turn: _Optional[bool] = ..., turns_per_session: _Optional[int] = ..., system_prompt_tokens: _Optional[int] = ..., max_requests: _Optional[int] = ..., foreground: _Optional[bool] = ..., slo_ttft_s: _Optional[float] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., pattern: _Optional[_Union[ArrivalPattern, str]] = ..., rate_per_s: _Optional[float] = ..., burst_size: _Optional[int] = ..., think_time_s: _Optional[float] = ..., prompt_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., multi_turn: _Optional[bool] = ..., turns_per_session: _Optional[int] = ..., system_prompt_tokens: _Optional[int] = ..., model: _Optional[_Union[ModelRef, _Mapping]] = ..., max_requests: _Optional[int] = ..., foreground: _Optional[bool] = ..., slo_ttft_s: _Optional[float] = ...) -> None: ...
 
 class DescribeRequest(_message.Message):
     __slots__ = ()
