@@ -91,8 +91,12 @@ def cmd_run(ns) -> int:
     console.print(f"run directory: {coord.run_dir}")
     with progress:
         result = coord.run()
-    _print_summary(result.run_dir, console)
-    _print_comparison(result.run_dir, console)
+    try:
+        _print_summary(result.run_dir, console)
+        _print_comparison(result.run_dir, console)
+    except Exception as exc:  # the records are safe in the store; say so instead of a traceback
+        console.print(f"[red]could not summarize the run ({type(exc).__name__}: {exc}); "
+                      f"its records are in {result.run_dir}[/]")
     if result.num_failed:
         console.print(f"[red]{result.num_failed} of {result.num_trials} trials failed[/]; "
                       f"records received before the failures are in {result.run_dir}")

@@ -104,6 +104,25 @@ def _plots(groups: list[GroupResult]) -> list[tuple[str, str]]:
     out.append(("Memory vs app count", _svg(fig)))
 
     apps = sorted({a.app for g in gs for a in g.apps})
+    if apps:  # per-app plots need co-run trials
+        out += _per_app_plots(gs, apps, plt)
+    if not any(g.memory_timeline for g in gs):
+        return out
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for g in gs:
+        if g.memory_timeline:
+            ax.plot([t for t, _ in g.memory_timeline],
+                    [b / 2**20 for _, b in g.memory_timeline], color=COLORS.get(g.paradigm),
+                    label=g.paradigm)
+    ax.set_xlabel("seconds into the co-run")
+    ax.set_ylabel("summed PSS (MiB)")
+    ax.legend()
+    out.append(("Memory over time (first co-run)", _svg(fig)))
+    return out
+
+
+def _per_app_plots(gs: list[GroupResult], apps: list[str], plt) -> list[tuple[str, str]]:
+    out = []
     fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(apps)), 3.6))
     width = 0.8 / max(1, len(gs))
     for i, g in enumerate(gs):
@@ -134,17 +153,6 @@ def _plots(groups: list[GroupResult]) -> list[tuple[str, str]]:
     fig.colorbar(im, ax=ax, label="p50 TTFT co-run / solo")
     out.append(("Slowdown heat map (p50 TTFT, co-run over solo)", _svg(fig)))
 
-    fig, ax = plt.subplots(figsize=(6, 3.6))
-    for g in gs:
-        if g.memory_timeline:
-            ax.plot([t for t, _ in g.memory_timeline],
-                    [b / 2**20 for _, b in g.memory_timeline], color=COLORS.get(g.paradigm),
-                    label=g.paradigm)
-    ax.set_xlabel("seconds into the co-run")
-    ax.set_ylabel("summed PSS (MiB)")
-    ax.legend()
-    out.append(("Memory over time (first co-run)", _svg(fig)))
-
     fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(apps)), 3.4))
     for i, g in enumerate(gs):
         vals = [next((a.slo_attainment.median for a in g.apps if a.app == name), math.nan) * 100
@@ -168,6 +176,17 @@ def _table(rows: list[dict[str, str]]) -> str:
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in r.values())
                    + "</tr>" for r in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _count_table(groups: list[GroupResult]) -> str:
+    rows = []
+    for g in sorted(groups, key=lambda g: PARADIGM_ORDER.get(g.paradigm, 9)):
+        for k, f in sorted(g.by_app_count.items()):
+            rows.append({"paradigm": g.paradigm, "apps": str(k),
+                         "peak PSS MiB": f["peak_pss_bytes"].fmt(1 / 2**20, 0),
+                         "TTFT p50 ms (all apps)": f["ttft_p50_s"].fmt(1000, 0),
+                         "LMK kills": f["kills"].fmt(1, 0)})
+    return _table(rows)
 
 
 def _app_table(groups: list[GroupResult]) -> str:
@@ -199,7 +218,8 @@ def render_html(manifest: dict, groups: list[GroupResult]) -> str:
         sections.append(
             f"<h2>{html.escape(phone)} &middot; {html.escape(model)} &middot; "
             f"{html.escape(workload)}</h2>{_table(comparison_rows(gs))}"
-            f"<h3>Per app</h3>{_app_table(gs)}<div class='plots'>{plots}</div>")
+            f"<h3>Per app</h3>{_app_table(gs)}<h3>By app count</h3>{_count_table(gs)}"
+            f"<div class='plots'>{plots}</div>")
     labels = sorted({p.get("describe", {}).get("profile", {}).get("name", n)
                      for n, p in manifest.get("phones", {}).items()})
     git = manifest.get("git", {})

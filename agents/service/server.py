@@ -18,6 +18,7 @@ import signal
 import sys
 import threading
 import time
+from collections import deque
 from dataclasses import asdict
 from pathlib import Path
 
@@ -45,22 +46,29 @@ class SlmServicer(spb_grpc.SlmServiceServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 f"{len(prompt)} + {request.max_new_tokens} tokens exceed the "
                                 f"model's {self.max_position} positions")
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue = asyncio.Queue()
+        pending: deque = deque()  # token ids, then the finished request
+        arrived = asyncio.Event()
         req = ServiceRequest(request.request_id, request.app, prompt, request.max_new_tokens,
                              foreground=request.foreground, session=request.session,
                              shared_prefix_tokens=request.shared_prefix_tokens)
-        req.sink = queue.put_nowait  # called on this loop by deliver()
+        def sink(item) -> None:  # runs on this event loop, through the engine's deliver()
+            pending.append(item)
+            arrived.set()
+
+        req.sink = sink
         self.engine.submit(req)
         try:
             while True:
-                item = await queue.get()
-                if isinstance(item, int):
-                    ids = [item]
-                    while not queue.empty() and isinstance(queue._queue[0], int):
-                        ids.append(queue.get_nowait())  # the app fell behind: send together
+                await arrived.wait()
+                arrived.clear()
+                items = list(pending)
+                pending.clear()
+                ids = [i for i in items if isinstance(i, int)]
+                if ids:  # several when the app fell behind the model: sent together
                     yield spb.GenerateResponse(tokens=spb.TokenChunk(ids=ids))
+                if not items or not isinstance(items[-1], ServiceRequest):
                     continue
+                item = items[-1]
                 if item.state != RequestState.FINISHED:
                     await context.abort(grpc.StatusCode.ABORTED, f"request {item.state.name}")
                 yield spb.GenerateResponse(completion=spb.Completion(
