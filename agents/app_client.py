@@ -131,8 +131,8 @@ def client_main(cmd_conn, evt_conn, app: AppWorkload, endpoint: ModelEndpoint, v
     send(("ready", info))
 
     def serve(call, on_token, should_stop) -> ServeResult:
+        send(("busy", True))  # before a relaunch, so the LMK sees this app in use
         cold_start_s = link.ensure_running()
-        send(("busy", True))
         tokens: list[int] = []
         extra = {"cold_start_s": cold_start_s} if cold_start_s else {}
         scheduled_ns = 0
@@ -140,6 +140,15 @@ def client_main(cmd_conn, evt_conn, app: AppWorkload, endpoint: ModelEndpoint, v
             app=call.app, request_id=call.request_id, prompt_tokens=call.prompt,
             max_new_tokens=call.output_tokens, foreground=call.foreground, session=call.session,
             shared_prefix_tokens=call.shared_prefix_tokens), timeout=600)
+        finished = threading.Event()
+
+        def cancel_on_stop() -> None:  # a request still queued at the model gets no token to
+            while not finished.wait(0.1):  # check should_stop on: cancel it from here
+                if should_stop():
+                    stream.cancel()
+                    return
+
+        threading.Thread(target=cancel_on_stop, daemon=True).start()
         try:
             for msg in stream:
                 if msg.HasField("completion"):
@@ -162,6 +171,7 @@ def client_main(cmd_conn, evt_conn, app: AppWorkload, endpoint: ModelEndpoint, v
             if err.code() != link.grpc.StatusCode.CANCELLED or not should_stop():
                 raise RuntimeError(link.describe_failure(err)) from None
         finally:
+            finished.set()
             send(("busy", False))
         return ServeResult(tokens, scheduled_ns=scheduled_ns, extra=extra)
 

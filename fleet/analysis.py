@@ -77,7 +77,7 @@ class GroupResult:
     workload: str
     apps: list[AppResult]
     fairness: Spread
-    slo_attainment: Spread  # all apps' requests together
+    slo_attainment: Spread  # mean over apps (with an SLO) of each app's attainment
     tokens_per_s: Spread
     peak_pss_bytes: Spread
     kills: Spread
@@ -86,6 +86,7 @@ class GroupResult:
     context_switch_s: Spread
     mean_batch_size: Spread
     foreground_ttft_p50_s: Spread  # p50 over all foreground apps' requests, per co-run
+    starved_apps: list[str] = field(default_factory=list)  # served alone, never in the co-run
     # app count -> {"peak_pss_bytes", "ttft_p50_s", "kills"}: solo (1), co-run and sweep trials
     by_app_count: dict[int, dict[str, Spread]] = field(default_factory=dict)
     memory_timeline: list[tuple[float, int]] = field(default_factory=list)  # (s, summed PSS)
@@ -177,6 +178,9 @@ def _group(key, ts, reqs, events, store, app_configs) -> GroupResult:
             Spread.of(rows["waiting"]), samples))
     for rep, sds in per_app_slowdowns.items():
         fairness.append(jain_index(sds))
+    # An app served solo but never in the co-run has no slowdown to put in the index; it is
+    # listed instead, so a fairness figure that left it out cannot pass for the whole story.
+    starved = [a.app for a in apps if a.solo_ttft_p50_s.n and not a.corun_ttft_p50_s.n]
     tokens_s, peaks, kills, colds, swaps, switch_s, batch, fg = [], [], [], [], [], [], [], []
     foreground = {a.app for a in apps if a.foreground}
     for t in corun:
@@ -192,10 +196,11 @@ def _group(key, ts, reqs, events, store, app_configs) -> GroupResult:
         swaps.append(len(restores))
         switch_s.extend(e["duration_s"] for e in restores)
         stats = [json.loads(e["detail"]) for e in evs if e["kind"] == "service_stats"]
-        batch.append(stats[0]["mean_batch_size"] if stats else 1.0)
+        batch.append(stats[0].get("mean_batch_size", math.nan) if stats else 1.0)
         fg.append(_p([r["ttft_s"] for r in rs if r["app"] in foreground and r["status"] == "ok"],
                      50))
-        mine = [_slo(rs, a.app, a.slo_ttft_s) for a in apps if a.slo_ttft_s]
+        mine = [x for x in (_slo(rs, a.app, a.slo_ttft_s) for a in apps if a.slo_ttft_s)
+                if not math.isnan(x)]
         slo_all.append(statistics.mean(mine) if mine else math.nan)
     by_count = {}
     for k in sorted({t["num_apps"] for t in ts}):
@@ -213,7 +218,7 @@ def _group(key, ts, reqs, events, store, app_configs) -> GroupResult:
                        peak_pss_bytes=Spread.of(peaks), kills=Spread.of(kills),
                        cold_starts=Spread.of(colds), swaps=Spread.of(swaps),
                        context_switch_s=Spread.of(switch_s), mean_batch_size=Spread.of(batch),
-                       foreground_ttft_p50_s=Spread.of(fg),
+                       foreground_ttft_p50_s=Spread.of(fg), starved_apps=starved,
                        by_app_count=by_count, memory_timeline=timeline)
 
 

@@ -95,6 +95,10 @@ def check_budgets(exp: Experiment, trials: list[Trial]) -> list[str]:
                 continue
             args, dtype = ModelArgs.from_name(model.preset), DTYPES[model.dtype]
             a = app.workload()
+            if a.system_prompt_tokens + a.prompt_tokens + a.output_tokens > args.max_position:
+                problems.add(f"app {app.name}: system prompt + prompt + output tokens exceed "
+                             f"model {model.label}'s {args.max_position} positions")
+                continue
             ctx = min(args.max_position, max(a.system_prompt_tokens + a.prompt_tokens
                                              + a.output_tokens, t.workload.max_context_tokens))
             need = args.weight_bytes(dtype) + args.kv_cache_bytes(ctx, dtype)

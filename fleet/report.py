@@ -54,7 +54,8 @@ def comparison_rows(groups: list[GroupResult]) -> list[dict[str, str]]:
             "tokens/s": g.tokens_per_s.fmt(1, 1),
             "fg TTFT p50 ms": g.foreground_ttft_p50_s.fmt(1000, 0),
             "TTFT p50 slowdown": _median_slowdown(g),
-            "Jain fairness": g.fairness.fmt(1, 2),
+            "Jain fairness": g.fairness.fmt(1, 2) + (
+                f" ({len(g.starved_apps)} app starved, not counted)" if g.starved_apps else ""),
             "SLO met %": g.slo_attainment.fmt(100, 0),
             "kills": g.kills.fmt(1, 0), "cold starts": g.cold_starts.fmt(1, 0),
             "ctx restores": g.swaps.fmt(1, 0), "mean batch": g.mean_batch_size.fmt(1, 2),

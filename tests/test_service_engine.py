@@ -132,3 +132,22 @@ def test_shared_prefix_is_prefilled_once_per_app(tmp_path):
     for r in rs:
         assert r.tokens == generate(MODEL, r.prompt, 4)
     assert engine.stats()["prefix_hits"] == 2
+
+
+def test_a_failing_step_fails_every_request_instead_of_hanging(tmp_path):
+    import threading
+
+    engine = ServingEngine(MODEL, ServiceOptions(), tmp_path)
+    good, bad = req("good", range(1, 9), 50), req("bad", [10_000], 4)  # id beyond the vocab
+    done = []
+    for r in (good, bad):
+        r.sink = lambda item, done=done: done.append(item) if isinstance(item, ServiceRequest) else None
+        engine.submit(r)
+    stop = threading.Event()
+    worker = threading.Thread(target=engine.run_forever, args=(stop,))
+    worker.start()
+    worker.join(timeout=10)
+    assert not worker.is_alive() and stop.is_set()
+    assert {r.request_id for r in done} == {"good", "bad"}
+    assert all(r.state == RequestState.FAILED for r in done)
+    assert "engine step failed" in engine.error

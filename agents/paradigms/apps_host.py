@@ -104,7 +104,7 @@ class AppsHost:
                 elif kind == "busy":
                     a.busy, a.last_used_ns = payload, time.monotonic_ns()
                 elif kind == "model_pid":
-                    a.model_pid = payload
+                    a.model_pid, a.last_used_ns = payload, time.monotonic_ns()
                 elif kind == "done":
                     del pending[conn]
                 elif kind == "error":

@@ -93,9 +93,13 @@ class PerAppParadigm(ParadigmHost):
                                  model=app_model(spec, app), threads=spec.threads_per_process,
                                  options=OWN_MODEL)
 
-        self.apps.start(spec.apps, endpoint, lambda app: model_args(app_model(spec, app)),
-                        lambda app: context_tokens(spec, app,
-                                                   model_args(app_model(spec, app)).max_position))
+        try:
+            self.apps.start(spec.apps, endpoint, lambda app: model_args(app_model(spec, app)),
+                            lambda app: context_tokens(
+                                spec, app, model_args(app_model(spec, app)).max_position))
+        except BaseException:
+            self.shutdown()  # whatever did start must not linger into later trials
+            raise
         self._label = "; ".join(sorted({a.ready.get("weights_label", "")
                                         for a in self.apps.apps}))
         return DeployResult(

@@ -68,13 +68,17 @@ class SharedServiceParadigm(ParadigmHost):
             swap_dir=Path(self._dir.name) / "swap")
         try:
             info = self.service.start()
+            self._label = info["weights_label"]
+            self._died_reported = False
+            endpoint = ModelEndpoint(socket=str(self.service.socket_path), own=False)
+            self.apps.start(spec.apps, lambda app: endpoint, lambda app: args,
+                            lambda app: context_tokens(spec, app, args.max_position))
         except ServiceError as exc:
+            self.shutdown()
             raise DeployError(f"{self.paradigm.value} service failed to start: {exc}") from None
-        self._label = info["weights_label"]
-        self._died_reported = False
-        endpoint = ModelEndpoint(socket=str(self.service.socket_path), own=False)
-        self.apps.start(spec.apps, lambda app: endpoint, lambda app: args,
-                        lambda app: context_tokens(spec, app, args.max_position))
+        except BaseException:
+            self.shutdown()  # whatever did start must not linger into later trials
+            raise
         return DeployResult(
             apps=(AppDeployment(app="service", pid=self.service.pid,
                                 cold_start_s=info["cold_start_s"],

@@ -11,6 +11,7 @@ under a KV byte budget.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import OrderedDict
 from pathlib import Path
@@ -36,12 +37,14 @@ class ContextManager:
         self.in_use: set[str] = set()
         self.prefixes: dict[tuple[int, ...], KVContext] = {}
         self.events: list[PhoneEvent] = []
+        self._events_lock = threading.Lock()  # the engine appends, the stats reader takes
         self.counters = {"prefix_hits": 0, "context_hits": 0, "swap_outs": 0, "swap_ins": 0,
                          "recomputes": 0, "drops": 0, "swap_bytes": 0}
 
     def _event(self, kind: str, app: str, num_bytes: int, duration_s: float, detail: str = ""):
-        self.events.append(PhoneEvent(time.monotonic_ns(), kind, app, detail, num_bytes,
-                                      duration_s))
+        with self._events_lock:
+            self.events.append(PhoneEvent(time.monotonic_ns(), kind, app, detail, num_bytes,
+                                          duration_s))
 
     def acquire(self, req: ServiceRequest) -> KVContext:
         """The context a request starts from; sets how much of its prompt is already cached."""
@@ -106,9 +109,7 @@ class ContextManager:
         """Evict idle sessions, least recently used first, until the KV held fits the budget."""
         if not self.kv_budget_bytes:
             return
-        held = active_bytes + sum(c.allocated_bytes() for s, c in self.sessions.items()
-                                  if c.resident and s not in self.in_use)
-        held += sum(c.allocated_bytes() for c in self.prefixes.values())
+        held = active_bytes + self.held_bytes()  # in-use sessions count, they just can't go
         for session, ctx in list(self.sessions.items()):
             if held <= self.kv_budget_bytes:
                 return
@@ -136,7 +137,8 @@ class ContextManager:
         return self.swap_dir / f"{safe}.kv"
 
     def take_events(self) -> list[PhoneEvent]:
-        out, self.events = self.events, []
+        with self._events_lock:
+            out, self.events = self.events, []
         return out
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import threading
 import time
+import traceback
 from collections import Counter
 
 import torch
@@ -44,6 +45,7 @@ class ServingEngine:
         # with one wake-up per step instead of one per token; None calls the sinks here.
         self.deliver = None
         self._outbox: list = []
+        self.error = ""  # why the engine stopped, when a step failed
 
     # -- intake (any thread) -----------------------------------------------------------------
 
@@ -62,13 +64,27 @@ class ServingEngine:
     # -- loop (engine thread) ----------------------------------------------------------------
 
     def run_forever(self, stop: threading.Event) -> None:
+        """Step until stopped. A failing step fails every request with the reason (none is left
+        waiting) and stops the engine: its state can no longer be trusted."""
         while not stop.is_set():
             with self._cond:
                 while not self._incoming and not self.active and not stop.is_set():
                     self._cond.wait(timeout=0.5)
                 self.active.extend(self._incoming)
                 self._incoming.clear()
-            self.step()
+            try:
+                self.step()
+            except Exception as exc:
+                self.error = f"engine step failed: {type(exc).__name__}: {exc}"
+                traceback.print_exc()
+                with self._cond:
+                    self.active.extend(self._incoming)
+                    self._incoming.clear()
+                now = time.monotonic_ns()
+                for r in list(self.active):
+                    self._finish(r, RequestState.FAILED, now)
+                self._flush()
+                stop.set()
 
     @torch.inference_mode()
     def step(self) -> None:
@@ -136,6 +152,7 @@ class ServingEngine:
         self._emit(r, r)
 
     def _active_bytes(self) -> int:
+        """KV of running requests that the context manager does not hold already."""
         kept = set(self.contexts.sessions.values())
         return sum(r.ctx.allocated_bytes() for r in self.active
                    if r.ctx is not None and r.ctx not in kept and r.ctx.resident)

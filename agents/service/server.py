@@ -33,15 +33,19 @@ from fleet.v1 import slm_service_pb2_grpc as spb_grpc
 
 
 class SlmServicer(spb_grpc.SlmServiceServicer):
-    def __init__(self, engine: ServingEngine, max_position: int):
+    def __init__(self, engine: ServingEngine, max_position: int, vocab_size: int):
         self.engine = engine
         self.max_position = max_position
+        self.vocab_size = vocab_size
 
     async def Generate(self, request, context):
         prompt = list(request.prompt_tokens)
         if not prompt or request.max_new_tokens < 1:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 "need at least one prompt token and max_new_tokens >= 1")
+        if max(prompt) >= self.vocab_size or min(prompt) < 0:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"token ids must be in [0, {self.vocab_size})")
         if len(prompt) + request.max_new_tokens > self.max_position:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 f"{len(prompt)} + {request.max_new_tokens} tokens exceed the "
@@ -70,7 +74,8 @@ class SlmServicer(spb_grpc.SlmServiceServicer):
                     continue
                 item = items[-1]
                 if item.state != RequestState.FINISHED:
-                    await context.abort(grpc.StatusCode.ABORTED, f"request {item.state.name}")
+                    await context.abort(grpc.StatusCode.ABORTED, f"request {item.state.name}"
+                                        + (f": {self.engine.error}" if self.engine.error else ""))
                 yield spb.GenerateResponse(completion=spb.Completion(
                     scheduled_ns=req.scheduled_ns,
                     slices=[wire.slice_to_pb(s) for s in req.slices],
@@ -107,8 +112,9 @@ async def _amain(ns) -> None:
     worker = threading.Thread(target=engine.run_forever, args=(stop,), name="engine", daemon=True)
     worker.start()
     server = grpc.aio.server()
-    spb_grpc.add_SlmServiceServicer_to_server(SlmServicer(engine, loaded.model.args.max_position),
-                                             server)
+    args = loaded.model.args
+    spb_grpc.add_SlmServiceServicer_to_server(
+        SlmServicer(engine, args.max_position, args.vocab_size), server)
     if server.add_insecure_port(f"unix:{ns.socket}") == 0:
         raise SystemExit(f"cannot bind unix:{ns.socket}")
     await server.start()
@@ -121,21 +127,33 @@ async def _amain(ns) -> None:
         loop.add_signal_handler(sig, stopping.set)
     def watch_stdin() -> None:
         # Commands on stdin: "stats" prints the engine's stats as one JSON line; EOF exits.
-        for line in sys.stdin:
-            if line.strip() == "stats":
+        try:
+            for line in sys.stdin:
+                if line.strip() != "stats":
+                    continue
+                stats = {"event": "stats", "error": "engine busy, no stats"}
                 for _ in range(5):  # the engine thread may be mid-update: read again
                     try:
-                        stats = {"event": "stats", **engine.stats(),
+                        stats = {"event": "stats", **engine.stats(), "error": engine.error,
                                  "events": [asdict(e) for e in engine.contexts.take_events()]}
                         break
                     except RuntimeError:
                         time.sleep(0.01)
                 print(json.dumps(stats), flush=True)
-        loop.call_soon_threadsafe(stopping.set)
+        finally:
+            loop.call_soon_threadsafe(stopping.set)
 
     if ns.exit_on_stdin_eof:
         threading.Thread(target=watch_stdin, daemon=True).start()
+
+    async def engine_watch() -> None:  # a failed engine ends the process: the host sees it die
+        while not stop.is_set():
+            await asyncio.sleep(0.1)
+        stopping.set()
+
+    watcher = asyncio.ensure_future(engine_watch())
     await stopping.wait()
+    watcher.cancel()
     stop.set()
     await server.stop(grace=1.0)
 
