@@ -8,7 +8,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast bench protos system-deps clean
+.PHONY: demo test test-fast bench protos dashboards system-deps clean
 
 demo: $(STAMP)
 	$(BIN)/fleet run
@@ -25,15 +25,20 @@ bench: $(STAMP)
 protos: $(STAMP)
 	$(BIN)/python scripts/gen_protos.py
 
+dashboards: $(STAMP)
+	$(BIN)/fleet dashboards build
+
 # Debian packages the run needs: a Python >= 3.11 with venv and pip, git (run manifests record the
-# revision) and openssl (the TLS test makes a certificate). Installed only when missing, so a
-# machine that has them needs no root.
+# revision), openssl (the TLS test makes a certificate) and prometheus (fleet run embeds it; the
+# tests scrape with it and use its promtool). Installed only when missing, so a machine that has
+# them needs no root.
 system-deps:
 	@if ! $(PYTHON) -c 'import sys, venv, ensurepip; assert sys.version_info >= (3, 11)' 2>/dev/null \
-	    || ! command -v git >/dev/null || ! command -v openssl >/dev/null; then \
-	  echo "installing Debian packages: python3 python3-venv python3-pip git openssl"; \
+	    || ! command -v git >/dev/null || ! command -v openssl >/dev/null \
+	    || ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then \
+	  echo "installing Debian packages: python3 python3-venv python3-pip git openssl prometheus"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-	    python3 python3-venv python3-pip git openssl; \
+	    python3 python3-venv python3-pip git openssl prometheus; \
 	fi
 
 $(STAMP): pyproject.toml | system-deps

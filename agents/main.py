@@ -31,6 +31,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--cpu-threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
     p.add_argument("--port", type=int, default=0, help="port to bind (0 = any free port)")
+    p.add_argument("--metrics-port", type=int, default=0,
+                   help="Prometheus /metrics port on the same host (0 = any free, -1 = none)")
     p.add_argument("--token-file", help=f"file holding the shared token (default: ${TOKEN_ENV})")
     p.add_argument("--tls-cert", help="PEM certificate; with --tls-key, serve TLS")
     p.add_argument("--tls-key", help="PEM private key")
@@ -55,10 +57,11 @@ async def _amain(ns: argparse.Namespace, token: str) -> None:
     cert = key = None
     if ns.tls_cert and ns.tls_key:
         cert, key = open(ns.tls_cert, "rb").read(), open(ns.tls_key, "rb").read()
-    server, servicer, port = await serve(profile, token=token, host=ns.host, port=ns.port,
-                                         tls_cert=cert, tls_key=key)
-    print(json.dumps({"event": "ready", "port": port, "pid": os.getpid(), "name": ns.name}),
-          flush=True)
+    server, servicer, port = await serve(
+        profile, token=token, host=ns.host, port=ns.port, tls_cert=cert, tls_key=key,
+        metrics_port=None if ns.metrics_port < 0 else ns.metrics_port)
+    print(json.dumps({"event": "ready", "port": port, "pid": os.getpid(), "name": ns.name,
+                      "metrics_port": servicer.metrics_port}), flush=True)
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

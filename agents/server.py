@@ -83,9 +83,15 @@ def host_facts() -> dict[str, str]:
             "memory_total_bytes": str(psutil.virtual_memory().total)}
 
 
+def model_label(spec) -> str:
+    return spec.model.preset if not spec.model.path else os.path.basename(spec.model.path)
+
+
 class PhoneAgentServicer(pb_grpc.PhoneAgentServiceServicer):
-    def __init__(self, profile: PhoneProfile):
+    def __init__(self, profile: PhoneProfile, metrics=None, metrics_port: int = 0):
         self.profile = profile
+        self.metrics = metrics  # an AgentMetrics, or None
+        self.metrics_port = metrics_port
         self._host: ParadigmHost | None = None
         self._lock = asyncio.Lock()  # one Deploy/RunWorkload/Reset at a time
         self._stop: threading.Event | None = None
@@ -97,7 +103,7 @@ class PhoneAgentServicer(pb_grpc.PhoneAgentServiceServicer):
             profile=wire.profile_to_pb(self.profile),
             paradigms=[wire.paradigm_to_pb(p) for p in implemented_paradigms()],
             model_presets=sorted(PRESETS), versions=software_versions(),
-            host_facts=host_facts(), agent_pid=os.getpid())
+            host_facts=host_facts(), agent_pid=os.getpid(), metrics_port=self.metrics_port)
 
     async def Deploy(self, request, context):
         try:
@@ -131,6 +137,8 @@ class PhoneAgentServicer(pb_grpc.PhoneAgentServiceServicer):
                 await asyncio.to_thread(host.shutdown)
                 raise
             self._host = host
+            if self.metrics is not None:
+                self.metrics.deployed(spec.paradigm.value, model_label(spec), result, spec.apps)
             return wire.deploy_result_to_pb(result)
 
     async def RunWorkload(self, request, context) -> AsyncIterator[pb.RunWorkloadResponse]:
@@ -155,7 +163,11 @@ class PhoneAgentServicer(pb_grpc.PhoneAgentServiceServicer):
         counts = {"requests": 0, "failed": 0, "tokens": 0}
         peak = {"pss": 0, "rss": 0}
 
+        metrics = self.metrics
+
         def emit(item) -> None:
+            if metrics is not None:
+                metrics.observe(item)
             if isinstance(item, PhoneEvent):
                 loop.call_soon_threadsafe(events.put_nowait, wire.phone_event_to_pb(item))
                 return
@@ -169,6 +181,8 @@ class PhoneAgentServicer(pb_grpc.PhoneAgentServiceServicer):
             sampler = ProcessSampler()
             while True:
                 tick = sampler.sample(host.processes())
+                if metrics is not None:
+                    metrics.observe_tick(tick)
                 peak["pss"] = max(peak["pss"], sum(s.pss_bytes for s in tick))
                 peak["rss"] = max(peak["rss"], sum(s.rss_bytes for s in tick))
                 for s in tick:
@@ -177,6 +191,8 @@ class PhoneAgentServicer(pb_grpc.PhoneAgentServiceServicer):
                     return
 
         start_ns = time.monotonic_ns()
+        if metrics is not None:
+            metrics.running(True)
         sampler = threading.Thread(target=sample_loop, name="sampler", daemon=True)
         sampler.start()
         work = asyncio.ensure_future(asyncio.to_thread(host.run, run, emit, stop))
@@ -218,6 +234,8 @@ class PhoneAgentServicer(pb_grpc.PhoneAgentServiceServicer):
             with contextlib.suppress(BaseException):
                 await asyncio.shield(work)
             self._stop = None
+            if metrics is not None:
+                metrics.running(False)
 
     async def Stop(self, request, context):
         stop = self._stop
@@ -239,15 +257,26 @@ class PhoneAgentServicer(pb_grpc.PhoneAgentServiceServicer):
         if self._stop is not None:
             self._stop.set()
         await self._reset()
+        if self.metrics is not None:
+            self.metrics.close()
 
 
 async def serve(profile: PhoneProfile, *, token: str, host: str = "127.0.0.1", port: int = 0,
-                tls_cert: bytes | None = None, tls_key: bytes | None = None):
-    """Start the agent; returns (server, servicer, bound port)."""
+                tls_cert: bytes | None = None, tls_key: bytes | None = None,
+                metrics_port: int | None = 0):
+    """Start the agent; returns (server, servicer, bound port). /metrics is served on the same
+    host at metrics_port (0: any free port; None: no metrics endpoint)."""
     if not token:
         raise ValueError("a token is required: the agent refuses to run unauthenticated")
     server = grpc.aio.server(interceptors=[TokenAuthInterceptor(token)])
-    servicer = PhoneAgentServicer(profile)
+    metrics, bound_metrics = None, 0
+    if metrics_port is not None:
+        from agents.metrics import AgentMetrics
+
+        metrics = AgentMetrics(profile)
+        bound_metrics = metrics.serve(host, metrics_port)
+        metrics.info(software_versions())
+    servicer = PhoneAgentServicer(profile, metrics, bound_metrics)
     pb_grpc.add_PhoneAgentServiceServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

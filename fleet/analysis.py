@@ -196,7 +196,8 @@ def _group(key, ts, reqs, events, store, app_configs) -> GroupResult:
         swaps.append(len(restores))
         switch_s.extend(e["duration_s"] for e in restores)
         stats = [json.loads(e["detail"]) for e in evs if e["kind"] == "service_stats"]
-        batch.append(stats[0].get("mean_batch_size", math.nan) if stats else 1.0)
+        # the last stats of a trial cover all of it (earlier ones are live snapshots)
+        batch.append(stats[-1].get("mean_batch_size", math.nan) if stats else 1.0)
         fg.append(_p([r["ttft_s"] for r in rs if r["app"] in foreground and r["status"] == "ok"],
                      50))
         mine = [x for x in (_slo(rs, a.app, a.slo_ttft_s) for a in apps if a.slo_ttft_s)

@@ -4,14 +4,18 @@
     fleet plan [EXPERIMENT.yaml]                                      list its trials, run nothing
     fleet summary RUN_DIR                                             re-print a run's summary
     fleet report RUN_DIR [-o FILE]                                    write the HTML comparison
+    fleet dashboards build [--out dashboards]                         write the Grafana JSON
+    fleet dashboards push --grafana-url URL [--token T]               create/update in Grafana
 
-Exit codes: 0 all trials completed; 1 the run finished with failed trials; 2 bad input.
+Exit codes: 0 all trials completed; 1 the run finished with failed trials (or a push failed);
+2 bad input.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -29,6 +33,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--run-id", help="name of the run directory (default: time-name-random)")
     run.add_argument("--allow-shared-cores", action="store_true",
                      help="run trials of phones sharing a host's cores at once (noted in results)")
+    prom = run.add_mutually_exclusive_group()
+    prom.add_argument("--prometheus-url", help="use this Prometheus instead of starting one")
+    prom.add_argument("--no-prometheus", action="store_true", help="start no Prometheus")
+    run.add_argument("--keep-prometheus", action="store_true",
+                     help="leave the embedded Prometheus running after the run")
     plan = sub.add_parser("plan", help="list an experiment's trials without running them")
     plan.add_argument("experiment", nargs="?")
     summary = sub.add_parser("summary", help="print the summary of a finished run")
@@ -36,6 +45,16 @@ def _parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="write the HTML paradigm comparison of a run")
     report.add_argument("run_dir", type=Path)
     report.add_argument("-o", "--output", type=Path, help="default: RUN_DIR/report.html")
+    boards = sub.add_parser("dashboards", help="build or push the Grafana dashboards")
+    bsub = boards.add_subparsers(dest="action", required=True)
+    build = bsub.add_parser("build", help="write dashboards/*.json from fleet/dashboards.py")
+    build.add_argument("--out", type=Path, default=Path("dashboards"))
+    push = bsub.add_parser("push", help="create or update datasource, folder and dashboards")
+    push.add_argument("--grafana-url", required=True)
+    push.add_argument("--token", default=os.environ.get("GRAFANA_TOKEN", ""),
+                      help="service account token (default: $GRAFANA_TOKEN)")
+    push.add_argument("--prometheus-url", default="http://localhost:9090",
+                      help="URL Grafana uses to reach Prometheus")
     return p
 
 
@@ -86,8 +105,10 @@ def cmd_run(ns) -> int:
                   f"{len(exp.models)} models, {exp.repetitions} repetitions")
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), console=console)
+    prometheus = "off" if ns.no_prometheus else (ns.prometheus_url or "embedded")
     coord = Coordinator(exp, runs_dir=ns.runs_dir, source=source, address=ns.address,
-                        run_id=ns.run_id, progress=progress)
+                        run_id=ns.run_id, progress=progress, prometheus=prometheus,
+                        keep_prometheus=ns.keep_prometheus, announce=console.print)
     console.print(f"run directory: {coord.run_dir}")
     with progress:
         result = coord.run()
@@ -153,6 +174,24 @@ def cmd_report(ns) -> int:
     return 0
 
 
+def cmd_dashboards(ns) -> int:
+    if ns.action == "build":
+        from fleet.dashboards import write_all
+
+        for path in write_all(ns.out):
+            print(path)
+        return 0
+    from fleet.grafana_push import PushError, push
+
+    try:
+        for line in push(ns.grafana_url, ns.token, ns.prometheus_url):
+            print(line)
+    except PushError as err:
+        print(f"fleet: {err}", file=sys.stderr)
+        return EXIT_FAILED_TRIALS
+    return 0
+
+
 def _console():
     from rich.console import Console
 
@@ -170,7 +209,8 @@ def cmd_summary(ns) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     ns = _parser().parse_args(argv)
-    handlers = {"run": cmd_run, "plan": cmd_plan, "summary": cmd_summary, "report": cmd_report}
+    handlers = {"run": cmd_run, "plan": cmd_plan, "summary": cmd_summary, "report": cmd_report,
+                "dashboards": cmd_dashboards}
     sys.exit(handlers[ns.command](ns))
 
 

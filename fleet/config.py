@@ -229,6 +229,7 @@ class Experiment(Strict):
     repetitions: int = Field(1, ge=1)
     allow_shared_cores: bool = False  # run trials of phones that share a host's cores at once
     sample_interval_s: float = Field(0.25, gt=0)  # memory sampler interval on the phones
+    heartbeat_s: float = Field(5.0, gt=0)  # how often the coordinator health-checks each phone
     contention: ContentionConfig = ContentionConfig(solo_baselines=False)
     phones: list[Phone] = Field(min_length=1)
     models: list[ModelConfig] = Field(min_length=1)

@@ -47,8 +47,10 @@ def new_run_id(name: str) -> str:
 
 
 class Coordinator:
-    def __init__(self, exp: Experiment, *, runs_dir: Path, source: str = "", address: str | None = None,
-                 run_id: str | None = None, progress=None):
+    def __init__(self, exp: Experiment, *, runs_dir: Path, source: str = "",
+                 address: str | None = None, run_id: str | None = None, progress=None,
+                 prometheus: str = "embedded", keep_prometheus: bool = False,
+                 announce=print):
         self.exp = exp
         self.address = address
         self.run_id = run_id or new_run_id(exp.name)
@@ -59,6 +61,12 @@ class Coordinator:
         self._hosts: dict[str, object] = {}  # host key -> actor handle
         self._phone_host: dict[str, str] = {}  # phone -> host key
         self._phone_error: dict[str, str] = {}
+        self.prometheus_mode = prometheus  # "embedded", "off", or the URL of an existing one
+        self.keep_prometheus = keep_prometheus
+        self.announce = announce
+        self.prometheus_url = ""
+        self._prometheus = None
+        self._stop_heartbeat = threading.Event()
 
     # -- fleet -------------------------------------------------------------------------------
 
@@ -117,9 +125,16 @@ class Coordinator:
             self._phone_error[phone.name] = reason
             self.store.upsert_phone(phone.name, kind=phone.kind, host=host, status="down",
                                     error=reason, address=getattr(phone, "address", ""))
+            self.metrics.phone_up(phone.name, False)
             self.manifest.data["phones"][phone.name] = {"status": "down", "error": reason}
             return
         pid = int(describe.get("agentPid", 0)) or info["pid"]
+        metrics_port = int(describe.get("metricsPort", 0))
+        if metrics_port:
+            host_part = info["address"].rsplit(":", 1)[0]
+            self.targets.set(phone.name, f"{host_part}:{metrics_port}", job="phone-agent",
+                             phone=phone.name)
+        self.metrics.phone_up(phone.name, True)
         self.store.upsert_phone(phone.name, kind=phone.kind, address=info["address"],
                                 agent_pid=pid, host=host, status="up", describe=describe)
         self.manifest.data["phones"][phone.name] = {"status": "up", "address": info["address"],
@@ -132,8 +147,10 @@ class Coordinator:
 
         store = self.store
         store.start_trial(trial.trial_id)
+        self.metrics.trial_state("pending", "running")
         if trial.phone in self._phone_error:
             store.finish_trial(trial.trial_id, TrialStatus.FAILED, self._phone_error[trial.phone])
+            self.metrics.trial_state("running", "failed")
             return TrialStatus.FAILED.value
         actor = self._hosts[self._phone_host[trial.phone]]
         n_records = 0
@@ -146,7 +163,9 @@ class Coordinator:
                 if kind == "deployed":
                     store.set_deploy(trial.trial_id, payload)
                 elif kind == "events":
-                    n_records += store.add_events(trial.trial_id, payload)[0]
+                    stored = store.add_events(trial.trial_id, payload)[0]
+                    n_records += stored
+                    self.metrics.records_stored(trial.phone, stored)
                     self._advance(task, trial, n_records)
                 elif kind == "summary":
                     summary = payload
@@ -156,6 +175,7 @@ class Coordinator:
         except Exception as exc:  # the host actor itself died: records stored so far stay
             status, reason = TrialStatus.FAILED, f"phone host died: {_reason(exc)}"
         store.finish_trial(trial.trial_id, status, reason, summary)
+        self.metrics.trial_state("running", status.value)
         return status.value
 
     def _advance(self, task, trial: Trial, n_records: int) -> None:
@@ -173,6 +193,7 @@ class Coordinator:
             except Exception as exc:  # a bug or a store error fails this trial, not the domain
                 reason = f"coordinator error: {_reason(exc)}"
                 self.store.finish_trial(trial.trial_id, TrialStatus.FAILED, reason)
+                self.metrics.trial_state("running", "failed")
                 statuses[trial.trial_id] = TrialStatus.FAILED.value
             if task is not None:
                 self.progress.advance(task)
@@ -185,6 +206,7 @@ class Coordinator:
         self.manifest = Manifest(self.run_dir / "manifest.json", run_id=self.run_id,
                                  experiment=self.exp.model_dump(mode="json"), source=self.source)
         trials = plan_trials(self.exp)
+        self._start_observability(len(trials))
         for t in trials:
             self.store.add_trial(t.trial_id, phone=t.phone, paradigm=t.paradigm.label,
                                  workload=t.workload.name, model=t.model.label,
@@ -201,6 +223,7 @@ class Coordinator:
             for phone in self.exp.phones:
                 self._bring_up(phone)
             self.manifest.write()
+            threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True).start()
             domains: dict[str, list[Trial]] = {}
             for t in trials:
                 domains.setdefault(core_domain(self.exp, t.phone), []).append(t)
@@ -216,8 +239,67 @@ class Coordinator:
             raise
         finally:
             self.manifest.update(ended_at=time.time())
+            self._stop_heartbeat.set()
             self._shutdown()
+            self._stop_observability()
         return RunResult(self.run_id, self.run_dir, len(trials), statuses)
+
+    # -- observability -----------------------------------------------------------------------
+
+    def _start_observability(self, num_trials: int) -> None:
+        from fleet.fleet_metrics import FleetMetrics
+        from fleet.prometheus import EmbeddedPrometheus, PrometheusError, TargetsFile
+
+        git = self.manifest.data["git"].get("commit", "")
+        self.metrics = FleetMetrics(run_id=self.run_id, experiment=self.exp.name, git=git[:12])
+        for _ in range(num_trials):
+            self.metrics.trial_state(None, "pending")
+        port = self.metrics.serve("127.0.0.1", 0)
+        self.targets = TargetsFile(self.run_dir / "prometheus" / "targets.json")
+        self.targets.set("coordinator", f"127.0.0.1:{port}", job="coordinator")
+        self.manifest.data["prometheus"] = {"targets_file": str(self.targets.path.resolve()),
+                                            "coordinator_metrics": f"127.0.0.1:{port}"}
+        if self.prometheus_mode == "off":
+            return
+        if self.prometheus_mode != "embedded":
+            self.prometheus_url = self.prometheus_mode
+            self.announce(f"Prometheus: {self.prometheus_url} (it must read the file_sd targets "
+                          f"in {self.targets.path.resolve()})")
+            return
+        self._prometheus = EmbeddedPrometheus(self.run_dir / "prometheus", self.targets.path)
+        try:
+            self.prometheus_url = self._prometheus.start()
+            self.announce(f"Prometheus: {self.prometheus_url} (embedded; scraping this run)")
+        except PrometheusError as exc:
+            self._prometheus = None
+            self.announce(f"Prometheus: not started: {exc}")
+        self.manifest.data["prometheus"]["url"] = self.prometheus_url
+
+    def _stop_observability(self) -> None:
+        for phone in self.exp.phones:
+            self.targets.remove(phone.name)
+        if self._prometheus is not None:
+            if self.keep_prometheus:
+                self.announce(f"Prometheus kept running at {self.prometheus_url} "
+                              f"(pid {self._prometheus.proc.pid})")
+            else:
+                self._prometheus.stop()
+        self.metrics.close()
+
+    def _heartbeat(self) -> None:
+        """Health-check every phone each heartbeat: a silent phone shows as down, not a gap."""
+        import ray
+
+        while not self._stop_heartbeat.wait(self.exp.heartbeat_s):
+            for phone, host in list(self._phone_host.items()):
+                if phone in self._phone_error or host not in self._hosts:
+                    continue
+                try:
+                    up = ray.get(self._hosts[host].health.remote(phone),
+                                 timeout=self.exp.heartbeat_s)
+                except Exception:
+                    up = False
+                self.metrics.phone_up(phone, bool(up))
 
     def _shutdown(self) -> None:
         try:

@@ -66,6 +66,16 @@ class PhoneHost:
         with self._lock:
             self._clients[name] = AgentClient(address, token, root_cert=root_cert)
 
+    def health(self, name: str, timeout_s: float = 2.0) -> bool:
+        client = self._clients.get(name)
+        if client is None:
+            return False
+        try:
+            client.wait_healthy(timeout_s=timeout_s)
+            return True
+        except AgentError:
+            return False
+
     def describe(self, name: str) -> dict:
         from google.protobuf.json_format import MessageToDict
 

@@ -29,6 +29,9 @@ from fleet.records import (
 )
 
 
+STATS_INTERVAL_S = 1.0
+
+
 class SharedServiceParadigm(ParadigmHost):
     def __init__(self, profile):
         super().__init__(profile)
@@ -86,19 +89,30 @@ class SharedServiceParadigm(ParadigmHost):
             weights_label=self._label, planned_bytes=planned, memory_budget_bytes=budget)
 
     def run(self, run, emit, stop) -> list[str]:
-        problems = self.apps.run(run, emit, stop, on_tick=lambda: self._watch(emit, stop))
+        next_stats = [time.monotonic() + STATS_INTERVAL_S]
+
+        def tick() -> None:
+            self._watch(emit, stop)
+            if time.monotonic() >= next_stats[0]:  # live running/waiting/batch for exporters
+                next_stats[0] = time.monotonic() + STATS_INTERVAL_S
+                self._emit_stats(emit)
+
+        problems = self.apps.run(run, emit, stop, on_tick=tick)
         self._watch(emit, stop)
         if self._died_reported:
             problems.append(f"{self.paradigm.value} service process {self.service.pid} died "
                             f"(exit code {self.service.proc.returncode}); its in-flight requests "
                             "failed")
+        self._emit_stats(emit)
+        return problems
+
+    def _emit_stats(self, emit) -> None:
         stats = self.service.stats() if self.service else None
         if stats:
             for e in stats.pop("events", []):
                 emit(PhoneEvent(**e))
             stats.pop("event", None)
             emit(PhoneEvent(time.monotonic_ns(), "service_stats", "", json.dumps(stats)))
-        return problems
 
     def _watch(self, emit, stop) -> None:
         if self.service is not None and not self.service.alive() and not self._died_reported:

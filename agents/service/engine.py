@@ -160,8 +160,11 @@ class ServingEngine:
     def stats(self) -> dict:
         sizes = self.batch_sizes
         steps = sum(sizes.values())
+        running = sum(1 for r in self.active if r.state == RequestState.RUNNING)
         return {
             "steps": steps, "preemptions": self.num_preemptions,
+            "running": running, "waiting": len(self.active) - running + len(self._incoming),
+            "last_batch_size": len(self._running),
             "mean_batch_size": (sum(k * v for k, v in sizes.items()) / steps) if steps else 0.0,
             "max_batch_size": max(sizes, default=0), **self.contexts.counters,
             "kv_held_bytes": self.contexts.held_bytes() + self._active_bytes(),

@@ -132,7 +132,7 @@ class DescribeRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class DescribeResponse(_message.Message):
-    __slots__ = ("profile", "paradigms", "model_presets", "versions", "host_facts", "agent_pid")
+    __slots__ = ("profile", "paradigms", "model_presets", "versions", "host_facts", "agent_pid", "metrics_port")
     class VersionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -153,13 +153,15 @@ class DescribeResponse(_message.Message):
     VERSIONS_FIELD_NUMBER: _ClassVar[int]
     HOST_FACTS_FIELD_NUMBER: _ClassVar[int]
     AGENT_PID_FIELD_NUMBER: _ClassVar[int]
+    METRICS_PORT_FIELD_NUMBER: _ClassVar[int]
     profile: PhoneProfile
     paradigms: _containers.RepeatedScalarFieldContainer[Paradigm]
     model_presets: _containers.RepeatedScalarFieldContainer[str]
     versions: _containers.ScalarMap[str, str]
     host_facts: _containers.ScalarMap[str, str]
     agent_pid: int
-    def __init__(self, profile: _Optional[_Union[PhoneProfile, _Mapping]] = ..., paradigms: _Optional[_Iterable[_Union[Paradigm, str]]] = ..., model_presets: _Optional[_Iterable[str]] = ..., versions: _Optional[_Mapping[str, str]] = ..., host_facts: _Optional[_Mapping[str, str]] = ..., agent_pid: _Optional[int] = ...) -> None: ...
+    metrics_port: int
+    def __init__(self, profile: _Optional[_Union[PhoneProfile, _Mapping]] = ..., paradigms: _Optional[_Iterable[_Union[Paradigm, str]]] = ..., model_presets: _Optional[_Iterable[str]] = ..., versions: _Optional[_Mapping[str, str]] = ..., host_facts: _Optional[_Mapping[str, str]] = ..., agent_pid: _Optional[int] = ..., metrics_port: _Optional[int] = ...) -> None: ...
 
 class ServiceOptions(_message.Message):
     __slots__ = ("scheduler", "max_batch_size", "prefill_chunk_tokens", "prefix_cache", "persistent_contexts", "context_policy", "kv_budget_bytes", "quantum_tokens")

@@ -1,0 +1,165 @@
+"""The phone agent's Prometheus exporter: consumes the records, samples and events the paradigms
+produce (they never import it) and serves them on /metrics.
+
+    metrics = AgentMetrics(profile)                   # its own registry
+    port = metrics.serve("127.0.0.1", 0)              # HTTP /metrics, bound like the gRPC port
+    metrics.deployed(paradigm, model, deploy_result, apps)
+    metrics.observe(event)                            # RequestRecord | PhoneEvent
+    metrics.observe_tick(samples)                     # one sampler tick of ResourceSamples
+"""
+
+from __future__ import annotations
+
+import json
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.exposition import start_http_server
+
+from fleet.metric_names import AGENT_METRICS, LATENCY_BUCKETS_S, NAMESPACE
+from fleet.records import PhoneEvent, PhoneProfile, RequestRecord, RequestStatus
+
+_KINDS = {"histogram": Histogram, "counter": Counter, "gauge": Gauge, "info": Info}
+
+
+def build(registry: CollectorRegistry, table: dict) -> dict:
+    out = {}
+    for name, (kind, doc, labels) in table.items():
+        cls = _KINDS[kind]
+        # prometheus_client adds _total to counters and _info to infos itself
+        metric_name = name.removesuffix("_total") if kind == "counter" else name
+        kwargs = {"buckets": LATENCY_BUCKETS_S} if kind == "histogram" else {}
+        out[name] = cls(metric_name, doc, labels, namespace=NAMESPACE, registry=registry,
+                        **kwargs)
+    return out
+
+
+class AgentMetrics:
+    def __init__(self, profile: PhoneProfile, registry: CollectorRegistry | None = None):
+        self.profile = profile
+        self.registry = registry or CollectorRegistry()
+        self.m = build(self.registry, AGENT_METRICS)
+        self.m["memory_budget_bytes"].labels(profile.name).set(profile.memory_budget_bytes)
+        self.m["workload_running"].labels(profile.name).set(0)
+        self._labels: tuple[str, str] = ("", "")  # (paradigm, model) of the deployment
+        self._apps: dict[str, dict] = {}  # app -> {"slo_s", "model"}
+        self._weights: dict[str, int] = {}
+        self._kv_reserved: dict[str, int] = {}
+        self._kv_live: int | None = None
+        self._last_stats: dict = {}
+        self._server = None
+
+    def serve(self, host: str, port: int) -> int:
+        self._server, _ = start_http_server(port, addr=host, registry=self.registry)
+        return self._server.server_port
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+
+    def info(self, versions: dict[str, str]) -> None:
+        p = self.profile
+        self.m["agent"].labels(p.name).info({
+            "kind": p.kind, "host": p.host, "cpu_threads": str(p.cpu_threads),
+            **{k: v for k, v in versions.items() if k in ("python", "torch", "grpcio")}})
+
+    def deployed(self, paradigm: str, model: str, result, apps) -> None:
+        self._labels = (paradigm, model)
+        self._apps = {a.name: {"slo_s": a.slo_ttft_s,
+                               "model": (a.model.preset if a.model else model)} for a in apps}
+        # per SLM process (an app's own model, or "service"): weights and reserved KV
+        self._weights = {a.app: a.weight_bytes for a in result.apps}
+        self._kv_reserved = {a.app: a.kv_cache_bytes for a in result.apps}
+        self._kv_live = None  # a shared service reports the KV it holds
+        self._last_stats = {}
+        self._initialize_series()
+
+    def _initialize_series(self) -> None:
+        """Create every label set of the deployment at zero, so a counter that never moves is
+        a 0 on the dashboards, not a missing series."""
+        phone_labels = (self.profile.name, *self._labels)
+        for app in self._apps:
+            labels = self._req_labels(app)
+            for name in ("request_queue_wait_seconds", "request_ttft_seconds",
+                         "request_itl_seconds", "request_e2e_seconds", "cold_start_seconds",
+                         "output_tokens_total", "slo_misses_total", "lmk_kills_total",
+                         "cold_starts_total"):
+                self.m[name].labels(*labels)
+            for status in ("ok", "failed", "cancelled"):
+                self.m["requests_total"].labels(*labels, status)
+            for kind in ("swap", "recompute"):
+                self.m["context_switch_seconds"].labels(*labels, kind)
+        for kind in ("swap_out", "swap_in", "recompute", "drop"):
+            self.m["context_swaps_total"].labels(*phone_labels, kind)
+        for name in ("preemptions_total", "running_requests", "waiting_requests", "batch_size"):
+            self.m[name].labels(*phone_labels)
+
+    def running(self, on: bool) -> None:
+        self.m["workload_running"].labels(self.profile.name).set(1 if on else 0)
+
+    def _req_labels(self, app: str) -> tuple[str, ...]:
+        paradigm, model = self._labels
+        return (self.profile.name, paradigm, app, self._apps.get(app, {}).get("model", model))
+
+    def observe(self, event) -> None:
+        if isinstance(event, RequestRecord):
+            self._record(event)
+        elif isinstance(event, PhoneEvent):
+            self._event(event)
+
+    def _record(self, r: RequestRecord) -> None:
+        labels = self._req_labels(r.app)
+        self.m["requests_total"].labels(*labels, r.status.value).inc()
+        if r.cold_start_s:
+            self.m["cold_start_seconds"].labels(*labels).observe(r.cold_start_s)
+        if r.context_restore:
+            self.m["context_switch_seconds"].labels(*labels, r.context_restore).observe(
+                r.context_switch_s)
+        slo = self._apps.get(r.app, {}).get("slo_s", 0.0)
+        if r.status is not RequestStatus.OK:
+            if slo:
+                self.m["slo_misses_total"].labels(*labels).inc()
+            return
+        self.m["output_tokens_total"].labels(*labels).inc(r.output_tokens)
+        self.m["request_queue_wait_seconds"].labels(*labels).observe(r.queue_wait_s)
+        self.m["request_ttft_seconds"].labels(*labels).observe(r.ttft_s)
+        self.m["request_e2e_seconds"].labels(*labels).observe(r.e2e_s)
+        if r.output_tokens > 1:
+            self.m["request_itl_seconds"].labels(*labels).observe(r.itl_s)
+        if slo and r.ttft_s > slo:
+            self.m["slo_misses_total"].labels(*labels).inc()
+
+    def _event(self, e: PhoneEvent) -> None:
+        phone_labels = (self.profile.name, *self._labels)
+        if e.kind == "lmk_kill":
+            self.m["lmk_kills_total"].labels(*self._req_labels(e.app)).inc()
+        elif e.kind == "cold_start":
+            self.m["cold_starts_total"].labels(*self._req_labels(e.app)).inc()
+        elif e.kind in ("swap_out", "swap_in", "recompute", "drop"):
+            self.m["context_swaps_total"].labels(*phone_labels, e.kind).inc()
+        elif e.kind == "service_stats":
+            stats = json.loads(e.detail or "{}")
+            prev = self._last_stats.get("preemptions", 0)
+            self.m["preemptions_total"].labels(*phone_labels).inc(
+                max(0, stats.get("preemptions", 0) - prev))
+            for key in ("running", "waiting"):
+                self.m[f"{key}_requests"].labels(*phone_labels).set(stats.get(key, 0))
+            self.m["batch_size"].labels(*phone_labels).set(stats.get("last_batch_size", 0))
+            self._kv_live = stats.get("kv_held_bytes", self._kv_live)
+            self._last_stats = stats
+
+    def observe_tick(self, samples) -> None:
+        phone_labels = (self.profile.name, *self._labels)
+        total = 0
+        for s in samples:
+            self.m["process_pss_bytes"].labels(*phone_labels, s.component).set(s.pss_bytes)
+            total += s.pss_bytes
+        if not samples:
+            return
+        live = {s.component for s in samples}  # a killed app's model holds nothing any more
+        weights = min(total, sum(self._weights.get(c, 0) for c in live))
+        kv = self._kv_live if self._kv_live is not None else sum(
+            self._kv_reserved.get(c, 0) for c in live)  # per-app: the reservation (estimate)
+        kv = min(kv, total - weights)
+        for component, value in (("weights", weights), ("kv", kv),
+                                 ("runtime", total - weights - kv)):
+            self.m["memory_bytes"].labels(*phone_labels, component).set(value)

@@ -1,0 +1,199 @@
+"""Dashboards come from one source and query only what the code exports; the Grafana push is
+checked against a local stand-in of Grafana's HTTP API (no Grafana server can be installed on
+the build machines): it checks paths, the auth header, overwrite, uid and folderUid as Grafana's
+HTTP API documents them, and keeps what was created so a second push can be compared."""
+
+import json
+import re
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from agents.metrics import AgentMetrics
+from fleet.dashboards import DATASOURCE_UID, FOLDER_UID, all_dashboards, m
+from fleet.fleet_metrics import FleetMetrics
+from fleet.records import PhoneProfile
+
+ROOT = Path(__file__).resolve().parent.parent
+METRIC = re.compile(r"\bslmfleet_[a-z0-9_]+")
+
+
+def registered_series() -> set[str]:
+    """Every series name the real exporters can expose, read from their registries."""
+    out = set()
+    for registry in (AgentMetrics(PhoneProfile("p")).registry,
+                     FleetMetrics(run_id="r", experiment="e").registry):
+        for family in registry.collect():
+            if family.type == "histogram":
+                out |= {f"{family.name}_bucket", f"{family.name}_sum", f"{family.name}_count"}
+            elif family.type == "counter":
+                out.add(f"{family.name}_total")
+            elif family.type == "info":
+                out.add(f"{family.name}_info")
+            else:
+                out.add(family.name)
+    return out
+
+
+def test_every_panel_queries_only_registered_metrics():
+    names = registered_series()
+    seen = set()
+    for uid, board in all_dashboards().items():
+        assert board["panels"], uid
+        for panel in board["panels"]:
+            assert panel["targets"], panel["title"]
+            for target in panel["targets"]:
+                used = METRIC.findall(target["expr"])
+                assert used, f"{uid}/{panel['title']}: no metric in {target['expr']}"
+                unknown = set(used) - names
+                assert not unknown, f"{uid}/{panel['title']} queries {unknown}"
+                seen |= set(used)
+    assert len(seen) >= 15  # the dashboards cover the exported metrics broadly
+
+
+def test_committed_dashboards_match_their_source():
+    for uid, board in all_dashboards().items():
+        committed = ROOT / "dashboards" / f"{uid}.json"
+        assert committed.is_file(), f"run: fleet dashboards build ({committed} missing)"
+        assert json.loads(committed.read_text()) == board, f"{committed} drifted: rebuild"
+
+
+def test_metric_helper_refuses_unknown_names():
+    with pytest.raises(KeyError):
+        m("request_latency_seconds")
+    with pytest.raises(KeyError):
+        m("phone_up", "_bucket")
+
+
+def test_phone_dashboard_has_a_phone_variable():
+    board = all_dashboards()["slmfleet-phone"]
+    assert [v["name"] for v in board["templating"]["list"]] == ["phone"]
+    assert all('phone="$phone"' in t["expr"] for p in board["panels"] for t in p["targets"])
+
+
+class GrafanaStandIn(BaseHTTPRequestHandler):
+    """Grafana's HTTP API, the part `fleet dashboards push` uses."""
+    token = "secret-token"
+    state: dict = {}
+    calls: list = []
+
+    def log_message(self, *args):
+        pass
+
+    def _reply(self, code, body):
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _body(self):
+        return json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+
+    def _authorized(self):
+        if self.headers.get("Authorization") != f"Bearer {self.token}":
+            self._reply(401, {"message": "Unauthorized"})
+            return False
+        return True
+
+    def do_GET(self):
+        self.calls.append(("GET", self.path))
+        if not self._authorized():
+            return
+        if self.path == f"/api/datasources/uid/{DATASOURCE_UID}":
+            ds = self.state.get("datasource")
+            return self._reply(200, ds) if ds else self._reply(404, {"message": "not found"})
+        if self.path == f"/api/folders/{FOLDER_UID}":
+            folder = self.state.get("folder")
+            return self._reply(200, folder) if folder else self._reply(404, {"message": "nf"})
+        self._reply(404, {"message": f"no route {self.path}"})
+
+    def do_POST(self):
+        body = self._body()
+        self.calls.append(("POST", self.path))
+        if not self._authorized():
+            return
+        if self.path == "/api/datasources":
+            assert body["uid"] == DATASOURCE_UID and body["type"] == "prometheus"
+            self.state["datasource"] = body
+            return self._reply(200, {"datasource": body, "message": "Datasource added"})
+        if self.path == "/api/folders":
+            assert body == {"title": "SLM fleet", "uid": FOLDER_UID}
+            self.state["folder"] = body
+            return self._reply(200, body)
+        if self.path == "/api/dashboards/db":
+            dash = body["dashboard"]
+            problems = []
+            if body.get("overwrite") is not True:
+                problems.append("overwrite must be true for an idempotent push")
+            if body.get("folderUid") != FOLDER_UID or "folder" not in self.state:
+                problems.append("folderUid must name an existing folder")
+            if not dash.get("uid") or dash.get("id") is not None:
+                problems.append("a dashboard is addressed by uid, with id null")
+            if problems:
+                return self._reply(400, {"message": "; ".join(problems)})
+            self.state.setdefault("dashboards", {})[dash["uid"]] = dash
+            return self._reply(200, {"status": "success", "uid": dash["uid"]})
+        self._reply(404, {"message": f"no route {self.path}"})
+
+    def do_PUT(self):
+        body = self._body()
+        self.calls.append(("PUT", self.path))
+        if not self._authorized():
+            return
+        if self.path == f"/api/datasources/uid/{DATASOURCE_UID}":
+            self.state["datasource"] = body
+            return self._reply(200, {"message": "Datasource updated"})
+        self._reply(404, {"message": f"no route {self.path}"})
+
+
+@pytest.fixture
+def grafana():
+    GrafanaStandIn.state, GrafanaStandIn.calls = {}, []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), GrafanaStandIn)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+
+
+def push(url, token, *extra):
+    return subprocess.run([sys.executable, "-m", "fleet.cli", "dashboards", "push",
+                           "--grafana-url", url, "--token", token, *extra],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_push_creates_then_updates_idempotently(grafana):
+    first = push(grafana, "secret-token", "--prometheus-url", "http://prom:9090")
+    assert first.returncode == 0, first.stderr
+    after_first = json.loads(json.dumps(GrafanaStandIn.state))
+    assert set(after_first["dashboards"]) == set(all_dashboards())
+    assert after_first["datasource"]["url"] == "http://prom:9090"
+    assert ("POST", "/api/datasources") in GrafanaStandIn.calls
+    GrafanaStandIn.calls.clear()
+    second = push(grafana, "secret-token", "--prometheus-url", "http://prom:9090")
+    assert second.returncode == 0, second.stderr
+    assert GrafanaStandIn.state == after_first  # the same state again
+    assert ("PUT", f"/api/datasources/uid/{DATASOURCE_UID}") in GrafanaStandIn.calls
+    assert ("POST", "/api/folders") not in GrafanaStandIn.calls
+    assert "folder slmfleet: exists" in second.stdout
+
+
+def test_rejected_token_is_one_line_and_non_zero(grafana):
+    proc = push(grafana, "wrong")
+    assert proc.returncode == 1
+    assert proc.stderr.strip().count("\n") == 0 and "rejected the token" in proc.stderr
+
+
+def test_unreachable_grafana_is_one_line_and_non_zero():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = push(f"http://127.0.0.1:{port}", "t")
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("fleet: cannot reach Grafana") and "Traceback" not in proc.stderr
