@@ -197,3 +197,31 @@ def test_unreachable_grafana_is_one_line_and_non_zero():
     proc = push(f"http://127.0.0.1:{port}", "t")
     assert proc.returncode == 1
     assert proc.stderr.startswith("fleet: cannot reach Grafana") and "Traceback" not in proc.stderr
+
+
+def test_targets_file_is_rewritten_whole_as_phones_join_and_leave(tmp_path):
+    from fleet.prometheus import TargetsFile
+
+    sd = TargetsFile(tmp_path / "prometheus" / "targets.json")
+    assert json.loads(sd.path.read_text()) == []
+    sd.set("coordinator", "127.0.0.1:9000", job="coordinator")
+    sd.set("phone-a", "127.0.0.1:9001", job="phone-agent", phone="phone-a")
+    groups = json.loads(sd.path.read_text())
+    assert {"targets": ["127.0.0.1:9001"], "labels": {"job": "phone-agent",
+                                                      "phone": "phone-a"}} in groups
+    sd.remove("phone-a")
+    assert [g["labels"]["job"] for g in json.loads(sd.path.read_text())] == ["coordinator"]
+    assert not list(sd.path.parent.glob("*.tmp"))  # written aside, then renamed into place
+
+
+def test_a_missing_prometheus_binary_is_one_clear_error(tmp_path):
+    from fleet.prometheus import EmbeddedPrometheus, PrometheusError, TargetsFile
+
+    sd = TargetsFile(tmp_path / "targets.json")
+    prom = EmbeddedPrometheus(tmp_path / "p", sd.path, binary=None)
+    prom.binary = None  # as on a machine without the Debian package
+    with pytest.raises(PrometheusError, match="no 'prometheus' binary"):
+        prom.start()
+    broken = EmbeddedPrometheus(tmp_path / "q", sd.path, binary="/bin/false")
+    with pytest.raises(PrometheusError, match="exited with code 1"):
+        broken.start(timeout_s=10)
