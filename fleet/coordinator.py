@@ -242,6 +242,7 @@ class Coordinator:
             self._stop_heartbeat.set()
             self._shutdown()
             self._stop_observability()
+            self.store.close()  # checkpoints the WAL: the run directory is one SQLite file
         return RunResult(self.run_id, self.run_dir, len(trials), statuses)
 
     # -- observability -----------------------------------------------------------------------

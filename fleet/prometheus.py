@@ -98,7 +98,6 @@ class EmbeddedPrometheus:
              f"--web.listen-address=127.0.0.1:{port}", "--web.enable-lifecycle"],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         (self.workdir / "pid").write_text(str(self.proc.pid))
-        (self.workdir / "url").write_text(self.url)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -107,6 +106,7 @@ class EmbeddedPrometheus:
             try:
                 with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1) as resp:
                     if resp.status == 200:
+                        (self.workdir / "url").write_text(self.url)  # only once it answers
                         return self.url
             except OSError:
                 pass
