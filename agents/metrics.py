@@ -55,6 +55,8 @@ class AgentMetrics:
     def close(self) -> None:
         if self._server is not None:
             self._server.shutdown()
+            self._server.server_close()
+            self._server = None
 
     def info(self, versions: dict[str, str]) -> None:
         p = self.profile
@@ -62,7 +64,17 @@ class AgentMetrics:
             "kind": p.kind, "host": p.host, "cpu_threads": str(p.cpu_threads),
             **{k: v for k, v in versions.items() if k in ("python", "torch", "grpcio")}})
 
+    PER_DEPLOYMENT_GAUGES = ("memory_bytes", "process_pss_bytes", "running_requests",
+                             "waiting_requests", "batch_size")
+
+    def undeployed(self) -> None:
+        """Drop the gauges of a deployment that is gone (counters keep their history)."""
+        for name in self.PER_DEPLOYMENT_GAUGES:
+            self.m[name].clear()
+        self._components: set[str] = set()
+
     def deployed(self, paradigm: str, model: str, result, apps) -> None:
+        self.undeployed()
         self._labels = (paradigm, model)
         self._apps = {a.name: {"slo_s": a.slo_ttft_s,
                                "model": (a.model.preset if a.model else model)} for a in apps}
@@ -81,9 +93,10 @@ class AgentMetrics:
             labels = self._req_labels(app)
             for name in ("request_queue_wait_seconds", "request_ttft_seconds",
                          "request_itl_seconds", "request_e2e_seconds", "cold_start_seconds",
-                         "output_tokens_total", "slo_misses_total", "lmk_kills_total",
-                         "cold_starts_total"):
+                         "output_tokens_total", "lmk_kills_total", "cold_starts_total"):
                 self.m[name].labels(*labels)
+            if self._apps[app]["slo_s"]:  # apps without an SLO have no attainment to show
+                self.m["slo_misses_total"].labels(*labels)
             for status in ("ok", "failed", "cancelled"):
                 self.m["requests_total"].labels(*labels, status)
             for kind in ("swap", "recompute"):
@@ -153,9 +166,10 @@ class AgentMetrics:
         for s in samples:
             self.m["process_pss_bytes"].labels(*phone_labels, s.component).set(s.pss_bytes)
             total += s.pss_bytes
-        if not samples:
-            return
         live = {s.component for s in samples}  # a killed app's model holds nothing any more
+        for gone in getattr(self, "_components", set()) - live:
+            self.m["process_pss_bytes"].remove(*phone_labels, gone)
+        self._components = live
         weights = min(total, sum(self._weights.get(c, 0) for c in live))
         kv = self._kv_live if self._kv_live is not None else sum(
             self._kv_reserved.get(c, 0) for c in live)  # per-app: the reservation (estimate)

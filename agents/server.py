@@ -251,6 +251,8 @@ class PhoneAgentServicer(pb_grpc.PhoneAgentServiceServicer):
 
     async def _reset(self) -> int:
         host, self._host = self._host, None
+        if self.metrics is not None:
+            self.metrics.undeployed()
         return await asyncio.to_thread(host.shutdown) if host else 0
 
     async def close(self) -> None:

@@ -130,7 +130,10 @@ class Coordinator:
             return
         pid = int(describe.get("agentPid", 0)) or info["pid"]
         metrics_port = int(describe.get("metricsPort", 0))
-        if metrics_port:
+        if metrics_port and host != LOCAL and info["address"].startswith("127."):
+            self.manifest.data["notes"].append(
+                f"phone {phone.name}: its /metrics is on {host}'s loopback; not scraped here")
+        elif metrics_port:
             host_part = info["address"].rsplit(":", 1)[0]
             self.targets.set(phone.name, f"{host_part}:{metrics_port}", job="phone-agent",
                              phone=phone.name)
@@ -146,8 +149,8 @@ class Coordinator:
         import ray
 
         store = self.store
-        store.start_trial(trial.trial_id)
         self.metrics.trial_state("pending", "running")
+        store.start_trial(trial.trial_id)
         if trial.phone in self._phone_error:
             store.finish_trial(trial.trial_id, TrialStatus.FAILED, self._phone_error[trial.phone])
             self.metrics.trial_state("running", "failed")
@@ -206,7 +209,6 @@ class Coordinator:
         self.manifest = Manifest(self.run_dir / "manifest.json", run_id=self.run_id,
                                  experiment=self.exp.model_dump(mode="json"), source=self.source)
         trials = plan_trials(self.exp)
-        self._start_observability(len(trials))
         for t in trials:
             self.store.add_trial(t.trial_id, phone=t.phone, paradigm=t.paradigm.label,
                                  workload=t.workload.name, model=t.model.label,
@@ -218,7 +220,9 @@ class Coordinator:
                 "allow_shared_cores: trials of phones on one host ran at once and shared its "
                 "cores; their latencies include that contention")
         statuses: dict[str, str] = {}
+        self.metrics = None
         try:
+            self._start_observability(len(trials))
             self._start_ray()
             for phone in self.exp.phones:
                 self._bring_up(phone)
@@ -241,7 +245,8 @@ class Coordinator:
             self.manifest.update(ended_at=time.time())
             self._stop_heartbeat.set()
             self._shutdown()
-            self._stop_observability()
+            if self.metrics is not None:
+                self._stop_observability()
             self.store.close()  # checkpoints the WAL: the run directory is one SQLite file
         return RunResult(self.run_id, self.run_dir, len(trials), statuses)
 
@@ -279,6 +284,7 @@ class Coordinator:
     def _stop_observability(self) -> None:
         for phone in self.exp.phones:
             self.targets.remove(phone.name)
+        self.targets.remove("coordinator")  # its endpoint closes with this run
         if self._prometheus is not None:
             if self.keep_prometheus:
                 self.announce(f"Prometheus kept running at {self.prometheus_url} "

@@ -119,7 +119,8 @@ def paradigm_comparison() -> Board:
             [(f"sum by (phone, component) ({m('memory_bytes')})", "{{phone}} {{component}}")],
             unit="bytes")
     b.panel("LMK kills and cold starts",
-            [(f"sum by (paradigm) (increase({m('lmk_kills_total')}[$__range]))", "kills"),
+            [(f"sum by (paradigm) (increase({m('lmk_kills_total')}[$__range]))",
+              "kills {{paradigm}}"),
              (f"sum by (paradigm) (increase({m('cold_starts_total')}[$__range]))",
               "cold starts {{paradigm}}")], kind="bargauge", width=12)
     b.panel("Context swaps by kind",

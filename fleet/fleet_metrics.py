@@ -37,6 +37,7 @@ class FleetMetrics:
     def close(self) -> None:
         if self._server is not None:
             self._server.shutdown()
+            self._server.server_close()
             self._server = None
 
     def phone_up(self, phone: str, up: bool) -> None:

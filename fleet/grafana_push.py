@@ -26,7 +26,7 @@ def push(grafana_url: str, token: str, prometheus_url: str, timeout_s: float = 1
     try:
         datasource = {"name": DATASOURCE_NAME, "uid": DATASOURCE_UID, "type": "prometheus",
                       "access": "proxy", "url": prometheus_url, "isDefault": False,
-                      "jsonData": {"timeInterval": "1s"}}
+                      "jsonData": {"timeInterval": "5s"}}  # deploy/'s scrape interval
         if _exists(lambda: api.datasource.get_datasource_by_uid(DATASOURCE_UID)):
             api.datasource.update_datasource_by_uid(DATASOURCE_UID, datasource)
             done.append(f"datasource {DATASOURCE_UID}: updated -> {prometheus_url}")

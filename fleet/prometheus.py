@@ -63,6 +63,7 @@ global:
   evaluation_interval: {scrape_interval_s}s
 scrape_configs:
   - job_name: slmfleet
+    honor_labels: true  # the agents' own phone label wins over the target's
     file_sd_configs:
       - files: ["{targets_file}"]
         refresh_interval: {scrape_interval_s}s
@@ -81,6 +82,7 @@ class EmbeddedPrometheus:
         self.targets_file = Path(targets_file)
         self.binary = binary or shutil.which("prometheus")
         self.proc: subprocess.Popen | None = None
+        self._log = None
         self.url = ""
 
     def start(self, timeout_s: float = 30.0) -> str:
@@ -92,11 +94,16 @@ class EmbeddedPrometheus:
         config.write_text(config_text(self.targets_file.resolve()))
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
-        log = open(self.workdir / "prometheus.log", "wb")
-        self.proc = subprocess.Popen(
-            [self.binary, f"--config.file={config}", f"--storage.tsdb.path={self.workdir / 'data'}",
-             f"--web.listen-address=127.0.0.1:{port}", "--web.enable-lifecycle"],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self._log = open(self.workdir / "prometheus.log", "wb")
+        log = self._log
+        try:  # its own session: a Ctrl-C reaches the coordinator, which then stops it in order
+            self.proc = subprocess.Popen(
+                [self.binary, f"--config.file={config}",
+                 f"--storage.tsdb.path={self.workdir / 'data'}",
+                 f"--web.listen-address=127.0.0.1:{port}", "--web.enable-lifecycle"],
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        except OSError as exc:
+            raise PrometheusError(f"cannot start {self.binary}: {exc}") from None
         (self.workdir / "pid").write_text(str(self.proc.pid))
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -122,3 +129,5 @@ class EmbeddedPrometheus:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        if getattr(self, "_log", None) is not None:
+            self._log.close()

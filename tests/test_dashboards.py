@@ -225,3 +225,32 @@ def test_a_missing_prometheus_binary_is_one_clear_error(tmp_path):
     broken = EmbeddedPrometheus(tmp_path / "q", sd.path, binary="/bin/false")
     with pytest.raises(PrometheusError, match="exited with code 1"):
         broken.start(timeout_s=10)
+
+
+def test_a_new_deployment_drops_the_gauges_of_the_last_one():
+    from fleet.records import AppDeployment, AppWorkload, DeployResult, ResourceSample
+
+    metrics = AgentMetrics(PhoneProfile("p", memory_budget_bytes=2**30))
+    apps = (AppWorkload("kb", slo_ttft_s=0.1), AppWorkload("chat"))
+    result = DeployResult((AppDeployment("kb", 1, 1.0, 100, 10),
+                           AppDeployment("chat", 2, 1.0, 100, 10)), "random weights", 220, 2**30)
+    metrics.deployed("per_app", "tiny", result, apps)
+    metrics.observe_tick([ResourceSample(1, "kb", 1, 500, 400),
+                          ResourceSample(1, "chat", 2, 500, 400)])
+    get = metrics.registry.get_sample_value
+    pss = {"phone": "p", "paradigm": "per_app", "model": "tiny"}
+    assert get("slmfleet_process_pss_bytes", {**pss, "component": "chat"}) == 400
+    assert get("slmfleet_memory_bytes", {**pss, "component": "weights"}) == 200
+    metrics.observe_tick([ResourceSample(2, "kb", 1, 500, 400)])  # chat's model was killed
+    assert get("slmfleet_process_pss_bytes", {**pss, "component": "chat"}) is None
+    assert get("slmfleet_memory_bytes", {**pss, "component": "weights"}) == 100
+    # only apps with an SLO get an SLO-miss series
+    assert get("slmfleet_slo_misses_total", {**pss, "app": "kb"}) == 0
+    assert get("slmfleet_slo_misses_total", {**pss, "app": "chat"}) is None
+    service = DeployResult((AppDeployment("service", 3, 1.0, 100, 0),), "random weights", 120,
+                           2**30)
+    metrics.deployed("slmaas", "tiny", service, apps)
+    assert get("slmfleet_process_pss_bytes", {**pss, "component": "kb"}) is None
+    assert get("slmfleet_memory_bytes", {**pss, "component": "weights"}) is None
+    # counters keep their history across deployments
+    assert get("slmfleet_requests_total", {**pss, "app": "kb", "status": "ok"}) == 0
