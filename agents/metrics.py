@@ -33,19 +33,12 @@ def build(registry: CollectorRegistry, table: dict) -> dict:
     return out
 
 
-class AgentMetrics:
-    def __init__(self, profile: PhoneProfile, registry: CollectorRegistry | None = None):
-        self.profile = profile
+class Exporter:
+    """A registry of the metrics in ``table`` and, once served, its /metrics HTTP endpoint."""
+
+    def __init__(self, table: dict, registry: CollectorRegistry | None = None):
         self.registry = registry or CollectorRegistry()
-        self.m = build(self.registry, AGENT_METRICS)
-        self.m["memory_budget_bytes"].labels(profile.name).set(profile.memory_budget_bytes)
-        self.m["workload_running"].labels(profile.name).set(0)
-        self._labels: tuple[str, str] = ("", "")  # (paradigm, model) of the deployment
-        self._apps: dict[str, dict] = {}  # app -> {"slo_s", "model"}
-        self._weights: dict[str, int] = {}
-        self._kv_reserved: dict[str, int] = {}
-        self._kv_live: int | None = None
-        self._last_stats: dict = {}
+        self.m = build(self.registry, table)
         self._server = None
 
     def serve(self, host: str, port: int) -> int:
@@ -57,6 +50,20 @@ class AgentMetrics:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+
+
+class AgentMetrics(Exporter):
+    def __init__(self, profile: PhoneProfile, registry: CollectorRegistry | None = None):
+        super().__init__(AGENT_METRICS, registry)
+        self.profile = profile
+        self.m["memory_budget_bytes"].labels(profile.name).set(profile.memory_budget_bytes)
+        self.m["workload_running"].labels(profile.name).set(0)
+        self._labels: tuple[str, str] = ("", "")  # (paradigm, model) of the deployment
+        self._apps: dict[str, dict] = {}  # app -> {"slo_s", "model"}
+        self._weights: dict[str, int] = {}
+        self._kv_reserved: dict[str, int] = {}
+        self._kv_live: int | None = None
+        self._last_stats: dict = {}
 
     def info(self, versions: dict[str, str]) -> None:
         p = self.profile

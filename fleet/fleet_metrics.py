@@ -10,35 +10,22 @@ from __future__ import annotations
 import threading
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import start_http_server
 
-from agents.metrics import build
+from agents.metrics import Exporter
 from fleet.metric_names import COORDINATOR_METRICS
 
 TRIAL_STATES = ("pending", "running", "completed", "failed", "stopped")
 
 
-class FleetMetrics:
+class FleetMetrics(Exporter):
     def __init__(self, *, run_id: str, experiment: str, git: str = "",
                  registry: CollectorRegistry | None = None):
-        self.registry = registry or CollectorRegistry()
-        self.m = build(self.registry, COORDINATOR_METRICS)
+        super().__init__(COORDINATOR_METRICS, registry)
         self.m["run"].info({"run_id": run_id, "experiment": experiment, "git": git})
         self._trials = {s: 0 for s in TRIAL_STATES}
         self._lock = threading.Lock()
         for state in TRIAL_STATES:
             self.m["trials"].labels(state).set(0)
-        self._server = None
-
-    def serve(self, host: str, port: int) -> int:
-        self._server, _ = start_http_server(port, addr=host, registry=self.registry)
-        return self._server.server_port
-
-    def close(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
 
     def phone_up(self, phone: str, up: bool) -> None:
         self.m["phone_up"].labels(phone).set(1 if up else 0)
