@@ -125,8 +125,9 @@ def test_every_dashboard_panel_returns_series_after_a_run(tmp_path):
         # while it was live (afterwards its targets are gone and their series stale)
         with sqlite3.connect(db) as conn:
             # the middle of the last completed trial: its workload was running then
-            live = conn.execute("SELECT (started_at + ended_at) / 2 FROM trials WHERE "
-                                "status='completed' ORDER BY ended_at DESC LIMIT 1").fetchone()[0]
+            live, last_end = conn.execute(
+                "SELECT (started_at + ended_at) / 2, ended_at FROM trials WHERE "
+                "status='completed' ORDER BY ended_at DESC LIMIT 1").fetchone()
         for uid, board in all_dashboards().items():
             for panel in board["panels"]:
                 for target in panel["targets"]:
@@ -134,13 +135,14 @@ def test_every_dashboard_panel_returns_series_after_a_run(tmp_path):
                             .replace("$__range", "10m").replace("$phone", "phone-a"))
                     assert query(url, expr, live), f"{uid} / {panel['title']}: no series: {expr}"
         # and the figures the workload guarantees are real numbers, not zero-filled series
-        ttft = query(url, 'histogram_quantile(0.5, sum by (le, paradigm) (rate('
-                          'slmfleet_request_ttft_seconds_bucket{phone="phone-a"}[1m])))', live)
+        # (at the end of the last trial: counters and histograms outlive a deployment)
+        ttft = query(url, 'histogram_quantile(0.5, sum by (le, paradigm) (increase('
+                          'slmfleet_request_ttft_seconds_bucket{phone="phone-a"}[2m])))', last_end)
         assert {r["metric"]["paradigm"] for r in ttft} == {"per_app", "agent_os"}
         assert all(0 < float(r["value"][1]) < 10 for r in ttft)
-        tokens = query(url, 'sum(slmfleet_output_tokens_total{phone="phone-a"})', live)
+        tokens = query(url, 'sum(slmfleet_output_tokens_total{phone="phone-a"})', last_end)
         assert float(tokens[0]["value"][1]) > 0
-        stored = query(url, 'sum(slmfleet_records_stored_total)', live)
+        stored = query(url, 'sum(slmfleet_records_stored_total)', last_end)
         assert float(stored[0]["value"][1]) > 0
     finally:
         if proc.poll() is None:
