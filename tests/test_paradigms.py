@@ -62,8 +62,10 @@ def test_per_app_holds_at_least_2_5x_the_memory_of_slmaas(client):
 
 
 def test_slmaas_batches_and_beats_per_app_aggregate_throughput(client):
+    # six apps at once: enough concurrency that batching pays (about 1.6x here), so the
+    # comparison is not decided by the machine's noise (four apps gave 1.1-1.3x)
     apps = [AppWorkload(f"app{i}", ArrivalPattern.CLOSED_LOOP, prompt_tokens=24,
-                        output_tokens=32) for i in range(4)]
+                        output_tokens=32) for i in range(6)]
     ratios = []
     for _ in range(2):
         shared = run_trial(client, Paradigm.SLMAAS, apps, service=SLMAAS)  # 1 thread, as each app
