@@ -49,7 +49,7 @@ def read_token(ns: argparse.Namespace) -> str:
 
 
 async def _amain(ns: argparse.Namespace, token: str) -> None:
-    from agents.server import serve
+    from agents.agent_server import serve
 
     profile = PhoneProfile(name=ns.name, kind=ns.kind,
                            memory_budget_bytes=ns.memory_budget_mb * 1024 * 1024,

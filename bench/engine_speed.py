@@ -16,10 +16,10 @@ import time
 
 import torch
 
-from agents.engine.context import KVContext
-from agents.engine.generate import decode_one_token, prefill
-from agents.engine.model import DTYPES, ModelArgs
-from agents.engine.weights import random_model
+from agents.llm.kv_context import KVContext
+from agents.llm.generate import decode_one_token, prefill
+from agents.llm.transformer import DTYPES, ModelArgs
+from agents.llm.weights import random_model
 
 
 def copy_bandwidth_bytes_per_s(threads: int, runs: int, size_mib: int = 512) -> float:

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import torch
 
-from agents.engine.context import KVContext
-from agents.engine.model import DTYPES, ModelArgs
-from agents.engine.weights import random_model
+from agents.llm.kv_context import KVContext
+from agents.llm.transformer import DTYPES, ModelArgs
+from agents.llm.weights import random_model
 
 
 def median_s(fn, runs: int) -> float:

@@ -1,7 +1,7 @@
 """Every Prometheus metric the testbed exports, named once.
 
-Agents and the coordinator register these (agents/metrics.py, fleet/fleet_metrics.py) and the
-dashboards (fleet/dashboards.py) query only these, so a panel cannot ask for a metric the code
+Agents and the coordinator register these (agents/agent_metrics.py, fleet/observe/coordinator_metrics.py) and the
+dashboards (fleet/observe/dashboards.py) query only these, so a panel cannot ask for a metric the code
 does not export; a test holds the two together. Names follow Prometheus conventions: one
 namespace, base units in the name, counters end in ``_total``. Labels come from bounded sets only
 (phone, paradigm, app, model, component, kind, status, state): never a request or trial id.

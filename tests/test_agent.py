@@ -12,9 +12,9 @@ import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from agents.engine.model import ModelArgs
+from agents.llm.transformer import ModelArgs
 from conftest import TOKEN, agent_process
-from fleet.agent_client import AgentClient, AgentError
+from fleet.coordinator.agent_client import AgentClient, AgentError
 from fleet.records import (
     AppWorkload, ArrivalPattern, DeploySpec, ModelSpec, Paradigm, RequestRecord, RequestStatus,
     ResourceSample, TrialStatus, TrialSummary, WorkloadRun,

@@ -5,14 +5,14 @@ import math
 
 import pytest
 
-from fleet.analysis import Spread, analyze, jain_index
-from fleet.config import parse_experiment
-from fleet.plan import plan_trials
+from fleet.results.analysis import Spread, analyze, jain_index
+from fleet.coordinator.config import parse_experiment
+from fleet.coordinator.plan import plan_trials
 from fleet.records import (
     NS_PER_S, PhoneEvent, RequestRecord, RequestStatus, ResourceSample, TrialStatus, TrialSummary,
 )
-from fleet.report import render_html
-from fleet.store import ResultStore
+from fleet.results.report import render_html
+from fleet.results.store import ResultStore
 
 
 def test_jain_index_and_spread():

@@ -7,9 +7,9 @@ import time
 import pytest
 import torch
 
-from agents.apps import ServeResult, local_serve, poisson_arrivals_ns, run_app
-from agents.engine.model import ModelArgs
-from agents.engine.weights import random_model
+from agents.apps.workload import ServeResult, local_serve, poisson_arrivals_ns, run_app
+from agents.llm.transformer import ModelArgs
+from agents.llm.weights import random_model
 from fleet.records import NS_PER_S, AppWorkload, ArrivalPattern, RequestStatus, WorkloadRun
 
 

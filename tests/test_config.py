@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fleet.config import ConfigError, load_experiment, parse_experiment
-from fleet.plan import core_domain, plan_trials
+from fleet.coordinator.config import ConfigError, load_experiment, parse_experiment
+from fleet.coordinator.plan import core_domain, plan_trials
 
 MINIMAL = {
     "name": "t",
@@ -92,7 +92,7 @@ def test_plan_expands_the_grid_and_serializes_a_shared_host():
 
 
 def run_cli(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "fleet.cli", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "fleet.coordinator.cli", *args], capture_output=True,
                           text=True, timeout=60, cwd=cwd)
 
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from agents.metrics import AgentMetrics
-from fleet.dashboards import DATASOURCE_UID, FOLDER_UID, all_dashboards, m
-from fleet.fleet_metrics import FleetMetrics
+from agents.agent_metrics import AgentMetrics
+from fleet.observe.dashboards import DATASOURCE_UID, FOLDER_UID, all_dashboards, m
+from fleet.observe.coordinator_metrics import FleetMetrics
 from fleet.records import PhoneProfile
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -162,7 +162,7 @@ def grafana():
 
 
 def push(url, token, *extra):
-    return subprocess.run([sys.executable, "-m", "fleet.cli", "dashboards", "push",
+    return subprocess.run([sys.executable, "-m", "fleet.coordinator.cli", "dashboards", "push",
                            "--grafana-url", url, "--token", token, *extra],
                           capture_output=True, text=True, timeout=60)
 
@@ -200,7 +200,7 @@ def test_unreachable_grafana_is_one_line_and_non_zero():
 
 
 def test_targets_file_is_rewritten_whole_as_phones_join_and_leave(tmp_path):
-    from fleet.prometheus import TargetsFile
+    from fleet.observe.prometheus import TargetsFile
 
     sd = TargetsFile(tmp_path / "prometheus" / "targets.json")
     assert json.loads(sd.path.read_text()) == []
@@ -215,7 +215,7 @@ def test_targets_file_is_rewritten_whole_as_phones_join_and_leave(tmp_path):
 
 
 def test_a_missing_prometheus_binary_is_one_clear_error(tmp_path):
-    from fleet.prometheus import EmbeddedPrometheus, PrometheusError, TargetsFile
+    from fleet.observe.prometheus import EmbeddedPrometheus, PrometheusError, TargetsFile
 
     sd = TargetsFile(tmp_path / "targets.json")
     prom = EmbeddedPrometheus(tmp_path / "p", sd.path, binary=None)

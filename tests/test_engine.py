@@ -5,10 +5,10 @@ import json
 import pytest
 import torch
 
-from agents.engine.context import KVContext
-from agents.engine.generate import decode_one_token, generate, prefill, sample
-from agents.engine.model import PRESETS, ModelArgs, Transformer
-from agents.engine.weights import RANDOM_WEIGHTS, load_model, random_model, save_hf_directory
+from agents.llm.kv_context import KVContext
+from agents.llm.generate import decode_one_token, generate, prefill, sample
+from agents.llm.transformer import PRESETS, ModelArgs, Transformer
+from agents.llm.weights import RANDOM_WEIGHTS, load_model, random_model, save_hf_directory
 from fleet.records import ModelSpec
 
 

@@ -41,7 +41,7 @@ def experiment(**changes) -> dict:
 def start_run(tmp_path: Path, exp: dict, run_id: str) -> subprocess.Popen:
     path = tmp_path / f"{run_id}.yaml"
     path.write_text(yaml.safe_dump(exp))
-    return subprocess.Popen([sys.executable, "-m", "fleet.cli", "run", str(path), "--run-id",
+    return subprocess.Popen([sys.executable, "-m", "fleet.coordinator.cli", "run", str(path), "--run-id",
                              run_id, "--runs-dir", str(tmp_path / "runs")],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             cwd=tmp_path)
@@ -83,7 +83,7 @@ def test_fleet_run_writes_every_record_and_the_manifest(tmp_path):
     report = (run / "report.html").read_text()
     assert report.count("<svg") == 2 * 5 and "per_app" in report  # five plots per phone
     # the summary can be recomputed from the store alone
-    again = subprocess.run([sys.executable, "-m", "fleet.cli", "summary", str(run)],
+    again = subprocess.run([sys.executable, "-m", "fleet.coordinator.cli", "summary", str(run)],
                            capture_output=True, text=True, timeout=60)
     assert again.returncode == 0 and "keyboard" in again.stdout
 

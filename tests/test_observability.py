@@ -16,8 +16,8 @@ import pytest
 import yaml
 
 from conftest import TOKEN, agent_process
-from fleet.agent_client import AgentClient
-from fleet.dashboards import all_dashboards
+from fleet.coordinator.agent_client import AgentClient
+from fleet.observe.dashboards import all_dashboards
 from fleet.records import (
     AppWorkload, ArrivalPattern, DeploySpec, ModelSpec, Paradigm, RequestRecord, WorkloadRun,
 )
@@ -85,7 +85,7 @@ def test_every_dashboard_panel_returns_series_after_a_run(tmp_path):
     }
     path = tmp_path / "observed.yaml"
     path.write_text(yaml.safe_dump(exp))
-    proc = subprocess.Popen([sys.executable, "-m", "fleet.cli", "run", str(path), "--run-id",
+    proc = subprocess.Popen([sys.executable, "-m", "fleet.coordinator.cli", "run", str(path), "--run-id",
                              "obs", "--runs-dir", str(tmp_path / "runs"), "--keep-prometheus"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             cwd=tmp_path)

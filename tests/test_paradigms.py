@@ -9,7 +9,7 @@ from collections import Counter
 import pytest
 
 from conftest import TOKEN, agent_process
-from fleet.agent_client import AgentClient
+from fleet.coordinator.agent_client import AgentClient
 from fleet.records import (
     AppWorkload, ArrivalPattern, DeploySpec, ModelSpec, Paradigm, PhoneEvent, RequestRecord,
     RequestStatus, ResourceSample, SchedulerPolicy, ServiceOptions, TrialStatus, TrialSummary,

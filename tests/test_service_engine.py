@@ -5,11 +5,11 @@ from dataclasses import replace
 
 import torch
 
-from agents.engine.generate import generate
-from agents.engine.model import ModelArgs
-from agents.engine.weights import random_model
-from agents.service.engine import ServingEngine
-from agents.service.scheduler import RequestState, ServiceRequest
+from agents.llm.generate import generate
+from agents.llm.transformer import ModelArgs
+from agents.llm.weights import random_model
+from agents.modelservice.serving_engine import ServingEngine
+from agents.modelservice.scheduler import RequestState, ServiceRequest
 from fleet.records import ContextPolicy, SchedulerPolicy, ServiceOptions
 
 MODEL = random_model(replace(ModelArgs.from_name("tiny"), tie_embeddings=False), torch.float32, 0)

@@ -70,7 +70,7 @@ def fmt_mib(num_bytes: int) -> str:
 
 def make_paradigm(paradigm: Paradigm, profile: PhoneProfile) -> ParadigmHost:
     from agents.paradigms.per_app import PerAppParadigm
-    from agents.paradigms.service import AgentOsParadigm, SlmaasParadigm
+    from agents.paradigms.shared_service import AgentOsParadigm, SlmaasParadigm
 
     hosts: dict[Paradigm, type[ParadigmHost]] = {Paradigm.PER_APP: PerAppParadigm,
                                                  Paradigm.SLMAAS: SlmaasParadigm,

@@ -16,9 +16,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from agents.app_client import ModelEndpoint
-from agents.engine.weights import model_args, torch_dtype
-from agents.paradigms.apps_host import AppsHost
+from agents.apps.app_process import ModelEndpoint
+from agents.llm.weights import model_args, torch_dtype
+from agents.apps.supervisor import AppsHost
 from agents.paradigms.base import BudgetError, ParadigmHost, fmt_mib
 from agents.probes import ProcessSampler
 from fleet.records import (

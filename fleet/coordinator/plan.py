@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from itertools import cycle, islice
 
-from fleet.config import (
+from fleet.coordinator.config import (
     AppConfig, Experiment, ModelConfig, ParadigmConfig, VirtualPhone, WorkloadConfig,
 )
 from fleet.records import DeploySpec, Paradigm, WorkloadRun
@@ -80,7 +80,7 @@ def check_budgets(exp: Experiment, trials: list[Trial]) -> list[str]:
     """Problems that make trials impossible before anything starts: a model (weights + one
     context's KV cache) larger than a virtual phone's budget under any paradigm, or an app that
     brings its own model to a shared service. Local-path models are checked on the phone."""
-    from agents.engine.model import DTYPES, ModelArgs
+    from agents.llm.transformer import DTYPES, ModelArgs
 
     budgets = {p.name: p.memory_budget_mb * 2**20 for p in exp.phones
                if isinstance(p, VirtualPhone)}

@@ -18,8 +18,8 @@ from collections import Counter
 
 import torch
 
-from agents.service.contexts import ContextManager
-from agents.service.scheduler import RequestState, ServiceRequest, make_scheduler
+from agents.modelservice.contexts import ContextManager
+from agents.modelservice.scheduler import RequestState, ServiceRequest, make_scheduler
 from fleet.records import ServiceOptions
 
 

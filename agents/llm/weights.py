@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from agents.engine.model import DTYPES, ModelArgs, Transformer
+from agents.llm.transformer import DTYPES, ModelArgs, Transformer
 from fleet.records import ModelSpec
 
 RANDOM_WEIGHTS = "random weights"

@@ -1,4 +1,4 @@
-"""Starting and stopping SLM processes (agents.service.server) and talking to their stdin/stdout.
+"""Starting and stopping SLM processes (agents.modelservice.slm_server) and talking to their stdin/stdout.
 
     proc = ServiceProcess(socket_path, model_spec, options, threads=1)
     info = proc.start()          # blocks until it serves; info["cold_start_s"] = spawn + load
@@ -20,7 +20,7 @@ import threading
 import time
 from pathlib import Path
 
-from agents.service.spec import spec_to_json
+from agents.modelservice.launch_spec import spec_to_json
 from fleet.records import ModelSpec, ServiceOptions
 
 READY_TIMEOUT_S = 300.0
@@ -56,7 +56,7 @@ class ServiceProcess:
         t0 = time.perf_counter()
         self._lines = queue.Queue()  # per launch: a dead predecessor's "exit" must not leak in
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "agents.service.server", "--socket", str(self.socket_path),
+            [sys.executable, "-m", "agents.modelservice.slm_server", "--socket", str(self.socket_path),
              "--spec", self._spec, "--exit-on-stdin-eof"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
             env=dict(os.environ, PYTHONUNBUFFERED="1"))

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from agents.engine.context import KVContext
-from agents.service.scheduler import ServiceRequest
+from agents.llm.kv_context import KVContext
+from agents.modelservice.scheduler import ServiceRequest
 from fleet.records import ContextPolicy, PhoneEvent
 
 

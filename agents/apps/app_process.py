@@ -51,7 +51,7 @@ class _ModelLink:
         self.proc = None
         self.channel = self.stub = None
         if endpoint.own:
-            from agents.service.launcher import ServiceProcess
+            from agents.modelservice.model_process import ServiceProcess
 
             self.proc = ServiceProcess(Path(endpoint.socket), endpoint.model, endpoint.options,
                                        threads=endpoint.threads)
@@ -93,7 +93,7 @@ class _ModelLink:
 
 def client_main(cmd_conn, evt_conn, app: AppWorkload, endpoint: ModelEndpoint, vocab_size: int,
                 max_context: int) -> None:
-    from agents.apps import ServeResult, run_app
+    from agents.apps.workload import ServeResult, run_app
     from fleet import wire
     from fleet.v1 import slm_service_pb2 as spb
 

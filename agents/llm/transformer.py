@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from agents.engine.context import KVContext
+from agents.llm.kv_context import KVContext
 
 
 @dataclass(frozen=True)

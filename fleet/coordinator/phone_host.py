@@ -22,7 +22,7 @@ import time
 from dataclasses import asdict
 from typing import Iterator
 
-from fleet.agent_client import AgentClient, AgentError
+from fleet.coordinator.agent_client import AgentClient, AgentError
 from fleet.records import PhoneEvent, RequestRecord, ResourceSample, TrialSummary
 
 AGENT_START_TIMEOUT_S = 60.0

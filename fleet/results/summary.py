@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from fleet.store import ResultStore
+from fleet.results.store import ResultStore
 
 
 def percentile(values: list[float], q: float) -> float:

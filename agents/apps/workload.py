@@ -148,7 +148,7 @@ def run_app(app: AppWorkload, run: WorkloadRun, *, serve: ServeFn,
 
 def local_serve(model) -> ServeFn:
     """Serve from a model in this process (tests, benchmarks): one request at a time."""
-    from agents.engine.generate import generate
+    from agents.llm.generate import generate
 
     def serve(call: ServeCall, on_token, should_stop) -> ServeResult:
         return ServeResult(generate(model, call.prompt, call.output_tokens, on_token=on_token,

@@ -47,7 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("-o", "--output", type=Path, help="default: RUN_DIR/report.html")
     boards = sub.add_parser("dashboards", help="build or push the Grafana dashboards")
     bsub = boards.add_subparsers(dest="action", required=True)
-    build = bsub.add_parser("build", help="write dashboards/*.json from fleet/dashboards.py")
+    build = bsub.add_parser("build", help="write dashboards/*.json from fleet/observe/dashboards.py")
     build.add_argument("--out", type=Path, default=Path("dashboards"))
     push = bsub.add_parser("push", help="create or update datasource, folder and dashboards")
     push.add_argument("--grafana-url", required=True)
@@ -59,7 +59,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _load(path: str | None):
-    from fleet.config import ConfigError, load_experiment
+    from fleet.coordinator.config import ConfigError, load_experiment
 
     try:
         return load_experiment(path)
@@ -69,7 +69,7 @@ def _load(path: str | None):
 
 
 def _check(exp, source: str) -> list:
-    from fleet.plan import check_budgets, plan_trials
+    from fleet.coordinator.plan import check_budgets, plan_trials
 
     trials = plan_trials(exp)
     problems = check_budgets(exp, trials)
@@ -81,7 +81,7 @@ def _check(exp, source: str) -> list:
 
 
 def cmd_plan(ns) -> int:
-    from fleet.plan import core_domain
+    from fleet.coordinator.plan import core_domain
 
     exp = _load(ns.experiment)
     for t in _check(exp, ns.experiment or "(embedded default)"):
@@ -92,7 +92,7 @@ def cmd_plan(ns) -> int:
 def cmd_run(ns) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from fleet.coordinator import Coordinator
+    from fleet.coordinator.driver import Coordinator
 
     exp = _load(ns.experiment)
     if ns.allow_shared_cores:
@@ -127,8 +127,8 @@ def cmd_run(ns) -> int:
 
 
 def _print_summary(run_dir: Path, console) -> None:
-    from fleet.store import ResultStore
-    from fleet.summary import render, summarize
+    from fleet.results.store import ResultStore
+    from fleet.results.summary import render, summarize
 
     manifest = json.loads((run_dir / "manifest.json").read_text())
     slo = {a["name"]: a.get("slo_ttft_ms", 0) / 1000.0
@@ -147,7 +147,7 @@ def _print_comparison(run_dir: Path, console) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from fleet.report import comparison_rows, load, write_report
+    from fleet.results.report import comparison_rows, load, write_report
 
     manifest, groups = load(run_dir)
     rows = comparison_rows(groups)
@@ -165,7 +165,7 @@ def _print_comparison(run_dir: Path, console) -> None:
 
 
 def cmd_report(ns) -> int:
-    from fleet.report import write_report
+    from fleet.results.report import write_report
 
     if not (ns.run_dir / "results.sqlite").is_file():
         print(f"fleet: {ns.run_dir}: not a run directory (no results.sqlite)", file=sys.stderr)
@@ -176,12 +176,12 @@ def cmd_report(ns) -> int:
 
 def cmd_dashboards(ns) -> int:
     if ns.action == "build":
-        from fleet.dashboards import write_all
+        from fleet.observe.dashboards import write_all
 
         for path in write_all(ns.out):
             print(path)
         return 0
-    from fleet.grafana_push import PushError, push
+    from fleet.observe.grafana_push import PushError, push
 
     try:
         for line in push(ns.grafana_url, ns.token, ns.prometheus_url):

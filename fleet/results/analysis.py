@@ -17,9 +17,9 @@ import statistics
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from fleet.plan import CORUN
-from fleet.store import ResultStore
-from fleet.summary import percentile
+from fleet.coordinator.plan import CORUN
+from fleet.results.store import ResultStore
+from fleet.results.summary import percentile
 
 @dataclass(frozen=True)
 class Spread:

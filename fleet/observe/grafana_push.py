@@ -7,7 +7,7 @@ same state (fixed uids, ``overwrite: true``).
 
 from __future__ import annotations
 
-from fleet.dashboards import DATASOURCE_UID, FOLDER_TITLE, FOLDER_UID, all_dashboards
+from fleet.observe.dashboards import DATASOURCE_UID, FOLDER_TITLE, FOLDER_UID, all_dashboards
 
 DATASOURCE_NAME = "SLM fleet Prometheus"
 

@@ -6,7 +6,7 @@
   scheduler (priority-preemptive by default), persistent per-app contexts, and contexts swapped
   out to storage or dropped for recompute under the KV budget.
 
-Apps are separate client processes (agents/app_client.py). A service process that dies fails
+Apps are separate client processes (agents/apps/app_process.py). A service process that dies fails
 its in-flight requests (the apps record why) and the run reports it.
 """
 
@@ -18,12 +18,12 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from agents.app_client import ModelEndpoint
-from agents.engine.weights import model_args, torch_dtype
-from agents.paradigms.apps_host import AppsHost
+from agents.apps.app_process import ModelEndpoint
+from agents.llm.weights import model_args, torch_dtype
+from agents.apps.supervisor import AppsHost
 from agents.paradigms.base import DeployError, ParadigmHost
 from agents.paradigms.per_app import check_fits_one, context_tokens
-from agents.service.launcher import ServiceError, ServiceProcess
+from agents.modelservice.model_process import ServiceError, ServiceProcess
 from fleet.records import (
     AppDeployment, DeployResult, DeploySpec, Paradigm, PhoneEvent, SchedulerPolicy,
 )

@@ -271,7 +271,7 @@ def parse_experiment(data: object, source: str = "<experiment>") -> Experiment:
 
 def load_experiment(path: str | Path | None) -> Experiment:
     if path is None:
-        text = resources.files("fleet.experiments").joinpath(DEFAULT_EXPERIMENT).read_text()
+        text = resources.files("fleet.coordinator.experiments").joinpath(DEFAULT_EXPERIMENT).read_text()
         source = f"(embedded) {DEFAULT_EXPERIMENT}"
     else:
         p = Path(path)

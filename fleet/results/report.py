@@ -14,8 +14,8 @@ import json
 import math
 from pathlib import Path
 
-from fleet.analysis import GroupResult, analyze
-from fleet.store import ResultStore
+from fleet.results.analysis import GroupResult, analyze
+from fleet.results.store import ResultStore
 
 PARADIGM_ORDER = {"per_app": 0, "slmaas": 1, "agent_os": 2}
 COLORS = {"per_app": "#d62728", "slmaas": "#1f77b4", "agent_os": "#2ca02c"}

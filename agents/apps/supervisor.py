@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Callable
 
-from agents.app_client import ModelEndpoint, client_main
+from agents.apps.app_process import ModelEndpoint, client_main
 from agents.paradigms.base import DeployError
 from fleet.records import AppWorkload, WorkloadRun
 

@@ -4,7 +4,7 @@ The same program is a per-app app's own model process (batch of one, nothing sha
 shared system service of SLMaaS and agent-OS; ``ServiceOptions`` make the difference. The engine
 runs in its own thread; the gRPC handlers only queue requests and stream tokens back.
 
-    python -m agents.service.server --socket /tmp/x.sock --spec '{...}' --exit-on-stdin-eof
+    python -m agents.modelservice.slm_server --socket /tmp/x.sock --spec '{...}' --exit-on-stdin-eof
 prints ``{"event": "ready", "pid": ..., "load_s": ..., "weight_bytes": ...}`` once it serves.
 """
 
@@ -24,9 +24,9 @@ from pathlib import Path
 
 import grpc
 
-from agents.service.engine import ServingEngine
-from agents.service.scheduler import RequestState, ServiceRequest
-from agents.service.spec import spec_from_json
+from agents.modelservice.serving_engine import ServingEngine
+from agents.modelservice.scheduler import RequestState, ServiceRequest
+from agents.modelservice.launch_spec import spec_from_json
 from fleet import wire
 from fleet.v1 import slm_service_pb2 as spb
 from fleet.v1 import slm_service_pb2_grpc as spb_grpc
@@ -93,7 +93,7 @@ class SlmServicer(spb_grpc.SlmServiceServicer):
 async def _amain(ns) -> None:
     import torch
 
-    from agents.engine.weights import load_model
+    from agents.llm.weights import load_model
 
     model_spec, options, threads, kv_budget, swap_dir = spec_from_json(ns.spec)
     torch.set_num_threads(threads)

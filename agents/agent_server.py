@@ -97,7 +97,7 @@ class PhoneAgentServicer(pb_grpc.PhoneAgentServiceServicer):
         self._stop: threading.Event | None = None
 
     async def Describe(self, request, context):
-        from agents.engine.model import PRESETS
+        from agents.llm.transformer import PRESETS
 
         return pb.DescribeResponse(
             profile=wire.profile_to_pb(self.profile),
@@ -273,7 +273,7 @@ async def serve(profile: PhoneProfile, *, token: str, host: str = "127.0.0.1", p
     server = grpc.aio.server(interceptors=[TokenAuthInterceptor(token)])
     metrics, bound_metrics = None, 0
     if metrics_port is not None:
-        from agents.metrics import AgentMetrics
+        from agents.agent_metrics import AgentMetrics
 
         metrics = AgentMetrics(profile)
         bound_metrics = metrics.serve(host, metrics_port)

@@ -11,7 +11,7 @@ import threading
 
 from prometheus_client import CollectorRegistry
 
-from agents.metrics import Exporter
+from agents.agent_metrics import Exporter
 from fleet.metric_names import COORDINATOR_METRICS
 
 TRIAL_STATES = ("pending", "running", "completed", "failed", "stopped")

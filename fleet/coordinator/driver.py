@@ -18,12 +18,12 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from fleet.config import Experiment, RemotePhone, VirtualPhone
-from fleet.manifest import Manifest
-from fleet.phone_host import PhoneHost
-from fleet.plan import Trial, core_domain, plan_trials
+from fleet.coordinator.config import Experiment, RemotePhone, VirtualPhone
+from fleet.coordinator.manifest import Manifest
+from fleet.coordinator.phone_host import PhoneHost
+from fleet.coordinator.plan import Trial, core_domain, plan_trials
 from fleet.records import TrialStatus
-from fleet.store import ResultStore
+from fleet.results.store import ResultStore
 
 LOCAL = "local"
 
@@ -253,8 +253,8 @@ class Coordinator:
     # -- observability -----------------------------------------------------------------------
 
     def _start_observability(self, num_trials: int) -> None:
-        from fleet.fleet_metrics import FleetMetrics
-        from fleet.prometheus import EmbeddedPrometheus, PrometheusError, TargetsFile
+        from fleet.observe.coordinator_metrics import FleetMetrics
+        from fleet.observe.prometheus import EmbeddedPrometheus, PrometheusError, TargetsFile
 
         git = self.manifest.data["git"].get("commit", "")
         self.metrics = FleetMetrics(run_id=self.run_id, experiment=self.exp.name, git=git[:12])

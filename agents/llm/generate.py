@@ -3,7 +3,7 @@
 ``generate`` calls ``on_token(token_id)`` the moment each token is sampled, so the caller (an app)
 can stamp time on its side; the engine itself never reads a clock. Output length is fixed by the
 caller (benchmark style: no early stop on EOS), so every request of a workload costs what it says.
-Batched serving across sequences is the scheduler's business (agents/service/); it calls the
+Batched serving across sequences is the scheduler's business (agents/modelservice/); it calls the
 model with several contexts at once.
 """
 
@@ -13,8 +13,8 @@ from typing import Callable
 
 import torch
 
-from agents.engine.context import KVContext
-from agents.engine.model import Transformer
+from agents.llm.kv_context import KVContext
+from agents.llm.transformer import Transformer
 
 
 def sample(logits: torch.Tensor, temperature: float = 0.0,
