@@ -1,6 +1,6 @@
 # Two set-up commands for a fresh Debian machine (see README.md):
 #   make demo   install everything, then run the default experiment on a local virtual fleet
-#   make test   install everything, then run the tests
+#   make test   install everything, then lint (ruff, mypy) and run the tests
 # Both are idempotent: the virtualenv is rebuilt only when pyproject.toml changes.
 
 PYTHON ?= python3
@@ -8,13 +8,23 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast bench protos dashboards system-deps clean
+.PHONY: demo test test-fast lint format bench protos dashboards system-deps clean
 
 demo: $(STAMP)
 	$(BIN)/fleet run
 
-test: $(STAMP)
+test: lint
 	$(BIN)/python -m pytest
+
+# ruff (lint + format check) and mypy (strict on the kernel), configured in pyproject.toml
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow"

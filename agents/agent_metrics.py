@@ -1,55 +1,28 @@
-"""The phone agent's Prometheus exporter: consumes the records, samples and events the paradigms
-produce (they never import it) and serves them on /metrics.
+"""The phone agent's Prometheus exporter: consumes the records, samples, events and service
+statistics the paradigms produce (they never import it) and serves them on /metrics.
 
     metrics = AgentMetrics(profile)                   # its own registry
     port = metrics.serve("127.0.0.1", 0)              # HTTP /metrics, bound like the gRPC port
     metrics.deployed(paradigm, model, deploy_result, apps)
-    metrics.observe(event)                            # RequestRecord | PhoneEvent
+    metrics.observe(event)                 # RequestRecord | PhoneEvent | ServiceStats
     metrics.observe_tick(samples)                     # one sampler tick of ResourceSamples
 """
 
 from __future__ import annotations
 
-import json
+from prometheus_client import CollectorRegistry
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
-from prometheus_client.exposition import start_http_server
-
-from fleet.metric_names import AGENT_METRICS, LATENCY_BUCKETS_S, NAMESPACE
-from fleet.records import PhoneEvent, PhoneProfile, RequestRecord, RequestStatus
-
-_KINDS = {"histogram": Histogram, "counter": Counter, "gauge": Gauge, "info": Info}
-
-
-def build(registry: CollectorRegistry, table: dict) -> dict:
-    out = {}
-    for name, (kind, doc, labels) in table.items():
-        cls = _KINDS[kind]
-        # prometheus_client adds _total to counters and _info to infos itself
-        metric_name = name.removesuffix("_total") if kind == "counter" else name
-        kwargs = {"buckets": LATENCY_BUCKETS_S} if kind == "histogram" else {}
-        out[name] = cls(metric_name, doc, labels, namespace=NAMESPACE, registry=registry,
-                        **kwargs)
-    return out
-
-
-class Exporter:
-    """A registry of the metrics in ``table`` and, once served, its /metrics HTTP endpoint."""
-
-    def __init__(self, table: dict, registry: CollectorRegistry | None = None):
-        self.registry = registry or CollectorRegistry()
-        self.m = build(self.registry, table)
-        self._server = None
-
-    def serve(self, host: str, port: int) -> int:
-        self._server, _ = start_http_server(port, addr=host, registry=self.registry)
-        return self._server.server_port
-
-    def close(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+from fleet.exporter import Exporter
+from fleet.metric_names import AGENT_METRICS
+from fleet.records import (
+    DeployResult,
+    PhoneEvent,
+    PhoneProfile,
+    RequestRecord,
+    RequestStatus,
+    ResourceSample,
+    ServiceStats,
+)
 
 
 class AgentMetrics(Exporter):
@@ -63,33 +36,46 @@ class AgentMetrics(Exporter):
         self._weights: dict[str, int] = {}
         self._kv_reserved: dict[str, int] = {}
         self._kv_live: int | None = None
-        self._last_stats: dict = {}
+        self._last_stats: ServiceStats | None = None
+        self._components: set[str] = set()
 
     def info(self, versions: dict[str, str]) -> None:
         p = self.profile
-        self.m["agent"].labels(p.name).info({
-            "kind": p.kind, "host": p.host, "cpu_threads": str(p.cpu_threads),
-            **{k: v for k, v in versions.items() if k in ("python", "torch", "grpcio")}})
+        self.m["agent"].labels(p.name).info(
+            {
+                "kind": p.kind,
+                "host": p.host,
+                "cpu_threads": str(p.cpu_threads),
+                **{k: v for k, v in versions.items() if k in ("python", "torch", "grpcio")},
+            }
+        )
 
-    PER_DEPLOYMENT_GAUGES = ("memory_bytes", "process_pss_bytes", "running_requests",
-                             "waiting_requests", "batch_size")
+    PER_DEPLOYMENT_GAUGES = (
+        "memory_bytes",
+        "process_pss_bytes",
+        "running_requests",
+        "waiting_requests",
+        "batch_size",
+    )
 
     def undeployed(self) -> None:
         """Drop the gauges of a deployment that is gone (counters keep their history)."""
         for name in self.PER_DEPLOYMENT_GAUGES:
             self.m[name].clear()
-        self._components: set[str] = set()
+        self._components = set()
 
-    def deployed(self, paradigm: str, model: str, result, apps) -> None:
+    def deployed(self, paradigm: str, model: str, result: DeployResult, apps) -> None:
         self.undeployed()
         self._labels = (paradigm, model)
-        self._apps = {a.name: {"slo_s": a.slo_ttft_s,
-                               "model": (a.model.preset if a.model else model)} for a in apps}
+        self._apps = {
+            a.name: {"slo_s": a.slo_ttft_s, "model": (a.model.preset if a.model else model)}
+            for a in apps
+        }
         # per SLM process (an app's own model, or "service"): weights and reserved KV
         self._weights = {a.app: a.weight_bytes for a in result.apps}
         self._kv_reserved = {a.app: a.kv_cache_bytes for a in result.apps}
         self._kv_live = None  # a shared service reports the KV it holds
-        self._last_stats = {}
+        self._last_stats = None
         self._initialize_series()
 
     def _initialize_series(self) -> None:
@@ -98,9 +84,16 @@ class AgentMetrics(Exporter):
         phone_labels = (self.profile.name, *self._labels)
         for app in self._apps:
             labels = self._req_labels(app)
-            for name in ("request_queue_wait_seconds", "request_ttft_seconds",
-                         "request_itl_seconds", "request_e2e_seconds", "cold_start_seconds",
-                         "output_tokens_total", "lmk_kills_total", "cold_starts_total"):
+            for name in (
+                "request_queue_wait_seconds",
+                "request_ttft_seconds",
+                "request_itl_seconds",
+                "request_e2e_seconds",
+                "cold_start_seconds",
+                "output_tokens_total",
+                "lmk_kills_total",
+                "cold_starts_total",
+            ):
                 self.m[name].labels(*labels)
             if self._apps[app]["slo_s"]:  # apps without an SLO have no attainment to show
                 self.m["slo_misses_total"].labels(*labels)
@@ -120,20 +113,23 @@ class AgentMetrics(Exporter):
         paradigm, model = self._labels
         return (self.profile.name, paradigm, app, self._apps.get(app, {}).get("model", model))
 
-    def observe(self, event) -> None:
+    def observe(self, event: RequestRecord | PhoneEvent | ServiceStats) -> None:
         if isinstance(event, RequestRecord):
             self._record(event)
         elif isinstance(event, PhoneEvent):
             self._event(event)
+        elif isinstance(event, ServiceStats):
+            self._stats(event)
 
     def _record(self, r: RequestRecord) -> None:
         labels = self._req_labels(r.app)
         self.m["requests_total"].labels(*labels, r.status.value).inc()
         if r.cold_start_s:
             self.m["cold_start_seconds"].labels(*labels).observe(r.cold_start_s)
-        if r.context_restore:
-            self.m["context_switch_seconds"].labels(*labels, r.context_restore).observe(
-                r.context_switch_s)
+        if r.service.context_restore:
+            self.m["context_switch_seconds"].labels(*labels, r.service.context_restore).observe(
+                r.service.context_switch_s
+            )
         slo = self._apps.get(r.app, {}).get("slo_s", 0.0)
         if r.status is not RequestStatus.OK:
             if slo:
@@ -156,31 +152,37 @@ class AgentMetrics(Exporter):
             self.m["cold_starts_total"].labels(*self._req_labels(e.app)).inc()
         elif e.kind in ("swap_out", "swap_in", "recompute", "drop"):
             self.m["context_swaps_total"].labels(*phone_labels, e.kind).inc()
-        elif e.kind == "service_stats":
-            stats = json.loads(e.detail or "{}")
-            prev = self._last_stats.get("preemptions", 0)
-            self.m["preemptions_total"].labels(*phone_labels).inc(
-                max(0, stats.get("preemptions", 0) - prev))
-            for key in ("running", "waiting"):
-                self.m[f"{key}_requests"].labels(*phone_labels).set(stats.get(key, 0))
-            self.m["batch_size"].labels(*phone_labels).set(stats.get("last_batch_size", 0))
-            self._kv_live = stats.get("kv_held_bytes", self._kv_live)
-            self._last_stats = stats
 
-    def observe_tick(self, samples) -> None:
+    def _stats(self, s: ServiceStats) -> None:
+        phone_labels = (self.profile.name, *self._labels)
+        prev = self._last_stats.num_preemptions if self._last_stats else 0
+        self.m["preemptions_total"].labels(*phone_labels).inc(max(0, s.num_preemptions - prev))
+        self.m["running_requests"].labels(*phone_labels).set(s.num_running)
+        self.m["waiting_requests"].labels(*phone_labels).set(s.num_waiting)
+        self.m["batch_size"].labels(*phone_labels).set(s.last_batch_size)
+        self._kv_live = s.kv_held_bytes
+        self._last_stats = s
+
+    def observe_tick(self, samples: list[ResourceSample]) -> None:
         phone_labels = (self.profile.name, *self._labels)
         total = 0
         for s in samples:
             self.m["process_pss_bytes"].labels(*phone_labels, s.component).set(s.pss_bytes)
             total += s.pss_bytes
         live = {s.component for s in samples}  # a killed app's model holds nothing any more
-        for gone in getattr(self, "_components", set()) - live:
+        for gone in self._components - live:
             self.m["process_pss_bytes"].remove(*phone_labels, gone)
         self._components = live
         weights = min(total, sum(self._weights.get(c, 0) for c in live))
-        kv = self._kv_live if self._kv_live is not None else sum(
-            self._kv_reserved.get(c, 0) for c in live)  # per-app: the reservation (estimate)
+        kv = (
+            self._kv_live
+            if self._kv_live is not None
+            else sum(self._kv_reserved.get(c, 0) for c in live)
+        )  # per-app: the reservation (estimate)
         kv = min(kv, total - weights)
-        for component, value in (("weights", weights), ("kv", kv),
-                                 ("runtime", total - weights - kv)):
+        for component, value in (
+            ("weights", weights),
+            ("kv", kv),
+            ("runtime", total - weights - kv),
+        ):
             self.m["memory_bytes"].labels(*phone_labels, component).set(value)

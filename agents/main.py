@@ -26,18 +26,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="fleet-agent", description="Run a phone agent.")
     p.add_argument("--name", default="virtual-phone", help="phone name")
     p.add_argument("--kind", default="virtual", choices=["virtual", "android"])
-    p.add_argument("--memory-budget-mb", type=int, default=4096,
-                   help="memory the SLM processes together may use")
+    p.add_argument(
+        "--memory-budget-mb",
+        type=int,
+        default=4096,
+        help="memory the SLM processes together may use",
+    )
     p.add_argument("--cpu-threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
     p.add_argument("--port", type=int, default=0, help="port to bind (0 = any free port)")
-    p.add_argument("--metrics-port", type=int, default=0,
-                   help="Prometheus /metrics port on the same host (0 = any free, -1 = none)")
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=0,
+        help="Prometheus /metrics port on the same host (0 = any free, -1 = none)",
+    )
     p.add_argument("--token-file", help=f"file holding the shared token (default: ${TOKEN_ENV})")
     p.add_argument("--tls-cert", help="PEM certificate; with --tls-key, serve TLS")
     p.add_argument("--tls-key", help="PEM private key")
-    p.add_argument("--exit-on-stdin-eof", action="store_true",
-                   help="exit when stdin closes (set by launchers)")
+    p.add_argument(
+        "--exit-on-stdin-eof", action="store_true", help="exit when stdin closes (set by launchers)"
+    )
     return p.parse_args(argv)
 
 
@@ -51,22 +60,43 @@ def read_token(ns: argparse.Namespace) -> str:
 async def _amain(ns: argparse.Namespace, token: str) -> None:
     from agents.agent_server import serve
 
-    profile = PhoneProfile(name=ns.name, kind=ns.kind,
-                           memory_budget_bytes=ns.memory_budget_mb * 1024 * 1024,
-                           cpu_threads=ns.cpu_threads, host=os.uname().nodename)
+    profile = PhoneProfile(
+        name=ns.name,
+        kind=ns.kind,
+        memory_budget_bytes=ns.memory_budget_mb * 1024 * 1024,
+        cpu_threads=ns.cpu_threads,
+        host=os.uname().nodename,
+    )
     cert = key = None
     if ns.tls_cert and ns.tls_key:
         cert, key = open(ns.tls_cert, "rb").read(), open(ns.tls_key, "rb").read()
     server, servicer, port = await serve(
-        profile, token=token, host=ns.host, port=ns.port, tls_cert=cert, tls_key=key,
-        metrics_port=None if ns.metrics_port < 0 else ns.metrics_port)
-    print(json.dumps({"event": "ready", "port": port, "pid": os.getpid(), "name": ns.name,
-                      "metrics_port": servicer.metrics_port}), flush=True)
+        profile,
+        token=token,
+        host=ns.host,
+        port=ns.port,
+        tls_cert=cert,
+        tls_key=key,
+        metrics_port=None if ns.metrics_port < 0 else ns.metrics_port,
+    )
+    print(
+        json.dumps(
+            {
+                "event": "ready",
+                "port": port,
+                "pid": os.getpid(),
+                "name": ns.name,
+                "metrics_port": servicer.metrics_port,
+            }
+        ),
+        flush=True,
+    )
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
     if ns.exit_on_stdin_eof:
+
         def watch_stdin() -> None:
             sys.stdin.buffer.read()  # returns at EOF: the launcher is gone
             loop.call_soon_threadsafe(stopping.set)
@@ -81,8 +111,10 @@ def main(argv: list[str] | None = None) -> None:
     ns = parse_args(argv)
     token = read_token(ns)
     if not token:
-        sys.exit(f"fleet-agent: no token: set ${TOKEN_ENV} or pass --token-file "
-                 "(the agent refuses to accept unauthenticated changes)")
+        sys.exit(
+            f"fleet-agent: no token: set ${TOKEN_ENV} or pass --token-file "
+            "(the agent refuses to accept unauthenticated changes)"
+        )
     if ns.memory_budget_mb <= 0 or ns.cpu_threads <= 0:
         sys.exit("fleet-agent: --memory-budget-mb and --cpu-threads must be positive")
     asyncio.run(_amain(ns, token))

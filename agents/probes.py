@@ -35,7 +35,14 @@ class ProcessSampler:
                 self._procs.pop(pid, None)
                 continue
             pss = getattr(mem, "pss", 0) or mem.rss  # no PSS outside Linux: fall back to RSS
-            out.append(ResourceSample(t_ns=now, component=component, pid=pid,
-                                      rss_bytes=mem.rss, pss_bytes=pss, cpu_percent=cpu))
+            out.append(
+                ResourceSample(
+                    t_ns=now,
+                    component=component,
+                    pid=pid,
+                    rss_bytes=mem.rss,
+                    pss_bytes=pss,
+                    cpu_percent=cpu,
+                )
+            )
         return out
-

@@ -16,10 +16,10 @@ import time
 
 import torch
 
-from agents.llm.kv_context import KVContext
 from agents.llm.generate import decode_one_token, prefill
-from agents.llm.transformer import DTYPES, ModelArgs
-from agents.llm.weights import random_model
+from agents.llm.kv_context import KVContext
+from agents.llm.weights import DTYPES, random_model
+from fleet.shapes import ModelArgs
 
 
 def copy_bandwidth_bytes_per_s(threads: int, runs: int, size_mib: int = 512) -> float:
@@ -68,24 +68,30 @@ def main() -> None:
     ns = p.parse_args()
 
     args = ModelArgs.from_name(ns.preset)
-    print(f"{ns.preset}: {args.num_params() / 1e6:.1f}M parameters, random weights, "
-          f"torch {torch.__version__}, medians of {ns.runs} runs")
+    print(
+        f"{ns.preset}: {args.num_params() / 1e6:.1f}M parameters, random weights, "
+        f"torch {torch.__version__}, medians of {ns.runs} runs"
+    )
     bandwidth = {t: copy_bandwidth_bytes_per_s(t, ns.runs) for t in ns.threads}
     for t, bw in bandwidth.items():
         print(f"copy bandwidth, {t} thread(s): {bw / 1e9:.1f} GB/s")
-    header = (f"{'dtype':<6}{'threads':>8}{'weights MiB':>13}{'prefill tok/s':>15}"
-              f"{'decode tok/s':>14}{'ceiling tok/s':>15}{'decode/ceiling':>16}")
+    header = (
+        f"{'dtype':<6}{'threads':>8}{'weights MiB':>13}{'prefill tok/s':>15}"
+        f"{'decode tok/s':>14}{'ceiling tok/s':>15}{'decode/ceiling':>16}"
+    )
     print(header)
     print("-" * len(header))
     for dtype_name in ns.dtypes:
         dtype = DTYPES[dtype_name]
         model = random_model(args, dtype, seed=0)
-        weight_bytes = args.weight_bytes(dtype)  # a decode step reads every weight once
+        weight_bytes = args.weight_bytes(dtype_name)  # a decode step reads every weight once
         for t in ns.threads:
             prefill_tps, decode_tps = measure(model, t, ns.runs, ns.decode_tokens)
             ceiling = bandwidth[t] / weight_bytes
-            print(f"{dtype_name:<6}{t:>8}{weight_bytes / 2**20:>13.0f}{prefill_tps:>15.0f}"
-                  f"{decode_tps:>14.1f}{ceiling:>15.1f}{decode_tps / ceiling:>16.2f}")
+            print(
+                f"{dtype_name:<6}{t:>8}{weight_bytes / 2**20:>13.0f}{prefill_tps:>15.0f}"
+                f"{decode_tps:>14.1f}{ceiling:>15.1f}{decode_tps / ceiling:>16.2f}"
+            )
         del model
 
 

@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 
 from agents.llm.kv_context import KVContext
-from agents.llm.transformer import DTYPES, ModelArgs
-from agents.llm.weights import random_model
+from agents.llm.weights import DTYPES, random_model
+from fleet.shapes import ModelArgs
 
 
 def median_s(fn, runs: int) -> float:
@@ -42,7 +42,7 @@ def batched_decode(model, batch_sizes, runs: int, steps: int = 16) -> dict[int, 
         for i, c in enumerate(ctxs):  # different lengths: a ragged batch, as in serving
             model([(c, list(range(1, 64 + 8 * i)))])
 
-        def decode():
+        def decode(ctxs=ctxs):
             for _ in range(steps):
                 model([(c, [7]) for c in ctxs])
                 for c in ctxs:
@@ -63,13 +63,13 @@ def context_switch(model, lengths, runs: int) -> dict[int, tuple[float, float, i
             model([(ctx, list(range(n)))])
             nbytes = ctx.used_bytes()
 
-            def restore():
+            def restore(ctx=ctx):
                 ctx.swap_out(path)  # not timed below: only the way back is the switch
                 t0 = time.perf_counter()
                 ctx.swap_in(path)
                 return time.perf_counter() - t0
 
-            def recompute():
+            def recompute(ctx=ctx):
                 ctx.drop()
                 t0 = time.perf_counter()
                 model([(ctx, ctx.reset_for_recompute())])
@@ -90,8 +90,10 @@ def main() -> None:
     ns = p.parse_args()
     torch.set_num_threads(ns.threads)
     model = random_model(ModelArgs.from_name(ns.preset), DTYPES[ns.dtype], 0)
-    print(f"{ns.preset} {ns.dtype}, {ns.threads} threads, random weights, torch "
-          f"{torch.__version__}, medians of {ns.runs} runs")
+    print(
+        f"{ns.preset} {ns.dtype}, {ns.threads} threads, random weights, torch "
+        f"{torch.__version__}, medians of {ns.runs} runs"
+    )
 
     rates = batched_decode(model, [1, 2, 4, 8], ns.runs)
     print(f"\n{'batch':>5}{'aggregate tok/s':>17}{'per sequence':>14}{'x batch 1':>11}")
@@ -99,10 +101,13 @@ def main() -> None:
         print(f"{b:>5}{r:>17.1f}{r / b:>14.1f}{r / rates[1]:>11.2f}")
 
     switches = context_switch(model, [256, 1024, 2048], ns.runs)
-    print(f"\n{'tokens':>6}{'KV MiB':>8}{'restore ms':>12}{'recompute ms':>14}{'recompute/restore':>19}")
+    header = ("tokens", 6), ("KV MiB", 8), ("restore ms", 12), ("recompute ms", 14)
+    print("\n" + "".join(f"{name:>{w}}" for name, w in header) + f"{'recompute/restore':>19}")
     for n, (restore_s, recompute_s, nbytes) in switches.items():
-        print(f"{n:>6}{nbytes / 2**20:>8.1f}{restore_s * 1e3:>12.1f}{recompute_s * 1e3:>14.1f}"
-              f"{recompute_s / restore_s:>19.1f}")
+        print(
+            f"{n:>6}{nbytes / 2**20:>8.1f}{restore_s * 1e3:>12.1f}{recompute_s * 1e3:>14.1f}"
+            f"{recompute_s / restore_s:>19.1f}"
+        )
 
 
 if __name__ == "__main__":

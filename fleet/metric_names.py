@@ -1,8 +1,9 @@
 """Every Prometheus metric the testbed exports, named once.
 
-Agents and the coordinator register these (agents/agent_metrics.py, fleet/observe/coordinator_metrics.py) and the
-dashboards (fleet/observe/dashboards.py) query only these, so a panel cannot ask for a metric the code
-does not export; a test holds the two together. Names follow Prometheus conventions: one
+Agents and the coordinator register these (agents/agent_metrics.py and
+fleet/observe/coordinator_metrics.py, both through fleet/exporter.py) and the dashboards
+(fleet/observe/dashboards.py) query only these, so a panel cannot ask for a metric the code does
+not export; a test holds the two together. Names follow Prometheus conventions: one
 namespace, base units in the name, counters end in ``_total``. Labels come from bounded sets only
 (phone, paradigm, app, model, component, kind, status, state): never a request or trial id.
 """
@@ -12,39 +13,86 @@ from __future__ import annotations
 NAMESPACE = "slmfleet"
 
 # Buckets for on-device latencies: sub-millisecond token gaps up to minutes-long cold starts.
-LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5,
-                     0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
+LATENCY_BUCKETS_S = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.15,
+    0.25,
+    0.5,
+    0.75,
+    1.0,
+    1.5,
+    2.0,
+    3.0,
+    5.0,
+    10.0,
+    20.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
+)
+
+# name (without namespace) -> (type, help, labels)
+MetricTable = dict[str, tuple[str, str, tuple[str, ...]]]
 
 REQUEST_LABELS = ("phone", "paradigm", "app", "model")
 PHONE_LABELS = ("phone", "paradigm", "model")
 
-# name (without namespace) -> (type, help, labels)
-AGENT_METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
-    "request_queue_wait_seconds": ("histogram", "Submit to first scheduled on the model.",
-                                   REQUEST_LABELS),
-    "request_ttft_seconds": ("histogram", "Submit to first output token, at the app.",
-                             REQUEST_LABELS),
-    "request_itl_seconds": ("histogram", "Mean gap between output tokens after the first.",
-                            REQUEST_LABELS),
+AGENT_METRICS: MetricTable = {
+    "request_queue_wait_seconds": (
+        "histogram",
+        "Submit to first scheduled on the model.",
+        REQUEST_LABELS,
+    ),
+    "request_ttft_seconds": (
+        "histogram",
+        "Submit to first output token, at the app.",
+        REQUEST_LABELS,
+    ),
+    "request_itl_seconds": (
+        "histogram",
+        "Mean gap between output tokens after the first.",
+        REQUEST_LABELS,
+    ),
     "request_e2e_seconds": ("histogram", "Submit to last output token.", REQUEST_LABELS),
-    "cold_start_seconds": ("histogram", "Process start + weight load of a model.",
-                           REQUEST_LABELS),
-    "context_switch_seconds": ("histogram", "Making an evicted context usable again.",
-                               REQUEST_LABELS + ("kind",)),
+    "cold_start_seconds": ("histogram", "Process start + weight load of a model.", REQUEST_LABELS),
+    "context_switch_seconds": (
+        "histogram",
+        "Making an evicted context usable again.",
+        REQUEST_LABELS + ("kind",),
+    ),
     "requests_total": ("counter", "Requests ended, by status.", REQUEST_LABELS + ("status",)),
     "output_tokens_total": ("counter", "Output tokens delivered to apps.", REQUEST_LABELS),
-    "slo_misses_total": ("counter", "Requests that missed their app's TTFT SLO.",
-                         REQUEST_LABELS),
-    "lmk_kills_total": ("counter", "Model processes killed by the low-memory killer.",
-                        REQUEST_LABELS),
+    "slo_misses_total": ("counter", "Requests that missed their app's TTFT SLO.", REQUEST_LABELS),
+    "lmk_kills_total": (
+        "counter",
+        "Model processes killed by the low-memory killer.",
+        REQUEST_LABELS,
+    ),
     "cold_starts_total": ("counter", "Models (re)started to serve a request.", REQUEST_LABELS),
-    "context_swaps_total": ("counter", "Context evictions and restores, by kind.",
-                            PHONE_LABELS + ("kind",)),
+    "context_swaps_total": (
+        "counter",
+        "Context evictions and restores, by kind.",
+        PHONE_LABELS + ("kind",),
+    ),
     "preemptions_total": ("counter", "Requests preempted at token granularity.", PHONE_LABELS),
-    "memory_bytes": ("gauge", "SLM memory on the phone by component (weights, kv, runtime).",
-                     PHONE_LABELS + ("component",)),
-    "process_pss_bytes": ("gauge", "PSS of each SLM process (app or service).",
-                          PHONE_LABELS + ("component",)),
+    "memory_bytes": (
+        "gauge",
+        "SLM memory on the phone by component (weights, kv, runtime).",
+        PHONE_LABELS + ("component",),
+    ),
+    "process_pss_bytes": (
+        "gauge",
+        "PSS of each SLM process (app or service).",
+        PHONE_LABELS + ("component",),
+    ),
     "memory_budget_bytes": ("gauge", "The phone's SLM memory budget.", ("phone",)),
     "running_requests": ("gauge", "Requests running on a shared model service.", PHONE_LABELS),
     "waiting_requests": ("gauge", "Requests waiting for a shared model service.", PHONE_LABELS),
@@ -53,9 +101,8 @@ AGENT_METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "agent": ("info", "The phone agent's profile and software.", ("phone",)),
 }
 
-COORDINATOR_METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
-    "phone_up": ("gauge", "1 when the phone's agent answered its last health check.",
-                 ("phone",)),
+COORDINATOR_METRICS: MetricTable = {
+    "phone_up": ("gauge", "1 when the phone's agent answered its last health check.", ("phone",)),
     "trials": ("gauge", "Trials of the run by state.", ("state",)),
     "records_stored_total": ("counter", "Request records committed to the store.", ("phone",)),
     "run": ("info", "The running experiment.", ()),
@@ -64,18 +111,3 @@ COORDINATOR_METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
 
 def full_name(name: str) -> str:
     return f"{NAMESPACE}_{name}"
-
-
-def exported_series_names() -> set[str]:
-    """Every series name a scrape can show (histogram and info suffixes included)."""
-    out = set()
-    for table in (AGENT_METRICS, COORDINATOR_METRICS):
-        for name, (kind, _, _) in table.items():
-            base = full_name(name)
-            if kind == "histogram":
-                out |= {f"{base}_bucket", f"{base}_sum", f"{base}_count"}
-            elif kind == "info":
-                out.add(f"{base}_info")
-            else:
-                out.add(base)
-    return out

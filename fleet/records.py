@@ -7,7 +7,7 @@ Times are CLOCK_MONOTONIC nanoseconds on the phone; durations carry a unit suffi
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 
 NS_PER_S = 1_000_000_000
@@ -79,7 +79,9 @@ class AppWorkload:
     max_requests: int = 0  # 0 = until the workload's duration ends
     foreground: bool = False
     slo_ttft_s: float = 0.0
-    turns_per_session: int = 0  # multi-turn: a new conversation after this many turns (0 = when full)
+    turns_per_session: int = (
+        0  # multi-turn: a new conversation after this many turns (0 = when full)
+    )
     system_prompt_tokens: int = 0  # a fixed prefix of every prompt (shared-prefix reuse)
     model: ModelSpec | None = None  # per-app: the app's own model, when not the deployment's
 
@@ -95,6 +97,7 @@ class AppWorkload:
 @dataclass(frozen=True)
 class ServiceOptions:
     """How a shared model service runs (SLMaaS and agent-OS)."""
+
     scheduler: SchedulerPolicy = SchedulerPolicy.FCFS
     max_batch_size: int = 8  # most sequences in one forward pass
     prefill_chunk_tokens: int = 512  # most prompt tokens of one sequence per step
@@ -103,6 +106,21 @@ class ServiceOptions:
     context_policy: ContextPolicy = ContextPolicy.SWAP
     kv_budget_bytes: int = 0  # 0 = phone budget - weights
     quantum_tokens: int = 16  # round robin: decode steps per slice
+
+
+# A per-app app's own model process serves that app alone: one request at a time, nothing shared.
+OWN_MODEL = ServiceOptions(max_batch_size=1, prefix_cache=False, persistent_contexts=False)
+
+
+def effective_service_options(paradigm: Paradigm, requested: ServiceOptions) -> ServiceOptions:
+    """How a paradigm runs its model processes, decided here and nowhere else: per-app's own
+    models are ``OWN_MODEL``; SLM-as-a-service is app-agnostic (FCFS, nothing kept per app
+    between requests); agent-OS runs what was asked."""
+    if paradigm is Paradigm.PER_APP:
+        return OWN_MODEL
+    if paradigm is Paradigm.SLMAAS:
+        return replace(requested, scheduler=SchedulerPolicy.FCFS, persistent_contexts=False)
+    return requested
 
 
 @dataclass(frozen=True)
@@ -133,6 +151,19 @@ class DeployResult:
 
 
 @dataclass(frozen=True)
+class AgentDescription:
+    """What a phone agent says of itself (Describe)."""
+
+    profile: PhoneProfile
+    paradigms: tuple[Paradigm, ...] = ()
+    model_presets: tuple[str, ...] = ()
+    versions: dict[str, str] = field(default_factory=dict)  # python, torch, grpcio, ...
+    host_facts: dict[str, str] = field(default_factory=dict)  # cpu_count, memory_total_bytes, ...
+    agent_pid: int = 0
+    metrics_port: int = 0  # its /metrics port on the gRPC address's host (0: none)
+
+
+@dataclass(frozen=True)
 class WorkloadRun:
     trial_id: str
     duration_s: float
@@ -141,8 +172,22 @@ class WorkloadRun:
 
 
 @dataclass(frozen=True)
+class ServeCall:
+    """One request as an app hands it to its model (fleet.v1.SlmService Generate)."""
+
+    request_id: str
+    app: str
+    prompt: list[int]
+    output_tokens: int
+    foreground: bool = False
+    session: str = ""  # the app's conversation, for a service that keeps contexts
+    shared_prefix_tokens: int = 0  # the app's fixed system prompt
+
+
+@dataclass(frozen=True)
 class Slice:
     """One uninterrupted stretch of a request on the model."""
+
     start_ns: int
     end_ns: int
     prefill_tokens: int = 0
@@ -152,6 +197,7 @@ class Slice:
 @dataclass(frozen=True)
 class PhoneEvent:
     """Something that happened to the phone's SLMs: an LMK kill, a cold start, a swap."""
+
     t_ns: int
     kind: str  # lmk_kill | cold_start | swap_out | swap_in | recompute | drop | service_died
     app: str = ""
@@ -160,24 +206,48 @@ class PhoneEvent:
     duration_s: float = 0.0
 
 
+@dataclass(frozen=True)
+class ServiceFacts:
+    """What only the model side sees of one request: how it ran, what it reused, what it cost.
+
+    Filled by the model service's engine, carried to the app in the completion, kept whole in
+    the request's record."""
+
+    slices: tuple[Slice, ...] = ()  # every stretch it ran without preemption, in order
+    context_switch_s: float = 0.0  # making its evicted context usable again
+    context_switch_bytes: int = 0
+    context_restore: str = ""  # swap | recompute | "" (no evicted context to restore)
+    cached_prompt_tokens: int = 0  # prompt tokens whose KV came from a cache, not prefill
+    max_batch_size: int = 0  # largest batch it ran in
+
+
+@dataclass(frozen=True)
+class Latencies:
+    """A request's derived durations in seconds; None where it never got that far."""
+
+    queue_wait_s: float | None
+    ttft_s: float | None
+    itl_s: float | None  # needs two output tokens
+    e2e_s: float | None
+    waiting_s: float | None
+
+
 @dataclass
 class RequestRecord:
+    """One request as its app experienced it: raw CLOCK_MONOTONIC timestamps, and what the model
+    side reported. Every duration is derived here, from the timestamps, and nowhere else."""
+
     request_id: str
     app: str
     status: RequestStatus
     prompt_tokens: int
-    submit_ns: int
-    scheduled_ns: int = 0
-    token_ns: list[int] = field(default_factory=list)
+    submit_ns: int  # the arrival's scheduled time (open loop) or when it was sent (closed loop)
+    scheduled_ns: int = 0  # first scheduled on the model (the send time without a service)
+    token_ns: list[int] = field(default_factory=list)  # every output token, first included
     error: str = ""
-    cold_start_s: float = 0.0
-    turn: int = 0
-    slices: list[Slice] = field(default_factory=list)
-    context_switch_s: float = 0.0
-    context_switch_bytes: int = 0
-    context_restore: str = ""  # swap | recompute | "" (no evicted context to restore)
-    cached_prompt_tokens: int = 0
-    max_batch_size: int = 0
+    cold_start_s: float = 0.0  # model relaunch this request paid (also inside its TTFT)
+    turn: int = 0  # multi-turn: index of the turn in its conversation
+    service: ServiceFacts = ServiceFacts()
 
     @property
     def output_tokens(self) -> int:
@@ -210,14 +280,57 @@ class RequestRecord:
     def waiting_s(self) -> float:
         """Time submitted but not running on the model: before its first slice and between
         slices (a preempted request waits again). Queue wait when no slices were recorded."""
-        if not self.slices:
+        slices = self.service.slices
+        if not slices:
             return self.queue_wait_s
-        gaps = sum(b.start_ns - a.end_ns for a, b in zip(self.slices, self.slices[1:]))
-        return (self.slices[0].start_ns - self.submit_ns + gaps) / NS_PER_S
+        gaps = sum(b.start_ns - a.end_ns for a, b in zip(slices, slices[1:]))
+        return (slices[0].start_ns - self.submit_ns + gaps) / NS_PER_S
 
     @property
     def e2e_s(self) -> float:
         return (self.last_token_ns - self.submit_ns) / NS_PER_S if self.token_ns else 0.0
+
+    def latencies(self) -> Latencies:
+        """The derived durations, None where the request never got that far."""
+        scheduled = self.scheduled_ns > 0
+        if not self.token_ns:
+            return Latencies(
+                self.queue_wait_s if scheduled else None,
+                None,
+                None,
+                None,
+                self.waiting_s if scheduled else None,
+            )
+        return Latencies(
+            self.queue_wait_s,
+            self.ttft_s,
+            self.itl_s if len(self.token_ns) > 1 else None,
+            self.e2e_s,
+            self.waiting_s if scheduled else None,
+        )
+
+
+@dataclass(frozen=True)
+class ServiceStats:
+    """A shared model service's engine, scheduler and context counters at one moment (vLLM's
+    SchedulerStats). Counters are totals since the service started; gauges are current."""
+
+    t_ns: int
+    num_running: int = 0  # gauge: requests in the last forward pass
+    num_waiting: int = 0  # gauge: submitted, not running
+    last_batch_size: int = 0  # gauge
+    kv_held_bytes: int = 0  # gauge: KV of running requests, kept contexts and prefixes
+    num_steps: int = 0
+    mean_batch_size: float = 0.0
+    max_batch_size: int = 0
+    num_preemptions: int = 0
+    prefix_hits: int = 0
+    context_hits: int = 0
+    swap_outs: int = 0
+    swap_ins: int = 0
+    recomputes: int = 0
+    drops: int = 0
+    swap_bytes: int = 0
 
 
 @dataclass(frozen=True)

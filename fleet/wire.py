@@ -1,40 +1,85 @@
 """The protocol edge: converts between fleet.v1 protobuf messages and fleet.records dataclasses.
 
-This is the only module (with the generated stubs) that touches ``*_pb2`` message types; the agent
-server and the coordinator's client call these functions at their edges.
+This is the only module (with the generated stubs) that creates or reads ``*_pb2`` messages; the
+agent's server, the model service's server, the app processes and the coordinator's client call
+these functions at their edges. Decoding checks what protobuf cannot (enums left unspecified,
+empty names, non-positive counts) and raises ``WireError`` (-> INVALID_ARGUMENT).
 """
 
 from __future__ import annotations
 
-from fleet.records import (
-    AppDeployment, AppWorkload, ArrivalPattern, ContextPolicy, DeployResult, DeploySpec,
-    ModelSpec, Paradigm, PhoneEvent, PhoneProfile, RequestRecord, RequestStatus, ResourceSample,
-    SchedulerPolicy, ServiceOptions, Slice, TrialStatus, TrialSummary, WorkloadRun,
-)
-from fleet.v1 import agent_pb2 as pb
+from collections.abc import Mapping
+from enum import Enum
+from typing import TypeVar
 
-_PARADIGM = {Paradigm.PER_APP: pb.PARADIGM_PER_APP, Paradigm.SLMAAS: pb.PARADIGM_SLMAAS,
-             Paradigm.AGENT_OS: pb.PARADIGM_AGENT_OS}
-_PATTERN = {ArrivalPattern.POISSON: pb.ARRIVAL_PATTERN_POISSON,
-            ArrivalPattern.CLOSED_LOOP: pb.ARRIVAL_PATTERN_CLOSED_LOOP}
-_REQUEST_STATUS = {RequestStatus.OK: pb.REQUEST_STATUS_OK,
-                   RequestStatus.FAILED: pb.REQUEST_STATUS_FAILED,
-                   RequestStatus.CANCELLED: pb.REQUEST_STATUS_CANCELLED}
-_SCHEDULER = {SchedulerPolicy.FCFS: pb.SCHEDULER_POLICY_FCFS,
-              SchedulerPolicy.PRIORITY: pb.SCHEDULER_POLICY_PRIORITY,
-              SchedulerPolicy.ROUND_ROBIN: pb.SCHEDULER_POLICY_ROUND_ROBIN}
-_CONTEXT_POLICY = {ContextPolicy.SWAP: pb.CONTEXT_POLICY_SWAP,
-                   ContextPolicy.RECOMPUTE: pb.CONTEXT_POLICY_RECOMPUTE}
-_TRIAL_STATUS = {TrialStatus.COMPLETED: pb.TRIAL_STATUS_COMPLETED,
-                 TrialStatus.FAILED: pb.TRIAL_STATUS_FAILED,
-                 TrialStatus.STOPPED: pb.TRIAL_STATUS_STOPPED}
+from fleet.records import (
+    AgentDescription,
+    AppDeployment,
+    AppWorkload,
+    ArrivalPattern,
+    ContextPolicy,
+    DeployResult,
+    DeploySpec,
+    ModelSpec,
+    Paradigm,
+    PhoneEvent,
+    PhoneProfile,
+    RequestRecord,
+    RequestStatus,
+    ResourceSample,
+    SchedulerPolicy,
+    ServeCall,
+    ServiceFacts,
+    ServiceOptions,
+    ServiceStats,
+    Slice,
+    TrialStatus,
+    TrialSummary,
+    WorkloadRun,
+)
+from fleet.shapes import DTYPE_BYTES
+from fleet.v1 import agent_pb2 as pb
+from fleet.v1 import slm_service_pb2 as spb
+
+E = TypeVar("E", bound=Enum)
+
+_PARADIGM = {
+    Paradigm.PER_APP: pb.PARADIGM_PER_APP,
+    Paradigm.SLMAAS: pb.PARADIGM_SLMAAS,
+    Paradigm.AGENT_OS: pb.PARADIGM_AGENT_OS,
+}
+_PATTERN = {
+    ArrivalPattern.POISSON: pb.ARRIVAL_PATTERN_POISSON,
+    ArrivalPattern.CLOSED_LOOP: pb.ARRIVAL_PATTERN_CLOSED_LOOP,
+}
+_REQUEST_STATUS = {
+    RequestStatus.OK: pb.REQUEST_STATUS_OK,
+    RequestStatus.FAILED: pb.REQUEST_STATUS_FAILED,
+    RequestStatus.CANCELLED: pb.REQUEST_STATUS_CANCELLED,
+}
+_SCHEDULER = {
+    SchedulerPolicy.FCFS: pb.SCHEDULER_POLICY_FCFS,
+    SchedulerPolicy.PRIORITY: pb.SCHEDULER_POLICY_PRIORITY,
+    SchedulerPolicy.ROUND_ROBIN: pb.SCHEDULER_POLICY_ROUND_ROBIN,
+}
+_CONTEXT_POLICY = {
+    ContextPolicy.SWAP: pb.CONTEXT_POLICY_SWAP,
+    ContextPolicy.RECOMPUTE: pb.CONTEXT_POLICY_RECOMPUTE,
+}
+_TRIAL_STATUS = {
+    TrialStatus.COMPLETED: pb.TRIAL_STATUS_COMPLETED,
+    TrialStatus.FAILED: pb.TRIAL_STATUS_FAILED,
+    TrialStatus.STOPPED: pb.TRIAL_STATUS_STOPPED,
+}
+
+StreamEvent = RequestRecord | ResourceSample | PhoneEvent | ServiceStats | TrialSummary
 
 
 class WireError(ValueError):
     """A message that is well-formed protobuf but not a valid request (-> INVALID_ARGUMENT)."""
 
 
-def _inverse(table: dict, value, what: str):
+def _inverse(table: Mapping[E, int], value: int, what: str) -> E:
     for key, wire in table.items():
         if wire == value:
             return key
@@ -49,28 +94,74 @@ def paradigm_to_pb(value: Paradigm) -> int:
     return _PARADIGM[value]
 
 
-# -- profile ---------------------------------------------------------------------------------
+# -- describe --------------------------------------------------------------------------------
+
 
 def profile_to_pb(p: PhoneProfile) -> pb.PhoneProfile:
-    return pb.PhoneProfile(name=p.name, kind=p.kind, memory_budget_bytes=p.memory_budget_bytes,
-                           cpu_threads=p.cpu_threads, host=p.host)
+    return pb.PhoneProfile(
+        name=p.name,
+        kind=p.kind,
+        memory_budget_bytes=p.memory_budget_bytes,
+        cpu_threads=p.cpu_threads,
+        host=p.host,
+    )
 
 
 def profile_from_pb(m: pb.PhoneProfile) -> PhoneProfile:
-    return PhoneProfile(name=m.name, kind=m.kind, memory_budget_bytes=m.memory_budget_bytes,
-                        cpu_threads=m.cpu_threads, host=m.host)
+    return PhoneProfile(
+        name=m.name,
+        kind=m.kind,
+        memory_budget_bytes=m.memory_budget_bytes,
+        cpu_threads=m.cpu_threads,
+        host=m.host,
+    )
+
+
+def describe_to_pb(d: AgentDescription) -> pb.DescribeResponse:
+    return pb.DescribeResponse(
+        profile=profile_to_pb(d.profile),
+        paradigms=[_PARADIGM[p] for p in d.paradigms],
+        model_presets=list(d.model_presets),
+        versions=d.versions,
+        host_facts=d.host_facts,
+        agent_pid=d.agent_pid,
+        metrics_port=d.metrics_port,
+    )
+
+
+def describe_from_pb(m: pb.DescribeResponse) -> AgentDescription:
+    known = set(_PARADIGM.values())
+    return AgentDescription(
+        profile=profile_from_pb(m.profile),
+        paradigms=tuple(paradigm_from_pb(p) for p in m.paradigms if p in known),
+        model_presets=tuple(m.model_presets),
+        versions=dict(m.versions),
+        host_facts=dict(m.host_facts),
+        agent_pid=m.agent_pid,
+        metrics_port=m.metrics_port,
+    )
 
 
 # -- deploy ----------------------------------------------------------------------------------
 
+
 def app_to_pb(a: AppWorkload) -> pb.AppWorkload:
     return pb.AppWorkload(
-        name=a.name, pattern=_PATTERN[a.pattern], rate_per_s=a.rate_per_s,
-        burst_size=a.burst_size, think_time_s=a.think_time_s, prompt_tokens=a.prompt_tokens,
-        output_tokens=a.output_tokens, multi_turn=a.multi_turn, max_requests=a.max_requests,
-        foreground=a.foreground, slo_ttft_s=a.slo_ttft_s, turns_per_session=a.turns_per_session,
+        name=a.name,
+        pattern=_PATTERN[a.pattern],
+        rate_per_s=a.rate_per_s,
+        burst_size=a.burst_size,
+        think_time_s=a.think_time_s,
+        prompt_tokens=a.prompt_tokens,
+        output_tokens=a.output_tokens,
+        multi_turn=a.multi_turn,
+        max_requests=a.max_requests,
+        foreground=a.foreground,
+        slo_ttft_s=a.slo_ttft_s,
+        turns_per_session=a.turns_per_session,
         system_prompt_tokens=a.system_prompt_tokens,
-        model=model_to_pb(a.model) if a.model else None)
+        model=model_to_pb(a.model) if a.model else None,
+    )
 
 
 def app_from_pb(m: pb.AppWorkload) -> AppWorkload:
@@ -84,12 +175,21 @@ def app_from_pb(m: pb.AppWorkload) -> AppWorkload:
     if m.think_time_s < 0 or m.slo_ttft_s < 0:
         raise WireError(f"app {m.name!r}: think_time_s and slo_ttft_s must be >= 0")
     return AppWorkload(
-        name=m.name, pattern=pattern, rate_per_s=m.rate_per_s, burst_size=max(1, m.burst_size),
-        think_time_s=m.think_time_s, prompt_tokens=m.prompt_tokens,
-        output_tokens=m.output_tokens, multi_turn=m.multi_turn, max_requests=m.max_requests,
-        foreground=m.foreground, slo_ttft_s=m.slo_ttft_s, turns_per_session=m.turns_per_session,
+        name=m.name,
+        pattern=pattern,
+        rate_per_s=m.rate_per_s,
+        burst_size=max(1, m.burst_size),
+        think_time_s=m.think_time_s,
+        prompt_tokens=m.prompt_tokens,
+        output_tokens=m.output_tokens,
+        multi_turn=m.multi_turn,
+        max_requests=m.max_requests,
+        foreground=m.foreground,
+        slo_ttft_s=m.slo_ttft_s,
+        turns_per_session=m.turns_per_session,
         system_prompt_tokens=m.system_prompt_tokens,
-        model=model_from_pb(m.model, f"app {m.name!r} model") if m.HasField("model") else None)
+        model=model_from_pb(m.model, f"app {m.name!r} model") if m.HasField("model") else None,
+    )
 
 
 def model_to_pb(s: ModelSpec) -> pb.ModelRef:
@@ -100,38 +200,53 @@ def model_from_pb(m: pb.ModelRef, what: str = "model") -> ModelSpec:
     if not m.preset and not m.path:
         raise WireError(f"{what} needs a preset or a path")
     dtype = m.dtype or "fp32"
-    if dtype not in ("fp32", "bf16"):
-        raise WireError(f"{what} dtype must be fp32 or bf16, not {dtype!r}")
+    if dtype not in DTYPE_BYTES:
+        raise WireError(f"{what} dtype must be one of {', '.join(DTYPE_BYTES)}, not {dtype!r}")
     return ModelSpec(preset=m.preset, path=m.path, dtype=dtype, seed=m.seed)
 
 
 def service_to_pb(o: ServiceOptions) -> pb.ServiceOptions:
     return pb.ServiceOptions(
-        scheduler=_SCHEDULER[o.scheduler], max_batch_size=o.max_batch_size,
-        prefill_chunk_tokens=o.prefill_chunk_tokens, prefix_cache=o.prefix_cache,
-        persistent_contexts=o.persistent_contexts, context_policy=_CONTEXT_POLICY[o.context_policy],
-        kv_budget_bytes=o.kv_budget_bytes, quantum_tokens=o.quantum_tokens)
+        scheduler=_SCHEDULER[o.scheduler],
+        max_batch_size=o.max_batch_size,
+        prefill_chunk_tokens=o.prefill_chunk_tokens,
+        prefix_cache=o.prefix_cache,
+        persistent_contexts=o.persistent_contexts,
+        context_policy=_CONTEXT_POLICY[o.context_policy],
+        kv_budget_bytes=o.kv_budget_bytes,
+        quantum_tokens=o.quantum_tokens,
+    )
 
 
 def service_from_pb(m: pb.ServiceOptions) -> ServiceOptions:
     d = ServiceOptions()
     return ServiceOptions(
-        scheduler=(_inverse(_SCHEDULER, m.scheduler, "scheduler policy") if m.scheduler
-                   else d.scheduler),
+        scheduler=(
+            _inverse(_SCHEDULER, m.scheduler, "scheduler policy") if m.scheduler else d.scheduler
+        ),
         max_batch_size=m.max_batch_size or d.max_batch_size,
         prefill_chunk_tokens=m.prefill_chunk_tokens or d.prefill_chunk_tokens,
-        prefix_cache=m.prefix_cache, persistent_contexts=m.persistent_contexts,
-        context_policy=(_inverse(_CONTEXT_POLICY, m.context_policy, "context policy")
-                        if m.context_policy else d.context_policy),
-        kv_budget_bytes=m.kv_budget_bytes, quantum_tokens=m.quantum_tokens or d.quantum_tokens)
+        prefix_cache=m.prefix_cache,
+        persistent_contexts=m.persistent_contexts,
+        context_policy=(
+            _inverse(_CONTEXT_POLICY, m.context_policy, "context policy")
+            if m.context_policy
+            else d.context_policy
+        ),
+        kv_budget_bytes=m.kv_budget_bytes,
+        quantum_tokens=m.quantum_tokens or d.quantum_tokens,
+    )
 
 
 def deploy_to_pb(d: DeploySpec) -> pb.DeployRequest:
-    return pb.DeployRequest(service=service_to_pb(d.service),
+    return pb.DeployRequest(
+        service=service_to_pb(d.service),
         paradigm=_PARADIGM[d.paradigm],
         model=model_to_pb(d.model),
-        apps=[app_to_pb(a) for a in d.apps], max_context_tokens=d.max_context_tokens,
-        threads_per_process=d.threads_per_process)
+        apps=[app_to_pb(a) for a in d.apps],
+        max_context_tokens=d.max_context_tokens,
+        threads_per_process=d.threads_per_process,
+    )
 
 
 def deploy_from_pb(m: pb.DeployRequest) -> DeploySpec:
@@ -144,32 +259,53 @@ def deploy_from_pb(m: pb.DeployRequest) -> DeploySpec:
     return DeploySpec(
         paradigm=paradigm_from_pb(m.paradigm),
         model=model_from_pb(m.model),
-        apps=apps, max_context_tokens=m.max_context_tokens,
-        threads_per_process=max(1, m.threads_per_process), service=service_from_pb(m.service))
+        apps=apps,
+        max_context_tokens=m.max_context_tokens,
+        threads_per_process=max(1, m.threads_per_process),
+        service=service_from_pb(m.service),
+    )
 
 
 def deploy_result_to_pb(r: DeployResult) -> pb.DeployResponse:
     return pb.DeployResponse(
-        apps=[pb.AppDeployment(app=a.app, pid=a.pid, cold_start_s=a.cold_start_s,
-                               weight_bytes=a.weight_bytes, kv_cache_bytes=a.kv_cache_bytes)
-              for a in r.apps],
-        weights_label=r.weights_label, planned_bytes=r.planned_bytes,
-        memory_budget_bytes=r.memory_budget_bytes)
+        apps=[
+            pb.AppDeployment(
+                app=a.app,
+                pid=a.pid,
+                cold_start_s=a.cold_start_s,
+                weight_bytes=a.weight_bytes,
+                kv_cache_bytes=a.kv_cache_bytes,
+            )
+            for a in r.apps
+        ],
+        weights_label=r.weights_label,
+        planned_bytes=r.planned_bytes,
+        memory_budget_bytes=r.memory_budget_bytes,
+    )
 
 
 def deploy_result_from_pb(m: pb.DeployResponse) -> DeployResult:
     return DeployResult(
-        apps=tuple(AppDeployment(a.app, a.pid, a.cold_start_s, a.weight_bytes, a.kv_cache_bytes)
-                   for a in m.apps),
-        weights_label=m.weights_label, planned_bytes=m.planned_bytes,
-        memory_budget_bytes=m.memory_budget_bytes)
+        apps=tuple(
+            AppDeployment(a.app, a.pid, a.cold_start_s, a.weight_bytes, a.kv_cache_bytes)
+            for a in m.apps
+        ),
+        weights_label=m.weights_label,
+        planned_bytes=m.planned_bytes,
+        memory_budget_bytes=m.memory_budget_bytes,
+    )
 
 
 # -- workload --------------------------------------------------------------------------------
 
+
 def run_to_pb(r: WorkloadRun) -> pb.RunWorkloadRequest:
-    return pb.RunWorkloadRequest(trial_id=r.trial_id, duration_s=r.duration_s, seed=r.seed,
-                                 sample_interval_s=r.sample_interval_s)
+    return pb.RunWorkloadRequest(
+        trial_id=r.trial_id,
+        duration_s=r.duration_s,
+        seed=r.seed,
+        sample_interval_s=r.sample_interval_s,
+    )
 
 
 def run_from_pb(m: pb.RunWorkloadRequest) -> WorkloadRun:
@@ -177,81 +313,185 @@ def run_from_pb(m: pb.RunWorkloadRequest) -> WorkloadRun:
         raise WireError("duration_s must be > 0")
     if m.sample_interval_s < 0:
         raise WireError("sample_interval_s must be >= 0")
-    return WorkloadRun(trial_id=m.trial_id, duration_s=m.duration_s, seed=m.seed,
-                       sample_interval_s=m.sample_interval_s or 0.25)
-
-
-def record_to_pb(r: RequestRecord) -> pb.RunWorkloadResponse:
-    return pb.RunWorkloadResponse(record=pb.RequestRecord(
-        request_id=r.request_id, app=r.app, status=_REQUEST_STATUS[r.status], error=r.error,
-        prompt_tokens=r.prompt_tokens, output_tokens=r.output_tokens, submit_ns=r.submit_ns,
-        scheduled_ns=r.scheduled_ns, first_token_ns=r.first_token_ns,
-        last_token_ns=r.last_token_ns, token_ns=r.token_ns, queue_wait_s=r.queue_wait_s,
-        ttft_s=r.ttft_s, itl_s=r.itl_s, e2e_s=r.e2e_s, cold_start_s=r.cold_start_s, turn=r.turn,
-        slices=[slice_to_pb(s) for s in r.slices], context_switch_s=r.context_switch_s,
-        context_switch_bytes=r.context_switch_bytes, context_restore=r.context_restore,
-        cached_prompt_tokens=r.cached_prompt_tokens, max_batch_size=r.max_batch_size))
+    return WorkloadRun(
+        trial_id=m.trial_id,
+        duration_s=m.duration_s,
+        seed=m.seed,
+        sample_interval_s=m.sample_interval_s or 0.25,
+    )
 
 
 def slice_to_pb(s: Slice) -> pb.Slice:
-    return pb.Slice(start_ns=s.start_ns, end_ns=s.end_ns, prefill_tokens=s.prefill_tokens,
-                    output_tokens=s.output_tokens)
+    return pb.Slice(
+        start_ns=s.start_ns,
+        end_ns=s.end_ns,
+        prefill_tokens=s.prefill_tokens,
+        output_tokens=s.output_tokens,
+    )
 
 
 def slice_from_pb(m: pb.Slice) -> Slice:
     return Slice(m.start_ns, m.end_ns, m.prefill_tokens, m.output_tokens)
 
 
+def facts_to_pb(f: ServiceFacts) -> pb.ServiceFacts:
+    return pb.ServiceFacts(
+        slices=[slice_to_pb(s) for s in f.slices],
+        context_switch_s=f.context_switch_s,
+        context_switch_bytes=f.context_switch_bytes,
+        context_restore=f.context_restore,
+        cached_prompt_tokens=f.cached_prompt_tokens,
+        max_batch_size=f.max_batch_size,
+    )
+
+
+def facts_from_pb(m: pb.ServiceFacts) -> ServiceFacts:
+    return ServiceFacts(
+        slices=tuple(slice_from_pb(s) for s in m.slices),
+        context_switch_s=m.context_switch_s,
+        context_switch_bytes=m.context_switch_bytes,
+        context_restore=m.context_restore,
+        cached_prompt_tokens=m.cached_prompt_tokens,
+        max_batch_size=m.max_batch_size,
+    )
+
+
+def record_to_pb(r: RequestRecord) -> pb.RequestRecord:
+    return pb.RequestRecord(
+        request_id=r.request_id,
+        app=r.app,
+        status=_REQUEST_STATUS[r.status],
+        error=r.error,
+        prompt_tokens=r.prompt_tokens,
+        submit_ns=r.submit_ns,
+        scheduled_ns=r.scheduled_ns,
+        token_ns=r.token_ns,
+        cold_start_s=r.cold_start_s,
+        turn=r.turn,
+        service=facts_to_pb(r.service),
+    )
+
+
 def record_from_pb(m: pb.RequestRecord) -> RequestRecord:
     return RequestRecord(
-        request_id=m.request_id, app=m.app,
+        request_id=m.request_id,
+        app=m.app,
         status=_inverse(_REQUEST_STATUS, m.status, "request status"),
-        prompt_tokens=m.prompt_tokens, submit_ns=m.submit_ns, scheduled_ns=m.scheduled_ns,
-        token_ns=list(m.token_ns), error=m.error, cold_start_s=m.cold_start_s, turn=m.turn,
-        slices=[slice_from_pb(s) for s in m.slices], context_switch_s=m.context_switch_s,
-        context_switch_bytes=m.context_switch_bytes, context_restore=m.context_restore,
-        cached_prompt_tokens=m.cached_prompt_tokens, max_batch_size=m.max_batch_size)
+        prompt_tokens=m.prompt_tokens,
+        submit_ns=m.submit_ns,
+        scheduled_ns=m.scheduled_ns,
+        token_ns=list(m.token_ns),
+        error=m.error,
+        cold_start_s=m.cold_start_s,
+        turn=m.turn,
+        service=facts_from_pb(m.service),
+    )
 
 
-def phone_event_to_pb(e: PhoneEvent) -> pb.RunWorkloadResponse:
-    return pb.RunWorkloadResponse(phone_event=pb.PhoneEvent(
-        t_ns=e.t_ns, kind=e.kind, app=e.app, detail=e.detail, bytes=e.bytes,
-        duration_s=e.duration_s))
+def phone_event_to_pb(e: PhoneEvent) -> pb.PhoneEvent:
+    return pb.PhoneEvent(
+        t_ns=e.t_ns, kind=e.kind, app=e.app, detail=e.detail, bytes=e.bytes, duration_s=e.duration_s
+    )
 
 
 def phone_event_from_pb(m: pb.PhoneEvent) -> PhoneEvent:
-    return PhoneEvent(t_ns=m.t_ns, kind=m.kind, app=m.app, detail=m.detail, bytes=m.bytes,
-                      duration_s=m.duration_s)
+    return PhoneEvent(
+        t_ns=m.t_ns, kind=m.kind, app=m.app, detail=m.detail, bytes=m.bytes, duration_s=m.duration_s
+    )
 
 
-def sample_to_pb(s: ResourceSample) -> pb.RunWorkloadResponse:
-    return pb.RunWorkloadResponse(sample=pb.ResourceSample(
-        t_ns=s.t_ns, component=s.component, pid=s.pid, rss_bytes=s.rss_bytes,
-        pss_bytes=s.pss_bytes, cpu_percent=s.cpu_percent))
+_STATS_FIELDS = (
+    "t_ns",
+    "num_running",
+    "num_waiting",
+    "last_batch_size",
+    "kv_held_bytes",
+    "num_steps",
+    "mean_batch_size",
+    "max_batch_size",
+    "num_preemptions",
+    "prefix_hits",
+    "context_hits",
+    "swap_outs",
+    "swap_ins",
+    "recomputes",
+    "drops",
+    "swap_bytes",
+)  # the same names on both sides; a test holds them together
+
+
+def stats_to_pb(s: ServiceStats) -> pb.ServiceStats:
+    return pb.ServiceStats(**{name: getattr(s, name) for name in _STATS_FIELDS})
+
+
+def stats_from_pb(m: pb.ServiceStats) -> ServiceStats:
+    return ServiceStats(**{name: getattr(m, name) for name in _STATS_FIELDS})
+
+
+def sample_to_pb(s: ResourceSample) -> pb.ResourceSample:
+    return pb.ResourceSample(
+        t_ns=s.t_ns,
+        component=s.component,
+        pid=s.pid,
+        rss_bytes=s.rss_bytes,
+        pss_bytes=s.pss_bytes,
+        cpu_percent=s.cpu_percent,
+    )
 
 
 def sample_from_pb(m: pb.ResourceSample) -> ResourceSample:
-    return ResourceSample(t_ns=m.t_ns, component=m.component, pid=m.pid, rss_bytes=m.rss_bytes,
-                          pss_bytes=m.pss_bytes, cpu_percent=m.cpu_percent)
+    return ResourceSample(
+        t_ns=m.t_ns,
+        component=m.component,
+        pid=m.pid,
+        rss_bytes=m.rss_bytes,
+        pss_bytes=m.pss_bytes,
+        cpu_percent=m.cpu_percent,
+    )
 
 
-def summary_to_pb(s: TrialSummary) -> pb.RunWorkloadResponse:
-    return pb.RunWorkloadResponse(summary=pb.TrialSummary(
-        status=_TRIAL_STATUS[s.status], reason=s.reason, num_requests=s.num_requests,
-        num_failed=s.num_failed, output_tokens=s.output_tokens, duration_s=s.duration_s,
-        peak_pss_bytes=s.peak_pss_bytes, peak_rss_bytes=s.peak_rss_bytes,
-        weights_label=s.weights_label))
+def summary_to_pb(s: TrialSummary) -> pb.TrialSummary:
+    return pb.TrialSummary(
+        status=_TRIAL_STATUS[s.status],
+        reason=s.reason,
+        num_requests=s.num_requests,
+        num_failed=s.num_failed,
+        output_tokens=s.output_tokens,
+        duration_s=s.duration_s,
+        peak_pss_bytes=s.peak_pss_bytes,
+        peak_rss_bytes=s.peak_rss_bytes,
+        weights_label=s.weights_label,
+    )
 
 
 def summary_from_pb(m: pb.TrialSummary) -> TrialSummary:
     return TrialSummary(
-        status=_inverse(_TRIAL_STATUS, m.status, "trial status"), reason=m.reason,
-        num_requests=m.num_requests, num_failed=m.num_failed, output_tokens=m.output_tokens,
-        duration_s=m.duration_s, peak_pss_bytes=m.peak_pss_bytes,
-        peak_rss_bytes=m.peak_rss_bytes, weights_label=m.weights_label)
+        status=_inverse(_TRIAL_STATUS, m.status, "trial status"),
+        reason=m.reason,
+        num_requests=m.num_requests,
+        num_failed=m.num_failed,
+        output_tokens=m.output_tokens,
+        duration_s=m.duration_s,
+        peak_pss_bytes=m.peak_pss_bytes,
+        peak_rss_bytes=m.peak_rss_bytes,
+        weights_label=m.weights_label,
+    )
 
 
-def event_from_pb(m: pb.RunWorkloadResponse) -> RequestRecord | ResourceSample | TrialSummary:
+def event_to_pb(e: StreamEvent) -> pb.RunWorkloadResponse:
+    """One event of the RunWorkload stream."""
+    if isinstance(e, RequestRecord):
+        return pb.RunWorkloadResponse(record=record_to_pb(e))
+    if isinstance(e, ResourceSample):
+        return pb.RunWorkloadResponse(sample=sample_to_pb(e))
+    if isinstance(e, PhoneEvent):
+        return pb.RunWorkloadResponse(phone_event=phone_event_to_pb(e))
+    if isinstance(e, ServiceStats):
+        return pb.RunWorkloadResponse(service_stats=stats_to_pb(e))
+    return pb.RunWorkloadResponse(summary=summary_to_pb(e))
+
+
+def event_from_pb(m: pb.RunWorkloadResponse) -> StreamEvent:
     kind = m.WhichOneof("event")
     if kind == "record":
         return record_from_pb(m.record)
@@ -261,4 +501,58 @@ def event_from_pb(m: pb.RunWorkloadResponse) -> RequestRecord | ResourceSample |
         return summary_from_pb(m.summary)
     if kind == "phone_event":
         return phone_event_from_pb(m.phone_event)
+    if kind == "service_stats":
+        return stats_from_pb(m.service_stats)
     raise WireError("empty workload event")
+
+
+# -- on-phone model service (fleet.v1.SlmService) --------------------------------------------
+
+
+def serve_call_to_pb(c: ServeCall) -> spb.GenerateRequest:
+    return spb.GenerateRequest(
+        app=c.app,
+        request_id=c.request_id,
+        prompt_tokens=c.prompt,
+        max_new_tokens=c.output_tokens,
+        foreground=c.foreground,
+        session=c.session,
+        shared_prefix_tokens=c.shared_prefix_tokens,
+    )
+
+
+def serve_call_from_pb(m: spb.GenerateRequest) -> ServeCall:
+    if not m.prompt_tokens or m.max_new_tokens < 1:
+        raise WireError("need at least one prompt token and max_new_tokens >= 1")
+    if m.shared_prefix_tokens > len(m.prompt_tokens):
+        raise WireError("shared_prefix_tokens exceeds the prompt")
+    return ServeCall(
+        request_id=m.request_id,
+        app=m.app,
+        prompt=list(m.prompt_tokens),
+        output_tokens=m.max_new_tokens,
+        foreground=m.foreground,
+        session=m.session,
+        shared_prefix_tokens=m.shared_prefix_tokens,
+    )
+
+
+def completion_to_pb(scheduled_ns: int, facts: ServiceFacts) -> spb.GenerateResponse:
+    return spb.GenerateResponse(
+        completion=spb.Completion(scheduled_ns=scheduled_ns, service=facts_to_pb(facts))
+    )
+
+
+def completion_from_pb(m: spb.Completion) -> tuple[int, ServiceFacts]:
+    """(scheduled_ns, facts) of a finished request."""
+    return m.scheduled_ns, facts_from_pb(m.service)
+
+
+def stats_response_to_pb(stats: ServiceStats, events: list[PhoneEvent]) -> spb.StatsResponse:
+    return spb.StatsResponse(
+        stats=stats_to_pb(stats), events=[phone_event_to_pb(e) for e in events]
+    )
+
+
+def stats_response_from_pb(m: spb.StatsResponse) -> tuple[ServiceStats, list[PhoneEvent]]:
+    return stats_from_pb(m.stats), [phone_event_from_pb(e) for e in m.events]

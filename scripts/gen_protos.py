@@ -22,8 +22,15 @@ def generate(out: Path) -> list[Path]:
     sources = sorted(str(p.relative_to(PROTOS)) for p in (PROTOS / "fleet" / "v1").glob("*.proto"))
     include = str(Path(protoc.__file__).parent / "_proto")
     out.mkdir(parents=True, exist_ok=True)
-    args = ["protoc", f"-I{PROTOS}", f"-I{include}", f"--python_out={out}", f"--pyi_out={out}",
-            f"--grpc_python_out={out}", *sources]
+    args = [
+        "protoc",
+        f"-I{PROTOS}",
+        f"-I{include}",
+        f"--python_out={out}",
+        f"--pyi_out={out}",
+        f"--grpc_python_out={out}",
+        *sources,
+    ]
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")
     return sorted((out / "fleet" / "v1").glob("*_pb2*.py*"))

@@ -17,8 +17,13 @@ TOKEN = "test-token"
 def agent_process(*args: str, token: str = TOKEN):
     """A real ``fleet-agent`` process; yields (address, Popen)."""
     env = dict(os.environ, FLEET_AGENT_TOKEN=token)
-    proc = subprocess.Popen([sys.executable, "-m", "agents.main", "--exit-on-stdin-eof", *args],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agents.main", "--exit-on-stdin-eof", *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env=env,
+        text=True,
+    )
     try:
         line = proc.stdout.readline()
         assert line, f"agent exited with {proc.wait()}"
@@ -36,6 +41,7 @@ def agent_process(*args: str, token: str = TOKEN):
 
 @pytest.fixture(scope="module")
 def agent():
-    with agent_process("--name", "test-phone", "--memory-budget-mb", "1024",
-                       "--cpu-threads", "2") as (address, proc):
+    with agent_process(
+        "--name", "test-phone", "--memory-budget-mb", "1024", "--cpu-threads", "2"
+    ) as (address, proc):
         yield address, proc

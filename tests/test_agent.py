@@ -8,27 +8,49 @@ from dataclasses import replace
 import grpc
 import psutil
 import pytest
-import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from agents.llm.transformer import ModelArgs
 from conftest import TOKEN, agent_process
 from fleet.coordinator.agent_client import AgentClient, AgentError
 from fleet.records import (
-    AppWorkload, ArrivalPattern, DeploySpec, ModelSpec, Paradigm, RequestRecord, RequestStatus,
-    ResourceSample, TrialStatus, TrialSummary, WorkloadRun,
+    AppWorkload,
+    ArrivalPattern,
+    DeploySpec,
+    ModelSpec,
+    Paradigm,
+    RequestRecord,
+    RequestStatus,
+    ResourceSample,
+    TrialStatus,
+    TrialSummary,
+    WorkloadRun,
 )
+from fleet.shapes import ModelArgs
 from fleet.v1 import agent_pb2 as pb
 from fleet.v1 import agent_pb2_grpc as pb_grpc
 
 pytestmark = pytest.mark.slow
 
 APPS = (
-    AppWorkload("keyboard", ArrivalPattern.POISSON, rate_per_s=4.0, prompt_tokens=16,
-                output_tokens=4, foreground=True, slo_ttft_s=0.15),
-    AppWorkload("chat", ArrivalPattern.CLOSED_LOOP, think_time_s=0.05, prompt_tokens=24,
-                output_tokens=8, multi_turn=True, max_requests=4),
+    AppWorkload(
+        "keyboard",
+        ArrivalPattern.POISSON,
+        rate_per_s=4.0,
+        prompt_tokens=16,
+        output_tokens=4,
+        foreground=True,
+        slo_ttft_s=0.15,
+    ),
+    AppWorkload(
+        "chat",
+        ArrivalPattern.CLOSED_LOOP,
+        think_time_s=0.05,
+        prompt_tokens=24,
+        output_tokens=8,
+        multi_turn=True,
+        max_requests=4,
+    ),
 )
 TINY = DeploySpec(Paradigm.PER_APP, ModelSpec(preset="tiny"), APPS, max_context_tokens=256)
 
@@ -40,11 +62,15 @@ def stub(address):
 def test_health_and_reflection(agent):
     channel = grpc.insecure_channel(agent[0])
     resp = health_pb2_grpc.HealthStub(channel).Check(
-        health_pb2.HealthCheckRequest(service="fleet.v1.PhoneAgentService"), timeout=5)
+        health_pb2.HealthCheckRequest(service="fleet.v1.PhoneAgentService"), timeout=5
+    )
     assert resp.status == health_pb2.HealthCheckResponse.SERVING
     refl = reflection_pb2_grpc.ServerReflectionStub(channel)
-    answer = next(refl.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(
-        list_services="")]), timeout=5))
+    answer = next(
+        refl.ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5
+        )
+    )
     names = {s.name for s in answer.list_services_response.service}
     assert {"fleet.v1.PhoneAgentService", "grpc.health.v1.Health"} <= names
 
@@ -63,11 +89,15 @@ def test_describe_needs_no_token_and_reports_the_profile(agent):
 def test_state_changing_calls_without_the_token_are_unauthenticated(agent, metadata):
     s = stub(agent[0])
     from fleet import wire
-    for call in (lambda: s.Deploy(wire.deploy_to_pb(TINY), metadata=metadata, timeout=10),
-                 lambda: list(s.RunWorkload(pb.RunWorkloadRequest(duration_s=1),
-                                            metadata=metadata, timeout=10)),
-                 lambda: s.Stop(pb.StopRequest(), metadata=metadata, timeout=10),
-                 lambda: s.Reset(pb.ResetRequest(), metadata=metadata, timeout=10)):
+
+    for call in (
+        lambda: s.Deploy(wire.deploy_to_pb(TINY), metadata=metadata, timeout=10),
+        lambda: list(
+            s.RunWorkload(pb.RunWorkloadRequest(duration_s=1), metadata=metadata, timeout=10)
+        ),
+        lambda: s.Stop(pb.StopRequest(), metadata=metadata, timeout=10),
+        lambda: s.Reset(pb.ResetRequest(), metadata=metadata, timeout=10),
+    ):
         with pytest.raises(grpc.RpcError) as err:
             call()
         assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
@@ -77,22 +107,25 @@ def test_bad_requests_are_invalid_argument_with_a_reason(agent):
     client = AgentClient(agent[0], TOKEN)
     s, auth = stub(agent[0]), (("authorization", f"Bearer {TOKEN}"),)
     cases = {
-        "paradigm is unspecified": pb.DeployRequest(model=pb.ModelRef(preset="tiny"),
-                                                    apps=[pb.AppWorkload(
-                                                        name="a", pattern=1, rate_per_s=1,
-                                                        prompt_tokens=1, output_tokens=1)]),
-        "at least one app": pb.DeployRequest(paradigm=pb.PARADIGM_PER_APP,
-                                             model=pb.ModelRef(preset="tiny")),
-        "rate_per_s > 0": pb.DeployRequest(paradigm=pb.PARADIGM_PER_APP,
-                                           model=pb.ModelRef(preset="tiny"),
-                                           apps=[pb.AppWorkload(name="a", pattern=1,
-                                                                prompt_tokens=1,
-                                                                output_tokens=1)]),
-        "unknown model preset": pb.DeployRequest(paradigm=pb.PARADIGM_PER_APP,
-                                                 model=pb.ModelRef(preset="gpt-9"),
-                                                 apps=[pb.AppWorkload(
-                                                     name="a", pattern=2, prompt_tokens=1,
-                                                     output_tokens=1)]),
+        "paradigm is unspecified": pb.DeployRequest(
+            model=pb.ModelRef(preset="tiny"),
+            apps=[
+                pb.AppWorkload(name="a", pattern=1, rate_per_s=1, prompt_tokens=1, output_tokens=1)
+            ],
+        ),
+        "at least one app": pb.DeployRequest(
+            paradigm=pb.PARADIGM_PER_APP, model=pb.ModelRef(preset="tiny")
+        ),
+        "rate_per_s > 0": pb.DeployRequest(
+            paradigm=pb.PARADIGM_PER_APP,
+            model=pb.ModelRef(preset="tiny"),
+            apps=[pb.AppWorkload(name="a", pattern=1, prompt_tokens=1, output_tokens=1)],
+        ),
+        "unknown model preset": pb.DeployRequest(
+            paradigm=pb.PARADIGM_PER_APP,
+            model=pb.ModelRef(preset="gpt-9"),
+            apps=[pb.AppWorkload(name="a", pattern=2, prompt_tokens=1, output_tokens=1)],
+        ),
     }
     for reason, request in cases.items():
         with pytest.raises(grpc.RpcError) as err:
@@ -116,7 +149,7 @@ def test_model_that_cannot_fit_is_refused_before_loading(agent):
         client.deploy(spec)
     assert time.monotonic() - t0 < 5  # no 4 GB of weights were materialized
     assert err.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
-    weights = ModelArgs.from_name("tinyllama-1.1b").weight_bytes(torch.float32)
+    weights = ModelArgs.from_name("tinyllama-1.1b").weight_bytes("fp32")
     assert f"weights {weights / 2**20:.1f} MiB" in err.value.reason
     assert "budget 1024.0 MiB" in err.value.reason
     assert "under any paradigm" in err.value.reason
@@ -157,7 +190,8 @@ def test_deploy_and_run_workload_streams_well_formed_records(agent):
             assert r.output_tokens == expected
             assert 0 <= r.queue_wait_s <= r.ttft_s <= r.e2e_s
             assert r.itl_s == pytest.approx(
-                (r.token_ns[-1] - r.token_ns[0]) / (len(r.token_ns) - 1) / 1e9)
+                (r.token_ns[-1] - r.token_ns[0]) / (len(r.token_ns) - 1) / 1e9
+            )
     assert {s.pid for s in samples} == pids
     assert all(s.pss_bytes > 0 and s.rss_bytes >= s.pss_bytes for s in samples)
     assert summary.peak_pss_bytes >= max(s.pss_bytes for s in samples)
@@ -169,10 +203,12 @@ def test_deploy_and_run_workload_streams_well_formed_records(agent):
 
 def test_stop_ends_a_running_workload(agent):
     client = AgentClient(agent[0], TOKEN)
-    long_chat = AppWorkload("chat", ArrivalPattern.CLOSED_LOOP, prompt_tokens=8,
-                            output_tokens=480, think_time_s=0.0)
-    client.deploy(DeploySpec(Paradigm.PER_APP, ModelSpec(preset="tiny"), (long_chat,),
-                             max_context_tokens=256))
+    long_chat = AppWorkload(
+        "chat", ArrivalPattern.CLOSED_LOOP, prompt_tokens=8, output_tokens=480, think_time_s=0.0
+    )
+    client.deploy(
+        DeploySpec(Paradigm.PER_APP, ModelSpec(preset="tiny"), (long_chat,), max_context_tokens=256)
+    )
     stream = client.run_workload(WorkloadRun("stop-me", 60.0))
     next(e for e in stream if isinstance(e, RequestRecord))
     stopped_ns = time.monotonic_ns()
@@ -184,17 +220,22 @@ def test_stop_ends_a_running_workload(agent):
     later = [e for e in rest if isinstance(e, RequestRecord)]
     assert all(r.submit_ns < stopped_ns for r in later)  # nothing new after the stop
     # a request caught mid-generation ends as cancelled, with the tokens it had
-    assert all(r.status is RequestStatus.CANCELLED and r.output_tokens < 480
-               for r in later if r.last_token_ns > stopped_ns + 200_000_000)
+    assert all(
+        r.status is RequestStatus.CANCELLED and r.output_tokens < 480
+        for r in later
+        if r.last_token_ns > stopped_ns + 200_000_000
+    )
     client.reset()
 
 
 def test_agent_refuses_to_run_without_a_token():
     import subprocess
     import sys
+
     env = {k: v for k, v in os.environ.items() if k != "FLEET_AGENT_TOKEN"}
-    proc = subprocess.run([sys.executable, "-m", "agents.main"], env=env, capture_output=True,
-                          text=True, timeout=30)
+    proc = subprocess.run(
+        [sys.executable, "-m", "agents.main"], env=env, capture_output=True, text=True, timeout=30
+    )
     assert proc.returncode != 0 and "no token" in proc.stderr
 
 
@@ -220,16 +261,38 @@ def _alive(pid: int) -> bool:
 
 def test_tls_agent_serves_tls_clients_only(tmp_path):
     import subprocess
+
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                    "-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost",
-                    "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
-                   check=True, capture_output=True, timeout=60)
-    with agent_process("--name", "tls-phone", "--tls-cert", str(cert), "--tls-key", str(key)) \
-            as (address, _):
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    with agent_process("--name", "tls-phone", "--tls-cert", str(cert), "--tls-key", str(key)) as (
+        address,
+        _,
+    ):
         client = AgentClient(address, TOKEN, root_cert=cert.read_bytes())
         client.wait_healthy(timeout_s=10)
-        assert client.describe()[0].name == "tls-phone"
+        assert client.describe().profile.name == "tls-phone"
         assert client.reset() == 0  # an authenticated call over TLS
         plain = AgentClient(address, TOKEN)
         with pytest.raises(AgentError) as err:
@@ -240,8 +303,9 @@ def test_tls_agent_serves_tls_clients_only(tmp_path):
 def test_per_app_apps_may_use_different_models_and_services_refuse_them(agent):
     client = AgentClient(agent[0], TOKEN)
     own = replace(APPS[0], model=ModelSpec(preset="tiny", dtype="bf16"))
-    spec = DeploySpec(Paradigm.PER_APP, ModelSpec(preset="tiny"), (own, APPS[1]),
-                      max_context_tokens=256)
+    spec = DeploySpec(
+        Paradigm.PER_APP, ModelSpec(preset="tiny"), (own, APPS[1]), max_context_tokens=256
+    )
     deployed = {a.app: a for a in client.deploy(spec).apps}
     assert deployed["keyboard"].weight_bytes * 2 == deployed["chat"].weight_bytes
     client.reset()

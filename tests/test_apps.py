@@ -8,9 +8,16 @@ import pytest
 import torch
 
 from agents.apps.workload import ServeResult, local_serve, poisson_arrivals_ns, run_app
-from agents.llm.transformer import ModelArgs
 from agents.llm.weights import random_model
-from fleet.records import NS_PER_S, AppWorkload, ArrivalPattern, RequestStatus, WorkloadRun
+from fleet.records import (
+    NS_PER_S,
+    AppWorkload,
+    ArrivalPattern,
+    RequestStatus,
+    ServiceFacts,
+    WorkloadRun,
+)
+from fleet.shapes import ModelArgs
 
 
 @pytest.fixture(scope="module")
@@ -29,11 +36,24 @@ def test_poisson_arrivals_have_the_configured_rate_and_are_seeded():
 
 
 def test_closed_loop_records_have_consistent_timestamps(serve):
-    app = AppWorkload("chat", ArrivalPattern.CLOSED_LOOP, think_time_s=0.01, prompt_tokens=20,
-                      output_tokens=6, multi_turn=True, max_requests=5)
+    app = AppWorkload(
+        "chat",
+        ArrivalPattern.CLOSED_LOOP,
+        think_time_s=0.01,
+        prompt_tokens=20,
+        output_tokens=6,
+        multi_turn=True,
+        max_requests=5,
+    )
     records = []
-    n = run_app(app, WorkloadRun("t", 30.0), serve=serve, emit=records.append, vocab_size=256,
-                max_context=256)
+    n = run_app(
+        app,
+        WorkloadRun("t", 30.0),
+        serve=serve,
+        emit=records.append,
+        vocab_size=256,
+        max_context=256,
+    )
     assert n == 5 == len(records)
     for i, r in enumerate(records):
         assert r.status is RequestStatus.OK and r.output_tokens == 6
@@ -48,28 +68,48 @@ def test_closed_loop_records_have_consistent_timestamps(serve):
 
 
 def test_multi_turn_context_restarts_when_the_window_is_full(serve):
-    app = AppWorkload("chat", ArrivalPattern.CLOSED_LOOP, prompt_tokens=40, output_tokens=10,
-                      multi_turn=True, max_requests=6)
+    app = AppWorkload(
+        "chat",
+        ArrivalPattern.CLOSED_LOOP,
+        prompt_tokens=40,
+        output_tokens=10,
+        multi_turn=True,
+        max_requests=6,
+    )
     records = []
-    run_app(app, WorkloadRun("t", 30.0), serve=serve, emit=records.append, vocab_size=256,
-            max_context=128)
+    run_app(
+        app,
+        WorkloadRun("t", 30.0),
+        serve=serve,
+        emit=records.append,
+        vocab_size=256,
+        max_context=128,
+    )
     assert [r.turn for r in records] == [0, 1, 0, 1, 0, 1]
     assert max(r.prompt_tokens + r.output_tokens for r in records) <= 128
 
 
 def test_open_loop_keeps_scheduled_submit_times_and_cancels_leftovers():
     """A slow server makes arrivals queue: queue wait grows, nothing is dropped silently."""
+
     def slow(call, on_token, should_stop):
         for i in range(call.output_tokens):
             time.sleep(0.05)
             on_token(i)
         return ServeResult(list(range(call.output_tokens)))
 
-    app = AppWorkload("kb", ArrivalPattern.POISSON, rate_per_s=40.0, prompt_tokens=4,
-                      output_tokens=2)
+    app = AppWorkload(
+        "kb", ArrivalPattern.POISSON, rate_per_s=40.0, prompt_tokens=4, output_tokens=2
+    )
     records = []
-    run_app(app, WorkloadRun("t", 1.0, seed=3), serve=slow, emit=records.append,
-            vocab_size=256, max_context=64)
+    run_app(
+        app,
+        WorkloadRun("t", 1.0, seed=3),
+        serve=slow,
+        emit=records.append,
+        vocab_size=256,
+        max_context=64,
+    )
     expected = poisson_arrivals_ns(app, 0, 1.0, random.Random("3:kb"))
     assert len(records) == len(expected)  # every arrival is a record, served or not
     ok = [r for r in records if r.status is RequestStatus.OK]
@@ -96,14 +136,22 @@ def test_stop_cancels_the_request_in_flight(serve):
 
     app = AppWorkload("chat", ArrivalPattern.CLOSED_LOOP, prompt_tokens=4, output_tokens=50)
     records = []
-    run_app(app, WorkloadRun("t", 30.0), serve=slow, emit=records.append, vocab_size=256,
-            max_context=64, stop=stop)
+    run_app(
+        app,
+        WorkloadRun("t", 30.0),
+        serve=slow,
+        emit=records.append,
+        vocab_size=256,
+        max_context=64,
+        stop=stop,
+    )
     assert len(records) == 1
     assert records[0].status is RequestStatus.CANCELLED and records[0].output_tokens == 4
 
 
 def test_itl_excludes_ttft():
     """A server slow to the first token and quick after it: ITL is the gaps after the first."""
+
     def slow_first(call, on_token, should_stop):
         time.sleep(0.3)
         for i in range(call.output_tokens):
@@ -112,11 +160,18 @@ def test_itl_excludes_ttft():
             on_token(i)
         return ServeResult(list(range(call.output_tokens)))
 
-    app = AppWorkload("chat", ArrivalPattern.CLOSED_LOOP, prompt_tokens=4, output_tokens=11,
-                      max_requests=1)
+    app = AppWorkload(
+        "chat", ArrivalPattern.CLOSED_LOOP, prompt_tokens=4, output_tokens=11, max_requests=1
+    )
     records = []
-    run_app(app, WorkloadRun("t", 30.0), serve=slow_first, emit=records.append, vocab_size=256,
-            max_context=64)
+    run_app(
+        app,
+        WorkloadRun("t", 30.0),
+        serve=slow_first,
+        emit=records.append,
+        vocab_size=256,
+        max_context=64,
+    )
     (r,) = records
     assert r.ttft_s >= 0.3
     assert 0.01 <= r.itl_s < 0.03  # folding TTFT in would give >= (0.3 + 0.1) / 11 = 0.036
@@ -131,14 +186,29 @@ def test_system_prompt_and_sessions_reach_the_model():
         calls.append(call)
         for i in range(call.output_tokens):
             on_token(i)
-        return ServeResult(list(range(call.output_tokens)), extra={"cached_prompt_tokens": 7})
+        return ServeResult(
+            list(range(call.output_tokens)), service=ServiceFacts(cached_prompt_tokens=7)
+        )
 
-    app = AppWorkload("agent", ArrivalPattern.CLOSED_LOOP, prompt_tokens=5, output_tokens=2,
-                      multi_turn=True, max_requests=5, turns_per_session=2,
-                      system_prompt_tokens=8)
+    app = AppWorkload(
+        "agent",
+        ArrivalPattern.CLOSED_LOOP,
+        prompt_tokens=5,
+        output_tokens=2,
+        multi_turn=True,
+        max_requests=5,
+        turns_per_session=2,
+        system_prompt_tokens=8,
+    )
     records = []
-    run_app(app, WorkloadRun("t", 30.0), serve=record, emit=records.append, vocab_size=256,
-            max_context=256)
+    run_app(
+        app,
+        WorkloadRun("t", 30.0),
+        serve=record,
+        emit=records.append,
+        vocab_size=256,
+        max_context=256,
+    )
     assert [r.turn for r in records] == [0, 1, 0, 1, 0]  # a new task every two steps
     system = calls[0].prompt[:8]
     assert all(c.prompt[:8] == system and c.shared_prefix_tokens == 8 for c in calls)
@@ -146,4 +216,4 @@ def test_system_prompt_and_sessions_reach_the_model():
     assert calls[1].prompt[:13] == calls[0].prompt and calls[1].prompt[13:15] == [0, 1]
     assert len(calls[1].prompt) == 8 + 5 + 2 + 5
     assert {c.session for c in calls} == {"agent"}
-    assert all(r.cached_prompt_tokens == 7 for r in records)
+    assert all(r.service.cached_prompt_tokens == 7 for r in records)

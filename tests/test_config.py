@@ -15,9 +15,20 @@ MINIMAL = {
     "phones": [{"name": "a", "kind": "virtual"}, {"name": "b", "kind": "virtual"}],
     "models": [{"preset": "tiny"}],
     "paradigms": [{"kind": "per_app"}],
-    "workloads": [{"name": "w", "duration_s": 5, "apps": [
-        {"name": "kb", "arrival": {"kind": "poisson", "rate_per_s": 2}, "prompt_tokens": 8,
-         "output_tokens": 4}]}],
+    "workloads": [
+        {
+            "name": "w",
+            "duration_s": 5,
+            "apps": [
+                {
+                    "name": "kb",
+                    "arrival": {"kind": "poisson", "rate_per_s": 2},
+                    "prompt_tokens": 8,
+                    "output_tokens": 4,
+                }
+            ],
+        }
+    ],
 }
 
 
@@ -92,8 +103,13 @@ def test_plan_expands_the_grid_and_serializes_a_shared_host():
 
 
 def run_cli(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "fleet.coordinator.cli", *args], capture_output=True,
-                          text=True, timeout=60, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "fleet.coordinator.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=cwd,
+    )
 
 
 def test_cli_misspelled_key_exits_non_zero_naming_it(tmp_path):
@@ -136,9 +152,11 @@ def test_apps_with_their_own_models_need_per_app(tmp_path):
     data["paradigms"] = [{"kind": "per_app"}, {"kind": "slmaas"}]
     proc = run_cli("plan", str(write(tmp_path, data)), cwd=tmp_path)
     assert proc.returncode == 2 and "only per_app can host" in proc.stderr
-    data["paradigms"] = [{"kind": "per_app"}, {"kind": "agent_os", "name": "aios-rr",
-                                               "scheduler": "round_robin"},
-                         {"kind": "agent_os", "name": "aios-prio"}]
+    data["paradigms"] = [
+        {"kind": "per_app"},
+        {"kind": "agent_os", "name": "aios-rr", "scheduler": "round_robin"},
+        {"kind": "agent_os", "name": "aios-prio"},
+    ]
     data["workloads"][0]["apps"][0].pop("model")
     proc = run_cli("plan", str(write(tmp_path, data)), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from agents.agent_metrics import AgentMetrics
-from fleet.observe.dashboards import DATASOURCE_UID, FOLDER_UID, all_dashboards, m
 from fleet.observe.coordinator_metrics import FleetMetrics
+from fleet.observe.dashboards import DATASOURCE_UID, FOLDER_UID, all_dashboards, m
 from fleet.records import PhoneProfile
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,8 +25,10 @@ METRIC = re.compile(r"\bslmfleet_[a-z0-9_]+")
 def registered_series() -> set[str]:
     """Every series name the real exporters can expose, read from their registries."""
     out = set()
-    for registry in (AgentMetrics(PhoneProfile("p")).registry,
-                     FleetMetrics(run_id="r", experiment="e").registry):
+    for registry in (
+        AgentMetrics(PhoneProfile("p")).registry,
+        FleetMetrics(run_id="r", experiment="e").registry,
+    ):
         for family in registry.collect():
             if family.type == "histogram":
                 out |= {f"{family.name}_bucket", f"{family.name}_sum", f"{family.name}_count"}
@@ -77,6 +79,7 @@ def test_phone_dashboard_has_a_phone_variable():
 
 class GrafanaStandIn(BaseHTTPRequestHandler):
     """Grafana's HTTP API, the part `fleet dashboards push` uses."""
+
     token = "secret-token"
     state: dict = {}
     calls: list = []
@@ -162,9 +165,23 @@ def grafana():
 
 
 def push(url, token, *extra):
-    return subprocess.run([sys.executable, "-m", "fleet.coordinator.cli", "dashboards", "push",
-                           "--grafana-url", url, "--token", token, *extra],
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fleet.coordinator.cli",
+            "dashboards",
+            "push",
+            "--grafana-url",
+            url,
+            "--token",
+            token,
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_push_creates_then_updates_idempotently(grafana):
@@ -191,6 +208,7 @@ def test_rejected_token_is_one_line_and_non_zero(grafana):
 
 def test_unreachable_grafana_is_one_line_and_non_zero():
     import socket
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -207,8 +225,10 @@ def test_targets_file_is_rewritten_whole_as_phones_join_and_leave(tmp_path):
     sd.set("coordinator", "127.0.0.1:9000", job="coordinator")
     sd.set("phone-a", "127.0.0.1:9001", job="phone-agent", phone="phone-a")
     groups = json.loads(sd.path.read_text())
-    assert {"targets": ["127.0.0.1:9001"], "labels": {"job": "phone-agent",
-                                                      "phone": "phone-a"}} in groups
+    assert {
+        "targets": ["127.0.0.1:9001"],
+        "labels": {"job": "phone-agent", "phone": "phone-a"},
+    } in groups
     sd.remove("phone-a")
     assert [g["labels"]["job"] for g in json.loads(sd.path.read_text())] == ["coordinator"]
     assert not list(sd.path.parent.glob("*.tmp"))  # written aside, then renamed into place
@@ -232,11 +252,16 @@ def test_a_new_deployment_drops_the_gauges_of_the_last_one():
 
     metrics = AgentMetrics(PhoneProfile("p", memory_budget_bytes=2**30))
     apps = (AppWorkload("kb", slo_ttft_s=0.1), AppWorkload("chat"))
-    result = DeployResult((AppDeployment("kb", 1, 1.0, 100, 10),
-                           AppDeployment("chat", 2, 1.0, 100, 10)), "random weights", 220, 2**30)
+    result = DeployResult(
+        (AppDeployment("kb", 1, 1.0, 100, 10), AppDeployment("chat", 2, 1.0, 100, 10)),
+        "random weights",
+        220,
+        2**30,
+    )
     metrics.deployed("per_app", "tiny", result, apps)
-    metrics.observe_tick([ResourceSample(1, "kb", 1, 500, 400),
-                          ResourceSample(1, "chat", 2, 500, 400)])
+    metrics.observe_tick(
+        [ResourceSample(1, "kb", 1, 500, 400), ResourceSample(1, "chat", 2, 500, 400)]
+    )
     get = metrics.registry.get_sample_value
     pss = {"phone": "p", "paradigm": "per_app", "model": "tiny"}
     assert get("slmfleet_process_pss_bytes", {**pss, "component": "chat"}) == 400
@@ -247,8 +272,9 @@ def test_a_new_deployment_drops_the_gauges_of_the_last_one():
     # only apps with an SLO get an SLO-miss series
     assert get("slmfleet_slo_misses_total", {**pss, "app": "kb"}) == 0
     assert get("slmfleet_slo_misses_total", {**pss, "app": "chat"}) is None
-    service = DeployResult((AppDeployment("service", 3, 1.0, 100, 0),), "random weights", 120,
-                           2**30)
+    service = DeployResult(
+        (AppDeployment("service", 3, 1.0, 100, 0),), "random weights", 120, 2**30
+    )
     metrics.deployed("slmaas", "tiny", service, apps)
     assert get("slmfleet_process_pss_bytes", {**pss, "component": "kb"}) is None
     assert get("slmfleet_memory_bytes", {**pss, "component": "weights"}) is None

@@ -5,27 +5,32 @@ import json
 import pytest
 import torch
 
-from agents.llm.kv_context import KVContext
 from agents.llm.generate import decode_one_token, generate, prefill, sample
-from agents.llm.transformer import PRESETS, ModelArgs, Transformer
+from agents.llm.kv_context import KVContext
+from agents.llm.transformer import Transformer
 from agents.llm.weights import RANDOM_WEIGHTS, load_model, random_model, save_hf_directory
 from fleet.records import ModelSpec
+from fleet.shapes import PRESETS, ModelArgs
 
 
 def tiny(dtype=torch.float32, seed=0, **overrides) -> Transformer:
     args = ModelArgs.from_name("tiny")
     if overrides:
         from dataclasses import replace
+
         args = replace(args, **overrides)
     return random_model(args, dtype, seed)
 
 
-@pytest.mark.parametrize("overrides", [{}, {"qkv_bias": False, "tie_embeddings": False},
-                                       {"n_kv_head": 4}, {"n_kv_head": 1}])
+@pytest.mark.parametrize(
+    "overrides",
+    [{}, {"qkv_bias": False, "tie_embeddings": False}, {"n_kv_head": 4}, {"n_kv_head": 1}],
+)
 def test_kv_cached_decode_equals_full_forward(overrides):
     model = tiny(**overrides)
-    tokens = torch.randint(0, model.args.vocab_size, (24,),
-                           generator=torch.Generator().manual_seed(1)).tolist()
+    tokens = torch.randint(
+        0, model.args.vocab_size, (24,), generator=torch.Generator().manual_seed(1)
+    ).tolist()
     with torch.inference_mode():
         full = model([(KVContext(model), tokens)], all_logits=True)  # (24, V), one pass
         ctx = KVContext(model)  # a fresh context: the cached path fills it itself
@@ -105,8 +110,10 @@ def test_same_seed_same_tokens_and_different_seed_differs():
 def test_temperature_sampling_is_reproducible_with_a_seeded_generator():
     model = tiny()
     prompt = [5, 6, 7]
-    runs = [generate(model, prompt, 30, temperature=1.0,
-                     generator=torch.Generator().manual_seed(3)) for _ in range(2)]
+    runs = [
+        generate(model, prompt, 30, temperature=1.0, generator=torch.Generator().manual_seed(3))
+        for _ in range(2)
+    ]
     greedy = generate(model, prompt, 30)
     assert runs[0] == runs[1]
     assert runs[0] != greedy  # 30 tokens at temperature 1 over 256 ids: not the argmax path
@@ -137,11 +144,18 @@ def test_bf16_runs_and_halves_weight_bytes():
     b32 = sum(p.numel() * p.element_size() for p in m32.parameters())
     b16 = sum(p.numel() * p.element_size() for p in m16.parameters())
     assert b16 * 2 == b32
-    assert m16.args.weight_bytes(torch.bfloat16) == b16
+    assert m16.args.weight_bytes("bf16") == b16
 
 
-@pytest.mark.parametrize("name,params_m", [("smollm-135m", 134.5), ("smollm-360m", 361.8),
-                                           ("qwen2.5-0.5b", 494.0), ("tinyllama-1.1b", 1100.0)])
+@pytest.mark.parametrize(
+    "name,params_m",
+    [
+        ("smollm-135m", 134.5),
+        ("smollm-360m", 361.8),
+        ("qwen2.5-0.5b", 494.0),
+        ("tinyllama-1.1b", 1100.0),
+    ],
+)
 def test_presets_have_the_published_parameter_counts(name, params_m):
     args = ModelArgs.from_name(name)
     with torch.device("meta"):
@@ -192,9 +206,9 @@ def test_memory_estimates_match_allocations():
     model = tiny()
     args = model.args
     ctx = KVContext(model, capacity=128)
-    assert ctx.allocated_bytes() == args.kv_cache_bytes(128, torch.float32)
+    assert ctx.allocated_bytes() == args.kv_cache_bytes(128, "fp32")
     assert ctx.k.numel() * 4 * 2 == ctx.allocated_bytes()
-    assert PRESETS["smollm-135m"].weight_bytes(torch.float32) / 2**20 == pytest.approx(513, abs=1)
+    assert PRESETS["smollm-135m"].weight_bytes("fp32") / 2**20 == pytest.approx(513, abs=1)
 
 
 def test_hf_directory_uses_hugging_face_parameter_names(tmp_path):
@@ -207,9 +221,14 @@ def test_hf_directory_uses_hugging_face_parameter_names(tmp_path):
     expected = {"model.embed_tokens.weight", "model.norm.weight"}
     for i in range(2):
         p = f"model.layers.{i}."
-        expected |= {p + "input_layernorm.weight", p + "post_attention_layernorm.weight",
-                     p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight",
-                     p + "mlp.down_proj.weight", p + "self_attn.o_proj.weight"}
+        expected |= {
+            p + "input_layernorm.weight",
+            p + "post_attention_layernorm.weight",
+            p + "mlp.gate_proj.weight",
+            p + "mlp.up_proj.weight",
+            p + "mlp.down_proj.weight",
+            p + "self_attn.o_proj.weight",
+        }
         for proj in "qkv":
             expected |= {p + f"self_attn.{proj}_proj.weight", p + f"self_attn.{proj}_proj.bias"}
     assert keys == expected  # tied embeddings: no lm_head.weight, as in Qwen2.5-0.5B

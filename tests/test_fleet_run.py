@@ -20,19 +20,45 @@ def experiment(**changes) -> dict:
     exp = {
         "name": "e2e",
         "seed": 1,
-        "phones": [{"name": "phone-a", "kind": "virtual", "memory_budget_mb": 1024},
-                   {"name": "phone-b", "kind": "virtual", "memory_budget_mb": 1024}],
+        "phones": [
+            {"name": "phone-a", "kind": "virtual", "memory_budget_mb": 1024},
+            {"name": "phone-b", "kind": "virtual", "memory_budget_mb": 1024},
+        ],
         "models": [{"preset": "tiny"}],
         "paradigms": [{"kind": "per_app"}],
         "sample_interval_s": 0.1,
-        "workloads": [{"name": "w", "duration_s": 60, "max_context_tokens": 256, "apps": [
-            {"name": "keyboard", "arrival": {"kind": "closed_loop", "think_time_s": 0.02},
-             "prompt_tokens": 16, "output_tokens": 4, "max_requests": 6, "slo_ttft_ms": 150},
-            {"name": "chat", "arrival": {"kind": "closed_loop"}, "prompt_tokens": 24,
-             "output_tokens": 8, "multi_turn": True, "max_requests": 5},
-            {"name": "notification", "arrival": {"kind": "closed_loop"}, "prompt_tokens": 64,
-             "output_tokens": 12, "max_requests": 3},
-        ]}],
+        "workloads": [
+            {
+                "name": "w",
+                "duration_s": 60,
+                "max_context_tokens": 256,
+                "apps": [
+                    {
+                        "name": "keyboard",
+                        "arrival": {"kind": "closed_loop", "think_time_s": 0.02},
+                        "prompt_tokens": 16,
+                        "output_tokens": 4,
+                        "max_requests": 6,
+                        "slo_ttft_ms": 150,
+                    },
+                    {
+                        "name": "chat",
+                        "arrival": {"kind": "closed_loop"},
+                        "prompt_tokens": 24,
+                        "output_tokens": 8,
+                        "multi_turn": True,
+                        "max_requests": 5,
+                    },
+                    {
+                        "name": "notification",
+                        "arrival": {"kind": "closed_loop"},
+                        "prompt_tokens": 64,
+                        "output_tokens": 12,
+                        "max_requests": 3,
+                    },
+                ],
+            }
+        ],
     }
     exp.update(changes)
     return exp
@@ -41,10 +67,23 @@ def experiment(**changes) -> dict:
 def start_run(tmp_path: Path, exp: dict, run_id: str) -> subprocess.Popen:
     path = tmp_path / f"{run_id}.yaml"
     path.write_text(yaml.safe_dump(exp))
-    return subprocess.Popen([sys.executable, "-m", "fleet.coordinator.cli", "run", str(path), "--run-id",
-                             run_id, "--runs-dir", str(tmp_path / "runs")],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            cwd=tmp_path)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "fleet.coordinator.cli",
+            "run",
+            str(path),
+            "--run-id",
+            run_id,
+            "--runs-dir",
+            str(tmp_path / "runs"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=tmp_path,
+    )
 
 
 def rows(db: Path, sql: str, args=()):
@@ -61,9 +100,15 @@ def test_fleet_run_writes_every_record_and_the_manifest(tmp_path):
     # closed loops with max_requests: 6 + 5 + 3 records per phone, two phones
     assert rows(db, "SELECT COUNT(*) FROM requests WHERE status='ok'") == [(28,)]
     assert rows(db, "SELECT app, COUNT(*) FROM requests GROUP BY app ORDER BY app") == [
-        ("chat", 10), ("keyboard", 12), ("notification", 6)]
-    assert rows(db, "SELECT COUNT(*) FROM requests WHERE NOT (submit_ns <= first_token_ns "
-                    "AND first_token_ns <= last_token_ns)") == [(0,)]
+        ("chat", 10),
+        ("keyboard", 12),
+        ("notification", 6),
+    ]
+    assert rows(
+        db,
+        "SELECT COUNT(*) FROM requests WHERE NOT (submit_ns <= first_token_ns "
+        "AND first_token_ns <= last_token_ns)",
+    ) == [(0,)]
     assert rows(db, "SELECT status, shared_cores FROM trials") == [("completed", 0)] * 2
     # serialized by default: the two phones' trials did not overlap in time
     (s1, e1), (s2, e2) = rows(db, "SELECT started_at, ended_at FROM trials ORDER BY started_at")
@@ -83,8 +128,12 @@ def test_fleet_run_writes_every_record_and_the_manifest(tmp_path):
     report = (run / "report.html").read_text()
     assert report.count("<svg") == 2 * 5 and "per_app" in report  # five plots per phone
     # the summary can be recomputed from the store alone
-    again = subprocess.run([sys.executable, "-m", "fleet.coordinator.cli", "summary", str(run)],
-                           capture_output=True, text=True, timeout=60)
+    again = subprocess.run(
+        [sys.executable, "-m", "fleet.coordinator.cli", "summary", str(run)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert again.returncode == 0 and "keyboard" in again.stdout
 
 
@@ -114,15 +163,22 @@ def test_killed_agent_fails_its_trials_and_the_run_goes_on(tmp_path):
     assert proc.returncode == 1, out  # finished, with failed trials
     trials = dict(rows(db, "SELECT trial_id, status FROM trials"))
     assert trials == {
-        "per_app.w.tiny.phone-a.corun.r0": "failed", "per_app.w.tiny.phone-a.corun.r1": "failed",
-        "per_app.w.tiny.phone-b.corun.r0": "completed", "per_app.w.tiny.phone-b.corun.r1": "completed"}
+        "per_app.w.tiny.phone-a.corun.r0": "failed",
+        "per_app.w.tiny.phone-a.corun.r1": "failed",
+        "per_app.w.tiny.phone-b.corun.r0": "completed",
+        "per_app.w.tiny.phone-b.corun.r1": "completed",
+    }
     reasons = dict(rows(db, "SELECT trial_id, reason FROM trials WHERE status='failed'"))
     assert "UNAVAILABLE" in reasons[victim_trial] or "CANCELLED" in reasons[victim_trial]
     assert "not healthy" in reasons["per_app.w.tiny.phone-a.corun.r1"]
     # records received before the kill are still there
     assert kept >= 2
-    assert rows(db, "SELECT COUNT(*) FROM requests WHERE trial_id=? AND status='ok'",
-                (victim_trial,))[0][0] >= 2
+    assert (
+        rows(db, "SELECT COUNT(*) FROM requests WHERE trial_id=? AND status='ok'", (victim_trial,))[
+            0
+        ][0]
+        >= 2
+    )
     assert "2 of 4 trials failed" in out
 
 
@@ -130,9 +186,12 @@ def test_unreachable_phone_fails_its_trials_only(tmp_path, monkeypatch):
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    exp = experiment(phones=[
-        {"name": "ghost", "kind": "remote", "address": f"127.0.0.1:{port}"},
-        {"name": "phone-b", "kind": "virtual", "memory_budget_mb": 1024}])
+    exp = experiment(
+        phones=[
+            {"name": "ghost", "kind": "remote", "address": f"127.0.0.1:{port}"},
+            {"name": "phone-b", "kind": "virtual", "memory_budget_mb": 1024},
+        ]
+    )
     monkeypatch.setenv("FLEET_AGENT_TOKEN", "ghost-token")
     proc = start_run(tmp_path, exp, "ghost")
     out, _ = proc.communicate(timeout=400)

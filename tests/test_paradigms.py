@@ -11,32 +11,57 @@ import pytest
 from conftest import TOKEN, agent_process
 from fleet.coordinator.agent_client import AgentClient
 from fleet.records import (
-    AppWorkload, ArrivalPattern, DeploySpec, ModelSpec, Paradigm, PhoneEvent, RequestRecord,
-    RequestStatus, ResourceSample, SchedulerPolicy, ServiceOptions, TrialStatus, TrialSummary,
+    AppWorkload,
+    ArrivalPattern,
+    DeploySpec,
+    ModelSpec,
+    Paradigm,
+    PhoneEvent,
+    RequestRecord,
+    RequestStatus,
+    ResourceSample,
+    SchedulerPolicy,
+    ServiceOptions,
+    TrialStatus,
+    TrialSummary,
     WorkloadRun,
 )
 
 pytestmark = pytest.mark.slow
 
-AGENT_OS = ServiceOptions(scheduler=SchedulerPolicy.PRIORITY, persistent_contexts=True,
-                          prefill_chunk_tokens=64)
+AGENT_OS = ServiceOptions(
+    scheduler=SchedulerPolicy.PRIORITY, persistent_contexts=True, prefill_chunk_tokens=64
+)
 SLMAAS = ServiceOptions(scheduler=SchedulerPolicy.FCFS)
 
 
-def run_trial(client, paradigm, apps, *, model="tiny", duration=4.0, service=SLMAAS, seed=3,
-              threads=1):
-    client.deploy(DeploySpec(paradigm, ModelSpec(preset=model), tuple(apps),
-                             max_context_tokens=1024, threads_per_process=threads,
-                             service=service))
+def run_trial(
+    client, paradigm, apps, *, model="tiny", duration=4.0, service=SLMAAS, seed=3, threads=1
+):
+    client.deploy(
+        DeploySpec(
+            paradigm,
+            ModelSpec(preset=model),
+            tuple(apps),
+            max_context_tokens=1024,
+            threads_per_process=threads,
+            service=service,
+        )
+    )
     try:
-        events = list(client.run_workload(WorkloadRun(f"{paradigm.value}", duration, seed=seed,
-                                                      sample_interval_s=0.1)))
+        events = list(
+            client.run_workload(
+                WorkloadRun(f"{paradigm.value}", duration, seed=seed, sample_interval_s=0.1)
+            )
+        )
     finally:
         client.reset()
-    out = {"records": [e for e in events if isinstance(e, RequestRecord)],
-           "samples": [e for e in events if isinstance(e, ResourceSample)],
-           "events": [e for e in events if isinstance(e, PhoneEvent)],
-           "summary": events[-1]}
+    out = {
+        "records": [e for e in events if isinstance(e, RequestRecord)],
+        "samples": [e for e in events if isinstance(e, ResourceSample)],
+        "events": [e for e in events if isinstance(e, PhoneEvent)],
+        "summary": events[-1],
+    }
     assert isinstance(out["summary"], TrialSummary)
     return out
 
@@ -50,8 +75,17 @@ def client():
 
 
 def test_per_app_holds_at_least_2_5x_the_memory_of_slmaas(client):
-    apps = [AppWorkload(n, ArrivalPattern.CLOSED_LOOP, think_time_s=0.5, prompt_tokens=16,
-                        output_tokens=4, max_requests=2) for n in ("a", "b", "c")]
+    apps = [
+        AppWorkload(
+            n,
+            ArrivalPattern.CLOSED_LOOP,
+            think_time_s=0.5,
+            prompt_tokens=16,
+            output_tokens=4,
+            max_requests=2,
+        )
+        for n in ("a", "b", "c")
+    ]
     per_app = run_trial(client, Paradigm.PER_APP, apps, model="smollm-135m", duration=3)
     slmaas = run_trial(client, Paradigm.SLMAAS, apps, model="smollm-135m", duration=3)
     assert per_app["summary"].status is TrialStatus.COMPLETED
@@ -64,51 +98,79 @@ def test_per_app_holds_at_least_2_5x_the_memory_of_slmaas(client):
 def test_slmaas_batches_and_beats_per_app_aggregate_throughput(client):
     # six apps at once: enough concurrency that batching pays (about 1.6x here), so the
     # comparison is not decided by the machine's noise (four apps gave 1.1-1.3x)
-    apps = [AppWorkload(f"app{i}", ArrivalPattern.CLOSED_LOOP, prompt_tokens=24,
-                        output_tokens=32) for i in range(6)]
+    apps = [
+        AppWorkload(f"app{i}", ArrivalPattern.CLOSED_LOOP, prompt_tokens=24, output_tokens=32)
+        for i in range(6)
+    ]
     ratios = []
     for _ in range(2):
         shared = run_trial(client, Paradigm.SLMAAS, apps, service=SLMAAS)  # 1 thread, as each app
         own = run_trial(client, Paradigm.PER_APP, apps)
-        assert max(r.max_batch_size for r in shared["records"]) > 1
-        assert max(r.max_batch_size for r in own["records"]) == 1
-        ratios.append((shared["summary"].output_tokens / shared["summary"].duration_s)
-                      / (own["summary"].output_tokens / own["summary"].duration_s))
+        assert max(r.service.max_batch_size for r in shared["records"]) > 1
+        assert max(r.service.max_batch_size for r in own["records"]) == 1
+        ratios.append(
+            (shared["summary"].output_tokens / shared["summary"].duration_s)
+            / (own["summary"].output_tokens / own["summary"].duration_s)
+        )
     assert statistics.median(ratios) > 1.0, f"SLMaaS / per-app tokens/s: {ratios}"
 
 
 def _fg_ttft_p50(trial):
-    fg = [r.ttft_s for r in trial["records"] if r.app == "keyboard"
-          and r.status is RequestStatus.OK]
+    fg = [
+        r.ttft_s for r in trial["records"] if r.app == "keyboard" and r.status is RequestStatus.OK
+    ]
     assert len(fg) >= 3
     return statistics.median(fg)
 
 
 def test_agent_os_keeps_foreground_ttft_below_slmaas_under_background_load(client):
-    apps = [AppWorkload("keyboard", ArrivalPattern.POISSON, rate_per_s=2.0, prompt_tokens=16,
-                        output_tokens=4, foreground=True),
-            AppWorkload("summarizer", ArrivalPattern.CLOSED_LOOP, prompt_tokens=384,
-                        output_tokens=24),
-            AppWorkload("indexer", ArrivalPattern.CLOSED_LOOP, prompt_tokens=256,
-                        output_tokens=24)]
-    fcfs = run_trial(client, Paradigm.SLMAAS, apps, model="smollm-135m", duration=6,
-                     service=SLMAAS, threads=2)
-    prio = run_trial(client, Paradigm.AGENT_OS, apps, model="smollm-135m", duration=6,
-                     service=AGENT_OS, threads=2)
+    apps = [
+        AppWorkload(
+            "keyboard",
+            ArrivalPattern.POISSON,
+            rate_per_s=2.0,
+            prompt_tokens=16,
+            output_tokens=4,
+            foreground=True,
+        ),
+        AppWorkload("summarizer", ArrivalPattern.CLOSED_LOOP, prompt_tokens=384, output_tokens=24),
+        AppWorkload("indexer", ArrivalPattern.CLOSED_LOOP, prompt_tokens=256, output_tokens=24),
+    ]
+    fcfs = run_trial(
+        client, Paradigm.SLMAAS, apps, model="smollm-135m", duration=6, service=SLMAAS, threads=2
+    )
+    prio = run_trial(
+        client,
+        Paradigm.AGENT_OS,
+        apps,
+        model="smollm-135m",
+        duration=6,
+        service=AGENT_OS,
+        threads=2,
+    )
     assert _fg_ttft_p50(prio) < _fg_ttft_p50(fcfs)
     # background requests were preempted, and every slice of them was recorded
-    preempted = [r for r in prio["records"] if len(r.slices) > 1]
+    preempted = [r for r in prio["records"] if len(r.service.slices) > 1]
     assert preempted
     for r in preempted:
-        assert sum(s.output_tokens for s in r.slices) == r.output_tokens
-        assert all(a.end_ns <= b.start_ns for a, b in zip(r.slices, r.slices[1:]))
+        assert sum(s.output_tokens for s in r.service.slices) == r.output_tokens
+        assert all(a.end_ns <= b.start_ns for a, b in zip(r.service.slices, r.service.slices[1:]))
 
 
 def test_lmk_kill_is_followed_by_a_recorded_cold_start():
-    apps = [AppWorkload("fg", ArrivalPattern.CLOSED_LOOP, think_time_s=0.05, prompt_tokens=16,
-                        output_tokens=8, foreground=True),
-            AppWorkload("bg", ArrivalPattern.CLOSED_LOOP, think_time_s=0.3, prompt_tokens=16,
-                        output_tokens=8)]
+    apps = [
+        AppWorkload(
+            "fg",
+            ArrivalPattern.CLOSED_LOOP,
+            think_time_s=0.05,
+            prompt_tokens=16,
+            output_tokens=8,
+            foreground=True,
+        ),
+        AppWorkload(
+            "bg", ArrivalPattern.CLOSED_LOOP, think_time_s=0.3, prompt_tokens=16, output_tokens=8
+        ),
+    ]
     # two tiny-model processes hold ~2 x 200 MiB of PSS, mostly runtime: 300 MiB fits one
     with agent_process("--name", "small", "--memory-budget-mb", "300") as (address, _):
         c = AgentClient(address, TOKEN)
@@ -127,10 +189,14 @@ def test_lmk_kill_is_followed_by_a_recorded_cold_start():
 
 
 def test_a_dead_service_fails_in_flight_requests_with_a_reason(client):
-    apps = [AppWorkload("chat", ArrivalPattern.CLOSED_LOOP, prompt_tokens=16,
-                        output_tokens=400)]
-    service_pid = client.deploy(DeploySpec(Paradigm.SLMAAS, ModelSpec(preset="tiny"),
-                                           tuple(apps), service=SLMAAS)).apps[0].pid
+    apps = [AppWorkload("chat", ArrivalPattern.CLOSED_LOOP, prompt_tokens=16, output_tokens=400)]
+    service_pid = (
+        client.deploy(
+            DeploySpec(Paradigm.SLMAAS, ModelSpec(preset="tiny"), tuple(apps), service=SLMAAS)
+        )
+        .apps[0]
+        .pid
+    )
     stream = client.run_workload(WorkloadRun("doomed", 30.0))
     t0 = time.monotonic()
     killed = False
@@ -144,7 +210,8 @@ def test_a_dead_service_fails_in_flight_requests_with_a_reason(client):
     assert time.monotonic() - t0 < 20  # no hang
     summary = events[-1]
     assert summary.status is TrialStatus.FAILED and "service process" in summary.reason
-    failed = [e for e in events if isinstance(e, RequestRecord)
-              and e.status is RequestStatus.FAILED]
+    failed = [
+        e for e in events if isinstance(e, RequestRecord) and e.status is RequestStatus.FAILED
+    ]
     assert failed and all(r.error for r in failed)
     assert any(isinstance(e, PhoneEvent) and e.kind == "service_died" for e in events)

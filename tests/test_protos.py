@@ -15,13 +15,20 @@ def _generate(out: Path) -> list[Path]:
 
 def test_committed_stubs_match_the_proto_sources(tmp_path):
     generated = _generate(tmp_path)
-    assert {p.name for p in generated} == {"agent_pb2.py", "agent_pb2.pyi", "agent_pb2_grpc.py", "slm_service_pb2.py",
-                                           "slm_service_pb2.pyi", "slm_service_pb2_grpc.py"}
+    assert {p.name for p in generated} == {
+        "agent_pb2.py",
+        "agent_pb2.pyi",
+        "agent_pb2_grpc.py",
+        "slm_service_pb2.py",
+        "slm_service_pb2.pyi",
+        "slm_service_pb2_grpc.py",
+    }
     for fresh in generated:
         committed = ROOT / "fleet" / "v1" / fresh.name
         assert committed.is_file(), f"{committed} is missing: run scripts/gen_protos.py"
         assert committed.read_text() == fresh.read_text(), (
-            f"{committed.relative_to(ROOT)} drifted from protos/: run scripts/gen_protos.py")
+            f"{committed.relative_to(ROOT)} drifted from protos/: run scripts/gen_protos.py"
+        )
 
 
 def test_proto_follows_buf_conventions():

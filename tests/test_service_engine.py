@@ -6,11 +6,11 @@ from dataclasses import replace
 import torch
 
 from agents.llm.generate import generate
-from agents.llm.transformer import ModelArgs
 from agents.llm.weights import random_model
-from agents.modelservice.serving_engine import ServingEngine
 from agents.modelservice.scheduler import RequestState, ServiceRequest
+from agents.modelservice.serving_engine import ServingEngine
 from fleet.records import ContextPolicy, SchedulerPolicy, ServiceOptions
+from fleet.shapes import ModelArgs
 
 MODEL = random_model(replace(ModelArgs.from_name("tiny"), tie_embeddings=False), torch.float32, 0)
 
@@ -48,12 +48,13 @@ def test_continuous_batching_gives_each_request_its_own_greedy_tokens(tmp_path):
     for r, p in zip(reqs, prompts):
         assert r.tokens == generate(MODEL, p, r.max_new_tokens), r.request_id
         assert r.state == RequestState.FINISHED and len(r.slices) == 1
-    assert engine.stats()["max_batch_size"] == 4 and engine.stats()["mean_batch_size"] > 1
+    assert engine.stats().max_batch_size == 4 and engine.stats().mean_batch_size > 1
 
 
 def test_priority_preempts_background_and_records_every_slice(tmp_path):
-    engine = ServingEngine(MODEL, ServiceOptions(scheduler=SchedulerPolicy.PRIORITY,
-                                                 max_batch_size=4), tmp_path)
+    engine = ServingEngine(
+        MODEL, ServiceOptions(scheduler=SchedulerPolicy.PRIORITY, max_batch_size=4), tmp_path
+    )
     bg = req("bg", range(1, 30), 20)
     engine.submit(bg)
     engine.active.extend(engine._incoming)
@@ -65,20 +66,24 @@ def test_priority_preempts_background_and_records_every_slice(tmp_path):
     drain(engine)
     assert fg.slices and len(fg.slices) == 1
     assert len(bg.slices) == 2  # preempted once, resumed once; the last slice is recorded too
-    assert bg.slices[0].end_ns <= fg.slices[0].start_ns and fg.slices[0].end_ns <= bg.slices[1].start_ns
+    assert (
+        bg.slices[0].end_ns <= fg.slices[0].start_ns
+        and fg.slices[0].end_ns <= bg.slices[1].start_ns
+    )
     assert sum(s.output_tokens for s in bg.slices) == 20
     assert bg.tokens == generate(MODEL, list(range(1, 30)), 20)  # preemption changes no token
     assert engine.num_preemptions == 1
 
 
 def test_round_robin_rotates_by_quantum(tmp_path):
-    engine = ServingEngine(MODEL, ServiceOptions(scheduler=SchedulerPolicy.ROUND_ROBIN,
-                                                 quantum_tokens=3), tmp_path)
+    engine = ServingEngine(
+        MODEL, ServiceOptions(scheduler=SchedulerPolicy.ROUND_ROBIN, quantum_tokens=3), tmp_path
+    )
     a, b = req("a", range(1, 5), 7), req("b", range(9, 14), 7)
     engine.submit(a)
     engine.submit(b)
     drain(engine)
-    assert engine.stats()["max_batch_size"] == 1
+    assert engine.stats().max_batch_size == 1
     assert len(a.slices) == 3 and len(b.slices) == 3  # 7 tokens in slices of <= 3 steps
     assert a.tokens == generate(MODEL, list(range(1, 5)), 7)
 
@@ -101,9 +106,11 @@ def _multi_turn(engine, turns=3):
 
 def test_persistent_context_is_swapped_out_and_restored_exactly(tmp_path):
     for policy in (ContextPolicy.SWAP, ContextPolicy.RECOMPUTE):
-        engine = ServingEngine(MODEL, ServiceOptions(persistent_contexts=True,
-                                                     context_policy=policy, kv_budget_bytes=1),
-                               tmp_path / policy.value)
+        engine = ServingEngine(
+            MODEL,
+            ServiceOptions(persistent_contexts=True, context_policy=policy, kv_budget_bytes=1),
+            tmp_path / policy.value,
+        )
         outs = _multi_turn(engine)
         history = []
         for t, r in enumerate(outs):
@@ -117,21 +124,23 @@ def test_persistent_context_is_swapped_out_and_restored_exactly(tmp_path):
                 assert r.cached_prompt_tokens == len(prompt) - 8 - 1
         stats = engine.stats()
         key = "swap_ins" if policy is ContextPolicy.SWAP else "recomputes"
-        assert stats[key] == 2
+        assert getattr(stats, key) == 2
 
 
 def test_shared_prefix_is_prefilled_once_per_app(tmp_path):
     engine = ServingEngine(MODEL, ServiceOptions(prefix_cache=True), tmp_path)
     system = list(range(200, 232))
-    rs = [req(f"n{i}", system + [i + 1, i + 2, i + 3], 4, app="notif", shared_prefix_tokens=32)
-          for i in range(3)]
+    rs = [
+        req(f"n{i}", system + [i + 1, i + 2, i + 3], 4, app="notif", shared_prefix_tokens=32)
+        for i in range(3)
+    ]
     for r in rs:
         engine.submit(r)
         drain(engine)
     assert [r.cached_prompt_tokens for r in rs] == [0, 32, 32]
     for r in rs:
         assert r.tokens == generate(MODEL, r.prompt, 4)
-    assert engine.stats()["prefix_hits"] == 2
+    assert engine.stats().prefix_hits == 2
 
 
 def test_a_failing_step_fails_every_request_instead_of_hanging(tmp_path):
@@ -141,7 +150,9 @@ def test_a_failing_step_fails_every_request_instead_of_hanging(tmp_path):
     good, bad = req("good", range(1, 9), 50), req("bad", [10_000], 4)  # id beyond the vocab
     done = []
     for r in (good, bad):
-        r.sink = lambda item, done=done: done.append(item) if isinstance(item, ServiceRequest) else None
+        r.sink = (
+            lambda item, done=done: done.append(item) if isinstance(item, ServiceRequest) else None
+        )
         engine.submit(r)
     stop = threading.Event()
     worker = threading.Thread(target=engine.run_forever, args=(stop,))

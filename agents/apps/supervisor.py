@@ -1,5 +1,6 @@
-"""The app processes of a deployment: spawn one client process per app, run their workloads,
-relay what they send. Shared by every paradigm; what differs is the model each app reaches.
+"""The app processes of a deployment: spawn one process per app (app_process.py), run their
+workloads, relay what they send. Shared by every paradigm; what differs is the model each app
+reaches (its own, or the phone's shared service).
 """
 
 from __future__ import annotations
@@ -7,12 +8,14 @@ from __future__ import annotations
 import multiprocessing as mp
 import threading
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
-from typing import Callable
+from typing import cast
 
 from agents.apps.app_process import ModelEndpoint, client_main
-from agents.paradigms.base import DeployError
+from agents.errors import DeployError
+from agents.modelservice.model_process import ModelReady
 from fleet.records import AppWorkload, WorkloadRun
 
 READY_TIMEOUT_S = 300.0
@@ -24,28 +27,35 @@ class AppProc:
     proc: mp.process.BaseProcess
     cmd: Connection  # host -> app
     evt: Connection  # app -> host
-    ready: dict = field(default_factory=dict)
+    ready: ModelReady | None = None  # an own model's launch (per-app), None for shared
     model_pid: int = 0  # own model process (per-app), 0 for shared
     busy: bool = False
     last_used_ns: int = 0  # when its last request started or ended (for LRU choices)
 
 
-class AppsHost:
+class AppSupervisor:
     def __init__(self) -> None:
         self.apps: list[AppProc] = []
 
-    def start(self, apps: tuple[AppWorkload, ...],
-              endpoint_of: Callable[[AppWorkload], ModelEndpoint],
-              args_of: Callable, max_context_of: Callable[[AppWorkload], int]) -> None:
-        """Start one client process per app; args_of(app) is its model's shape (for the
-        vocabulary its prompts draw from)."""
+    def start(
+        self,
+        apps: tuple[AppWorkload, ...],
+        endpoint_of: Callable[[AppWorkload], ModelEndpoint],
+        vocab_of: Callable[[AppWorkload], int],
+        max_context_of: Callable[[AppWorkload], int],
+    ) -> None:
+        """Start one process per app; vocab_of(app) is its model's vocabulary (its prompts draw
+        token ids from it)."""
         ctx = mp.get_context("spawn")
         for app in apps:
             cmd_r, cmd_w = ctx.Pipe(duplex=False)
             evt_r, evt_w = ctx.Pipe(duplex=False)
-            proc = ctx.Process(target=client_main, name=f"app-{app.name}", daemon=True,
-                               args=(cmd_r, evt_w, app, endpoint_of(app),
-                                     args_of(app).vocab_size, max_context_of(app)))
+            proc = ctx.Process(
+                target=client_main,
+                name=f"app-{app.name}",
+                daemon=True,
+                args=(cmd_r, evt_w, app, endpoint_of(app), vocab_of(app), max_context_of(app)),
+            )
             proc.start()
             cmd_r.close()
             evt_w.close()  # keep only our ends, so a dead app reads as EOF
@@ -53,10 +63,14 @@ class AppsHost:
         pending = {a.evt: a for a in self.apps}
         deadline = time.monotonic() + READY_TIMEOUT_S
         while pending:
-            ready = wait(list(pending), timeout=max(0.0, deadline - time.monotonic()))
+            ready = cast(
+                list[Connection], wait(list(pending), timeout=max(0.0, deadline - time.monotonic()))
+            )
             if not ready:
-                raise DeployError(f"apps {sorted(a.app.name for a in pending.values())} did not "
-                                  f"start within {READY_TIMEOUT_S:.0f} s")
+                raise DeployError(
+                    f"apps {sorted(a.app.name for a in pending.values())} did not "
+                    f"start within {READY_TIMEOUT_S:.0f} s"
+                )
             for conn in ready:
                 a = pending[conn]
                 try:
@@ -71,8 +85,13 @@ class AppsHost:
                     raise DeployError(f"app {a.app.name} failed to start: {payload}")
                 a.ready = payload
 
-    def run(self, run: WorkloadRun, emit: Callable, stop: threading.Event,
-            on_tick: Callable[[], None] | None = None) -> list[str]:
+    def run(
+        self,
+        run: WorkloadRun,
+        emit: Callable,
+        stop: threading.Event,
+        on_tick: Callable[[], None] | None = None,
+    ) -> list[str]:
         """Run every app's workload; ``on_tick`` is called about every 0.1 s meanwhile."""
         problems: list[str] = []
         pending = {}
@@ -87,14 +106,15 @@ class AppsHost:
                 for a in pending.values():
                     self.send(a, ("stop",))
                 stop_sent = True
-            for conn in wait(list(pending), timeout=0.1):
+            for conn in cast(list[Connection], wait(list(pending), timeout=0.1)):
                 a = pending[conn]
                 try:
                     kind, payload = conn.recv()
                 except (EOFError, OSError):
                     a.proc.join(timeout=1.0)
-                    problems.append(f"app {a.app.name} process {a.proc.pid} died "
-                                    f"(exit code {a.proc.exitcode})")
+                    problems.append(
+                        f"app {a.app.name} process {a.proc.pid} died (exit code {a.proc.exitcode})"
+                    )
                     del pending[conn]
                     continue
                 if kind == "record":
@@ -136,5 +156,3 @@ class AppsHost:
             a.evt.close()
         self.apps = []
         return n
-
-

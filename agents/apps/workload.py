@@ -7,7 +7,8 @@ up front and a late request keeps its scheduled submit time (no coordinated omis
 spent behind earlier requests shows up as queue wait. Arrivals the workload's end leaves unserved
 are recorded as cancelled, never dropped.
 
-    run_app(app, run, serve=local_serve(model), emit=records.append, vocab_size=..., max_context=...)
+    run_app(app, run, serve=local_serve(model), emit=records.append, vocab_size=...,
+            max_context=...)
 """
 
 from __future__ import annotations
@@ -15,32 +16,27 @@ from __future__ import annotations
 import random
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import Callable
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from fleet.records import (
-    NS_PER_S, AppWorkload, ArrivalPattern, RequestRecord, RequestStatus, WorkloadRun,
+    NS_PER_S,
+    AppWorkload,
+    ArrivalPattern,
+    RequestRecord,
+    RequestStatus,
+    ServeCall,
+    ServiceFacts,
+    WorkloadRun,
 )
-
-
-
-@dataclass(frozen=True)
-class ServeCall:
-    """One request as an app hands it to its model."""
-    request_id: str
-    app: str
-    prompt: list[int]
-    output_tokens: int
-    foreground: bool = False
-    session: str = ""  # the app's conversation, for a service that keeps contexts
-    shared_prefix_tokens: int = 0  # the app's fixed system prompt
 
 
 @dataclass
 class ServeResult:
     tokens: list[int]
     scheduled_ns: int = 0  # 0: the app stamps it when it sends the request
-    extra: dict = field(default_factory=dict)  # RequestRecord fields the model side knows
+    service: ServiceFacts = ServiceFacts()  # what the model side reported
+    cold_start_s: float = 0.0  # a relaunch of the app's own model that this request paid
 
 
 # serve(call, on_token, should_stop) -> ServeResult
@@ -52,8 +48,9 @@ def system_prompt(app: AppWorkload, vocab_size: int) -> list[int]:
     return [rng.randrange(vocab_size) for _ in range(app.system_prompt_tokens)]
 
 
-def poisson_arrivals_ns(app: AppWorkload, start_ns: int, duration_s: float,
-                        rng: random.Random) -> list[int]:
+def poisson_arrivals_ns(
+    app: AppWorkload, start_ns: int, duration_s: float, rng: random.Random
+) -> list[int]:
     """Submit times of an open-loop app within [start, start + duration)."""
     out: list[int] = []
     t = float(start_ns)
@@ -73,9 +70,16 @@ def _sleep_until(t_ns: int, stop: threading.Event) -> bool:
     return not stop.wait(delay) if delay > 0 else not stop.is_set()
 
 
-def run_app(app: AppWorkload, run: WorkloadRun, *, serve: ServeFn,
-            emit: Callable[[RequestRecord], None], vocab_size: int, max_context: int,
-            stop: threading.Event | None = None) -> int:
+def run_app(
+    app: AppWorkload,
+    run: WorkloadRun,
+    *,
+    serve: ServeFn,
+    emit: Callable[[RequestRecord], None],
+    vocab_size: int,
+    max_context: int,
+    stop: threading.Event | None = None,
+) -> int:
     """Run one app's workload to its end; returns the number of records emitted."""
     stop = stop or threading.Event()
     rng = random.Random(f"{run.seed}:{app.name}")
@@ -94,21 +98,31 @@ def run_app(app: AppWorkload, run: WorkloadRun, *, serve: ServeFn,
             history, turn = [], 0  # a new conversation (or agent task) starts
         prompt = system + (history if app.multi_turn else []) + new
         rid = f"{run.trial_id}/{app.name}/{n}"
-        rec = RequestRecord(request_id=rid, app=app.name, status=RequestStatus.OK,
-                            prompt_tokens=len(prompt), submit_ns=submit_ns, turn=turn)
-        call = ServeCall(rid, app.name, prompt, app.output_tokens, app.foreground,
-                         session=app.name if app.multi_turn else "",
-                         shared_prefix_tokens=len(system))
+        rec = RequestRecord(
+            request_id=rid,
+            app=app.name,
+            status=RequestStatus.OK,
+            prompt_tokens=len(prompt),
+            submit_ns=submit_ns,
+            turn=turn,
+        )
+        call = ServeCall(
+            rid,
+            app.name,
+            prompt,
+            app.output_tokens,
+            app.foreground,
+            session=app.name if app.multi_turn else "",
+            shared_prefix_tokens=len(system),
+        )
         sent_ns = time.monotonic_ns()
         try:
-            result = serve(call, lambda _tok: rec.token_ns.append(time.monotonic_ns()),
-                           stop.is_set)
+            result = serve(call, lambda _tok: rec.token_ns.append(time.monotonic_ns()), stop.is_set)
         except Exception as exc:  # a failed request is a record, not a crash of the app
             rec.status, rec.error = RequestStatus.FAILED, f"{type(exc).__name__}: {exc}"
             return rec
         rec.scheduled_ns = result.scheduled_ns or sent_ns
-        for key, value in result.extra.items():
-            setattr(rec, key, value)
+        rec.service, rec.cold_start_s = result.service, result.cold_start_s
         if len(result.tokens) < app.output_tokens:
             rec.status, rec.error = RequestStatus.CANCELLED, "stopped during generation"
         if app.multi_turn:
@@ -116,9 +130,14 @@ def run_app(app: AppWorkload, run: WorkloadRun, *, serve: ServeFn,
         return rec
 
     def cancelled(submit_ns: int, why: str) -> RequestRecord:
-        return RequestRecord(request_id=f"{run.trial_id}/{app.name}/{n}", app=app.name,
-                             status=RequestStatus.CANCELLED, prompt_tokens=app.prompt_tokens,
-                             submit_ns=submit_ns, error=why)
+        return RequestRecord(
+            request_id=f"{run.trial_id}/{app.name}/{n}",
+            app=app.name,
+            status=RequestStatus.CANCELLED,
+            prompt_tokens=app.prompt_tokens,
+            submit_ns=submit_ns,
+            error=why,
+        )
 
     if app.pattern is ArrivalPattern.POISSON:
         arrivals = poisson_arrivals_ns(app, start_ns, run.duration_s, rng)
@@ -141,7 +160,8 @@ def run_app(app: AppWorkload, run: WorkloadRun, *, serve: ServeFn,
         if app.max_requests and n >= app.max_requests:
             break
         if app.think_time_s and not _sleep_until(
-                time.monotonic_ns() + int(app.think_time_s * NS_PER_S), stop):
+            time.monotonic_ns() + int(app.think_time_s * NS_PER_S), stop
+        ):
             break
     return n
 
@@ -151,6 +171,10 @@ def local_serve(model) -> ServeFn:
     from agents.llm.generate import generate
 
     def serve(call: ServeCall, on_token, should_stop) -> ServeResult:
-        return ServeResult(generate(model, call.prompt, call.output_tokens, on_token=on_token,
-                                    should_stop=should_stop))
+        return ServeResult(
+            generate(
+                model, call.prompt, call.output_tokens, on_token=on_token, should_stop=should_stop
+            )
+        )
+
     return serve

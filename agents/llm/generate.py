@@ -9,7 +9,7 @@ model with several contexts at once.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -17,8 +17,9 @@ from agents.llm.kv_context import KVContext
 from agents.llm.transformer import Transformer
 
 
-def sample(logits: torch.Tensor, temperature: float = 0.0,
-           generator: torch.Generator | None = None) -> torch.Tensor:
+def sample(
+    logits: torch.Tensor, temperature: float = 0.0, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """logits (B, V) -> token ids (B,). temperature 0 is greedy."""
     if temperature <= 0.0:
         return torch.argmax(logits, dim=-1)
@@ -37,11 +38,17 @@ def decode_one_token(model: Transformer, ctx: KVContext, token: int) -> torch.Te
 
 
 @torch.inference_mode()
-def generate(model: Transformer, prompt: list[int], max_new_tokens: int, *,
-             temperature: float = 0.0, generator: torch.Generator | None = None,
-             on_token: Callable[[int], None] | None = None,
-             should_stop: Callable[[], bool] | None = None,
-             ctx: KVContext | None = None) -> list[int]:
+def generate(
+    model: Transformer,
+    prompt: list[int],
+    max_new_tokens: int,
+    *,
+    temperature: float = 0.0,
+    generator: torch.Generator | None = None,
+    on_token: Callable[[int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    ctx: KVContext | None = None,
+) -> list[int]:
     """Greedy or temperature sampling of exactly ``max_new_tokens`` tokens after ``prompt``.
 
     With ``ctx``, tokens it already holds as a prefix of ``prompt`` are not recomputed.
@@ -50,8 +57,10 @@ def generate(model: Transformer, prompt: list[int], max_new_tokens: int, *,
     if not prompt:
         raise ValueError("prompt must hold at least one token")
     if len(prompt) + max_new_tokens > model.args.max_position:
-        raise ValueError(f"prompt {len(prompt)} + output {max_new_tokens} tokens exceed the "
-                         f"model's {model.args.max_position} positions")
+        raise ValueError(
+            f"prompt {len(prompt)} + output {max_new_tokens} tokens exceed the "
+            f"model's {model.args.max_position} positions"
+        )
     ctx = ctx if ctx is not None else KVContext(model, len(prompt) + max_new_tokens)
     keep = min(ctx.common_prefix(prompt), len(prompt) - 1)  # at least one token to run
     ctx.truncate(keep)

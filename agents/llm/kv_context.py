@@ -92,7 +92,7 @@ class KVContext:
             n += 1
         return n
 
-    def copy_prefix_from(self, other: "KVContext", n: int) -> None:
+    def copy_prefix_from(self, other: KVContext, n: int) -> None:
         """Start this (empty) context with the first n positions of another."""
         self.reserve(n)
         self.k[:, :, :n] = other.k[:, :, :n]

@@ -5,12 +5,12 @@ parameter names follow the Hugging Face layout (minus the leading ``model.``), s
 safetensors checkpoint maps onto it without a renaming table. The engine knows nothing about
 tokenization or time, only token ids.
 
-Sequences keep their KV cache in a ``KVContext`` of their own (context.py), so one forward pass
+Sequences keep their KV cache in a ``KVContext`` of their own (kv_context.py), so one forward pass
 can serve sequences of different lengths, prefill chunks and decode steps together: every linear
 layer runs once over all their new tokens, and attention runs per sequence over its own cache
 (Orca's selective batching). One sequence is the special case of a batch of one.
 
-    args = ModelArgs.from_name("smollm-135m")
+    args = ModelArgs.from_name("smollm-135m")     # fleet.shapes: the shape, without torch
     model = Transformer(args)                     # see weights.py for random / local weights
     ctx_a, ctx_b = KVContext(model), KVContext(model)
     logits = model([(ctx_a, [1, 2, 3]), (ctx_b, [7])])   # (2, V): next-token logits per sequence
@@ -18,86 +18,12 @@ layer runs once over all their new tokens, and attention runs per sequence over 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from agents.llm.kv_context import KVContext
-
-
-@dataclass(frozen=True)
-class ModelArgs:
-    name: str = "custom"
-    n_layer: int = 2  # decoder blocks
-    dim: int = 64  # hidden size
-    n_head: int = 4  # query heads
-    n_kv_head: int = 2  # key/value heads (grouped-query attention when < n_head)
-    intermediate_size: int = 128  # SwiGLU hidden size
-    vocab_size: int = 256
-    rope_base: float = 10000.0  # RoPE theta
-    norm_eps: float = 1e-5
-    qkv_bias: bool = False  # Qwen2 puts a bias on q/k/v projections
-    tie_embeddings: bool = True  # lm_head shares the input embedding matrix
-    max_position: int = 2048  # longest context the model was built for
-
-    @property
-    def head_dim(self) -> int:
-        return self.dim // self.n_head
-
-    @classmethod
-    def from_name(cls, name: str) -> "ModelArgs":
-        key = name.lower()
-        if key not in PRESETS:
-            raise ValueError(f"unknown model preset {name!r}; known: {', '.join(sorted(PRESETS))}")
-        return PRESETS[key]
-
-    def num_params(self) -> int:
-        """Parameter count (a tied lm_head is counted once)."""
-        kv = self.n_kv_head * self.head_dim
-        attn = self.dim * self.dim * 2 + self.dim * kv * 2  # q, o, k, v
-        if self.qkv_bias:
-            attn += self.dim + 2 * kv
-        mlp = 3 * self.dim * self.intermediate_size
-        block = attn + mlp + 2 * self.dim  # two RMSNorm weights
-        embed = self.vocab_size * self.dim
-        head = 0 if self.tie_embeddings else self.vocab_size * self.dim
-        return self.n_layer * block + embed + head + self.dim
-
-    def weight_bytes(self, dtype: torch.dtype) -> int:
-        return self.num_params() * _dtype_size(dtype)
-
-    def kv_cache_bytes(self, max_seq_len: int, dtype: torch.dtype, batch: int = 1) -> int:
-        """Bytes of a preallocated KV cache: K and V for every layer, kv head and position."""
-        per_pos = 2 * self.n_layer * self.n_kv_head * self.head_dim * _dtype_size(dtype)
-        return batch * max_seq_len * per_pos
-
-
-PRESETS: dict[str, ModelArgs] = {
-    "tiny": ModelArgs(name="tiny", n_layer=2, dim=64, n_head=4, n_kv_head=2, intermediate_size=128,
-                      vocab_size=256, qkv_bias=True, max_position=512),
-    "smollm-135m": ModelArgs(name="smollm-135m", n_layer=30, dim=576, n_head=9, n_kv_head=3,
-                             intermediate_size=1536, vocab_size=49152, max_position=2048),
-    "smollm-360m": ModelArgs(name="smollm-360m", n_layer=32, dim=960, n_head=15, n_kv_head=5,
-                             intermediate_size=2560, vocab_size=49152, max_position=2048),
-    "qwen2.5-0.5b": ModelArgs(name="qwen2.5-0.5b", n_layer=24, dim=896, n_head=14, n_kv_head=2,
-                              intermediate_size=4864, vocab_size=151936, rope_base=1_000_000.0,
-                              norm_eps=1e-6, qkv_bias=True, max_position=32768),
-    "tinyllama-1.1b": ModelArgs(name="tinyllama-1.1b", n_layer=22, dim=2048, n_head=32, n_kv_head=4,
-                                intermediate_size=5632, vocab_size=32000, tie_embeddings=False,
-                                max_position=2048),
-}
-
-DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16}
-
-
-def _dtype_size(dtype: torch.dtype) -> int:
-    return torch.empty((), dtype=dtype).element_size()
-
-
-def with_overrides(args: ModelArgs, **changes) -> ModelArgs:
-    return replace(args, **changes)
+from fleet.shapes import ModelArgs
 
 
 class RMSNorm(nn.Module):
@@ -144,24 +70,34 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(args.dim, kv_dim, bias=args.qkv_bias)
         self.o_proj = nn.Linear(args.dim, args.dim, bias=False)
 
-    def forward(self, x, cos, sin, batch: "list[tuple[KVContext, int]]"):
+    def forward(self, x, cos, sin, batch: list[tuple[KVContext, int]]):
         """x (1, T, C): the new tokens of every sequence, concatenated; batch: (context, count)."""
         _, seqlen, _ = x.shape
         a = self.args
         q = self.q_proj(x).view(1, seqlen, a.n_head, a.head_dim).transpose(1, 2)  # (1, H, T, D)
-        k = self.k_proj(x).view(1, seqlen, a.n_kv_head, a.head_dim).transpose(1, 2)  # (1, Hkv, T, D)
+        k = (
+            self.k_proj(x).view(1, seqlen, a.n_kv_head, a.head_dim).transpose(1, 2)
+        )  # (1, Hkv, T, D)
         v = self.v_proj(x).view(1, seqlen, a.n_kv_head, a.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         outs, off = [], 0
         for ctx, n in batch:
             start = ctx.length  # positions already cached for this sequence
-            keys, values = ctx.write(self.layer_idx, start, k[0, :, off:off + n], v[0, :, off:off + n])
+            keys, values = ctx.write(
+                self.layer_idx, start, k[0, :, off : off + n], v[0, :, off : off + n]
+            )
             mask = None  # one new token sees the whole cache
             if n > 1:  # query i (at position start + i) sees cached positions <= its own
                 mask = torch.arange(start + n)[None, :] <= (start + torch.arange(n))[:, None]
-            outs.append(F.scaled_dot_product_attention(
-                q[:, :, off:off + n], keys[None], values[None], attn_mask=mask,
-                enable_gqa=a.n_kv_head != a.n_head))  # (1, H, n, D)
+            outs.append(
+                F.scaled_dot_product_attention(
+                    q[:, :, off : off + n],
+                    keys[None],
+                    values[None],
+                    attn_mask=mask,
+                    enable_gqa=a.n_kv_head != a.n_head,
+                )
+            )  # (1, H, n, D)
             off += n
         y = torch.cat(outs, dim=2) if len(outs) > 1 else outs[0]  # (1, H, T, D)
         return self.o_proj(y.transpose(1, 2).reshape(1, seqlen, a.dim))  # (1, T, C)
@@ -201,7 +137,8 @@ class Transformer(nn.Module):
         self.lm_head = nn.Linear(args.dim, args.vocab_size, bias=False)
         if args.tie_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
-        self._cos = self._sin = None  # RoPE tables, grown on demand
+        self._cos: torch.Tensor | None = None  # RoPE tables, grown on demand
+        self._sin: torch.Tensor | None = None
 
     @property
     def dtype(self) -> torch.dtype:
@@ -213,14 +150,18 @@ class Transformer(nn.Module):
     def _rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         needed = int(positions.max()) + 1
         if self._cos is None or self._cos.shape[0] < needed:
-            size = min(self.args.max_position, max(needed, 2 * (0 if self._cos is None
-                                                             else self._cos.shape[0]), 256))
+            size = min(
+                self.args.max_position,
+                max(needed, 2 * (0 if self._cos is None else self._cos.shape[0]), 256),
+            )
             cos, sin = rope_tables(self.args, size)
             self._cos, self._sin = cos.to(self.dtype), sin.to(self.dtype)
+        assert self._sin is not None
         return self._cos[positions], self._sin[positions]  # (T, D)
 
-    def forward(self, batch: "list[tuple[KVContext, list[int]]]",
-                all_logits: bool = False) -> torch.Tensor:
+    def forward(
+        self, batch: list[tuple[KVContext, list[int]]], all_logits: bool = False
+    ) -> torch.Tensor:
         """Append each sequence's new tokens to its context and return next-token logits:
         (S, V) for S sequences, or (T, V) for every new token when ``all_logits``."""
         counts = [len(toks) for _, toks in batch]
@@ -228,18 +169,21 @@ class Transformer(nn.Module):
             raise ValueError("every sequence in a batch needs at least one new token")
         for (ctx, _), n in zip(batch, counts):
             if ctx.length + n > self.args.max_position:
-                raise ValueError(f"context of {ctx.length + n} tokens exceeds the model's "
-                                 f"{self.args.max_position} positions")
+                raise ValueError(
+                    f"context of {ctx.length + n} tokens exceeds the model's "
+                    f"{self.args.max_position} positions"
+                )
             ctx.reserve(ctx.length + n)
         ids = torch.tensor([t for _, toks in batch for t in toks], dtype=torch.long)
-        positions = torch.cat([torch.arange(ctx.length, ctx.length + n)
-                               for (ctx, _), n in zip(batch, counts)])
+        positions = torch.cat(
+            [torch.arange(ctx.length, ctx.length + n) for (ctx, _), n in zip(batch, counts)]
+        )
         cos, sin = self._rope(positions)
         pairs = [(ctx, n) for (ctx, _), n in zip(batch, counts)]
         x = self.embed_tokens(ids)[None]  # (1, T, C)
         for layer in self.layers:
             x = layer(x, cos, sin, pairs)
-        for (ctx, toks) in batch:
+        for ctx, toks in batch:
             ctx.append(toks)
         x = x[0]  # (T, C)
         if not all_logits:

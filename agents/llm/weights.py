@@ -18,23 +18,18 @@ from typing import Any
 
 import torch
 
-from agents.llm.transformer import DTYPES, ModelArgs, Transformer
+from agents.llm.transformer import Transformer
 from fleet.records import ModelSpec
+from fleet.shapes import ModelArgs, args_from_hf_config, model_args, read_hf_config
 
 RANDOM_WEIGHTS = "random weights"
+DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def torch_dtype(name: str) -> torch.dtype:
     if name not in DTYPES:
         raise ValueError(f"unknown dtype {name!r}; known: {', '.join(DTYPES)}")
     return DTYPES[name]
-
-
-def model_args(spec: ModelSpec) -> ModelArgs:
-    """The model's shape, read without loading any weights."""
-    if spec.path:
-        return args_from_hf_config(_read_config(Path(spec.path)))
-    return ModelArgs.from_name(spec.preset)
 
 
 @dataclass
@@ -79,53 +74,14 @@ def random_model(args: ModelArgs, dtype: torch.dtype, seed: int) -> Transformer:
             offset = int(torch.randint(0, RANDOM_POOL, (1,), generator=gen))
             for start in range(0, flat.numel(), RANDOM_POOL):
                 n = min(RANDOM_POOL, flat.numel() - start)
-                flat[start:start + n] = pool[offset:offset + n]
+                flat[start : start + n] = pool[offset : offset + n]
     return model.eval()
-
-
-def _read_config(path: Path) -> dict:
-    cfg = path / "config.json"
-    if not cfg.is_file():
-        raise FileNotFoundError(f"{path}: no config.json (expected a Hugging Face format directory)")
-    return json.loads(cfg.read_text())
-
-
-def args_from_hf_config(cfg: dict) -> ModelArgs:
-    model_type = cfg.get("model_type", "llama")
-    if model_type not in ("llama", "qwen2", "mistral"):
-        raise ValueError(f"unsupported model_type {model_type!r} (Llama-family only)")
-    n_head = cfg["num_attention_heads"]
-    unsupported = []
-    if cfg.get("rope_scaling"):
-        unsupported.append(f"rope_scaling={cfg['rope_scaling']}")
-    if cfg.get("head_dim") not in (None, cfg["hidden_size"] // n_head):
-        unsupported.append(f"head_dim={cfg['head_dim']}")
-    if cfg.get("hidden_act", "silu") != "silu":
-        unsupported.append(f"hidden_act={cfg['hidden_act']}")
-    if cfg.get("use_sliding_window") or (model_type == "mistral" and cfg.get("sliding_window")):
-        unsupported.append(f"sliding_window={cfg.get('sliding_window')}")
-    if unsupported:
-        raise ValueError(f"unsupported model config: {', '.join(unsupported)}")
-    return ModelArgs(
-        name=cfg.get("_name_or_path") or model_type,
-        n_layer=cfg["num_hidden_layers"],
-        dim=cfg["hidden_size"],
-        n_head=n_head,
-        n_kv_head=cfg.get("num_key_value_heads", n_head),
-        intermediate_size=cfg["intermediate_size"],
-        vocab_size=cfg["vocab_size"],
-        rope_base=float(cfg.get("rope_theta", 10000.0)),
-        norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
-        qkv_bias=model_type == "qwen2" or bool(cfg.get("attention_bias", False)),
-        tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-        max_position=int(cfg.get("max_position_embeddings", 2048)),
-    )
 
 
 def _load_local(path: Path, dtype: torch.dtype) -> LoadedModel:
     from safetensors import safe_open
 
-    args = args_from_hf_config(_read_config(path))
+    args = args_from_hf_config(read_hf_config(path))
     files = sorted(path.glob("*.safetensors"))
     if not files:
         raise FileNotFoundError(f"{path}: no *.safetensors files")
@@ -141,11 +97,15 @@ def _load_local(path: Path, dtype: torch.dtype) -> LoadedModel:
         state.pop("lm_head.weight", None)
     with torch.device("meta"):
         model = Transformer(args)
-    expected = {k for k in model.state_dict() if not (args.tie_embeddings and k == "lm_head.weight")}
+    expected = {
+        k for k in model.state_dict() if not (args.tie_embeddings and k == "lm_head.weight")
+    }
     missing, unexpected = expected - state.keys(), state.keys() - expected
     if missing or unexpected:
-        raise ValueError(f"{path}: weights do not match a {args.n_layer}-layer Llama-family model; "
-                         f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
+        raise ValueError(
+            f"{path}: weights do not match a {args.n_layer}-layer Llama-family model; "
+            f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
+        )
     model.load_state_dict(state, strict=False, assign=True)
     if args.tie_embeddings:
         model.lm_head.weight = model.embed_tokens.weight
@@ -165,13 +125,21 @@ def save_hf_directory(model: Transformer, path: Path) -> None:
     path.mkdir(parents=True, exist_ok=True)
     cfg = {
         "model_type": "qwen2" if a.qkv_bias else "llama",
-        "num_hidden_layers": a.n_layer, "hidden_size": a.dim, "num_attention_heads": a.n_head,
-        "num_key_value_heads": a.n_kv_head, "intermediate_size": a.intermediate_size,
-        "vocab_size": a.vocab_size, "rope_theta": a.rope_base, "rms_norm_eps": a.norm_eps,
-        "tie_word_embeddings": a.tie_embeddings, "max_position_embeddings": a.max_position,
+        "num_hidden_layers": a.n_layer,
+        "hidden_size": a.dim,
+        "num_attention_heads": a.n_head,
+        "num_key_value_heads": a.n_kv_head,
+        "intermediate_size": a.intermediate_size,
+        "vocab_size": a.vocab_size,
+        "rope_theta": a.rope_base,
+        "rms_norm_eps": a.norm_eps,
+        "tie_word_embeddings": a.tie_embeddings,
+        "max_position_embeddings": a.max_position,
     }
     (path / "config.json").write_text(json.dumps(cfg, indent=2))
-    state = {f"model.{k}" if not k.startswith("lm_head") else k: v.contiguous()
-             for k, v in model.state_dict().items()
-             if not (a.tie_embeddings and k == "lm_head.weight")}
+    state = {
+        f"model.{k}" if not k.startswith("lm_head") else k: v.contiguous()
+        for k, v in model.state_dict().items()
+        if not (a.tie_embeddings and k == "lm_head.weight")
+    }
     save_file(state, str(path / "model.safetensors"))

@@ -24,8 +24,16 @@ from fleet.records import ContextPolicy, PhoneEvent
 
 
 class ContextManager:
-    def __init__(self, model, *, policy: ContextPolicy, kv_budget_bytes: int, swap_dir: Path,
-                 persistent: bool, prefix_cache: bool):
+    def __init__(
+        self,
+        model,
+        *,
+        policy: ContextPolicy,
+        kv_budget_bytes: int,
+        swap_dir: Path,
+        persistent: bool,
+        prefix_cache: bool,
+    ):
         self.model = model
         self.policy = policy
         self.kv_budget_bytes = kv_budget_bytes
@@ -38,13 +46,21 @@ class ContextManager:
         self.prefixes: dict[tuple[int, ...], KVContext] = {}
         self.events: list[PhoneEvent] = []
         self._events_lock = threading.Lock()  # the engine appends, the stats reader takes
-        self.counters = {"prefix_hits": 0, "context_hits": 0, "swap_outs": 0, "swap_ins": 0,
-                         "recomputes": 0, "drops": 0, "swap_bytes": 0}
+        self.counters = {
+            "prefix_hits": 0,
+            "context_hits": 0,
+            "swap_outs": 0,
+            "swap_ins": 0,
+            "recomputes": 0,
+            "drops": 0,
+            "swap_bytes": 0,
+        }
 
     def _event(self, kind: str, app: str, num_bytes: int, duration_s: float, detail: str = ""):
         with self._events_lock:
-            self.events.append(PhoneEvent(time.monotonic_ns(), kind, app, detail, num_bytes,
-                                          duration_s))
+            self.events.append(
+                PhoneEvent(time.monotonic_ns(), kind, app, detail, num_bytes, duration_s)
+            )
 
     def acquire(self, req: ServiceRequest) -> KVContext:
         """The context a request starts from; sets how much of its prompt is already cached."""
@@ -97,8 +113,13 @@ class ContextManager:
         if ctx is None:
             return
         key = tuple(req.prompt[:p])
-        if (self.prefix_cache and p and key not in self.prefixes and ctx.resident
-                and ctx.common_prefix(req.prompt) >= p):
+        if (
+            self.prefix_cache
+            and p
+            and key not in self.prefixes
+            and ctx.resident
+            and ctx.common_prefix(req.prompt) >= p
+        ):
             entry = KVContext(self.model, p)
             entry.copy_prefix_from(ctx, p)
             self.prefixes[key] = entry
@@ -129,8 +150,9 @@ class ContextManager:
             held -= freed
 
     def held_bytes(self) -> int:
-        return (sum(c.allocated_bytes() for c in self.sessions.values() if c.resident)
-                + sum(c.allocated_bytes() for c in self.prefixes.values()))
+        return sum(c.allocated_bytes() for c in self.sessions.values() if c.resident) + sum(
+            c.allocated_bytes() for c in self.prefixes.values()
+        )
 
     def _swap_path(self, session: str) -> Path:
         safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in session)
@@ -140,5 +162,3 @@ class ContextManager:
         with self._events_lock:
             out, self.events = self.events, []
         return out
-
-

@@ -1,23 +1,35 @@
-"""How an SLM process is told what to serve: one JSON argument (no torch here: app processes,
-which launch their own model under per-app, import this without loading torch themselves)."""
+"""What an SLM process is told to serve, handed from its launcher as one argument.
+
+The launch spec travels pickled (base64 in argv) from the launcher to the process it starts, both
+of this user and this installation, so every value keeps its type: the scheduler policy that the
+experiment file named is the same ``SchedulerPolicy`` member here and in the engine. No torch
+here: app processes, which launch their own model under per-app, import this without it.
+"""
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict
+import base64
+import pickle
+from dataclasses import dataclass
 
-from fleet.records import ContextPolicy, ModelSpec, SchedulerPolicy, ServiceOptions
-
-
-def spec_to_json(model: ModelSpec, options: ServiceOptions, threads: int, kv_budget_bytes: int,
-                 swap_dir: str) -> str:
-    return json.dumps({"model": asdict(model), "service": asdict(options), "threads": threads,
-                       "kv_budget_bytes": kv_budget_bytes, "swap_dir": swap_dir})
+from fleet.records import ModelSpec, ServiceOptions
 
 
-def spec_from_json(text: str):
-    d = json.loads(text)
-    s = d["service"]
-    options = ServiceOptions(**{**s, "scheduler": SchedulerPolicy(s["scheduler"]),
-                                "context_policy": ContextPolicy(s["context_policy"])})
-    return ModelSpec(**d["model"]), options, d["threads"], d["kv_budget_bytes"], d["swap_dir"]
+@dataclass(frozen=True)
+class LaunchSpec:
+    model: ModelSpec
+    options: ServiceOptions
+    threads: int = 1  # torch threads of the process
+    kv_budget_bytes: int = 0  # KV the context manager may hold (0: unlimited)
+    swap_dir: str = ""  # where evicted contexts are written
+
+
+def encode(spec: LaunchSpec) -> str:
+    return base64.b64encode(pickle.dumps(spec)).decode("ascii")
+
+
+def decode(text: str) -> LaunchSpec:
+    spec = pickle.loads(base64.b64decode(text))
+    if not isinstance(spec, LaunchSpec):
+        raise ValueError("--spec is not a LaunchSpec")
+    return spec

@@ -1,12 +1,12 @@
-"""Starting and stopping SLM processes (agents.modelservice.slm_server) and talking to their stdin/stdout.
+"""Starting and stopping SLM processes (agents.modelservice.slm_server) and asking them for stats.
 
-    proc = ServiceProcess(socket_path, model_spec, options, threads=1)
-    info = proc.start()          # blocks until it serves; info["cold_start_s"] = spawn + load
-    proc.stats()                 # the engine's counters and context events, or None
+    proc = ModelProcess(socket_path, LaunchSpec(model_spec, options, threads=1))
+    ready = proc.start()         # blocks until it serves; ready.cold_start_s = spawn + load
+    proc.stats()                 # (ServiceStats, context events), or None when it is gone
     proc.stop()
 
-The process exits by itself when this side's pipe closes (its parent died), so none outlive their
-launcher.
+The process exits by itself when this side's stdin pipe closes (its parent died), so none
+outlive their launcher. Statistics come over the process's own gRPC socket (SlmService.Stats).
 """
 
 from __future__ import annotations
@@ -18,30 +18,55 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from agents.modelservice.launch_spec import spec_to_json
-from fleet.records import ModelSpec, ServiceOptions
+from agents.modelservice.launch_spec import LaunchSpec, encode
+from fleet.records import PhoneEvent, ServiceStats
 
 READY_TIMEOUT_S = 300.0
 
 
-class ServiceError(RuntimeError):
+class ModelProcessError(RuntimeError):
     pass
 
 
-class ServiceProcess:
-    def __init__(self, socket_path: Path, model: ModelSpec, options: ServiceOptions, *,
-                 threads: int = 1, kv_budget_bytes: int = 0, swap_dir: Path | None = None):
+@dataclass(frozen=True)
+class ModelReady:
+    """What a started SLM process reported."""
+
+    pid: int
+    cold_start_s: float  # process spawn + interpreter + weight load, measured here
+    load_s: float  # weight load alone, measured in the process
+    weight_bytes: int
+    weights_label: str
+
+
+class ModelProcess:
+    def __init__(self, socket_path: Path, spec: LaunchSpec):
         self.socket_path = Path(socket_path)
-        self.swap_dir = swap_dir or self.socket_path.with_suffix(".swap")
-        self._spec = spec_to_json(model, options, threads, kv_budget_bytes, str(self.swap_dir))
-        self.proc: subprocess.Popen | None = None
-        self._lines: queue.Queue = queue.Queue()
+        if not spec.swap_dir:
+            spec = LaunchSpec(
+                spec.model,
+                spec.options,
+                spec.threads,
+                spec.kv_budget_bytes,
+                str(self.socket_path.with_suffix(".swap")),
+            )
+        self.spec = spec
+        self.proc: subprocess.Popen[str] | None = None
+        self._lines: queue.Queue[dict[str, Any]] = queue.Queue()
+        self._channel: Any = None
+        self._stub: Any = None
 
     @property
     def pid(self) -> int:
         return self.proc.pid if self.proc else 0
+
+    @property
+    def returncode(self) -> int | None:
+        return self.proc.returncode if self.proc else None
 
     @property
     def address(self) -> str:
@@ -50,28 +75,48 @@ class ServiceProcess:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def start(self, timeout_s: float = READY_TIMEOUT_S) -> dict:
+    def start(self, timeout_s: float = READY_TIMEOUT_S) -> ModelReady:
         if self.socket_path.exists():
             self.socket_path.unlink()
+        self._close_channel()
         t0 = time.perf_counter()
         self._lines = queue.Queue()  # per launch: a dead predecessor's "exit" must not leak in
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "agents.modelservice.slm_server", "--socket", str(self.socket_path),
-             "--spec", self._spec, "--exit-on-stdin-eof"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
-            env=dict(os.environ, PYTHONUNBUFFERED="1"))
-        threading.Thread(target=self._read, args=(self.proc, self._lines), daemon=True,
-                         name="slm-stdout").start()
+            [
+                sys.executable,
+                "-m",
+                "agents.modelservice.slm_server",
+                "--socket",
+                str(self.socket_path),
+                "--spec",
+                encode(self.spec),
+                "--exit-on-stdin-eof",
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            bufsize=1,
+            env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        )
+        threading.Thread(
+            target=self._read, args=(self.proc, self._lines), daemon=True, name="slm-stdout"
+        ).start()
         try:
             msg = self._next("ready", timeout_s)
-        except ServiceError:
+        except ModelProcessError:
             self.kill()
             raise
-        msg["cold_start_s"] = time.perf_counter() - t0
-        return msg
+        return ModelReady(
+            pid=msg["pid"],
+            cold_start_s=time.perf_counter() - t0,
+            load_s=msg["load_s"],
+            weight_bytes=msg["weight_bytes"],
+            weights_label=msg["weights_label"],
+        )
 
     @staticmethod
-    def _read(proc: subprocess.Popen, lines: queue.Queue) -> None:
+    def _read(proc: subprocess.Popen[str], lines: queue.Queue[dict[str, Any]]) -> None:
+        assert proc.stdout is not None
         for line in proc.stdout:
             try:
                 lines.put(json.loads(line))
@@ -79,12 +124,12 @@ class ServiceProcess:
                 continue
         lines.put({"event": "exit", "code": proc.wait()})
 
-    def _next(self, event: str, timeout_s: float) -> dict:
+    def _next(self, event: str, timeout_s: float) -> dict[str, Any]:
         deadline = time.monotonic() + timeout_s
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise ServiceError(f"SLM process gave no {event!r} within {timeout_s:.0f} s")
+                raise ModelProcessError(f"SLM process gave no {event!r} within {timeout_s:.0f} s")
             try:
                 msg = self._lines.get(timeout=left)
             except queue.Empty:
@@ -92,28 +137,48 @@ class ServiceProcess:
             if msg.get("event") == event:
                 return msg
             if msg.get("event") == "exit":
-                raise ServiceError(f"SLM process exited with code {msg['code']} before {event!r}")
+                raise ModelProcessError(
+                    f"SLM process exited with code {msg['code']} before {event!r}"
+                )
 
-    def stats(self, timeout_s: float = 10.0) -> dict | None:
+    def stats(self, timeout_s: float = 10.0) -> tuple[ServiceStats, list[PhoneEvent]] | None:
+        """The engine's statistics and the context events since the last call; None when the
+        process is gone or does not answer in time."""
+        import grpc
+
+        from fleet import wire
+        from fleet.v1 import slm_service_pb2 as spb
+        from fleet.v1 import slm_service_pb2_grpc as spb_grpc
+
         if not self.alive():
             return None
+        if self._stub is None:
+            self._channel = grpc.insecure_channel(self.address)
+            self._stub = spb_grpc.SlmServiceStub(self._channel)
         try:
-            self.proc.stdin.write("stats\n")
-            self.proc.stdin.flush()
-            return self._next("stats", timeout_s)
-        except (OSError, ServiceError):
+            return wire.stats_response_from_pb(
+                self._stub.Stats(spb.StatsRequest(), timeout=timeout_s)
+            )
+        except grpc.RpcError:
             return None
+
+    def _close_channel(self) -> None:
+        if self._channel is not None:
+            self._channel.close()
+        self._channel = self._stub = None
 
     def stop(self, timeout_s: float = 10.0) -> None:
-        if not self.alive():
+        self._close_channel()
+        if self.proc is None or not self.alive():
             return
         try:
+            assert self.proc.stdin is not None
             self.proc.stdin.close()  # it exits on EOF
             self.proc.wait(timeout=timeout_s)
         except (OSError, subprocess.TimeoutExpired):
             self.kill()
 
     def kill(self) -> None:
-        if self.alive():
+        if self.proc is not None and self.alive():
             self.proc.kill()
             self.proc.wait(timeout=10)

@@ -15,12 +15,17 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 from enum import IntEnum
+from typing import TYPE_CHECKING
 
-from fleet.records import SchedulerPolicy, Slice
+from fleet.records import SchedulerPolicy, ServeCall, ServiceFacts, Slice
+
+if TYPE_CHECKING:  # the scheduler itself needs no torch
+    from agents.llm.kv_context import KVContext
 
 
 class RequestState(IntEnum):
     """The request lifecycle, in order."""
+
     WAITING = 0
     RUNNING = 1
     PREEMPTED = 2
@@ -40,7 +45,7 @@ class ServiceRequest:
     shared_prefix_tokens: int = 0
     seq: int = 0  # arrival order, set by the engine
     state: RequestState = RequestState.WAITING
-    ctx: object = None  # KVContext once first scheduled
+    ctx: KVContext | None = None  # once first scheduled
     prefilled: int = 0  # prompt tokens whose KV the context holds
     generated: list[int] = field(default_factory=list)
     pending_token: int | None = None  # sampled, not yet fed back through the model
@@ -57,6 +62,29 @@ class ServiceRequest:
     sink: object = None  # callable(item): a token id, or the finished request itself
     cancelled: bool = False
 
+    @classmethod
+    def from_call(cls, call: ServeCall) -> ServiceRequest:
+        return cls(
+            call.request_id,
+            call.app,
+            list(call.prompt),
+            call.output_tokens,
+            foreground=call.foreground,
+            session=call.session,
+            shared_prefix_tokens=call.shared_prefix_tokens,
+        )
+
+    def facts(self) -> ServiceFacts:
+        """What the service tells the app about how this request ran."""
+        return ServiceFacts(
+            slices=tuple(self.slices),
+            context_switch_s=self.context_switch_s,
+            context_switch_bytes=self.context_switch_bytes,
+            context_restore=self.context_restore,
+            cached_prompt_tokens=self.cached_prompt_tokens,
+            max_batch_size=self.max_batch_size,
+        )
+
     @property
     def needs_prefill(self) -> bool:
         return self.prefilled < len(self.prompt)
@@ -67,7 +95,8 @@ class ServiceRequest:
 
     def next_chunk(self, chunk_limit: int) -> list[int]:
         if self.needs_prefill:
-            return self.prompt[self.prefilled:self.prefilled + chunk_limit]
+            return self.prompt[self.prefilled : self.prefilled + chunk_limit]
+        assert self.pending_token is not None  # sampled by the previous step
         return [self.pending_token]
 
     def start_slice(self, now_ns: int) -> None:
@@ -78,8 +107,9 @@ class ServiceRequest:
 
     def end_slice(self, now_ns: int, state: RequestState) -> None:
         if self.state == RequestState.RUNNING:
-            self.slices.append(Slice(self.slice_start_ns, now_ns, self.slice_prefill,
-                                     self.slice_output))
+            self.slices.append(
+                Slice(self.slice_start_ns, now_ns, self.slice_prefill, self.slice_output)
+            )
         self.state = state
 
 
@@ -130,8 +160,7 @@ class RoundRobinScheduler(Scheduler):
             if r not in self._queue and r is not self._current:
                 self._queue.append(r)
         self._queue = deque(r for r in self._queue if r in live)
-        if self._current is not None and (self._current not in live
-                                          or self._steps >= self.quantum):
+        if self._current is not None and (self._current not in live or self._steps >= self.quantum):
             if self._current in live:
                 self._queue.append(self._current)  # quantum used up: to the back of the line
             self._current = None

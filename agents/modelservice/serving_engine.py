@@ -15,24 +15,31 @@ import threading
 import time
 import traceback
 from collections import Counter
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
 from agents.modelservice.contexts import ContextManager
 from agents.modelservice.scheduler import RequestState, ServiceRequest, make_scheduler
-from fleet.records import ServiceOptions
+from fleet.records import ServiceOptions, ServiceStats
 
 
 class ServingEngine:
     def __init__(self, model, options: ServiceOptions, swap_dir, kv_budget_bytes: int = 0):
         self.model = model
         self.options = options
-        self.scheduler = make_scheduler(options.scheduler, options.max_batch_size,
-                                        options.quantum_tokens)
+        self.scheduler = make_scheduler(
+            options.scheduler, options.max_batch_size, options.quantum_tokens
+        )
         self.contexts = ContextManager(
-            model, policy=options.context_policy,
-            kv_budget_bytes=options.kv_budget_bytes or kv_budget_bytes, swap_dir=swap_dir,
-            persistent=options.persistent_contexts, prefix_cache=options.prefix_cache)
+            model,
+            policy=options.context_policy,
+            kv_budget_bytes=options.kv_budget_bytes or kv_budget_bytes,
+            swap_dir=swap_dir,
+            persistent=options.persistent_contexts,
+            prefix_cache=options.prefix_cache,
+        )
         self.active: list[ServiceRequest] = []
         self._incoming: list[ServiceRequest] = []
         self._cond = threading.Condition()
@@ -43,7 +50,7 @@ class ServingEngine:
         self.num_steps = 0
         # deliver(items): hands a step's (sink, item) pairs over at once, e.g. to an event loop
         # with one wake-up per step instead of one per token; None calls the sinks here.
-        self.deliver = None
+        self.deliver: Callable[[list[tuple[Any, Any]]], None] | None = None
         self._outbox: list = []
         self.error = ""  # why the engine stopped, when a step failed
 
@@ -154,18 +161,34 @@ class ServingEngine:
     def _active_bytes(self) -> int:
         """KV of running requests that the context manager does not hold already."""
         kept = set(self.contexts.sessions.values())
-        return sum(r.ctx.allocated_bytes() for r in self.active
-                   if r.ctx is not None and r.ctx not in kept and r.ctx.resident)
+        return sum(
+            r.ctx.allocated_bytes()
+            for r in self.active
+            if r.ctx is not None and r.ctx not in kept and r.ctx.resident
+        )
 
-    def stats(self) -> dict:
+    def stats(self) -> ServiceStats:
+        """The engine's counters now; may raise RuntimeError while the engine thread mutates
+        its collections (the caller reads again)."""
         sizes = self.batch_sizes
         steps = sum(sizes.values())
         running = sum(1 for r in self.active if r.state == RequestState.RUNNING)
-        return {
-            "steps": steps, "preemptions": self.num_preemptions,
-            "running": running, "waiting": len(self.active) - running + len(self._incoming),
-            "last_batch_size": len(self._running),
-            "mean_batch_size": (sum(k * v for k, v in sizes.items()) / steps) if steps else 0.0,
-            "max_batch_size": max(sizes, default=0), **self.contexts.counters,
-            "kv_held_bytes": self.contexts.held_bytes() + self._active_bytes(),
-        }
+        c = self.contexts.counters
+        return ServiceStats(
+            t_ns=time.monotonic_ns(),
+            num_running=running,
+            num_waiting=len(self.active) - running + len(self._incoming),
+            last_batch_size=len(self._running),
+            kv_held_bytes=self.contexts.held_bytes() + self._active_bytes(),
+            num_steps=steps,
+            mean_batch_size=(sum(k * v for k, v in sizes.items()) / steps) if steps else 0.0,
+            max_batch_size=max(sizes, default=0),
+            num_preemptions=self.num_preemptions,
+            prefix_hits=c["prefix_hits"],
+            context_hits=c["context_hits"],
+            swap_outs=c["swap_outs"],
+            swap_ins=c["swap_ins"],
+            recomputes=c["recomputes"],
+            drops=c["drops"],
+            swap_bytes=c["swap_bytes"],
+        )

@@ -2,9 +2,11 @@
 
 The same program is a per-app app's own model process (batch of one, nothing shared) and the
 shared system service of SLMaaS and agent-OS; ``ServiceOptions`` make the difference. The engine
-runs in its own thread; the gRPC handlers only queue requests and stream tokens back.
+runs in its own thread; the gRPC handlers only queue requests, stream tokens back and read the
+engine's statistics (``Stats``). Messages are converted by ``fleet.wire`` only.
 
-    python -m agents.modelservice.slm_server --socket /tmp/x.sock --spec '{...}' --exit-on-stdin-eof
+    python -m agents.modelservice.slm_server --socket /tmp/x.sock --spec <launch spec> \\
+        --exit-on-stdin-eof
 prints ``{"event": "ready", "pid": ..., "load_s": ..., "weight_bytes": ...}`` once it serves.
 """
 
@@ -19,17 +21,19 @@ import sys
 import threading
 import time
 from collections import deque
-from dataclasses import asdict
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
 
-from agents.modelservice.serving_engine import ServingEngine
+from agents.modelservice import launch_spec
 from agents.modelservice.scheduler import RequestState, ServiceRequest
-from agents.modelservice.launch_spec import spec_from_json
+from agents.modelservice.serving_engine import ServingEngine
 from fleet import wire
 from fleet.v1 import slm_service_pb2 as spb
 from fleet.v1 import slm_service_pb2_grpc as spb_grpc
+
+STATS_RETRIES = 5
 
 
 class SlmServicer(spb_grpc.SlmServiceServicer):
@@ -38,24 +42,31 @@ class SlmServicer(spb_grpc.SlmServiceServicer):
         self.max_position = max_position
         self.vocab_size = vocab_size
 
-    async def Generate(self, request, context):
-        prompt = list(request.prompt_tokens)
-        if not prompt or request.max_new_tokens < 1:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                "need at least one prompt token and max_new_tokens >= 1")
+    def _check(self, prompt: list[int], max_new_tokens: int) -> str:
         if max(prompt) >= self.vocab_size or min(prompt) < 0:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                f"token ids must be in [0, {self.vocab_size})")
-        if len(prompt) + request.max_new_tokens > self.max_position:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                f"{len(prompt)} + {request.max_new_tokens} tokens exceed the "
-                                f"model's {self.max_position} positions")
-        pending: deque = deque()  # token ids, then the finished request
+            return f"token ids must be in [0, {self.vocab_size})"
+        if len(prompt) + max_new_tokens > self.max_position:
+            return (
+                f"{len(prompt)} + {max_new_tokens} tokens exceed the model's "
+                f"{self.max_position} positions"
+            )
+        return ""
+
+    async def Generate(
+        self, request: spb.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[spb.GenerateResponse]:
+        try:
+            call = wire.serve_call_from_pb(request)
+        except wire.WireError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        problem = self._check(call.prompt, call.output_tokens)
+        if problem:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+        pending: deque[int | ServiceRequest] = deque()  # token ids, then the finished request
         arrived = asyncio.Event()
-        req = ServiceRequest(request.request_id, request.app, prompt, request.max_new_tokens,
-                             foreground=request.foreground, session=request.session,
-                             shared_prefix_tokens=request.shared_prefix_tokens)
-        def sink(item) -> None:  # runs on this event loop, through the engine's deliver()
+        req = ServiceRequest.from_call(call)
+
+        def sink(item: int | ServiceRequest) -> None:  # on this loop, via the engine's deliver()
             pending.append(item)
             arrived.set()
 
@@ -72,79 +83,92 @@ class SlmServicer(spb_grpc.SlmServiceServicer):
                     yield spb.GenerateResponse(tokens=spb.TokenChunk(ids=ids))
                 if not items or not isinstance(items[-1], ServiceRequest):
                     continue
-                item = items[-1]
-                if item.state != RequestState.FINISHED:
-                    await context.abort(grpc.StatusCode.ABORTED, f"request {item.state.name}"
-                                        + (f": {self.engine.error}" if self.engine.error else ""))
-                yield spb.GenerateResponse(completion=spb.Completion(
-                    scheduled_ns=req.scheduled_ns,
-                    slices=[wire.slice_to_pb(s) for s in req.slices],
-                    context_switch_s=req.context_switch_s,
-                    context_switch_bytes=req.context_switch_bytes,
-                    context_restore=req.context_restore,
-                    cached_prompt_tokens=req.cached_prompt_tokens,
-                    max_batch_size=req.max_batch_size))
+                if items[-1].state != RequestState.FINISHED:
+                    await context.abort(
+                        grpc.StatusCode.ABORTED,
+                        f"request {req.state.name}"
+                        + (f": {self.engine.error}" if self.engine.error else ""),
+                    )
+                yield wire.completion_to_pb(req.scheduled_ns, req.facts())
                 return
         finally:
             if not req.done:
                 self.engine.cancel(req)  # the app went away: free its place in the batch
 
+    async def Stats(
+        self, request: spb.StatsRequest, context: grpc.aio.ServicerContext
+    ) -> spb.StatsResponse:
+        for _ in range(STATS_RETRIES):  # the engine thread may be mid-update: read again
+            try:
+                stats = self.engine.stats()
+                break
+            except RuntimeError:
+                await asyncio.sleep(0.01)
+        else:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "engine busy, no stats")
+        return wire.stats_response_to_pb(stats, self.engine.contexts.take_events())
 
-async def _amain(ns) -> None:
+
+def _watch_stdin(loop: asyncio.AbstractEventLoop, stopping: asyncio.Event) -> None:
+    """Stdin is only a lifeline: EOF (the launcher is gone or done) ends the process."""
+    try:
+        sys.stdin.buffer.read()
+    finally:
+        loop.call_soon_threadsafe(stopping.set)
+
+
+async def _amain(ns: argparse.Namespace) -> None:
     import torch
 
     from agents.llm.weights import load_model
 
-    model_spec, options, threads, kv_budget, swap_dir = spec_from_json(ns.spec)
-    torch.set_num_threads(threads)
+    spec = launch_spec.decode(ns.spec)
+    torch.set_num_threads(spec.threads)
     t0 = time.perf_counter()
-    loaded = load_model(model_spec)
+    loaded = load_model(spec.model)
     load_s = time.perf_counter() - t0
-    engine = ServingEngine(loaded.model, options, Path(swap_dir), kv_budget_bytes=kv_budget)
+    engine = ServingEngine(
+        loaded.model, spec.options, Path(spec.swap_dir), kv_budget_bytes=spec.kv_budget_bytes
+    )
     loop = asyncio.get_running_loop()
 
-    def dispatch(items) -> None:
+    def dispatch(items: list) -> None:
         for sink, item in items:
             sink(item)
 
-    engine.deliver = lambda items: loop.call_soon_threadsafe(dispatch, items)
+    def deliver(items: list) -> None:  # one event-loop wake-up per engine step
+        loop.call_soon_threadsafe(dispatch, items)
+
+    engine.deliver = deliver
     stop = threading.Event()
     worker = threading.Thread(target=engine.run_forever, args=(stop,), name="engine", daemon=True)
     worker.start()
     server = grpc.aio.server()
     args = loaded.model.args
     spb_grpc.add_SlmServiceServicer_to_server(
-        SlmServicer(engine, args.max_position, args.vocab_size), server)
+        SlmServicer(engine, args.max_position, args.vocab_size), server
+    )
     if server.add_insecure_port(f"unix:{ns.socket}") == 0:
         raise SystemExit(f"cannot bind unix:{ns.socket}")
     await server.start()
     os.chmod(ns.socket, 0o600)  # only this user's apps may talk to the model
-    print(json.dumps({"event": "ready", "pid": os.getpid(), "load_s": load_s,
-                      "weight_bytes": loaded.model.weight_bytes(),
-                      "weights_label": loaded.weights_label}), flush=True)
+    print(
+        json.dumps(
+            {
+                "event": "ready",
+                "pid": os.getpid(),
+                "load_s": load_s,
+                "weight_bytes": loaded.model.weight_bytes(),
+                "weights_label": loaded.weights_label,
+            }
+        ),
+        flush=True,
+    )
     stopping = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
-    def watch_stdin() -> None:
-        # Commands on stdin: "stats" prints the engine's stats as one JSON line; EOF exits.
-        try:
-            for line in sys.stdin:
-                if line.strip() != "stats":
-                    continue
-                stats = {"event": "stats", "error": "engine busy, no stats"}
-                for _ in range(5):  # the engine thread may be mid-update: read again
-                    try:
-                        stats = {"event": "stats", **engine.stats(), "error": engine.error,
-                                 "events": [asdict(e) for e in engine.contexts.take_events()]}
-                        break
-                    except RuntimeError:
-                        time.sleep(0.01)
-                print(json.dumps(stats), flush=True)
-        finally:
-            loop.call_soon_threadsafe(stopping.set)
-
     if ns.exit_on_stdin_eof:
-        threading.Thread(target=watch_stdin, daemon=True).start()
+        threading.Thread(target=_watch_stdin, args=(loop, stopping), daemon=True).start()
 
     async def engine_watch() -> None:  # a failed engine ends the process: the host sees it die
         while not stop.is_set():
@@ -160,9 +184,11 @@ async def _amain(ns) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="slm-service", description="Serve one SLM on a Unix socket.")
-    p.add_argument("--socket", required=True)
-    p.add_argument("--spec", required=True, help="JSON: model, service options, threads")
-    p.add_argument("--exit-on-stdin-eof", action="store_true")
+    p.add_argument("--socket", required=True, help="Unix socket path to serve on")
+    p.add_argument("--spec", required=True, help="launch spec, as its launcher encodes it")
+    p.add_argument(
+        "--exit-on-stdin-eof", action="store_true", help="exit when stdin closes (set by launchers)"
+    )
     ns = p.parse_args(argv)
     asyncio.run(_amain(ns))
 

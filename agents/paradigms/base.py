@@ -1,10 +1,11 @@
 """The paradigm interface: how a phone hosts SLMs for its apps (per-app, SLMaaS, agent-OS).
 
 A paradigm host is plain Python: it deploys models in processes, runs the apps' workloads and
-hands back records through a callback. It knows nothing of gRPC, Ray or Prometheus; the agent
-server drives it from a worker thread and ships what it emits.
+hands back records through a callback. It knows nothing of gRPC, Ray or Prometheus; the agent's
+trial runner drives it from a worker thread and the agent's server ships what it emits.
+Implementations are chosen by name in ``registry.py``; this module imports none of them.
 
-    host = make_paradigm(Paradigm.PER_APP, profile)
+    host = make_paradigm(Paradigm.PER_APP, profile)    # registry.py
     result = host.deploy(spec)                  # raises BudgetError before loading if it can't fit
     host.run(workload_run, emit, stop_event)    # blocks until every app's workload has ended
     host.processes()                            # {pid: component} for the memory sampler
@@ -15,21 +16,22 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
-from typing import Callable
+from collections.abc import Callable
 
 from fleet.records import (
-    DeployResult, DeploySpec, Paradigm, PhoneEvent, PhoneProfile, RequestRecord, WorkloadRun,
+    DeployResult,
+    DeploySpec,
+    Paradigm,
+    PhoneEvent,
+    PhoneProfile,
+    RequestRecord,
+    ServiceStats,
+    WorkloadRun,
 )
+from fleet.sizing import planned_bytes
 
-MIB = 1024 * 1024
-
-
-class BudgetError(Exception):
-    """The deployment cannot fit the phone's memory budget (-> RESOURCE_EXHAUSTED)."""
-
-
-class DeployError(Exception):
-    """Loading the deployment failed (bad model path, a process that died while loading)."""
+Emitted = RequestRecord | PhoneEvent | ServiceStats
+Emit = Callable[[Emitted], None]
 
 
 class ParadigmHost(ABC):
@@ -38,18 +40,19 @@ class ParadigmHost(ABC):
     def __init__(self, profile: PhoneProfile):
         self.profile = profile
 
-    @abstractmethod
     def plan_bytes(self, spec: DeploySpec) -> int:
-        """Bytes the deployment will hold (weights + KV caches); raises BudgetError if too many."""
+        """Bytes the deployment will hold (weights + KV caches); raises BudgetError when no
+        paradigm could fit it and ServingError when this paradigm cannot serve it."""
+        return planned_bytes(spec, self.profile)
 
     @abstractmethod
     def deploy(self, spec: DeploySpec) -> DeployResult: ...
 
     @abstractmethod
-    def run(self, run: WorkloadRun, emit: Callable[[RequestRecord | PhoneEvent], None],
-            stop: threading.Event) -> list[str]:
-        """Run every app's workload, emitting records and phone events (kills, swaps, cold
-        starts) as they happen; returns problems seen (e.g. a process that died)."""
+    def run(self, run: WorkloadRun, emit: Emit, stop: threading.Event) -> list[str]:
+        """Run every app's workload, emitting records, phone events (kills, swaps, cold
+        starts) and service statistics as they happen; returns problems seen (e.g. a process
+        that died)."""
 
     @abstractmethod
     def processes(self) -> dict[int, str]:
@@ -62,23 +65,3 @@ class ParadigmHost(ABC):
     @property
     @abstractmethod
     def weights_label(self) -> str: ...
-
-
-def fmt_mib(num_bytes: int) -> str:
-    return f"{num_bytes / MIB:.1f} MiB"
-
-
-def make_paradigm(paradigm: Paradigm, profile: PhoneProfile) -> ParadigmHost:
-    from agents.paradigms.per_app import PerAppParadigm
-    from agents.paradigms.shared_service import AgentOsParadigm, SlmaasParadigm
-
-    hosts: dict[Paradigm, type[ParadigmHost]] = {Paradigm.PER_APP: PerAppParadigm,
-                                                 Paradigm.SLMAAS: SlmaasParadigm,
-                                                 Paradigm.AGENT_OS: AgentOsParadigm}
-    if paradigm not in hosts:
-        raise NotImplementedError(f"paradigm {paradigm.value} is not implemented by this agent")
-    return hosts[paradigm](profile)
-
-
-def implemented_paradigms() -> list[Paradigm]:
-    return [Paradigm.PER_APP, Paradigm.SLMAAS, Paradigm.AGENT_OS]

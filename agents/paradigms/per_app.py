@@ -13,54 +13,29 @@ from __future__ import annotations
 import os
 import signal
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 from agents.apps.app_process import ModelEndpoint
-from agents.llm.weights import model_args, torch_dtype
-from agents.apps.supervisor import AppsHost
-from agents.paradigms.base import BudgetError, ParadigmHost, fmt_mib
+from agents.apps.supervisor import AppSupervisor
+from agents.modelservice.launch_spec import LaunchSpec
+from agents.paradigms.base import Emit, ParadigmHost
 from agents.probes import ProcessSampler
 from fleet.records import (
-    AppDeployment, AppWorkload, DeployResult, DeploySpec, Paradigm, PhoneEvent, ServiceOptions,
+    AppDeployment,
+    AppWorkload,
+    DeployResult,
+    DeploySpec,
+    Paradigm,
+    PhoneEvent,
+    WorkloadRun,
+    effective_service_options,
 )
+from fleet.shapes import model_args
+from fleet.sizing import app_model, context_tokens, fmt_mib, footprints
 
-DEFAULT_CONTEXT_TOKENS = 2048  # an unbounded multi-turn app's window when none is configured
 LMK_INTERVAL_S = 0.2
-OWN_MODEL = ServiceOptions(max_batch_size=1, prefix_cache=False, persistent_contexts=False)
-
-
-def context_tokens(spec: DeploySpec, app: AppWorkload, max_position: int) -> int:
-    """KV positions one app's context may reach."""
-    wanted = spec.max_context_tokens or app.max_context_tokens() or DEFAULT_CONTEXT_TOKENS
-    return max(app.system_prompt_tokens + app.prompt_tokens + app.output_tokens,
-               min(wanted, max_position))
-
-
-def app_model(spec: DeploySpec, app: AppWorkload):
-    return app.model or spec.model
-
-
-def check_fits_one(spec: DeploySpec, profile, what: str) -> dict[str, tuple[int, int]]:
-    """{app: (weight bytes, KV bytes)} of each app's model; raises BudgetError when even one
-    model instance with one context cannot fit the phone."""
-    need = {}
-    for app in spec.apps:
-        model = app_model(spec, app)
-        args, dtype = model_args(model), torch_dtype(model.dtype)
-        if app.system_prompt_tokens + app.prompt_tokens + app.output_tokens > args.max_position:
-            raise BudgetError(f"app {app.name}: prompt + output tokens exceed the model's "
-                              f"{args.max_position} positions")
-        weights = args.weight_bytes(dtype)
-        kv = args.kv_cache_bytes(context_tokens(spec, app, args.max_position), dtype)
-        budget = profile.memory_budget_bytes
-        if budget and weights + kv > budget:
-            raise BudgetError(
-                f"{what}: model {args.name} ({model.dtype}) of app {app.name} cannot fit phone "
-                f"{profile.name} under any paradigm: weights {fmt_mib(weights)} + one context's "
-                f"KV cache {fmt_mib(kv)} = {fmt_mib(weights + kv)} > budget {fmt_mib(budget)}")
-        need[app.name] = (weights, kv)
-    return need
 
 
 class PerAppParadigm(ParadigmHost):
@@ -68,7 +43,7 @@ class PerAppParadigm(ParadigmHost):
 
     def __init__(self, profile):
         super().__init__(profile)
-        self.apps = AppsHost()
+        self.apps = AppSupervisor()
         self._label = ""
         self._dir: tempfile.TemporaryDirectory | None = None
         self._sampler = ProcessSampler()
@@ -78,42 +53,54 @@ class PerAppParadigm(ParadigmHost):
     def weights_label(self) -> str:
         return self._label
 
-    def plan_bytes(self, spec: DeploySpec) -> int:
-        need = check_fits_one(spec, self.profile, "per-app")
-        return sum(w + kv for w, kv in need.values())  # over the budget, the LMK will act
-
     def deploy(self, spec: DeploySpec) -> DeployResult:
         planned = self.plan_bytes(spec)
         self.shutdown()
         self._dir = tempfile.TemporaryDirectory(prefix="slm-per-app-")
-        need = check_fits_one(spec, self.profile, "per-app")
+        need = footprints(spec, self.profile)
+        workdir = Path(self._dir.name)
+        options = effective_service_options(Paradigm.PER_APP, spec.service)
 
         def endpoint(app: AppWorkload) -> ModelEndpoint:
-            return ModelEndpoint(socket=str(Path(self._dir.name) / f"{app.name}.sock"), own=True,
-                                 model=app_model(spec, app), threads=spec.threads_per_process,
-                                 options=OWN_MODEL)
+            own = LaunchSpec(app_model(spec, app), options, threads=spec.threads_per_process)
+            return ModelEndpoint(socket=str(workdir / f"{app.name}.sock"), own=own)
+
+        def shape(app: AppWorkload):
+            return model_args(app_model(spec, app))
 
         try:
-            self.apps.start(spec.apps, endpoint, lambda app: model_args(app_model(spec, app)),
-                            lambda app: context_tokens(
-                                spec, app, model_args(app_model(spec, app)).max_position))
+            self.apps.start(
+                spec.apps,
+                endpoint,
+                lambda app: shape(app).vocab_size,
+                lambda app: context_tokens(spec, app, shape(app).max_position),
+            )
         except BaseException:
             self.shutdown()  # whatever did start must not linger into later trials
             raise
-        self._label = "; ".join(sorted({a.ready.get("weights_label", "")
-                                        for a in self.apps.apps}))
+        self._label = "; ".join(
+            sorted({a.ready.weights_label for a in self.apps.apps if a.ready is not None})
+        )
         return DeployResult(
-            apps=tuple(AppDeployment(
-                app=a.app.name, pid=a.model_pid, cold_start_s=a.ready["cold_start_s"],
-                weight_bytes=a.ready["weight_bytes"], kv_cache_bytes=need[a.app.name][1])
-                for a in self.apps.apps),
-            weights_label=self._label, planned_bytes=planned,
-            memory_budget_bytes=self.profile.memory_budget_bytes)
+            apps=tuple(
+                AppDeployment(
+                    app=a.app.name,
+                    pid=a.model_pid,
+                    cold_start_s=a.ready.cold_start_s if a.ready else 0.0,
+                    weight_bytes=a.ready.weight_bytes if a.ready else 0,
+                    kv_cache_bytes=need[a.app.name].kv_bytes,
+                )
+                for a in self.apps.apps
+            ),
+            weights_label=self._label,
+            planned_bytes=planned,
+            memory_budget_bytes=self.profile.memory_budget_bytes,
+        )
 
-    def run(self, run, emit, stop) -> list[str]:
+    def run(self, run: WorkloadRun, emit: Emit, stop: threading.Event) -> list[str]:
         return self.apps.run(run, emit, stop, on_tick=lambda: self._low_memory_killer(emit))
 
-    def _low_memory_killer(self, emit) -> None:
+    def _low_memory_killer(self, emit: Emit) -> None:
         budget = self.profile.memory_budget_bytes
         if not budget or time.monotonic() < self._next_lmk:
             return
@@ -132,9 +119,17 @@ class PerAppParadigm(ParadigmHost):
         except ProcessLookupError:
             return
         freed = samples[victim.model_pid].pss_bytes
-        emit(PhoneEvent(time.monotonic_ns(), "lmk_kill", victim.app.name,
-                        f"SLM PSS {fmt_mib(total)} > budget {fmt_mib(budget)}; killed pid "
-                        f"{victim.model_pid} ({'busy' if victim.busy else 'idle'})", freed, 0.0))
+        emit(
+            PhoneEvent(
+                time.monotonic_ns(),
+                "lmk_kill",
+                victim.app.name,
+                f"SLM PSS {fmt_mib(total)} > budget {fmt_mib(budget)}; killed pid "
+                f"{victim.model_pid} ({'busy' if victim.busy else 'idle'})",
+                freed,
+                0.0,
+            )
+        )
         victim.model_pid = 0
 
     def processes(self) -> dict[int, str]:

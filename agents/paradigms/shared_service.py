@@ -6,28 +6,35 @@
   scheduler (priority-preemptive by default), persistent per-app contexts, and contexts swapped
   out to storage or dropped for recompute under the KV budget.
 
-Apps are separate client processes (agents/apps/app_process.py). A service process that dies fails
-its in-flight requests (the apps record why) and the run reports it.
+How each runs its service (FCFS for SLMaaS, ...) is ``fleet.records.effective_service_options``.
+Apps are separate processes (agents/apps/app_process.py). A service process that dies fails its
+in-flight requests (the apps record why) and the run reports it.
 """
 
 from __future__ import annotations
 
-import json
 import tempfile
+import threading
 import time
-from dataclasses import replace
 from pathlib import Path
 
 from agents.apps.app_process import ModelEndpoint
-from agents.llm.weights import model_args, torch_dtype
-from agents.apps.supervisor import AppsHost
-from agents.paradigms.base import DeployError, ParadigmHost
-from agents.paradigms.per_app import check_fits_one, context_tokens
-from agents.modelservice.model_process import ServiceError, ServiceProcess
+from agents.apps.supervisor import AppSupervisor
+from agents.errors import DeployError
+from agents.modelservice.launch_spec import LaunchSpec
+from agents.modelservice.model_process import ModelProcess, ModelProcessError
+from agents.paradigms.base import Emit, ParadigmHost
 from fleet.records import (
-    AppDeployment, DeployResult, DeploySpec, Paradigm, PhoneEvent, SchedulerPolicy,
+    AppDeployment,
+    DeployResult,
+    DeploySpec,
+    Paradigm,
+    PhoneEvent,
+    WorkloadRun,
+    effective_service_options,
 )
-
+from fleet.shapes import model_args
+from fleet.sizing import context_tokens
 
 STATS_INTERVAL_S = 1.0
 
@@ -35,8 +42,8 @@ STATS_INTERVAL_S = 1.0
 class SharedServiceParadigm(ParadigmHost):
     def __init__(self, profile):
         super().__init__(profile)
-        self.apps = AppsHost()
-        self.service: ServiceProcess | None = None
+        self.apps = AppSupervisor()
+        self.service: ModelProcess | None = None
         self._label = ""
         self._dir: tempfile.TemporaryDirectory | None = None
         self._died_reported = False
@@ -45,80 +52,93 @@ class SharedServiceParadigm(ParadigmHost):
     def weights_label(self) -> str:
         return self._label
 
-    def options(self, spec: DeploySpec):
-        return spec.service
-
-    def plan_bytes(self, spec: DeploySpec) -> int:
-        own = [a.name for a in spec.apps if a.model and a.model != spec.model]
-        if own:
-            raise ValueError(f"apps {own} bring their own model: only per_app can host that; "
-                             f"{self.paradigm.value} serves every app with one model")
-        need = check_fits_one(spec, self.profile, self.paradigm.value)
-        weights = next(iter(need.values()))[0]
-        return weights + sum(kv for _, kv in need.values())
-
     def deploy(self, spec: DeploySpec) -> DeployResult:
         planned = self.plan_bytes(spec)
         self.shutdown()
         self._dir = tempfile.TemporaryDirectory(prefix=f"slm-{self.paradigm.value}-")
+        workdir = Path(self._dir.name)
         args = model_args(spec.model)
-        weights = args.weight_bytes(torch_dtype(spec.model.dtype))
         budget = self.profile.memory_budget_bytes
-        self.service = ServiceProcess(
-            Path(self._dir.name) / "service.sock", spec.model, self.options(spec),
-            threads=spec.threads_per_process,
-            kv_budget_bytes=max(0, budget - weights) if budget else 0,
-            swap_dir=Path(self._dir.name) / "swap")
+        kv_budget = max(0, budget - args.weight_bytes(spec.model.dtype)) if budget else 0
+        self.service = ModelProcess(
+            workdir / "service.sock",
+            LaunchSpec(
+                spec.model,
+                effective_service_options(self.paradigm, spec.service),
+                threads=spec.threads_per_process,
+                kv_budget_bytes=kv_budget,
+                swap_dir=str(workdir / "swap"),
+            ),
+        )
         try:
-            info = self.service.start()
-            self._label = info["weights_label"]
+            ready = self.service.start()
+            self._label = ready.weights_label
             self._died_reported = False
-            endpoint = ModelEndpoint(socket=str(self.service.socket_path), own=False)
-            self.apps.start(spec.apps, lambda app: endpoint, lambda app: args,
-                            lambda app: context_tokens(spec, app, args.max_position))
-        except ServiceError as exc:
+            endpoint = ModelEndpoint(socket=str(self.service.socket_path))
+            self.apps.start(
+                spec.apps,
+                lambda app: endpoint,
+                lambda app: args.vocab_size,
+                lambda app: context_tokens(spec, app, args.max_position),
+            )
+        except ModelProcessError as exc:
             self.shutdown()
             raise DeployError(f"{self.paradigm.value} service failed to start: {exc}") from None
         except BaseException:
             self.shutdown()  # whatever did start must not linger into later trials
             raise
         return DeployResult(
-            apps=(AppDeployment(app="service", pid=self.service.pid,
-                                cold_start_s=info["cold_start_s"],
-                                weight_bytes=info["weight_bytes"], kv_cache_bytes=0),),
-            weights_label=self._label, planned_bytes=planned, memory_budget_bytes=budget)
+            apps=(
+                AppDeployment(
+                    app="service",
+                    pid=self.service.pid,
+                    cold_start_s=ready.cold_start_s,
+                    weight_bytes=ready.weight_bytes,
+                    kv_cache_bytes=0,
+                ),
+            ),
+            weights_label=self._label,
+            planned_bytes=planned,
+            memory_budget_bytes=budget,
+        )
 
-    def run(self, run, emit, stop) -> list[str]:
-        next_stats = [time.monotonic() + STATS_INTERVAL_S]
+    def run(self, run: WorkloadRun, emit: Emit, stop: threading.Event) -> list[str]:
+        next_stats = time.monotonic() + STATS_INTERVAL_S
 
         def tick() -> None:
+            nonlocal next_stats
             self._watch(emit, stop)
-            if time.monotonic() >= next_stats[0]:  # live running/waiting/batch for exporters
-                next_stats[0] = time.monotonic() + STATS_INTERVAL_S
+            if time.monotonic() >= next_stats:  # live running/waiting/batch for exporters
+                next_stats = time.monotonic() + STATS_INTERVAL_S
                 self._emit_stats(emit)
 
         problems = self.apps.run(run, emit, stop, on_tick=tick)
         self._watch(emit, stop)
-        if self._died_reported:
-            problems.append(f"{self.paradigm.value} service process {self.service.pid} died "
-                            f"(exit code {self.service.proc.returncode}); its in-flight requests "
-                            "failed")
-        self._emit_stats(emit)
+        if self._died_reported and self.service is not None:
+            problems.append(
+                f"{self.paradigm.value} service process {self.service.pid} died "
+                f"(exit code {self.service.returncode}); its in-flight requests "
+                "failed"
+            )
+        self._emit_stats(emit)  # the last statistics of a trial cover all of it
         return problems
 
-    def _emit_stats(self, emit) -> None:
-        stats = self.service.stats() if self.service else None
-        if stats:
-            for e in stats.pop("events", []):
-                emit(PhoneEvent(**e))
-            stats.pop("event", None)
-            emit(PhoneEvent(time.monotonic_ns(), "service_stats", "", json.dumps(stats)))
+    def _emit_stats(self, emit: Emit) -> None:
+        got = self.service.stats() if self.service else None
+        if got is not None:
+            stats, events = got
+            for e in events:
+                emit(e)
+            emit(stats)
 
-    def _watch(self, emit, stop) -> None:
+    def _watch(self, emit: Emit, stop: threading.Event) -> None:
         if self.service is not None and not self.service.alive() and not self._died_reported:
             self._died_reported = True
-            emit(PhoneEvent(time.monotonic_ns(), "service_died", "",
-                            f"exit code {self.service.proc.returncode}"))
+            emit(
+                PhoneEvent(
+                    time.monotonic_ns(), "service_died", "", f"exit code {self.service.returncode}"
+                )
+            )
             stop.set()  # every later request would fail the same way: end the trial now
 
     def processes(self) -> dict[int, str]:
@@ -140,10 +160,6 @@ class SharedServiceParadigm(ParadigmHost):
 
 class SlmaasParadigm(SharedServiceParadigm):
     paradigm = Paradigm.SLMAAS
-
-    def options(self, spec: DeploySpec):
-        # SLM as a service is app-agnostic: FCFS, nothing kept per app between requests.
-        return replace(spec.service, scheduler=SchedulerPolicy.FCFS, persistent_contexts=False)
 
 
 class AgentOsParadigm(SharedServiceParadigm):

@@ -5,20 +5,20 @@ Every call has a deadline; errors surface as ``AgentError`` carrying the gRPC st
     client = AgentClient("127.0.0.1:50123", token="...")
     client.wait_healthy(timeout_s=30)
     result = client.deploy(spec)
-    for event in client.run_workload(run):   # RequestRecord | ResourceSample | TrialSummary
+    for event in client.run_workload(run):   # records, samples, events, stats; then a summary
         ...
 """
 
 from __future__ import annotations
 
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from fleet import wire
-from fleet.records import DeployResult, DeploySpec, PhoneProfile, WorkloadRun
+from fleet.records import AgentDescription, DeployResult, DeploySpec, WorkloadRun
 from fleet.v1 import agent_pb2 as pb
 from fleet.v1 import agent_pb2_grpc as pb_grpc
 
@@ -34,7 +34,7 @@ class AgentError(Exception):
         self.reason = reason
 
     @classmethod
-    def from_rpc(cls, what: str, err: grpc.RpcError) -> "AgentError":
+    def from_rpc(cls, what: str, err: grpc.RpcError) -> AgentError:
         code = err.code() if hasattr(err, "code") else None
         name = code.name if code else "UNKNOWN"
         return cls(code, f"{what}: {name}: {err.details() if hasattr(err, 'details') else err}")
@@ -61,34 +61,39 @@ class AgentClient:
             try:
                 resp = self._health.Check(
                     health_pb2.HealthCheckRequest(service="fleet.v1.PhoneAgentService"),
-                    timeout=min(2.0, max(0.1, deadline - time.monotonic())))
+                    timeout=min(2.0, max(0.1, deadline - time.monotonic())),
+                )
                 if resp.status == health_pb2.HealthCheckResponse.SERVING:
                     return
                 last = health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
             except grpc.RpcError as err:
                 last = f"{err.code().name}: {err.details()}"
             time.sleep(0.2)
-        raise AgentError(grpc.StatusCode.UNAVAILABLE,
-                         f"agent at {self.address} not healthy after {timeout_s:.0f} s ({last})")
+        raise AgentError(
+            grpc.StatusCode.UNAVAILABLE,
+            f"agent at {self.address} not healthy after {timeout_s:.0f} s ({last})",
+        )
 
-    def describe(self) -> tuple[PhoneProfile, pb.DescribeResponse]:
+    def describe(self) -> AgentDescription:
         try:
             resp = self._stub.Describe(pb.DescribeRequest(), timeout=CALL_TIMEOUT_S)
         except grpc.RpcError as err:
             raise AgentError.from_rpc(f"Describe {self.address}", err) from None
-        return wire.profile_from_pb(resp.profile), resp
+        return wire.describe_from_pb(resp)
 
     def deploy(self, spec: DeploySpec) -> DeployResult:
         try:
-            resp = self._stub.Deploy(wire.deploy_to_pb(spec), timeout=DEPLOY_TIMEOUT_S,
-                                     metadata=self._auth)
+            resp = self._stub.Deploy(
+                wire.deploy_to_pb(spec), timeout=DEPLOY_TIMEOUT_S, metadata=self._auth
+            )
         except grpc.RpcError as err:
             raise AgentError.from_rpc(f"Deploy {self.address}", err) from None
         return wire.deploy_result_from_pb(resp)
 
-    def run_workload(self, run: WorkloadRun) -> Iterator:
-        stream = self._stub.RunWorkload(wire.run_to_pb(run), metadata=self._auth,
-                                        timeout=run.duration_s + STREAM_MARGIN_S)
+    def run_workload(self, run: WorkloadRun) -> Iterator[wire.StreamEvent]:
+        stream = self._stub.RunWorkload(
+            wire.run_to_pb(run), metadata=self._auth, timeout=run.duration_s + STREAM_MARGIN_S
+        )
         try:
             for msg in stream:
                 yield wire.event_from_pb(msg)
@@ -99,14 +104,16 @@ class AgentClient:
 
     def stop(self, reason: str = "") -> bool:
         try:
-            return self._stub.Stop(pb.StopRequest(reason=reason), timeout=CALL_TIMEOUT_S,
-                                   metadata=self._auth).was_running
+            return self._stub.Stop(
+                pb.StopRequest(reason=reason), timeout=CALL_TIMEOUT_S, metadata=self._auth
+            ).was_running
         except grpc.RpcError as err:
             raise AgentError.from_rpc(f"Stop {self.address}", err) from None
 
     def reset(self) -> int:
         try:
-            return self._stub.Reset(pb.ResetRequest(), timeout=CALL_TIMEOUT_S,
-                                    metadata=self._auth).processes_stopped
+            return self._stub.Reset(
+                pb.ResetRequest(), timeout=CALL_TIMEOUT_S, metadata=self._auth
+            ).processes_stopped
         except grpc.RpcError as err:
             raise AgentError.from_rpc(f"Reset {self.address}", err) from None

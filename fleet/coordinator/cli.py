@@ -31,13 +31,19 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--address", help="join an existing Ray cluster (default: start one)")
     run.add_argument("--runs-dir", type=Path, default=Path("runs"))
     run.add_argument("--run-id", help="name of the run directory (default: time-name-random)")
-    run.add_argument("--allow-shared-cores", action="store_true",
-                     help="run trials of phones sharing a host's cores at once (noted in results)")
+    run.add_argument(
+        "--allow-shared-cores",
+        action="store_true",
+        help="run trials of phones sharing a host's cores at once (noted in results)",
+    )
     prom = run.add_mutually_exclusive_group()
     prom.add_argument("--prometheus-url", help="use this Prometheus instead of starting one")
     prom.add_argument("--no-prometheus", action="store_true", help="start no Prometheus")
-    run.add_argument("--keep-prometheus", action="store_true",
-                     help="leave the embedded Prometheus running after the run")
+    run.add_argument(
+        "--keep-prometheus",
+        action="store_true",
+        help="leave the embedded Prometheus running after the run",
+    )
     plan = sub.add_parser("plan", help="list an experiment's trials without running them")
     plan.add_argument("experiment", nargs="?")
     summary = sub.add_parser("summary", help="print the summary of a finished run")
@@ -47,14 +53,22 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("-o", "--output", type=Path, help="default: RUN_DIR/report.html")
     boards = sub.add_parser("dashboards", help="build or push the Grafana dashboards")
     bsub = boards.add_subparsers(dest="action", required=True)
-    build = bsub.add_parser("build", help="write dashboards/*.json from fleet/observe/dashboards.py")
+    build = bsub.add_parser(
+        "build", help="write dashboards/*.json from fleet/observe/dashboards.py"
+    )
     build.add_argument("--out", type=Path, default=Path("dashboards"))
     push = bsub.add_parser("push", help="create or update datasource, folder and dashboards")
     push.add_argument("--grafana-url", required=True)
-    push.add_argument("--token", default=os.environ.get("GRAFANA_TOKEN", ""),
-                      help="service account token (default: $GRAFANA_TOKEN)")
-    push.add_argument("--prometheus-url", default="http://localhost:9090",
-                      help="URL Grafana uses to reach Prometheus")
+    push.add_argument(
+        "--token",
+        default=os.environ.get("GRAFANA_TOKEN", ""),
+        help="service account token (default: $GRAFANA_TOKEN)",
+    )
+    push.add_argument(
+        "--prometheus-url",
+        default="http://localhost:9090",
+        help="URL Grafana uses to reach Prometheus",
+    )
     return p
 
 
@@ -100,15 +114,30 @@ def cmd_run(ns) -> int:
     console = _console()
     source = ns.experiment or "(embedded default)"
     _check(exp, source)
-    console.print(f"[bold]fleet run[/] {exp.name} from {source}: {len(exp.phones)} phones, "
-                  f"{len(exp.paradigms)} paradigms, {len(exp.workloads)} workloads, "
-                  f"{len(exp.models)} models, {exp.repetitions} repetitions")
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TimeElapsedColumn(), console=console)
+    console.print(
+        f"[bold]fleet run[/] {exp.name} from {source}: {len(exp.phones)} phones, "
+        f"{len(exp.paradigms)} paradigms, {len(exp.workloads)} workloads, "
+        f"{len(exp.models)} models, {exp.repetitions} repetitions"
+    )
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    )
     prometheus = "off" if ns.no_prometheus else (ns.prometheus_url or "embedded")
-    coord = Coordinator(exp, runs_dir=ns.runs_dir, source=source, address=ns.address,
-                        run_id=ns.run_id, progress=progress, prometheus=prometheus,
-                        keep_prometheus=ns.keep_prometheus, announce=console.print)
+    coord = Coordinator(
+        exp,
+        runs_dir=ns.runs_dir,
+        source=source,
+        address=ns.address,
+        run_id=ns.run_id,
+        progress=progress,
+        prometheus=prometheus,
+        keep_prometheus=ns.keep_prometheus,
+        announce=console.print,
+    )
     console.print(f"run directory: {coord.run_dir}")
     with progress:
         result = coord.run()
@@ -116,11 +145,15 @@ def cmd_run(ns) -> int:
         _print_summary(result.run_dir, console)
         _print_comparison(result.run_dir, console)
     except Exception as exc:  # the records are safe in the store; say so instead of a traceback
-        console.print(f"[red]could not summarize the run ({type(exc).__name__}: {exc}); "
-                      f"its records are in {result.run_dir}[/]")
+        console.print(
+            f"[red]could not summarize the run ({type(exc).__name__}: {exc}); "
+            f"its records are in {result.run_dir}[/]"
+        )
     if result.num_failed:
-        console.print(f"[red]{result.num_failed} of {result.num_trials} trials failed[/]; "
-                      f"records received before the failures are in {result.run_dir}")
+        console.print(
+            f"[red]{result.num_failed} of {result.num_trials} trials failed[/]; "
+            f"records received before the failures are in {result.run_dir}"
+        )
         return EXIT_FAILED_TRIALS
     console.print(f"all {result.num_trials} trials completed; results in {result.run_dir}")
     return 0
@@ -130,15 +163,15 @@ def _print_summary(run_dir: Path, console) -> None:
     from fleet.results.store import ResultStore
     from fleet.results.summary import render, summarize
 
-    manifest = json.loads((run_dir / "manifest.json").read_text())
-    slo = {a["name"]: a.get("slo_ttft_ms", 0) / 1000.0
-           for w in manifest["experiment"]["workloads"] for a in w["apps"]}
     store = ResultStore(run_dir / "results.sqlite")
     try:
         trials = store.query("SELECT trial_id, status, reason, summary_json FROM trials")
-        labels = {json.loads(t["summary_json"]).get("weights_label", "")
-                  for t in trials if t["summary_json"]}
-        render(summarize(store, slo), trials, console, ", ".join(sorted(x for x in labels if x)))
+        labels = {
+            json.loads(t["summary_json"]).get("weights_label", "")
+            for t in trials
+            if t["summary_json"]
+        }
+        render(summarize(store), trials, console, ", ".join(sorted(x for x in labels if x)))
     finally:
         store.close()
 
@@ -152,11 +185,14 @@ def _print_comparison(run_dir: Path, console) -> None:
     manifest, groups = load(run_dir)
     rows = comparison_rows(groups)
     if rows:
-        table = Table(title=escape("Paradigm comparison (co-run; median [min-max] over "
-                                   "repetitions)"))
+        table = Table(
+            title=escape("Paradigm comparison (co-run; median [min-max] over repetitions)")
+        )
         for col in rows[0]:
-            table.add_column(col, justify="left" if col in ("phone", "paradigm", "model",
-                                                            "workload") else "right")
+            table.add_column(
+                col,
+                justify="left" if col in ("phone", "paradigm", "model", "workload") else "right",
+            )
         for r in rows:
             table.add_row(*(escape(v) for v in r.values()))
         console.print(table)
@@ -209,8 +245,13 @@ def cmd_summary(ns) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     ns = _parser().parse_args(argv)
-    handlers = {"run": cmd_run, "plan": cmd_plan, "summary": cmd_summary, "report": cmd_report,
-                "dashboards": cmd_dashboards}
+    handlers = {
+        "run": cmd_run,
+        "plan": cmd_plan,
+        "summary": cmd_summary,
+        "report": cmd_report,
+        "dashboards": cmd_dashboards,
+    }
     sys.exit(handlers[ns.command](ns))
 
 

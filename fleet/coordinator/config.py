@@ -11,13 +11,19 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Literal, Union
+from typing import Annotated, ClassVar, Literal, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from fleet.records import (
-    AppWorkload, ArrivalPattern, ContextPolicy, ModelSpec, SchedulerPolicy, ServiceOptions,
+    AppWorkload,
+    ArrivalPattern,
+    ContextPolicy,
+    ModelSpec,
+    Paradigm,
+    SchedulerPolicy,
+    ServiceOptions,
 )
 
 DEFAULT_EXPERIMENT = "default.yaml"
@@ -34,8 +40,10 @@ class Strict(BaseModel):
 
 # -- phones ----------------------------------------------------------------------------------
 
+
 class VirtualPhone(Strict):
     """A phone emulated on a Linux host: the same agent, with a phone's budget and core count."""
+
     kind: Literal["virtual"] = "virtual"
     name: str = Field(pattern=NAME)
     memory_budget_mb: int = Field(4096, gt=0)  # memory the SLM processes together may use
@@ -45,6 +53,7 @@ class VirtualPhone(Strict):
 
 class RemotePhone(Strict):
     """An agent already running elsewhere (a real phone, or a phone agent started by hand)."""
+
     kind: Literal["remote"] = "remote"
     name: str = Field(pattern=NAME)
     address: str = Field(pattern=r"^[^:\s]+:\d+$")  # host:port of its gRPC server
@@ -57,8 +66,11 @@ Phone = Annotated[Union[VirtualPhone, RemotePhone], Field(discriminator="kind")]
 
 # -- paradigms -------------------------------------------------------------------------------
 
+
 class PerAppConfig(Strict):
     """Every app loads its own model in its own process; a low-memory killer acts over budget."""
+
+    paradigm: ClassVar[Paradigm] = Paradigm.PER_APP
     kind: Literal["per_app"] = "per_app"
     name: str = Field("", pattern=r"^$|" + NAME)  # label in results (default: the kind)
     threads_per_process: int = Field(1, gt=0)  # torch threads in each app's model process
@@ -68,11 +80,13 @@ class PerAppConfig(Strict):
         return self.name or self.kind
 
     def service_options(self) -> ServiceOptions:
-        return ServiceOptions(max_batch_size=1, prefix_cache=False)
+        return ServiceOptions()  # an own model's options are the phone's rule (OWN_MODEL)
 
 
 class SlmaasConfig(Strict):
     """One shared model service: continuous batching, shared-prefix reuse, FCFS."""
+
+    paradigm: ClassVar[Paradigm] = Paradigm.SLMAAS
     kind: Literal["slmaas"] = "slmaas"
     name: str = Field("", pattern=r"^$|" + NAME)  # label in results (default: the kind)
     threads_per_process: int = Field(2, gt=0)  # torch threads of the service process
@@ -85,24 +99,30 @@ class SlmaasConfig(Strict):
         return self.name or self.kind
 
     def service_options(self) -> ServiceOptions:
-        return ServiceOptions(scheduler=SchedulerPolicy.FCFS, max_batch_size=self.max_batch_size,
-                              prefill_chunk_tokens=self.prefill_chunk_tokens,
-                              prefix_cache=self.prefix_cache, persistent_contexts=False)
+        return ServiceOptions(
+            max_batch_size=self.max_batch_size,
+            prefill_chunk_tokens=self.prefill_chunk_tokens,
+            prefix_cache=self.prefix_cache,
+        )  # FCFS, nothing kept: the rule
 
 
 class AgentOsConfig(Strict):
     """The model service as an OS subsystem: priorities, preemption, kept and swapped contexts."""
+
+    paradigm: ClassVar[Paradigm] = Paradigm.AGENT_OS
     kind: Literal["agent_os"] = "agent_os"
     name: str = Field("", pattern=r"^$|" + NAME)  # label in results (default: the kind)
     threads_per_process: int = Field(2, gt=0)
-    scheduler: Literal["priority", "fcfs", "round_robin"] = "priority"
+    scheduler: SchedulerPolicy = SchedulerPolicy.PRIORITY  # kept as this enum up to the engine
     quantum_tokens: int = Field(16, gt=0)  # round robin: decode steps per slice
     max_batch_size: int = Field(8, gt=0)
     prefill_chunk_tokens: int = Field(64, gt=0)  # small chunks: a foreground request waits less
     prefix_cache: bool = True
     persistent_contexts: bool = True  # keep multi-turn apps' KV between turns
-    context_policy: Literal["swap", "recompute"] = "swap"  # how an evicted context comes back
-    kv_budget_mb: int = Field(0, ge=0)  # KV held before idle contexts are evicted (0: budget - weights)
+    context_policy: ContextPolicy = ContextPolicy.SWAP  # how an evicted context comes back
+    kv_budget_mb: int = Field(
+        0, ge=0
+    )  # KV held before idle contexts are evicted (0: budget - weights)
 
     @property
     def label(self) -> str:
@@ -110,18 +130,24 @@ class AgentOsConfig(Strict):
 
     def service_options(self) -> ServiceOptions:
         return ServiceOptions(
-            scheduler=SchedulerPolicy(self.scheduler), max_batch_size=self.max_batch_size,
-            prefill_chunk_tokens=self.prefill_chunk_tokens, prefix_cache=self.prefix_cache,
+            scheduler=self.scheduler,
+            max_batch_size=self.max_batch_size,
+            prefill_chunk_tokens=self.prefill_chunk_tokens,
+            prefix_cache=self.prefix_cache,
             persistent_contexts=self.persistent_contexts,
-            context_policy=ContextPolicy(self.context_policy),
-            kv_budget_bytes=self.kv_budget_mb * 2**20, quantum_tokens=self.quantum_tokens)
+            context_policy=self.context_policy,
+            kv_budget_bytes=self.kv_budget_mb * 2**20,
+            quantum_tokens=self.quantum_tokens,
+        )
 
 
-ParadigmConfig = Annotated[Union[PerAppConfig, SlmaasConfig, AgentOsConfig],
-                           Field(discriminator="kind")]
+ParadigmConfig = Annotated[
+    Union[PerAppConfig, SlmaasConfig, AgentOsConfig], Field(discriminator="kind")
+]
 
 
 # -- models ----------------------------------------------------------------------------------
+
 
 class ModelConfig(Strict):
     name: str = Field("", pattern=r"^$|" + NAME)  # label in results; defaults to preset/dir name
@@ -140,8 +166,10 @@ class ModelConfig(Strict):
 
 # -- workloads -------------------------------------------------------------------------------
 
+
 class PoissonArrival(Strict):
     """Open loop: exponential inter-arrival times, optionally several requests per arrival."""
+
     kind: Literal["poisson"] = "poisson"
     rate_per_s: float = Field(gt=0)
     burst_size: int = Field(1, ge=1)
@@ -149,6 +177,7 @@ class PoissonArrival(Strict):
 
 class ClosedLoopArrival(Strict):
     """Closed loop: the next request follows the previous response after a think time."""
+
     kind: Literal["closed_loop"] = "closed_loop"
     think_time_s: float = Field(0.0, ge=0)
 
@@ -167,7 +196,7 @@ class AppConfig(Strict):
     max_requests: int = Field(0, ge=0)  # 0 = until the workload's duration ends
     foreground: bool = False
     slo_ttft_ms: float = Field(0.0, ge=0)
-    model: "ModelConfig | None" = None  # per-app only: this app ships its own, different model
+    model: ModelConfig | None = None  # per-app only: this app ships its own, different model
 
     @model_validator(mode="after")
     def _multi_turn_is_closed_loop(self):
@@ -180,15 +209,21 @@ class AppConfig(Strict):
         return AppWorkload(
             name=self.name,
             pattern=ArrivalPattern.POISSON if a.kind == "poisson" else ArrivalPattern.CLOSED_LOOP,
-            rate_per_s=getattr(a, "rate_per_s", 0.0), burst_size=getattr(a, "burst_size", 1),
-            think_time_s=getattr(a, "think_time_s", 0.0), prompt_tokens=self.prompt_tokens,
-            output_tokens=self.output_tokens, multi_turn=self.multi_turn,
-            max_requests=self.max_requests, foreground=self.foreground,
-            slo_ttft_s=self.slo_ttft_ms / 1000.0, turns_per_session=self.turns_per_session,
+            rate_per_s=getattr(a, "rate_per_s", 0.0),
+            burst_size=getattr(a, "burst_size", 1),
+            think_time_s=getattr(a, "think_time_s", 0.0),
+            prompt_tokens=self.prompt_tokens,
+            output_tokens=self.output_tokens,
+            multi_turn=self.multi_turn,
+            max_requests=self.max_requests,
+            foreground=self.foreground,
+            slo_ttft_s=self.slo_ttft_ms / 1000.0,
+            turns_per_session=self.turns_per_session,
             system_prompt_tokens=self.system_prompt_tokens,
-            model=self.model.spec() if self.model else None)
+            model=self.model.spec() if self.model else None,
+        )
 
-    def renamed(self, name: str) -> "AppConfig":
+    def renamed(self, name: str) -> AppConfig:
         return self.model_copy(update={"name": name})
 
 
@@ -206,8 +241,10 @@ class WorkloadConfig(Strict):
 
 # -- contention methodology ------------------------------------------------------------------
 
+
 class ContentionConfig(Strict):
     """Which app mixes every (paradigm, workload, model, phone, repetition) runs."""
+
     solo_baselines: bool = True  # each app alone first: the baseline of its slowdown
     solo_duration_s: float = Field(0.0, ge=0)  # 0 = the workload's duration
     corun: bool = True  # all of the workload's apps together
@@ -222,6 +259,7 @@ class ContentionConfig(Strict):
 
 # -- experiment ------------------------------------------------------------------------------
 
+
 class Experiment(Strict):
     name: str = Field(pattern=NAME)
     description: str = ""
@@ -230,7 +268,9 @@ class Experiment(Strict):
     allow_shared_cores: bool = False  # run trials of phones that share a host's cores at once
     sample_interval_s: float = Field(0.25, gt=0)  # memory sampler interval on the phones
     heartbeat_s: float = Field(5.0, gt=0)  # how often the coordinator health-checks each phone
-    contention: ContentionConfig = ContentionConfig(solo_baselines=False)
+    contention: ContentionConfig = Field(
+        default_factory=lambda: ContentionConfig.model_validate({"solo_baselines": False})
+    )
     phones: list[Phone] = Field(min_length=1)
     models: list[ModelConfig] = Field(min_length=1)
     paradigms: list[ParadigmConfig] = Field(min_length=1)
@@ -271,7 +311,11 @@ def parse_experiment(data: object, source: str = "<experiment>") -> Experiment:
 
 def load_experiment(path: str | Path | None) -> Experiment:
     if path is None:
-        text = resources.files("fleet.coordinator.experiments").joinpath(DEFAULT_EXPERIMENT).read_text()
+        text = (
+            resources.files("fleet.coordinator.experiments")
+            .joinpath(DEFAULT_EXPERIMENT)
+            .read_text()
+        )
         source = f"(embedded) {DEFAULT_EXPERIMENT}"
     else:
         p = Path(path)

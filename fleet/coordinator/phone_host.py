@@ -19,11 +19,10 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import asdict
-from typing import Iterator
+from collections.abc import Iterator
 
 from fleet.coordinator.agent_client import AgentClient, AgentError
-from fleet.records import PhoneEvent, RequestRecord, ResourceSample, TrialSummary
+from fleet.records import AgentDescription, TrialSummary
 
 AGENT_START_TIMEOUT_S = 60.0
 BATCH_INTERVAL_S = 0.2  # ship at least this often while events flow
@@ -47,13 +46,26 @@ class PhoneHost:
 
     def start_virtual_phone(self, phone) -> dict:
         """Start ``fleet-agent`` for a VirtualPhone config; returns its address and pid."""
-        cmd = [sys.executable, "-m", "agents.main", "--name", phone.name,
-               "--memory-budget-mb", str(phone.memory_budget_mb),
-               "--cpu-threads", str(phone.cpu_threads), "--host", "127.0.0.1", "--port", "0",
-               "--exit-on-stdin-eof"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "agents.main",
+            "--name",
+            phone.name,
+            "--memory-budget-mb",
+            str(phone.memory_budget_mb),
+            "--cpu-threads",
+            str(phone.cpu_threads),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--exit-on-stdin-eof",
+        ]
         env = dict(os.environ, FLEET_AGENT_TOKEN=self._token)
-        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
-                                text=True)
+        proc = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True
+        )
         ready = _read_ready_line(proc, AGENT_START_TIMEOUT_S)
         address = f"127.0.0.1:{ready['port']}"
         with self._lock:
@@ -76,14 +88,11 @@ class PhoneHost:
         except AgentError:
             return False
 
-    def describe(self, name: str) -> dict:
-        from google.protobuf.json_format import MessageToDict
-
-        _, resp = self._clients[name].describe()
-        return MessageToDict(resp)
+    def describe(self, name: str) -> AgentDescription:
+        return self._clients[name].describe()
 
     def run_trial(self, name: str, deploy_spec, workload_run) -> Iterator[tuple[str, object]]:
-        """Deploy, run the workload, reset; yields ("deployed", dict), ("events", [..]) batches,
+        """Deploy, run the workload, reset; yields ("deployed", DeployResult), ("events", [..]),
         then ("summary", TrialSummary) or ("failed", reason). Never raises for agent faults."""
         client = self._clients.get(name)
         if client is None:
@@ -95,18 +104,21 @@ class PhoneHost:
         except AgentError as err:
             yield "failed", err.reason
             return
-        yield "deployed", asdict(deployed)
+        yield "deployed", deployed
         batch: list = []
         last = time.monotonic()
         summary: TrialSummary | None = None
         try:
             for event in client.run_workload(workload_run):
-                if isinstance(event, (RequestRecord, ResourceSample, PhoneEvent)):
-                    batch.append(event)
-                else:
+                if isinstance(event, TrialSummary):
                     summary = event
-                if batch and (len(batch) >= BATCH_MAX or summary is not None
-                              or time.monotonic() - last >= BATCH_INTERVAL_S):
+                else:
+                    batch.append(event)
+                if batch and (
+                    len(batch) >= BATCH_MAX
+                    or summary is not None
+                    or time.monotonic() - last >= BATCH_INTERVAL_S
+                ):
                     yield "events", batch
                     batch, last = [], time.monotonic()
         except AgentError as err:
@@ -130,7 +142,8 @@ class PhoneHost:
         if client:
             client.close()
         if proc and proc.poll() is None:
-            proc.stdin.close()  # the agent exits on EOF
+            if proc.stdin is not None:
+                proc.stdin.close()  # the agent exits on EOF
             try:
                 proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
@@ -155,6 +168,7 @@ def _read_ready_line(proc: subprocess.Popen, timeout_s: float) -> dict:
     ready = threading.Event()
 
     def read() -> None:
+        assert proc.stdout is not None
         for line in proc.stdout:
             if ready.is_set():
                 continue
@@ -169,6 +183,7 @@ def _read_ready_line(proc: subprocess.Popen, timeout_s: float) -> dict:
     threading.Thread(target=read, daemon=True, name="agent-stdout").start()
     if not ready.wait(timeout_s):
         proc.kill()
-        raise RuntimeError(f"agent did not report ready within {timeout_s:.0f} s "
-                           f"(exit code {proc.poll()})")
+        raise RuntimeError(
+            f"agent did not report ready within {timeout_s:.0f} s (exit code {proc.poll()})"
+        )
     return result

@@ -13,11 +13,16 @@ from dataclasses import dataclass
 from itertools import cycle, islice
 
 from fleet.coordinator.config import (
-    AppConfig, Experiment, ModelConfig, ParadigmConfig, VirtualPhone, WorkloadConfig,
+    AppConfig,
+    Experiment,
+    ModelConfig,
+    ParadigmConfig,
+    VirtualPhone,
+    WorkloadConfig,
 )
-from fleet.records import DeploySpec, Paradigm, WorkloadRun
-
-CORUN = "corun"
+from fleet.records import DeploySpec, PhoneProfile, WorkloadRun
+from fleet.results.store import CORUN, count_mix, solo_mix
+from fleet.sizing import BudgetError, ServingError, app_model, check_servable, footprints
 
 
 @dataclass(frozen=True)
@@ -34,15 +39,22 @@ class Trial:
     duration_s: float
 
     def deploy_spec(self) -> DeploySpec:
-        return DeploySpec(paradigm=Paradigm(self.paradigm.kind), model=self.model.spec(),
-                          apps=tuple(a.workload() for a in self.apps),
-                          max_context_tokens=self.workload.max_context_tokens,
-                          threads_per_process=self.paradigm.threads_per_process,
-                          service=self.paradigm.service_options())
+        return DeploySpec(
+            paradigm=self.paradigm.paradigm,
+            model=self.model.spec(),
+            apps=tuple(a.workload() for a in self.apps),
+            max_context_tokens=self.workload.max_context_tokens,
+            threads_per_process=self.paradigm.threads_per_process,
+            service=self.paradigm.service_options(),
+        )
 
     def workload_run(self, sample_interval_s: float) -> WorkloadRun:
-        return WorkloadRun(trial_id=self.trial_id, duration_s=self.duration_s,
-                           seed=self.seed, sample_interval_s=sample_interval_s)
+        return WorkloadRun(
+            trial_id=self.trial_id,
+            duration_s=self.duration_s,
+            seed=self.seed,
+            sample_interval_s=sample_interval_s,
+        )
 
 
 def app_mixes(exp: Experiment, workload: WorkloadConfig):
@@ -50,7 +62,7 @@ def app_mixes(exp: Experiment, workload: WorkloadConfig):
     c = exp.contention
     if c.solo_baselines:
         for app in workload.apps:
-            yield f"solo:{app.name}", (app,), c.solo_duration_s or workload.duration_s
+            yield solo_mix(app.name), (app,), c.solo_duration_s or workload.duration_s
     if c.corun:
         yield CORUN, tuple(workload.apps), workload.duration_s
     for k in c.app_counts:
@@ -58,7 +70,7 @@ def app_mixes(exp: Experiment, workload: WorkloadConfig):
         for i, app in enumerate(islice(cycle(workload.apps), k)):
             copy = i // len(workload.apps)
             apps.append(app if copy == 0 else app.renamed(f"{app.name}-{copy + 1}"))
-        yield f"apps:{k}", tuple(apps), workload.duration_s
+        yield count_mix(k), tuple(apps), workload.duration_s
 
 
 def plan_trials(exp: Experiment) -> list[Trial]:
@@ -69,45 +81,50 @@ def plan_trials(exp: Experiment) -> list[Trial]:
                 for workload in exp.workloads:
                     for mix, apps, duration in app_mixes(exp, workload):
                         for phone in exp.phones:
-                            tid = (f"{paradigm.label}.{workload.name}.{model.label}.{phone.name}"
-                                   f".{mix.replace(':', '-')}.r{rep}")
-                            trials.append(Trial(tid, phone.name, paradigm, workload, model, rep,
-                                                exp.seed + rep, mix, apps, duration))
+                            tid = (
+                                f"{paradigm.label}.{workload.name}.{model.label}.{phone.name}"
+                                f".{mix.replace(':', '-')}.r{rep}"
+                            )
+                            trials.append(
+                                Trial(
+                                    tid,
+                                    phone.name,
+                                    paradigm,
+                                    workload,
+                                    model,
+                                    rep,
+                                    exp.seed + rep,
+                                    mix,
+                                    apps,
+                                    duration,
+                                )
+                            )
     return trials
 
 
 def check_budgets(exp: Experiment, trials: list[Trial]) -> list[str]:
-    """Problems that make trials impossible before anything starts: a model (weights + one
-    context's KV cache) larger than a virtual phone's budget under any paradigm, or an app that
+    """Problems that make trials impossible before anything starts, by the phones' own rule
+    (``fleet.sizing``): a model (weights + one context's KV cache) larger than a virtual phone's
+    budget under any paradigm, a request longer than the model's positions, or an app that
     brings its own model to a shared service. Local-path models are checked on the phone."""
-    from agents.llm.transformer import DTYPES, ModelArgs
-
-    budgets = {p.name: p.memory_budget_mb * 2**20 for p in exp.phones
-               if isinstance(p, VirtualPhone)}
+    profiles = {
+        p.name: PhoneProfile(p.name, memory_budget_bytes=p.memory_budget_mb * 2**20)
+        for p in exp.phones
+        if isinstance(p, VirtualPhone)
+    }
     problems: set[str] = set()
     for t in trials:
-        for app in t.apps:
-            model = app.model or t.model
-            if app.model and t.paradigm.kind != "per_app":
-                problems.add(f"paradigm {t.paradigm.label}: app {app.name} brings its own model; "
-                             "only per_app can host apps with different models")
-            if model.path or t.phone not in budgets:
-                continue
-            args, dtype = ModelArgs.from_name(model.preset), DTYPES[model.dtype]
-            a = app.workload()
-            if a.system_prompt_tokens + a.prompt_tokens + a.output_tokens > args.max_position:
-                problems.add(f"app {app.name}: system prompt + prompt + output tokens exceed "
-                             f"model {model.label}'s {args.max_position} positions")
-                continue
-            ctx = min(args.max_position, max(a.system_prompt_tokens + a.prompt_tokens
-                                             + a.output_tokens, t.workload.max_context_tokens))
-            need = args.weight_bytes(dtype) + args.kv_cache_bytes(ctx, dtype)
-            if need > budgets[t.phone]:
-                problems.add(
-                    f"phone {t.phone} ({budgets[t.phone] / 2**20:.0f} MiB) cannot hold model "
-                    f"{model.label} ({model.dtype}) for app {app.name} under any paradigm: "
-                    f"weights {args.weight_bytes(dtype) / 2**20:.1f} MiB + KV cache "
-                    f"{args.kv_cache_bytes(ctx, dtype) / 2**20:.1f} MiB")
+        spec = t.deploy_spec()
+        try:
+            check_servable(spec)
+        except ServingError as exc:
+            problems.add(f"paradigm {t.paradigm.label}: {exc}")
+        if t.phone not in profiles or any(app_model(spec, a).path for a in spec.apps):
+            continue
+        try:
+            footprints(spec, profiles[t.phone])
+        except BudgetError as exc:
+            problems.add(str(exc))
     return sorted(problems)
 
 

@@ -1,8 +1,8 @@
 """The coordinator's Prometheus exporter: fleet-level state of a run.
 
-    metrics = FleetMetrics(run_id=..., experiment=...)
-    port = metrics.serve("127.0.0.1", 0)
-    metrics.phone_up("phone-a", True); metrics.trial_state(None, "pending"); ...
+metrics = FleetMetrics(run_id=..., experiment=...)
+port = metrics.serve("127.0.0.1", 0)
+metrics.phone_up("phone-a", True); metrics.trial_state(None, "pending"); ...
 """
 
 from __future__ import annotations
@@ -11,15 +11,21 @@ import threading
 
 from prometheus_client import CollectorRegistry
 
-from agents.agent_metrics import Exporter
+from fleet.exporter import Exporter
 from fleet.metric_names import COORDINATOR_METRICS
 
 TRIAL_STATES = ("pending", "running", "completed", "failed", "stopped")
 
 
 class FleetMetrics(Exporter):
-    def __init__(self, *, run_id: str, experiment: str, git: str = "",
-                 registry: CollectorRegistry | None = None):
+    def __init__(
+        self,
+        *,
+        run_id: str,
+        experiment: str,
+        git: str = "",
+        registry: CollectorRegistry | None = None,
+    ):
         super().__init__(COORDINATOR_METRICS, registry)
         self.m["run"].info({"run_id": run_id, "experiment": experiment, "git": git})
         self._trials = {s: 0 for s in TRIAL_STATES}

@@ -24,9 +24,15 @@ def push(grafana_url: str, token: str, prometheus_url: str, timeout_s: float = 1
     api = GrafanaApi.from_url(grafana_url, credential=token or None, timeout=timeout_s)
     done = []
     try:
-        datasource = {"name": DATASOURCE_NAME, "uid": DATASOURCE_UID, "type": "prometheus",
-                      "access": "proxy", "url": prometheus_url, "isDefault": False,
-                      "jsonData": {"timeInterval": "5s"}}  # deploy/'s scrape interval
+        datasource = {
+            "name": DATASOURCE_NAME,
+            "uid": DATASOURCE_UID,
+            "type": "prometheus",
+            "access": "proxy",
+            "url": prometheus_url,
+            "isDefault": False,
+            "jsonData": {"timeInterval": "5s"},
+        }  # deploy/'s scrape interval
         if _exists(lambda: api.datasource.get_datasource_by_uid(DATASOURCE_UID)):
             api.datasource.update_datasource_by_uid(DATASOURCE_UID, datasource)
             done.append(f"datasource {DATASOURCE_UID}: updated -> {prometheus_url}")
@@ -39,17 +45,24 @@ def push(grafana_url: str, token: str, prometheus_url: str, timeout_s: float = 1
             api.folder.create_folder(FOLDER_TITLE, uid=FOLDER_UID)
             done.append(f"folder {FOLDER_UID}: created")
         for uid, board in all_dashboards().items():
-            api.dashboard.update_dashboard({"dashboard": {**board, "id": None},
-                                            "folderUid": FOLDER_UID, "overwrite": True,
-                                            "message": "fleet dashboards push"})
+            api.dashboard.update_dashboard(
+                {
+                    "dashboard": {**board, "id": None},
+                    "folderUid": FOLDER_UID,
+                    "overwrite": True,
+                    "message": "fleet dashboards push",
+                }
+            )
             done.append(f"dashboard {uid}: pushed")
     except GrafanaUnauthorizedError:
         raise PushError(f"{grafana_url} rejected the token (401 Unauthorized)") from None
     except GrafanaClientError as err:
         raise PushError(f"{grafana_url} refused a request: {err}") from None
     except Exception as err:  # connection refused, DNS, TLS, timeouts: the client's own types
-        raise PushError(f"cannot reach Grafana at {grafana_url}: {type(err).__name__}: "
-                        f"{str(err).splitlines()[0] if str(err) else ''}") from None
+        raise PushError(
+            f"cannot reach Grafana at {grafana_url}: {type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else ''}"
+        ) from None
     return done
 
 

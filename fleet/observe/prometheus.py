@@ -22,6 +22,7 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
+from typing import BinaryIO
 
 SCRAPE_INTERVAL_S = 1
 
@@ -82,13 +83,14 @@ class EmbeddedPrometheus:
         self.targets_file = Path(targets_file)
         self.binary = binary or shutil.which("prometheus")
         self.proc: subprocess.Popen | None = None
-        self._log = None
+        self._log: BinaryIO | None = None
         self.url = ""
 
     def start(self, timeout_s: float = 30.0) -> str:
         if not self.binary:
-            raise PrometheusError("no 'prometheus' binary on PATH (Debian package prometheus); "
-                                  "running without it")
+            raise PrometheusError(
+                "no 'prometheus' binary on PATH (Debian package prometheus); running without it"
+            )
         self.workdir.mkdir(parents=True, exist_ok=True)
         config = self.workdir / "prometheus.yml"
         config.write_text(config_text(self.targets_file.resolve()))
@@ -98,18 +100,27 @@ class EmbeddedPrometheus:
         log = self._log
         try:  # its own session: a Ctrl-C reaches the coordinator, which then stops it in order
             self.proc = subprocess.Popen(
-                [self.binary, f"--config.file={config}",
-                 f"--storage.tsdb.path={self.workdir / 'data'}",
-                 f"--web.listen-address=127.0.0.1:{port}", "--web.enable-lifecycle"],
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                [
+                    self.binary,
+                    f"--config.file={config}",
+                    f"--storage.tsdb.path={self.workdir / 'data'}",
+                    f"--web.listen-address=127.0.0.1:{port}",
+                    "--web.enable-lifecycle",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         except OSError as exc:
             raise PrometheusError(f"cannot start {self.binary}: {exc}") from None
         (self.workdir / "pid").write_text(str(self.proc.pid))
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise PrometheusError(f"prometheus exited with code {self.proc.returncode}; "
-                                      f"see {self.workdir / 'prometheus.log'}")
+                raise PrometheusError(
+                    f"prometheus exited with code {self.proc.returncode}; "
+                    f"see {self.workdir / 'prometheus.log'}"
+                )
             try:
                 with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1) as resp:
                     if resp.status == 200:
@@ -129,5 +140,5 @@ class EmbeddedPrometheus:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        if getattr(self, "_log", None) is not None:
+        if self._log is not None:
             self._log.close()

@@ -4,7 +4,8 @@ For each (phone, paradigm, model, workload): per app, the slowdown of p50 and p9
 when co-running against running solo (same repetition); across apps, Jain's fairness index over
 the TTFT slowdowns, SLO attainment, LMK kills, cold starts, context swaps, aggregate output
 tokens/s and peak memory; the app-count sweep; memory over time. Every figure is a ``Spread``
-over repetitions (median, min, max, n): one run is not a result.
+over repetitions (median, min, max, n): one run is not a result. Each app's priority and SLO are
+read from the trial it ran in (the store's ``trial_apps``).
 
     result = analyze(store)          # -> list[GroupResult]
 """
@@ -16,40 +17,12 @@ import math
 import statistics
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import Any
 
-from fleet.coordinator.plan import CORUN
-from fleet.results.store import ResultStore
-from fleet.results.summary import percentile
+from fleet.results.stats import Spread, jain_index, percentile
+from fleet.results.store import CORUN, ResultStore, solo_mix
 
-@dataclass(frozen=True)
-class Spread:
-    median: float
-    lo: float
-    hi: float
-    n: int
-
-    @classmethod
-    def of(cls, values) -> "Spread":
-        xs = [v for v in values if v is not None and not math.isnan(v)]
-        if not xs:
-            return cls(math.nan, math.nan, math.nan, 0)
-        return cls(statistics.median(xs), min(xs), max(xs), len(xs))
-
-    def fmt(self, scale: float = 1.0, digits: int = 2) -> str:
-        if not self.n:
-            return "-"
-        m, lo, hi = self.median * scale, self.lo * scale, self.hi * scale
-        if self.n == 1:
-            return f"{m:.{digits}f} (n=1)"
-        return f"{m:.{digits}f} [{lo:.{digits}f}-{hi:.{digits}f}]"
-
-
-def jain_index(values: list[float]) -> float:
-    """Jain's fairness index: 1 when all equal, 1/n when one value takes everything."""
-    xs = [v for v in values if v is not None and not math.isnan(v)]
-    if not xs:
-        return math.nan
-    return sum(xs) ** 2 / (len(xs) * sum(x * x for x in xs))
+__all__ = ["AppResult", "GroupResult", "Spread", "analyze", "jain_index"]
 
 
 @dataclass
@@ -92,7 +65,6 @@ class GroupResult:
     memory_timeline: list[tuple[float, int]] = field(default_factory=list)  # (s, summed PSS)
 
 
-
 def _p(values, q):
     return percentile(values, q) if values else math.nan
 
@@ -101,34 +73,76 @@ def _ratio(a: float, b: float) -> float:
     return a / b if b and not math.isnan(a) and not math.isnan(b) else math.nan
 
 
-def analyze(store: ResultStore, app_configs: dict[str, dict] | None = None) -> list[GroupResult]:
-    """app_configs: {app name: {"foreground": bool, "slo_ttft_ms": float}} from the manifest."""
-    app_configs = app_configs or {}
-    trials = {t["trial_id"]: dict(t) for t in store.query(
-        "SELECT trial_id, phone, paradigm, model, workload, repetition, mix, num_apps, status, "
-        "summary_json FROM trials")}
-    reqs: dict[str, list] = defaultdict(list)
-    for r in store.query("SELECT trial_id, app, status, ttft_s, e2e_s, output_tokens, "
-                         "waiting_s FROM requests"):
-        reqs[r["trial_id"]].append(r)
-    events: dict[str, list] = defaultdict(list)
-    for e in store.query("SELECT trial_id, kind, app, detail, duration_s FROM events"):
-        events[e["trial_id"]].append(e)
+Row = Any  # a sqlite3.Row
 
-    groups: dict[tuple, list[dict]] = defaultdict(list)
-    for t in trials.values():
+
+@dataclass
+class RunData:
+    """A run's rows, indexed by trial: read from the store once per analysis."""
+
+    trials: dict[str, dict]
+    requests: dict[str, list[Row]]
+    events: dict[str, list[Row]]
+    stats: dict[str, list[Row]]  # service statistics in time order
+    apps: dict[str, dict[str, Row]]  # trial -> app -> its trial_apps row
+
+    @classmethod
+    def load(cls, store: ResultStore) -> RunData:
+        def by_trial(sql: str) -> dict[str, list[Row]]:
+            out: dict[str, list[Row]] = defaultdict(list)
+            for r in store.query(sql):
+                out[r["trial_id"]].append(r)
+            return out
+
+        apps: dict[str, dict[str, Row]] = defaultdict(dict)
+        for a in store.query("SELECT trial_id, app, foreground, slo_ttft_s FROM trial_apps"):
+            apps[a["trial_id"]][a["app"]] = a
+        return cls(
+            trials={
+                t["trial_id"]: dict(t)
+                for t in store.query(
+                    "SELECT trial_id, phone, paradigm, model, workload, repetition, mix, num_apps, "
+                    "status, summary_json FROM trials"
+                )
+            },
+            requests=by_trial(
+                "SELECT trial_id, app, status, ttft_s, e2e_s, output_tokens, "
+                "waiting_s FROM requests"
+            ),
+            events=by_trial("SELECT trial_id, kind, app, detail, duration_s FROM events"),
+            stats=by_trial("SELECT trial_id, mean_batch_size FROM service_stats ORDER BY t_ns"),
+            apps=apps,
+        )
+
+    def app_config(self, trials: list[dict], app: str) -> tuple[bool, float]:
+        """(foreground, SLO in s) of an app, from the first of these trials that ran it."""
+        for t in trials:
+            row = self.apps.get(t["trial_id"], {}).get(app)
+            if row is not None:
+                return bool(row["foreground"]), float(row["slo_ttft_s"] or 0.0)
+        return False, 0.0
+
+
+def analyze(store: ResultStore) -> list[GroupResult]:
+    data = RunData.load(store)
+    groups: dict[tuple[str, str, str, str], list[dict]] = defaultdict(list)
+    for t in data.trials.values():
         if t["status"] == "completed":
             groups[(t["phone"], t["paradigm"], t["model"], t["workload"])].append(t)
-    return [_group(key, ts, reqs, events, store, app_configs)
-            for key, ts in sorted(groups.items())]
+    return [_group(key, ts, data, store) for key, ts in sorted(groups.items())]
 
 
 def _latency(rs, app=None):
     ok = [r for r in rs if r["status"] == "ok" and (app is None or r["app"] == app)]
     ttft = [r["ttft_s"] for r in ok]
     e2e = [r["e2e_s"] for r in ok]
-    return {"ttft_p50": _p(ttft, 50), "ttft_p99": _p(ttft, 99), "e2e_p50": _p(e2e, 50),
-            "e2e_p99": _p(e2e, 99), "ttft": ttft}
+    return {
+        "ttft_p50": _p(ttft, 50),
+        "ttft_p99": _p(ttft, 99),
+        "e2e_p50": _p(e2e, 50),
+        "e2e_p99": _p(e2e, 99),
+        "ttft": ttft,
+    }
 
 
 def _slo(rs, app, slo_s):
@@ -139,93 +153,149 @@ def _slo(rs, app, slo_s):
     return met / len(mine)  # unserved and failed requests miss their SLO
 
 
-def _group(key, ts, reqs, events, store, app_configs) -> GroupResult:
+def _app_result(
+    name: str,
+    ts: list[dict],
+    by_rep_mix: dict,
+    reps: list[int],
+    data: RunData,
+    slowdowns_by_rep: dict[int, list[float]],
+) -> AppResult:
+    """One app's figures over the repetitions; appends its TTFT slowdown per repetition."""
+    foreground, slo_s = data.app_config(ts, name)
+    rows: dict[str, list[float]] = defaultdict(list)
+    samples: list[float] = []
+    for rep in reps:
+        co, solo = by_rep_mix.get((rep, CORUN)), by_rep_mix.get((rep, solo_mix(name)))
+        if co is None:
+            continue
+        co_reqs = data.requests[co["trial_id"]]
+        c = _latency(co_reqs, name)
+        samples += c["ttft"]
+        rows["corun_p50"].append(c["ttft_p50"])
+        rows["corun_p99"].append(c["ttft_p99"])
+        rows["slo"].append(_slo(co_reqs, name, slo_s))
+        rows["waiting"].append(
+            _p(
+                [
+                    r["waiting_s"]
+                    for r in co_reqs
+                    if r["app"] == name and r["status"] == "ok" and r["waiting_s"] is not None
+                ],
+                50,
+            )
+        )
+        if solo is not None:
+            s = _latency(data.requests[solo["trial_id"]], name)
+            rows["solo_p50"].append(s["ttft_p50"])
+            for m in ("ttft_p50", "ttft_p99", "e2e_p50", "e2e_p99"):
+                rows[f"sd_{m}"].append(_ratio(c[m], s[m]))
+            slowdowns_by_rep[rep].append(_ratio(c["ttft_p50"], s["ttft_p50"]))
+    return AppResult(
+        name,
+        foreground,
+        slo_s,
+        Spread.of(rows["solo_p50"]),
+        Spread.of(rows["corun_p50"]),
+        Spread.of(rows["corun_p99"]),
+        Spread.of(rows["sd_ttft_p50"]),
+        Spread.of(rows["sd_ttft_p99"]),
+        Spread.of(rows["sd_e2e_p50"]),
+        Spread.of(rows["sd_e2e_p99"]),
+        Spread.of(rows["slo"]),
+        Spread.of(rows["waiting"]),
+        samples,
+    )
+
+
+def _corun_figures(corun: list[dict], apps: list[AppResult], data: RunData) -> dict[str, Spread]:
+    """Per co-run trial, then spread over repetitions: throughput, memory, kills, swaps..."""
+    cols: dict[str, list[float]] = defaultdict(list)
+    foreground = {a.app for a in apps if a.foreground}
+    for t in corun:
+        tid = t["trial_id"]
+        summary = json.loads(t["summary_json"] or "{}")
+        rs, evs = data.requests[tid], data.events[tid]
+        duration = summary.get("duration_s") or math.nan
+        cols["tokens_s"].append(
+            sum(r["output_tokens"] for r in rs if r["status"] == "ok") / duration
+        )
+        cols["peaks"].append(summary.get("peak_pss_bytes", math.nan))
+        cols["kills"].append(sum(e["kind"] == "lmk_kill" for e in evs))
+        cols["colds"].append(sum(e["kind"] == "cold_start" for e in evs))
+        restores = [e for e in evs if e["kind"] in ("swap_in", "recompute")]
+        cols["swaps"].append(len(restores))
+        cols["switch_s"].extend(e["duration_s"] for e in restores)
+        stats = data.stats.get(tid)  # the last statistics of a trial cover all of it
+        cols["batch"].append(stats[-1]["mean_batch_size"] if stats else 1.0)
+        cols["fg"].append(
+            _p([r["ttft_s"] for r in rs if r["app"] in foreground and r["status"] == "ok"], 50)
+        )
+        mine = [
+            x
+            for x in (_slo(rs, a.app, a.slo_ttft_s) for a in apps if a.slo_ttft_s)
+            if not math.isnan(x)
+        ]
+        cols["slo"].append(statistics.mean(mine) if mine else math.nan)
+    return {k: Spread.of(v) for k, v in cols.items()}
+
+
+def _by_app_count(ts: list[dict], data: RunData) -> dict[int, dict[str, Spread]]:
+    out = {}
+    for k in sorted({t["num_apps"] for t in ts}):
+        ks = [t for t in ts if t["num_apps"] == k]
+        out[k] = {
+            "peak_pss_bytes": Spread.of(
+                json.loads(t["summary_json"] or "{}").get("peak_pss_bytes", math.nan) for t in ks
+            ),
+            "ttft_p50_s": Spread.of(_latency(data.requests[t["trial_id"]])["ttft_p50"] for t in ks),
+            "kills": Spread.of(
+                sum(e["kind"] == "lmk_kill" for e in data.events[t["trial_id"]]) for t in ks
+            ),
+        }
+    return out
+
+
+def _group(
+    key: tuple[str, str, str, str], ts: list[dict], data: RunData, store: ResultStore
+) -> GroupResult:
     by_rep_mix = {(t["repetition"], t["mix"]): t for t in ts}
     reps = sorted({t["repetition"] for t in ts})
     corun = [by_rep_mix[(r, CORUN)] for r in reps if (r, CORUN) in by_rep_mix]
-    app_names = sorted({r["app"] for t in corun for r in reqs[t["trial_id"]]})
-    apps = []
-    fairness, slo_all = [], []
-    per_app_slowdowns: dict[str, list[float]] = defaultdict(list)
-    for name in app_names:
-        cfg = app_configs.get(name, {})
-        slo_s = cfg.get("slo_ttft_ms", 0.0) / 1000.0
-        rows = defaultdict(list)
-        samples = []
-        for rep in reps:
-            co, solo = by_rep_mix.get((rep, CORUN)), by_rep_mix.get((rep, f"solo:{name}"))
-            if co is None:
-                continue
-            c = _latency(reqs[co["trial_id"]], name)
-            samples += c["ttft"]
-            rows["corun_p50"].append(c["ttft_p50"])
-            rows["corun_p99"].append(c["ttft_p99"])
-            rows["slo"].append(_slo(reqs[co["trial_id"]], name, slo_s))
-            rows["waiting"].append(_p([r["waiting_s"] for r in reqs[co["trial_id"]]
-                                       if r["app"] == name and r["status"] == "ok"
-                                       and r["waiting_s"] is not None], 50))
-            if solo is not None:
-                s = _latency(reqs[solo["trial_id"]], name)
-                rows["solo_p50"].append(s["ttft_p50"])
-                for m in ("ttft_p50", "ttft_p99", "e2e_p50", "e2e_p99"):
-                    rows[f"sd_{m}"].append(_ratio(c[m], s[m]))
-                per_app_slowdowns[rep].append(_ratio(c["ttft_p50"], s["ttft_p50"]))
-        apps.append(AppResult(
-            name, bool(cfg.get("foreground")), slo_s, Spread.of(rows["solo_p50"]),
-            Spread.of(rows["corun_p50"]), Spread.of(rows["corun_p99"]),
-            Spread.of(rows["sd_ttft_p50"]), Spread.of(rows["sd_ttft_p99"]),
-            Spread.of(rows["sd_e2e_p50"]), Spread.of(rows["sd_e2e_p99"]), Spread.of(rows["slo"]),
-            Spread.of(rows["waiting"]), samples))
-    for rep, sds in per_app_slowdowns.items():
-        fairness.append(jain_index(sds))
+    app_names = sorted({r["app"] for t in corun for r in data.requests[t["trial_id"]]})
+    slowdowns_by_rep: dict[int, list[float]] = defaultdict(list)
+    apps = [_app_result(name, ts, by_rep_mix, reps, data, slowdowns_by_rep) for name in app_names]
+    fairness = [jain_index(sds) for sds in slowdowns_by_rep.values()]
     # An app served solo but never in the co-run has no slowdown to put in the index; it is
     # listed instead, so a fairness figure that left it out cannot pass for the whole story.
     starved = [a.app for a in apps if a.solo_ttft_p50_s.n and not a.corun_ttft_p50_s.n]
-    tokens_s, peaks, kills, colds, swaps, switch_s, batch, fg = [], [], [], [], [], [], [], []
-    foreground = {a.app for a in apps if a.foreground}
-    for t in corun:
-        summary = json.loads(t["summary_json"] or "{}")
-        rs = reqs[t["trial_id"]]
-        duration = summary.get("duration_s") or math.nan
-        tokens_s.append(sum(r["output_tokens"] for r in rs if r["status"] == "ok") / duration)
-        peaks.append(summary.get("peak_pss_bytes", math.nan))
-        evs = events[t["trial_id"]]
-        kills.append(sum(e["kind"] == "lmk_kill" for e in evs))
-        colds.append(sum(e["kind"] == "cold_start" for e in evs))
-        restores = [e for e in evs if e["kind"] in ("swap_in", "recompute")]
-        swaps.append(len(restores))
-        switch_s.extend(e["duration_s"] for e in restores)
-        stats = [json.loads(e["detail"]) for e in evs if e["kind"] == "service_stats"]
-        # the last stats of a trial cover all of it (earlier ones are live snapshots)
-        batch.append(stats[-1].get("mean_batch_size", math.nan) if stats else 1.0)
-        fg.append(_p([r["ttft_s"] for r in rs if r["app"] in foreground and r["status"] == "ok"],
-                     50))
-        mine = [x for x in (_slo(rs, a.app, a.slo_ttft_s) for a in apps if a.slo_ttft_s)
-                if not math.isnan(x)]
-        slo_all.append(statistics.mean(mine) if mine else math.nan)
-    by_count = {}
-    for k in sorted({t["num_apps"] for t in ts}):
-        ks = [t for t in ts if t["num_apps"] == k]
-        by_count[k] = {
-            "peak_pss_bytes": Spread.of(json.loads(t["summary_json"] or "{}")
-                                        .get("peak_pss_bytes", math.nan) for t in ks),
-            "ttft_p50_s": Spread.of(_latency(reqs[t["trial_id"]])["ttft_p50"] for t in ks),
-            "kills": Spread.of(sum(e["kind"] == "lmk_kill" for e in events[t["trial_id"]])
-                               for t in ks),
-        }
+    f = defaultdict(lambda: Spread.of([]), _corun_figures(corun, apps, data))
     timeline = _memory_timeline(store, corun[0]["trial_id"]) if corun else []
-    return GroupResult(*key, apps=apps, fairness=Spread.of(fairness),
-                       slo_attainment=Spread.of(slo_all), tokens_per_s=Spread.of(tokens_s),
-                       peak_pss_bytes=Spread.of(peaks), kills=Spread.of(kills),
-                       cold_starts=Spread.of(colds), swaps=Spread.of(swaps),
-                       context_switch_s=Spread.of(switch_s), mean_batch_size=Spread.of(batch),
-                       foreground_ttft_p50_s=Spread.of(fg), starved_apps=starved,
-                       by_app_count=by_count, memory_timeline=timeline)
+    return GroupResult(
+        *key,
+        apps=apps,
+        fairness=Spread.of(fairness),
+        slo_attainment=f["slo"],
+        tokens_per_s=f["tokens_s"],
+        peak_pss_bytes=f["peaks"],
+        kills=f["kills"],
+        cold_starts=f["colds"],
+        swaps=f["swaps"],
+        context_switch_s=f["switch_s"],
+        mean_batch_size=f["batch"],
+        foreground_ttft_p50_s=f["fg"],
+        starved_apps=starved,
+        by_app_count=_by_app_count(ts, data),
+        memory_timeline=timeline,
+    )
 
 
 def _memory_timeline(store: ResultStore, trial_id: str) -> list[tuple[float, int]]:
-    rows = store.query("SELECT t_ns, SUM(pss_bytes) AS pss FROM samples WHERE trial_id=? "
-                       "GROUP BY t_ns ORDER BY t_ns", (trial_id,))
+    rows = store.query(
+        "SELECT t_ns, SUM(pss_bytes) AS pss FROM samples WHERE trial_id=? "
+        "GROUP BY t_ns ORDER BY t_ns",
+        (trial_id,),
+    )
     if not rows:
         return []
     t0 = rows[0]["t_ns"]

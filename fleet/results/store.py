@@ -1,11 +1,15 @@
 """The embedded results store: one SQLite file per run (``runs/<run-id>/results.sqlite``).
 
-Append-only while a run is live: every batch of streamed records is committed as it arrives, so a
-crash loses at most what was in flight. Raw timestamps are kept (token times as JSON), so every
-summary can be recomputed from the store alone.
+Append-only while a run is live: every batch of streamed records is committed as it arrives (one
+transaction, rolled back whole if any row fails), so a crash loses at most what was in flight.
+Raw timestamps are kept (token times as JSON), so every summary can be recomputed from the store
+alone; the derived columns (queue wait, TTFT, ITL, e2e, waiting) are the records' own values,
+NULL where a request never got that far. Each trial's apps (priority, SLO, arrival process) are
+stored with it, so the analysis needs nothing but this file.
 
     store = ResultStore(run_dir / "results.sqlite")
-    store.start_trial(...); store.add_events(trial_id, events); store.finish_trial(...)
+    store.add_trial(...); store.start_trial(trial_id)
+    store.add_events(trial_id, events); store.finish_trial(...)
 """
 
 from __future__ import annotations
@@ -14,13 +18,39 @@ import json
 import sqlite3
 import threading
 import time
-from dataclasses import asdict
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, fields
 from pathlib import Path
-from typing import Iterable
+from typing import Any
 
-from fleet.records import PhoneEvent, RequestRecord, ResourceSample, TrialStatus, TrialSummary
+from fleet.records import (
+    AgentDescription,
+    AppWorkload,
+    DeployResult,
+    PhoneEvent,
+    RequestRecord,
+    ResourceSample,
+    ServiceStats,
+    TrialStatus,
+    TrialSummary,
+)
 
-SCHEMA = """
+STATS_COLUMNS = tuple(f.name for f in fields(ServiceStats))
+
+# A trial's app mix (the ``mix`` column): one app alone, every app together, or the first k.
+CORUN = "corun"
+
+
+def solo_mix(app: str) -> str:
+    return f"solo:{app}"
+
+
+def count_mix(k: int) -> str:
+    return f"apps:{k}"
+
+
+SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS phones (
     name TEXT PRIMARY KEY, kind TEXT, address TEXT, agent_pid INTEGER, host TEXT,
     status TEXT, error TEXT, describe_json TEXT
@@ -29,6 +59,13 @@ CREATE TABLE IF NOT EXISTS trials (
     trial_id TEXT PRIMARY KEY, phone TEXT, paradigm TEXT, workload TEXT, model TEXT,
     repetition INTEGER, mix TEXT, num_apps INTEGER, status TEXT, reason TEXT, shared_cores INTEGER,
     started_at REAL, ended_at REAL, deploy_json TEXT, summary_json TEXT
+);
+CREATE TABLE IF NOT EXISTS trial_apps (
+    trial_id TEXT, app TEXT, foreground INTEGER, slo_ttft_s REAL, pattern TEXT,
+    rate_per_s REAL, burst_size INTEGER, think_time_s REAL, prompt_tokens INTEGER,
+    output_tokens INTEGER, multi_turn INTEGER, max_requests INTEGER,
+    system_prompt_tokens INTEGER, model_json TEXT,
+    PRIMARY KEY (trial_id, app)
 );
 CREATE TABLE IF NOT EXISTS requests (
     trial_id TEXT, request_id TEXT, app TEXT, status TEXT, error TEXT,
@@ -47,15 +84,61 @@ CREATE TABLE IF NOT EXISTS samples (
     trial_id TEXT, t_ns INTEGER, component TEXT, pid INTEGER, rss_bytes INTEGER,
     pss_bytes INTEGER, cpu_percent REAL
 );
+CREATE TABLE IF NOT EXISTS service_stats (
+    trial_id TEXT, {", ".join(STATS_COLUMNS)}
+);
 CREATE INDEX IF NOT EXISTS samples_trial ON samples (trial_id, t_ns);
 """
 
 
-def _served_metrics(r: RequestRecord) -> tuple:
-    """(queue wait, TTFT, ITL, e2e) in seconds; NULL where the request never got that far."""
-    if not r.token_ns:
-        return (r.queue_wait_s if r.scheduled_ns else None), None, None, None
-    return r.queue_wait_s, r.ttft_s, (r.itl_s if len(r.token_ns) > 1 else None), r.e2e_s
+def _request_row(trial_id: str, r: RequestRecord) -> tuple[Any, ...]:
+    lat, s = r.latencies(), r.service
+    return (
+        trial_id,
+        r.request_id,
+        r.app,
+        r.status.value,
+        r.error,
+        r.prompt_tokens,
+        r.output_tokens,
+        r.submit_ns,
+        r.scheduled_ns,
+        r.first_token_ns,
+        r.last_token_ns,
+        json.dumps(r.token_ns),
+        lat.queue_wait_s,
+        lat.ttft_s,
+        lat.itl_s,
+        lat.e2e_s,
+        r.cold_start_s,
+        r.turn,
+        json.dumps([asdict(x) for x in s.slices]),
+        s.context_switch_s,
+        s.context_switch_bytes,
+        s.context_restore,
+        s.cached_prompt_tokens,
+        s.max_batch_size,
+        lat.waiting_s,
+    )
+
+
+def _app_row(trial_id: str, a: AppWorkload) -> tuple[Any, ...]:
+    return (
+        trial_id,
+        a.name,
+        int(a.foreground),
+        a.slo_ttft_s,
+        a.pattern.value,
+        a.rate_per_s,
+        a.burst_size,
+        a.think_time_s,
+        a.prompt_tokens,
+        a.output_tokens,
+        int(a.multi_turn),
+        a.max_requests,
+        a.system_prompt_tokens,
+        json.dumps(asdict(a.model)) if a.model else None,
+    )
 
 
 class ResultStore:
@@ -71,73 +154,143 @@ class ResultStore:
         with self._lock:
             self._db.close()
 
-    def _write(self, sql: str, rows: Iterable[tuple] | tuple = ()) -> None:
-        with self._lock:
-            if isinstance(rows, tuple):
-                self._db.execute(sql, rows)
-            else:
-                self._db.execute("BEGIN")
-                self._db.executemany(sql, rows)
-                self._db.execute("COMMIT")
-
-    def upsert_phone(self, name: str, *, kind: str, address: str = "", agent_pid: int = 0,
-                     host: str = "", status: str, error: str = "", describe: dict | None = None):
-        self._write("INSERT OR REPLACE INTO phones VALUES (?,?,?,?,?,?,?,?)",
-                    (name, kind, address, agent_pid, host, status, error,
-                     json.dumps(describe or {})))
-
-    def add_trial(self, trial_id: str, *, phone: str, paradigm: str, workload: str, model: str,
-                  repetition: int, shared_cores: bool, mix: str = "corun",
-                  num_apps: int = 0) -> None:
-        self._write("INSERT OR IGNORE INTO trials (trial_id, phone, paradigm, workload, model, "
-                    "repetition, mix, num_apps, status, reason, shared_cores) "
-                    "VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                    (trial_id, phone, paradigm, workload, model, repetition, mix, num_apps,
-                     TrialStatus.PENDING.value, "", int(shared_cores)))
-
-    def start_trial(self, trial_id: str) -> None:
-        self._write("UPDATE trials SET status=?, started_at=? WHERE trial_id=?",
-                    (TrialStatus.RUNNING.value, time.time(), trial_id))
-
-    def set_deploy(self, trial_id: str, deploy: dict) -> None:
-        self._write("UPDATE trials SET deploy_json=? WHERE trial_id=?",
-                    (json.dumps(deploy), trial_id))
-
-    def finish_trial(self, trial_id: str, status: TrialStatus, reason: str = "",
-                     summary: TrialSummary | None = None) -> None:
-        self._write("UPDATE trials SET status=?, reason=?, ended_at=?, summary_json=? "
-                    "WHERE trial_id=?",
-                    (status.value, reason, time.time(),
-                     json.dumps(asdict(summary), default=str) if summary else None, trial_id))
-
-    def add_events(self, trial_id: str, events: Iterable) -> tuple[int, int]:
-        """Commit a batch of records and samples; returns (records, samples) written."""
-        recs, samples, phone_events = [], [], []
-        for e in events:
-            if isinstance(e, RequestRecord):
-                recs.append((trial_id, e.request_id, e.app, e.status.value, e.error,
-                             e.prompt_tokens, e.output_tokens, e.submit_ns, e.scheduled_ns,
-                             e.first_token_ns, e.last_token_ns, json.dumps(e.token_ns),
-                             *_served_metrics(e), e.cold_start_s, e.turn,
-                             json.dumps([asdict(s) for s in e.slices]), e.context_switch_s,
-                             e.context_switch_bytes, e.context_restore, e.cached_prompt_tokens,
-                             e.max_batch_size, e.waiting_s if e.scheduled_ns else None))
-            elif isinstance(e, PhoneEvent):
-                phone_events.append((trial_id, e.t_ns, e.kind, e.app, e.detail, e.bytes,
-                                     e.duration_s))
-            elif isinstance(e, ResourceSample):
-                samples.append((trial_id, e.t_ns, e.component, e.pid, e.rss_bytes, e.pss_bytes,
-                                e.cpu_percent))
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One atomic write: committed whole, or rolled back whole and the error raised."""
         with self._lock:
             self._db.execute("BEGIN")
-            self._db.executemany("INSERT OR REPLACE INTO requests VALUES "
-                                 f"({','.join('?' * 25)})", recs)
-            self._db.executemany("INSERT INTO events VALUES (?,?,?,?,?,?,?)", phone_events)
-            self._db.executemany("INSERT INTO samples VALUES (?,?,?,?,?,?,?)", samples)
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
             self._db.execute("COMMIT")
+
+    def _write(self, sql: str, row: tuple[Any, ...]) -> None:
+        with self._transaction() as db:
+            db.execute(sql, row)
+
+    def upsert_phone(
+        self,
+        name: str,
+        *,
+        kind: str,
+        address: str = "",
+        agent_pid: int = 0,
+        host: str = "",
+        status: str,
+        error: str = "",
+        describe: AgentDescription | None = None,
+    ) -> None:
+        self._write(
+            "INSERT OR REPLACE INTO phones VALUES (?,?,?,?,?,?,?,?)",
+            (
+                name,
+                kind,
+                address,
+                agent_pid,
+                host,
+                status,
+                error,
+                json.dumps(asdict(describe) if describe else {}),
+            ),
+        )
+
+    def add_trial(
+        self,
+        trial_id: str,
+        *,
+        phone: str,
+        paradigm: str,
+        workload: str,
+        model: str,
+        repetition: int,
+        shared_cores: bool,
+        mix: str = CORUN,
+        apps: tuple[AppWorkload, ...] = (),
+        num_apps: int = 0,
+    ) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO trials (trial_id, phone, paradigm, workload, model, "
+                "repetition, mix, num_apps, status, reason, shared_cores) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    trial_id,
+                    phone,
+                    paradigm,
+                    workload,
+                    model,
+                    repetition,
+                    mix,
+                    num_apps or len(apps),
+                    TrialStatus.PENDING.value,
+                    "",
+                    int(shared_cores),
+                ),
+            )
+            db.executemany(
+                f"INSERT OR REPLACE INTO trial_apps VALUES ({','.join('?' * 14)})",
+                [_app_row(trial_id, a) for a in apps],
+            )
+
+    def start_trial(self, trial_id: str) -> None:
+        self._write(
+            "UPDATE trials SET status=?, started_at=? WHERE trial_id=?",
+            (TrialStatus.RUNNING.value, time.time(), trial_id),
+        )
+
+    def set_deploy(self, trial_id: str, deploy: DeployResult) -> None:
+        self._write(
+            "UPDATE trials SET deploy_json=? WHERE trial_id=?",
+            (json.dumps(asdict(deploy)), trial_id),
+        )
+
+    def finish_trial(
+        self,
+        trial_id: str,
+        status: TrialStatus,
+        reason: str = "",
+        summary: TrialSummary | None = None,
+    ) -> None:
+        self._write(
+            "UPDATE trials SET status=?, reason=?, ended_at=?, summary_json=? WHERE trial_id=?",
+            (
+                status.value,
+                reason,
+                time.time(),
+                json.dumps(asdict(summary), default=str) if summary else None,
+                trial_id,
+            ),
+        )
+
+    def add_events(self, trial_id: str, events: Iterable[object]) -> tuple[int, int]:
+        """Commit a batch of streamed events in one transaction; returns (records, samples)."""
+        recs, samples, phone_events, stats = [], [], [], []
+        for e in events:
+            if isinstance(e, RequestRecord):
+                recs.append(_request_row(trial_id, e))
+            elif isinstance(e, PhoneEvent):
+                phone_events.append(
+                    (trial_id, e.t_ns, e.kind, e.app, e.detail, e.bytes, e.duration_s)
+                )
+            elif isinstance(e, ResourceSample):
+                samples.append(
+                    (trial_id, e.t_ns, e.component, e.pid, e.rss_bytes, e.pss_bytes, e.cpu_percent)
+                )
+            elif isinstance(e, ServiceStats):
+                stats.append((trial_id, *(getattr(e, c) for c in STATS_COLUMNS)))
+        with self._transaction() as db:
+            db.executemany(f"INSERT OR REPLACE INTO requests VALUES ({','.join('?' * 25)})", recs)
+            db.executemany("INSERT INTO events VALUES (?,?,?,?,?,?,?)", phone_events)
+            db.executemany("INSERT INTO samples VALUES (?,?,?,?,?,?,?)", samples)
+            db.executemany(
+                f"INSERT INTO service_stats VALUES ({','.join('?' * (1 + len(STATS_COLUMNS)))})",
+                stats,
+            )
         return len(recs), len(samples)
 
-    def query(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
+    def query(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
         with self._lock:
             self._db.row_factory = sqlite3.Row
             try:

@@ -10,17 +10,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from fleet.results.stats import percentile
 from fleet.results.store import ResultStore
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Linear-interpolated percentile (q in 0..100); NaN for no values."""
-    if not values:
-        return math.nan
-    xs = sorted(values)
-    k = (len(xs) - 1) * q / 100.0
-    lo, hi = math.floor(k), math.ceil(k)
-    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
 
 
 @dataclass(frozen=True)
@@ -41,15 +32,25 @@ class SummaryRow:
     slo_met: float  # share of ok requests within the app's TTFT SLO (NaN without an SLO)
 
 
-def summarize(store: ResultStore, slo_ttft_s: dict[str, float] | None = None) -> list[SummaryRow]:
-    slo_ttft_s = slo_ttft_s or {}
-    groups: dict[tuple, dict] = {}
+def summarize(store: ResultStore) -> list[SummaryRow]:
+    groups: dict[tuple[str, str, str, str], dict] = {}
     for r in store.query(
-            "SELECT t.phone, t.paradigm, t.model, t.trial_id, q.app, q.status, q.ttft_s, q.itl_s, "
-            "q.e2e_s, q.output_tokens FROM requests q JOIN trials t USING (trial_id) "
-            "WHERE t.mix = 'corun' ORDER BY t.phone, t.paradigm, t.model, q.app"):
-        g = groups.setdefault((r["phone"], r["paradigm"], r["model"], r["app"]),
-                              {"trials": set(), "n": 0, "ttft": [], "itl": [], "e2e": []})
+        "SELECT t.phone, t.paradigm, t.model, t.trial_id, q.app, q.status, q.ttft_s, q.itl_s, "
+        "q.e2e_s, q.output_tokens, a.slo_ttft_s FROM requests q JOIN trials t USING "
+        "(trial_id) LEFT JOIN trial_apps a ON a.trial_id = q.trial_id AND a.app = q.app "
+        "WHERE t.mix = 'corun' ORDER BY t.phone, t.paradigm, t.model, q.app"
+    ):
+        g = groups.setdefault(
+            (r["phone"], r["paradigm"], r["model"], r["app"]),
+            {
+                "trials": set(),
+                "n": 0,
+                "ttft": [],
+                "itl": [],
+                "e2e": [],
+                "slo": r["slo_ttft_s"] or 0.0,
+            },
+        )
         g["trials"].add(r["trial_id"])
         g["n"] += 1
         if r["status"] == "ok":
@@ -57,22 +58,33 @@ def summarize(store: ResultStore, slo_ttft_s: dict[str, float] | None = None) ->
             g["e2e"].append(r["e2e_s"])
             if r["output_tokens"] > 1:
                 g["itl"].append(r["itl_s"])
-    peaks = {(r["phone"], r["paradigm"], r["model"], r["component"]): r["peak"]
-             for r in store.query(
-                 "SELECT t.phone, t.paradigm, t.model, s.component, MAX(s.pss_bytes) AS peak "
-                 "FROM samples s JOIN trials t USING (trial_id) WHERE t.mix = 'corun' "
-                 "GROUP BY t.phone, t.paradigm, t.model, s.component")}
+    peaks = {
+        (r["phone"], r["paradigm"], r["model"], r["component"]): r["peak"]
+        for r in store.query(
+            "SELECT t.phone, t.paradigm, t.model, s.component, MAX(s.pss_bytes) AS peak "
+            "FROM samples s JOIN trials t USING (trial_id) WHERE t.mix = 'corun' "
+            "GROUP BY t.phone, t.paradigm, t.model, s.component"
+        )
+    }
     rows = []
     for key, g in groups.items():
-        slo = slo_ttft_s.get(key[3], 0.0)
+        slo = g["slo"]
         met = (sum(t <= slo for t in g["ttft"]) / len(g["ttft"])) if slo and g["ttft"] else math.nan
-        rows.append(SummaryRow(
-            *key, num_trials=len(g["trials"]), num_requests=g["n"], num_ok=len(g["ttft"]),
-            ttft_p50_s=percentile(g["ttft"], 50), ttft_p99_s=percentile(g["ttft"], 99),
-            itl_p50_s=percentile(g["itl"], 50), e2e_p50_s=percentile(g["e2e"], 50),
-            e2e_p99_s=percentile(g["e2e"], 99),
-            peak_pss_bytes=int(peaks.get(key) or peaks.get((*key[:3], "service")) or 0),
-            slo_met=met))
+        rows.append(
+            SummaryRow(
+                *key,
+                num_trials=len(g["trials"]),
+                num_requests=g["n"],
+                num_ok=len(g["ttft"]),
+                ttft_p50_s=percentile(g["ttft"], 50),
+                ttft_p99_s=percentile(g["ttft"], 99),
+                itl_p50_s=percentile(g["itl"], 50),
+                e2e_p50_s=percentile(g["e2e"], 50),
+                e2e_p99_s=percentile(g["e2e"], 99),
+                peak_pss_bytes=int(peaks.get(key) or peaks.get((*key[:3], "service")) or 0),
+                slo_met=met,
+            )
+        )
     return rows
 
 
@@ -93,20 +105,46 @@ def render(rows: list[SummaryRow], trials: list, console, weights_label: str = "
     if weights_label:
         title += f" ({weights_label})"
     table = Table(title=title)
-    cols = ["phone"] + [name for name, shown in varied if shown] + [
-        "app", "trials", "ok/all", "TTFT p50", "TTFT p99", "ITL p50", "e2e p50", "e2e p99",
-        "peak PSS", "SLO met"]
+    cols = (
+        ["phone"]
+        + [name for name, shown in varied if shown]
+        + [
+            "app",
+            "trials",
+            "ok/all",
+            "TTFT p50",
+            "TTFT p99",
+            "ITL p50",
+            "e2e p50",
+            "e2e p99",
+            "peak PSS",
+            "SLO met",
+        ]
+    )
     for col in cols:
-        table.add_column(col, justify="left" if col in ("phone", "paradigm", "model", "app")
-                         else "right")
+        table.add_column(
+            col, justify="left" if col in ("phone", "paradigm", "model", "app") else "right"
+        )
     for r in rows:
         extra = [v for (name, shown), v in zip(varied, (r.paradigm, r.model)) if shown]
-        table.add_row(r.phone, *extra, r.app, str(r.num_trials), f"{r.num_ok}/{r.num_requests}",
-                      _ms(r.ttft_p50_s), _ms(r.ttft_p99_s), _ms(r.itl_p50_s), _ms(r.e2e_p50_s),
-                      _ms(r.e2e_p99_s), f"{r.peak_pss_bytes / 2**20:.0f} MiB",
-                      "-" if math.isnan(r.slo_met) else f"{r.slo_met:.0%}")
-    table.caption = ("co-run trials; latencies in ms; peak PSS of the app's own SLM process "
-                     "(per-app) or of the shared service; SLO = TTFT target")
+        table.add_row(
+            r.phone,
+            *extra,
+            r.app,
+            str(r.num_trials),
+            f"{r.num_ok}/{r.num_requests}",
+            _ms(r.ttft_p50_s),
+            _ms(r.ttft_p99_s),
+            _ms(r.itl_p50_s),
+            _ms(r.e2e_p50_s),
+            _ms(r.e2e_p99_s),
+            f"{r.peak_pss_bytes / 2**20:.0f} MiB",
+            "-" if math.isnan(r.slo_met) else f"{r.slo_met:.0%}",
+        )
+    table.caption = (
+        "co-run trials; latencies in ms; peak PSS of the app's own SLM process "
+        "(per-app) or of the shared service; SLO = TTFT target"
+    )
     console.print(table)
     bad = [t for t in trials if t["status"] != "completed"]
     if bad:

@@ -238,54 +238,82 @@ class RunWorkloadRequest(_message.Message):
     def __init__(self, trial_id: _Optional[str] = ..., duration_s: _Optional[float] = ..., seed: _Optional[int] = ..., sample_interval_s: _Optional[float] = ...) -> None: ...
 
 class RequestRecord(_message.Message):
-    __slots__ = ("request_id", "app", "status", "error", "prompt_tokens", "output_tokens", "submit_ns", "scheduled_ns", "first_token_ns", "last_token_ns", "token_ns", "queue_wait_s", "ttft_s", "itl_s", "e2e_s", "cold_start_s", "turn", "slices", "context_switch_s", "context_switch_bytes", "context_restore", "cached_prompt_tokens", "max_batch_size")
+    __slots__ = ("request_id", "app", "status", "error", "prompt_tokens", "submit_ns", "scheduled_ns", "token_ns", "cold_start_s", "turn", "service")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     APP_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
-    OUTPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     SUBMIT_NS_FIELD_NUMBER: _ClassVar[int]
     SCHEDULED_NS_FIELD_NUMBER: _ClassVar[int]
-    FIRST_TOKEN_NS_FIELD_NUMBER: _ClassVar[int]
-    LAST_TOKEN_NS_FIELD_NUMBER: _ClassVar[int]
     TOKEN_NS_FIELD_NUMBER: _ClassVar[int]
-    QUEUE_WAIT_S_FIELD_NUMBER: _ClassVar[int]
-    TTFT_S_FIELD_NUMBER: _ClassVar[int]
-    ITL_S_FIELD_NUMBER: _ClassVar[int]
-    E2E_S_FIELD_NUMBER: _ClassVar[int]
     COLD_START_S_FIELD_NUMBER: _ClassVar[int]
     TURN_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    app: str
+    status: RequestStatus
+    error: str
+    prompt_tokens: int
+    submit_ns: int
+    scheduled_ns: int
+    token_ns: _containers.RepeatedScalarFieldContainer[int]
+    cold_start_s: float
+    turn: int
+    service: ServiceFacts
+    def __init__(self, request_id: _Optional[str] = ..., app: _Optional[str] = ..., status: _Optional[_Union[RequestStatus, str]] = ..., error: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., submit_ns: _Optional[int] = ..., scheduled_ns: _Optional[int] = ..., token_ns: _Optional[_Iterable[int]] = ..., cold_start_s: _Optional[float] = ..., turn: _Optional[int] = ..., service: _Optional[_Union[ServiceFacts, _Mapping]] = ...) -> None: ...
+
+class ServiceFacts(_message.Message):
+    __slots__ = ("slices", "context_switch_s", "context_switch_bytes", "context_restore", "cached_prompt_tokens", "max_batch_size")
     SLICES_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_SWITCH_S_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_SWITCH_BYTES_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_RESTORE_FIELD_NUMBER: _ClassVar[int]
     CACHED_PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
-    request_id: str
-    app: str
-    status: RequestStatus
-    error: str
-    prompt_tokens: int
-    output_tokens: int
-    submit_ns: int
-    scheduled_ns: int
-    first_token_ns: int
-    last_token_ns: int
-    token_ns: _containers.RepeatedScalarFieldContainer[int]
-    queue_wait_s: float
-    ttft_s: float
-    itl_s: float
-    e2e_s: float
-    cold_start_s: float
-    turn: int
     slices: _containers.RepeatedCompositeFieldContainer[Slice]
     context_switch_s: float
     context_switch_bytes: int
     context_restore: str
     cached_prompt_tokens: int
     max_batch_size: int
-    def __init__(self, request_id: _Optional[str] = ..., app: _Optional[str] = ..., status: _Optional[_Union[RequestStatus, str]] = ..., error: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., submit_ns: _Optional[int] = ..., scheduled_ns: _Optional[int] = ..., first_token_ns: _Optional[int] = ..., last_token_ns: _Optional[int] = ..., token_ns: _Optional[_Iterable[int]] = ..., queue_wait_s: _Optional[float] = ..., ttft_s: _Optional[float] = ..., itl_s: _Optional[float] = ..., e2e_s: _Optional[float] = ..., cold_start_s: _Optional[float] = ..., turn: _Optional[int] = ..., slices: _Optional[_Iterable[_Union[Slice, _Mapping]]] = ..., context_switch_s: _Optional[float] = ..., context_switch_bytes: _Optional[int] = ..., context_restore: _Optional[str] = ..., cached_prompt_tokens: _Optional[int] = ..., max_batch_size: _Optional[int] = ...) -> None: ...
+    def __init__(self, slices: _Optional[_Iterable[_Union[Slice, _Mapping]]] = ..., context_switch_s: _Optional[float] = ..., context_switch_bytes: _Optional[int] = ..., context_restore: _Optional[str] = ..., cached_prompt_tokens: _Optional[int] = ..., max_batch_size: _Optional[int] = ...) -> None: ...
+
+class ServiceStats(_message.Message):
+    __slots__ = ("t_ns", "num_running", "num_waiting", "last_batch_size", "kv_held_bytes", "num_steps", "mean_batch_size", "max_batch_size", "num_preemptions", "prefix_hits", "context_hits", "swap_outs", "swap_ins", "recomputes", "drops", "swap_bytes")
+    T_NS_FIELD_NUMBER: _ClassVar[int]
+    NUM_RUNNING_FIELD_NUMBER: _ClassVar[int]
+    NUM_WAITING_FIELD_NUMBER: _ClassVar[int]
+    LAST_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    KV_HELD_BYTES_FIELD_NUMBER: _ClassVar[int]
+    NUM_STEPS_FIELD_NUMBER: _ClassVar[int]
+    MEAN_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    MAX_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    NUM_PREEMPTIONS_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_HITS_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_HITS_FIELD_NUMBER: _ClassVar[int]
+    SWAP_OUTS_FIELD_NUMBER: _ClassVar[int]
+    SWAP_INS_FIELD_NUMBER: _ClassVar[int]
+    RECOMPUTES_FIELD_NUMBER: _ClassVar[int]
+    DROPS_FIELD_NUMBER: _ClassVar[int]
+    SWAP_BYTES_FIELD_NUMBER: _ClassVar[int]
+    t_ns: int
+    num_running: int
+    num_waiting: int
+    last_batch_size: int
+    kv_held_bytes: int
+    num_steps: int
+    mean_batch_size: float
+    max_batch_size: int
+    num_preemptions: int
+    prefix_hits: int
+    context_hits: int
+    swap_outs: int
+    swap_ins: int
+    recomputes: int
+    drops: int
+    swap_bytes: int
+    def __init__(self, t_ns: _Optional[int] = ..., num_running: _Optional[int] = ..., num_waiting: _Optional[int] = ..., last_batch_size: _Optional[int] = ..., kv_held_bytes: _Optional[int] = ..., num_steps: _Optional[int] = ..., mean_batch_size: _Optional[float] = ..., max_batch_size: _Optional[int] = ..., num_preemptions: _Optional[int] = ..., prefix_hits: _Optional[int] = ..., context_hits: _Optional[int] = ..., swap_outs: _Optional[int] = ..., swap_ins: _Optional[int] = ..., recomputes: _Optional[int] = ..., drops: _Optional[int] = ..., swap_bytes: _Optional[int] = ...) -> None: ...
 
 class Slice(_message.Message):
     __slots__ = ("start_ns", "end_ns", "prefill_tokens", "output_tokens")
@@ -354,16 +382,18 @@ class TrialSummary(_message.Message):
     def __init__(self, status: _Optional[_Union[TrialStatus, str]] = ..., reason: _Optional[str] = ..., num_requests: _Optional[int] = ..., num_failed: _Optional[int] = ..., output_tokens: _Optional[int] = ..., duration_s: _Optional[float] = ..., peak_pss_bytes: _Optional[int] = ..., peak_rss_bytes: _Optional[int] = ..., weights_label: _Optional[str] = ...) -> None: ...
 
 class RunWorkloadResponse(_message.Message):
-    __slots__ = ("record", "sample", "summary", "phone_event")
+    __slots__ = ("record", "sample", "summary", "phone_event", "service_stats")
     RECORD_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_FIELD_NUMBER: _ClassVar[int]
     SUMMARY_FIELD_NUMBER: _ClassVar[int]
     PHONE_EVENT_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_STATS_FIELD_NUMBER: _ClassVar[int]
     record: RequestRecord
     sample: ResourceSample
     summary: TrialSummary
     phone_event: PhoneEvent
-    def __init__(self, record: _Optional[_Union[RequestRecord, _Mapping]] = ..., sample: _Optional[_Union[ResourceSample, _Mapping]] = ..., summary: _Optional[_Union[TrialSummary, _Mapping]] = ..., phone_event: _Optional[_Union[PhoneEvent, _Mapping]] = ...) -> None: ...
+    service_stats: ServiceStats
+    def __init__(self, record: _Optional[_Union[RequestRecord, _Mapping]] = ..., sample: _Optional[_Union[ResourceSample, _Mapping]] = ..., summary: _Optional[_Union[TrialSummary, _Mapping]] = ..., phone_event: _Optional[_Union[PhoneEvent, _Mapping]] = ..., service_stats: _Optional[_Union[ServiceStats, _Mapping]] = ...) -> None: ...
 
 class StopRequest(_message.Message):
     __slots__ = ("reason",)

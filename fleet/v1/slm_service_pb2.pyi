@@ -40,19 +40,21 @@ class TokenChunk(_message.Message):
     def __init__(self, ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class Completion(_message.Message):
-    __slots__ = ("scheduled_ns", "slices", "context_switch_s", "context_switch_bytes", "context_restore", "cached_prompt_tokens", "max_batch_size")
+    __slots__ = ("scheduled_ns", "service")
     SCHEDULED_NS_FIELD_NUMBER: _ClassVar[int]
-    SLICES_FIELD_NUMBER: _ClassVar[int]
-    CONTEXT_SWITCH_S_FIELD_NUMBER: _ClassVar[int]
-    CONTEXT_SWITCH_BYTES_FIELD_NUMBER: _ClassVar[int]
-    CONTEXT_RESTORE_FIELD_NUMBER: _ClassVar[int]
-    CACHED_PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
-    MAX_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
     scheduled_ns: int
-    slices: _containers.RepeatedCompositeFieldContainer[_agent_pb2.Slice]
-    context_switch_s: float
-    context_switch_bytes: int
-    context_restore: str
-    cached_prompt_tokens: int
-    max_batch_size: int
-    def __init__(self, scheduled_ns: _Optional[int] = ..., slices: _Optional[_Iterable[_Union[_agent_pb2.Slice, _Mapping]]] = ..., context_switch_s: _Optional[float] = ..., context_switch_bytes: _Optional[int] = ..., context_restore: _Optional[str] = ..., cached_prompt_tokens: _Optional[int] = ..., max_batch_size: _Optional[int] = ...) -> None: ...
+    service: _agent_pb2.ServiceFacts
+    def __init__(self, scheduled_ns: _Optional[int] = ..., service: _Optional[_Union[_agent_pb2.ServiceFacts, _Mapping]] = ...) -> None: ...
+
+class StatsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class StatsResponse(_message.Message):
+    __slots__ = ("stats", "events")
+    STATS_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    stats: _agent_pb2.ServiceStats
+    events: _containers.RepeatedCompositeFieldContainer[_agent_pb2.PhoneEvent]
+    def __init__(self, stats: _Optional[_Union[_agent_pb2.ServiceStats, _Mapping]] = ..., events: _Optional[_Iterable[_Union[_agent_pb2.PhoneEvent, _Mapping]]] = ...) -> None: ...

@@ -40,6 +40,11 @@ class SlmServiceStub:
                 request_serializer=fleet_dot_v1_dot_slm__service__pb2.GenerateRequest.SerializeToString,
                 response_deserializer=fleet_dot_v1_dot_slm__service__pb2.GenerateResponse.FromString,
                 _registered_method=True)
+        self.Stats = channel.unary_unary(
+                '/fleet.v1.SlmService/Stats',
+                request_serializer=fleet_dot_v1_dot_slm__service__pb2.StatsRequest.SerializeToString,
+                response_deserializer=fleet_dot_v1_dot_slm__service__pb2.StatsResponse.FromString,
+                _registered_method=True)
 
 
 class SlmServiceServicer:
@@ -53,6 +58,13 @@ class SlmServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Stats(self, request, context):
+        """Stats returns the engine's counters and the context events since the last call.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SlmServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -60,6 +72,11 @@ def add_SlmServiceServicer_to_server(servicer, server):
                     servicer.Generate,
                     request_deserializer=fleet_dot_v1_dot_slm__service__pb2.GenerateRequest.FromString,
                     response_serializer=fleet_dot_v1_dot_slm__service__pb2.GenerateResponse.SerializeToString,
+            ),
+            'Stats': grpc.unary_unary_rpc_method_handler(
+                    servicer.Stats,
+                    request_deserializer=fleet_dot_v1_dot_slm__service__pb2.StatsRequest.FromString,
+                    response_serializer=fleet_dot_v1_dot_slm__service__pb2.StatsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -90,6 +107,33 @@ class SlmService:
             '/fleet.v1.SlmService/Generate',
             fleet_dot_v1_dot_slm__service__pb2.GenerateRequest.SerializeToString,
             fleet_dot_v1_dot_slm__service__pb2.GenerateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Stats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleet.v1.SlmService/Stats',
+            fleet_dot_v1_dot_slm__service__pb2.StatsRequest.SerializeToString,
+            fleet_dot_v1_dot_slm__service__pb2.StatsResponse.FromString,
             options,
             channel_credentials,
             insecure,

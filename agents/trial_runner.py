@@ -1,0 +1,166 @@
+"""One trial on the phone: run the deployed paradigm's workload, sample its processes' memory,
+and yield everything as it happens, then the trial's summary. Plain Python: the agent's gRPC
+server iterates it and converts each event at the wire; tests can drive it directly.
+
+    runner = TrialRunner(host, run, observer=agent_metrics)   # observer may be None
+    async for event in runner.events(): ...   # RequestRecord | PhoneEvent | ServiceStats |
+                                              # ResourceSample, then one TrialSummary
+    runner.stop()                             # from any thread: ends the workload early
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from collections.abc import AsyncIterator
+from typing import Any, Protocol
+
+from agents.paradigms.base import Emitted, ParadigmHost
+from agents.probes import ProcessSampler
+from fleet.records import (
+    NS_PER_S,
+    RequestRecord,
+    RequestStatus,
+    ResourceSample,
+    TrialStatus,
+    TrialSummary,
+    WorkloadRun,
+)
+
+TrialEvent = Emitted | ResourceSample | TrialSummary
+
+
+class Observer(Protocol):
+    """Sees every event of a trial as it happens (the agent's metrics exporter)."""
+
+    def observe(self, event: Emitted) -> None: ...
+
+    def observe_tick(self, samples: list[ResourceSample]) -> None: ...
+
+    def running(self, on: bool) -> None: ...
+
+
+class _Tally:
+    def __init__(self) -> None:
+        self.requests = self.failed = self.tokens = 0
+        self.peak_pss = self.peak_rss = 0
+
+    def record(self, r: RequestRecord) -> None:
+        self.requests += 1
+        self.failed += r.status is not RequestStatus.OK
+        self.tokens += r.output_tokens
+
+    def tick(self, samples: list[ResourceSample]) -> None:
+        self.peak_pss = max(self.peak_pss, sum(s.pss_bytes for s in samples))
+        self.peak_rss = max(self.peak_rss, sum(s.rss_bytes for s in samples))
+
+
+class TrialRunner:
+    def __init__(self, host: ParadigmHost, run: WorkloadRun, observer: Observer | None = None):
+        self.host = host
+        self.run = run
+        self.observer = observer
+        self._stop = threading.Event()
+        self._sampling_done = threading.Event()
+        self._tally = _Tally()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    @property
+    def stopped(self) -> bool:
+        return self._stop.is_set()
+
+    async def events(self) -> AsyncIterator[TrialEvent]:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[TrialEvent] = asyncio.Queue()
+
+        def put(event: TrialEvent) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, event)
+
+        start_ns = time.monotonic_ns()
+        if self.observer is not None:
+            self.observer.running(True)
+        sampler = threading.Thread(
+            target=self._sample_loop, args=(put,), name="sampler", daemon=True
+        )
+        sampler.start()
+        work = asyncio.ensure_future(
+            asyncio.to_thread(self.host.run, self.run, lambda e: self._emit(e, put), self._stop)
+        )
+        try:
+            async for event in _drain(queue, work):
+                yield event
+            self._sampling_done.set()
+            await asyncio.to_thread(sampler.join)
+            while not queue.empty():
+                yield queue.get_nowait()
+            yield self._summary(work, start_ns)
+        finally:
+            # A consumer that went away mid-stream stops the workload instead of leaving it
+            # running, and this returns only once the paradigm has: no second trial can read
+            # its processes' pipes while this one still does.
+            self._stop.set()
+            self._sampling_done.set()
+            with contextlib.suppress(BaseException):
+                await asyncio.shield(work)
+            if self.observer is not None:
+                self.observer.running(False)
+
+    def _emit(self, event: Emitted, put) -> None:  # on the paradigm's threads
+        if self.observer is not None:
+            self.observer.observe(event)
+        if isinstance(event, RequestRecord):
+            self._tally.record(event)
+        put(event)
+
+    def _sample_loop(self, put) -> None:
+        sampler = ProcessSampler()
+        while True:
+            tick = sampler.sample(self.host.processes())
+            if self.observer is not None:
+                self.observer.observe_tick(tick)
+            self._tally.tick(tick)
+            for s in tick:
+                put(s)
+            if self._sampling_done.wait(self.run.sample_interval_s):
+                return
+
+    def _summary(self, work: asyncio.Future[list[str]], start_ns: int) -> TrialSummary:
+        try:
+            problems, error = work.result(), None
+        except Exception as exc:  # the paradigm itself broke
+            problems, error = [], f"{type(exc).__name__}: {exc}"
+        status = TrialStatus.COMPLETED
+        if error or problems:
+            status = TrialStatus.FAILED
+        elif self._stop.is_set():
+            status = TrialStatus.STOPPED
+        t = self._tally
+        return TrialSummary(
+            status=status,
+            reason="; ".join(([error] if error else []) + problems),
+            num_requests=t.requests,
+            num_failed=t.failed,
+            output_tokens=t.tokens,
+            duration_s=(time.monotonic_ns() - start_ns) / NS_PER_S,
+            peak_pss_bytes=t.peak_pss,
+            peak_rss_bytes=t.peak_rss,
+            weights_label=self.host.weights_label,
+        )
+
+
+async def _drain(
+    queue: asyncio.Queue[TrialEvent], work: asyncio.Future[list[str]]
+) -> AsyncIterator[TrialEvent]:
+    """Events as they arrive, until the work is done and nothing is queued."""
+    while not (work.done() and queue.empty()):
+        getter = asyncio.ensure_future(queue.get())
+        waiters: set[asyncio.Future[Any]] = {getter, work}
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        if getter.done():
+            yield getter.result()
+        else:
+            getter.cancel()

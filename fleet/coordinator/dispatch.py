@@ -1,0 +1,115 @@
+"""Dispatch: runs the planned trials on their phones' host actors and stores what streams back.
+
+One thread per core domain (phones that share a host's cores run one trial at a time), each
+trial a Ray streaming generator of event batches, each batch committed as it arrives. A phone
+that never came up, an agent fault or a dead host actor fails that trial with the reason and the
+records already stored stay; the other trials go on.
+
+    statuses = Dispatcher(store, observer, hosts, phone_errors, sample_interval_s).run(domains)
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from fleet.coordinator.plan import Trial
+from fleet.observe.run_observer import RunObserver
+from fleet.records import TrialStatus, TrialSummary
+from fleet.results.store import ResultStore
+
+
+def reason_of(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[-1] if text else ''}"[:500]
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        store: ResultStore,
+        observer: RunObserver,
+        hosts: dict[str, Any],
+        phone_errors: dict[str, str],
+        sample_interval_s: float,
+        progress: Any = None,
+    ):
+        self.store = store
+        self.observer = observer
+        self.hosts = hosts  # phone -> its host's PhoneHost actor handle
+        self.phone_errors = phone_errors  # phone -> why it did not come up
+        self.sample_interval_s = sample_interval_s
+        self.progress = progress  # a rich Progress, or None
+
+    def run(self, domains: dict[str, list[Trial]]) -> dict[str, str]:
+        """Run every domain's trials, domains in parallel; returns trial_id -> status."""
+        statuses: dict[str, str] = {}
+        threads = [
+            threading.Thread(target=self._run_domain, args=(d, ts, statuses), name=f"domain-{d}")
+            for d, ts in domains.items()
+        ]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        return statuses
+
+    def _run_domain(self, domain: str, trials: list[Trial], statuses: dict[str, str]) -> None:
+        task = self.progress.add_task(domain, total=len(trials)) if self.progress else None
+        for trial in trials:
+            self._advance(task, trial, 0)
+            try:
+                statuses[trial.trial_id] = self.run_trial(trial, task)
+            except Exception as exc:  # a bug or a store error fails this trial, not the domain
+                reason = f"coordinator error: {reason_of(exc)}"
+                self.store.finish_trial(trial.trial_id, TrialStatus.FAILED, reason)
+                self.observer.metrics.trial_state("running", "failed")
+                statuses[trial.trial_id] = TrialStatus.FAILED.value
+            if task is not None:
+                self.progress.advance(task)
+
+    def run_trial(self, trial: Trial, task: Any = None) -> str:
+        import ray
+
+        metrics = self.observer.metrics
+        metrics.trial_state("pending", "running")
+        self.store.start_trial(trial.trial_id)
+        if trial.phone in self.phone_errors:
+            self.store.finish_trial(
+                trial.trial_id, TrialStatus.FAILED, self.phone_errors[trial.phone]
+            )
+            metrics.trial_state("running", "failed")
+            return TrialStatus.FAILED.value
+        n_records = 0
+        status, reason, summary = TrialStatus.FAILED, "no result", None
+        try:
+            stream = self.hosts[trial.phone].run_trial.remote(
+                trial.phone, trial.deploy_spec(), trial.workload_run(self.sample_interval_s)
+            )
+            for ref in stream:
+                kind, payload = ray.get(ref)
+                if kind == "deployed":
+                    self.store.set_deploy(trial.trial_id, payload)
+                elif kind == "events":
+                    stored = self.store.add_events(trial.trial_id, payload)[0]
+                    n_records += stored
+                    metrics.records_stored(trial.phone, stored)
+                    self._advance(task, trial, n_records)
+                elif kind == "summary":
+                    summary = payload
+                    status, reason = _outcome(summary)
+                elif kind == "failed":
+                    status, reason = TrialStatus.FAILED, payload
+        except Exception as exc:  # the host actor itself died: records stored so far stay
+            status, reason = TrialStatus.FAILED, f"phone host died: {reason_of(exc)}"
+        self.store.finish_trial(trial.trial_id, status, reason, summary)
+        metrics.trial_state("running", status.value)
+        return status.value
+
+    def _advance(self, task: Any, trial: Trial, n_records: int) -> None:
+        if self.progress is not None and task is not None:
+            self.progress.update(task, description=f"{trial.trial_id}: {n_records} requests")
+
+
+def _outcome(summary: TrialSummary) -> tuple[TrialStatus, str]:
+    return summary.status, summary.reason

@@ -1,0 +1,115 @@
+"""The live observability of one run: the coordinator's /metrics, the file_sd targets file, the
+embedded (or external) Prometheus, and a heartbeat that health-checks every phone.
+
+Plain Python, driven by the coordinator; it knows phones only by name and address, and asks a
+callable for their health, so it needs neither Ray nor the agents.
+
+    observer = RunObserver(run_dir, run_id=..., experiment=..., git=..., mode="embedded")
+    observer.start(num_trials)                    # -> facts for the manifest
+    observer.phone_up("phone-a", "127.0.0.1:9101")
+    observer.start_heartbeat(phones, health, interval_s)
+    observer.stop(phones)
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from fleet.observe.coordinator_metrics import FleetMetrics
+from fleet.observe.prometheus import EmbeddedPrometheus, PrometheusError, TargetsFile
+
+
+class RunObserver:
+    def __init__(
+        self,
+        run_dir: Path,
+        *,
+        run_id: str,
+        experiment: str,
+        git: str = "",
+        mode: str = "embedded",
+        keep_prometheus: bool = False,
+        announce: Callable[[str], object] = print,
+    ):
+        self.metrics = FleetMetrics(run_id=run_id, experiment=experiment, git=git)
+        self.targets = TargetsFile(run_dir / "prometheus" / "targets.json")
+        self.workdir = run_dir / "prometheus"
+        self.mode = mode  # "embedded", "off", or the URL of an existing Prometheus
+        self.keep_prometheus = keep_prometheus
+        self.announce = announce
+        self.url = ""
+        self._prometheus: EmbeddedPrometheus | None = None
+        self._stop_heartbeat = threading.Event()
+
+    def start(self, num_trials: int) -> dict[str, str]:
+        """Serve the coordinator's metrics and bring up Prometheus; returns manifest facts."""
+        for _ in range(num_trials):
+            self.metrics.trial_state(None, "pending")
+        port = self.metrics.serve("127.0.0.1", 0)
+        self.targets.set("coordinator", f"127.0.0.1:{port}", job="coordinator")
+        facts = {
+            "targets_file": str(self.targets.path.resolve()),
+            "coordinator_metrics": f"127.0.0.1:{port}",
+        }
+        if self.mode == "off":
+            return facts
+        if self.mode != "embedded":
+            self.url = self.mode
+            self.announce(
+                f"Prometheus: {self.url} (it must read the file_sd targets in "
+                f"{self.targets.path.resolve()})"
+            )
+        else:
+            self._start_embedded()
+        facts["url"] = self.url
+        return facts
+
+    def _start_embedded(self) -> None:
+        self._prometheus = EmbeddedPrometheus(self.workdir, self.targets.path)
+        try:
+            self.url = self._prometheus.start()
+            self.announce(f"Prometheus: {self.url} (embedded; scraping this run)")
+        except PrometheusError as exc:
+            self._prometheus = None
+            self.announce(f"Prometheus: not started: {exc}")
+
+    def phone_up(self, phone: str, metrics_address: str = "") -> None:
+        """A phone came up; its /metrics address joins the targets when it has one."""
+        if metrics_address:
+            self.targets.set(phone, metrics_address, job="phone-agent", phone=phone)
+        self.metrics.phone_up(phone, True)
+
+    def phone_down(self, phone: str) -> None:
+        self.metrics.phone_up(phone, False)
+
+    def start_heartbeat(
+        self, phones: Callable[[], list[str]], health: Callable[[str], bool], interval_s: float
+    ) -> None:
+        """Health-check every phone each interval: a silent phone shows as down, not a gap."""
+
+        def beat() -> None:
+            while not self._stop_heartbeat.wait(interval_s):
+                for phone in phones():
+                    try:
+                        up = health(phone)
+                    except Exception:
+                        up = False
+                    self.metrics.phone_up(phone, bool(up))
+
+        threading.Thread(target=beat, name="heartbeat", daemon=True).start()
+
+    def stop(self, phones: list[str]) -> None:
+        self._stop_heartbeat.set()
+        for phone in phones:
+            self.targets.remove(phone)
+        self.targets.remove("coordinator")  # its endpoint closes with this run
+        if self._prometheus is not None and self._prometheus.proc is not None:
+            if self.keep_prometheus:
+                self.announce(
+                    f"Prometheus kept running at {self.url} (pid {self._prometheus.proc.pid})"
+                )
+            else:
+                self._prometheus.stop()
+        self.metrics.close()

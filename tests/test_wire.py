@@ -1,0 +1,192 @@
+"""fleet.wire: every record survives the trip through protobuf, and bad messages are refused."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from fleet import wire
+from fleet.records import (
+    AgentDescription,
+    AppDeployment,
+    AppWorkload,
+    ArrivalPattern,
+    ContextPolicy,
+    DeployResult,
+    DeploySpec,
+    ModelSpec,
+    Paradigm,
+    PhoneEvent,
+    PhoneProfile,
+    RequestRecord,
+    RequestStatus,
+    ResourceSample,
+    SchedulerPolicy,
+    ServeCall,
+    ServiceFacts,
+    ServiceOptions,
+    ServiceStats,
+    Slice,
+    TrialStatus,
+    TrialSummary,
+    WorkloadRun,
+)
+from fleet.v1 import agent_pb2 as pb
+from fleet.v1 import slm_service_pb2 as spb
+
+FACTS = ServiceFacts(
+    slices=(Slice(10, 20, 5, 1), Slice(30, 45, 0, 3)),
+    context_switch_s=0.25,
+    context_switch_bytes=4096,
+    context_restore="swap",
+    cached_prompt_tokens=7,
+    max_batch_size=3,
+)
+RECORD = RequestRecord(
+    "t/a/0",
+    "a",
+    RequestStatus.OK,
+    12,
+    100,
+    150,
+    [200, 260, 330],
+    cold_start_s=1.5,
+    turn=2,
+    service=FACTS,
+)
+STATS = ServiceStats(
+    t_ns=5,
+    num_running=2,
+    num_waiting=1,
+    last_batch_size=2,
+    kv_held_bytes=1 << 20,
+    num_steps=40,
+    mean_batch_size=1.75,
+    max_batch_size=4,
+    num_preemptions=3,
+    prefix_hits=1,
+    context_hits=2,
+    swap_outs=3,
+    swap_ins=4,
+    recomputes=5,
+    drops=6,
+    swap_bytes=7,
+)
+APP = AppWorkload(
+    "kb",
+    ArrivalPattern.POISSON,
+    rate_per_s=2.0,
+    burst_size=2,
+    prompt_tokens=16,
+    output_tokens=4,
+    foreground=True,
+    slo_ttft_s=0.15,
+    system_prompt_tokens=8,
+    model=ModelSpec(preset="tiny", dtype="bf16", seed=3),
+)
+SPEC = DeploySpec(
+    Paradigm.AGENT_OS,
+    ModelSpec(preset="smollm-135m"),
+    (APP,),
+    max_context_tokens=512,
+    threads_per_process=2,
+    service=ServiceOptions(
+        scheduler=SchedulerPolicy.ROUND_ROBIN,
+        context_policy=ContextPolicy.RECOMPUTE,
+        kv_budget_bytes=1 << 24,
+        quantum_tokens=4,
+        persistent_contexts=True,
+    ),
+)
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        RECORD,
+        STATS,
+        PhoneEvent(7, "lmk_kill", "a", "why", 123, 0.5),
+        ResourceSample(8, "service", 42, 1000, 900, 12.5),
+        TrialSummary(TrialStatus.STOPPED, "r", 3, 1, 9, 2.5, 10, 11, "random weights"),
+    ],
+    ids=lambda e: type(e).__name__,
+)
+def test_every_stream_event_round_trips(event):
+    message = wire.event_to_pb(event)
+    decoded = wire.event_from_pb(pb.RunWorkloadResponse.FromString(message.SerializeToString()))
+    assert decoded == event
+
+
+def test_the_record_carries_raw_timestamps_only_and_derives_the_rest():
+    m = wire.record_to_pb(RECORD)
+    assert not hasattr(m, "ttft_s") and not hasattr(m, "e2e_s")  # derived values left behind
+    back = wire.record_from_pb(m)
+    assert back.ttft_s == pytest.approx(100e-9) and back.queue_wait_s == pytest.approx(50e-9)
+    assert back.service == FACTS and back.waiting_s == pytest.approx((10 - 100 + 10) / 1e9)
+
+
+def test_deploy_spec_keeps_every_setting_and_the_scheduler_enum():
+    back = wire.deploy_from_pb(
+        pb.DeployRequest.FromString(wire.deploy_to_pb(SPEC).SerializeToString())
+    )
+    assert back == SPEC
+    assert back.service.scheduler is SchedulerPolicy.ROUND_ROBIN
+
+
+def test_describe_and_deploy_result_round_trip():
+    desc = AgentDescription(
+        PhoneProfile("p", "virtual", 1 << 30, 2, "h"),
+        (Paradigm.PER_APP, Paradigm.AGENT_OS),
+        ("tiny",),
+        {"torch": "2.13.0"},
+        {"cpu_count": "2"},
+        42,
+        9100,
+    )
+    assert wire.describe_from_pb(wire.describe_to_pb(desc)) == desc
+    result = DeployResult((AppDeployment("service", 7, 1.25, 100, 0),), "random weights", 5, 6)
+    assert wire.deploy_result_from_pb(wire.deploy_result_to_pb(result)) == result
+
+
+def test_model_service_messages_round_trip():
+    call = ServeCall("r", "a", [1, 2, 3], 4, True, "a", 2)
+    assert wire.serve_call_from_pb(wire.serve_call_to_pb(call)) == call
+    assert wire.completion_from_pb(wire.completion_to_pb(99, FACTS).completion) == (99, FACTS)
+    events = [PhoneEvent(1, "swap_out", "a", "", 10, 0.1)]
+    assert wire.stats_response_from_pb(wire.stats_response_to_pb(STATS, events)) == (STATS, events)
+
+
+def test_stats_fields_are_the_same_on_both_sides():
+    assert set(wire._STATS_FIELDS) == {f.name for f in dataclasses.fields(ServiceStats)}
+    assert set(wire._STATS_FIELDS) == set(pb.ServiceStats.DESCRIPTOR.fields_by_name)
+
+
+@pytest.mark.parametrize(
+    "mutate,reason",
+    [
+        (lambda m: m.ClearField("paradigm"), "paradigm is unspecified"),
+        (lambda m: m.ClearField("apps"), "at least one app"),
+        (lambda m: m.apps.append(m.apps[0]), "unique"),
+        (lambda m: setattr(m.apps[0], "name", ""), "app name is empty"),
+        (lambda m: setattr(m.apps[0], "rate_per_s", 0), "rate_per_s > 0"),
+        (lambda m: setattr(m.apps[0], "output_tokens", 0), "output_tokens must be >= 1"),
+        (lambda m: setattr(m.model, "dtype", "fp8"), "dtype must be one of"),
+        (lambda m: (m.model.ClearField("preset")), "needs a preset or a path"),
+        (lambda m: setattr(m.service, "scheduler", 99), "scheduler policy"),
+    ],
+)
+def test_bad_deploy_requests_name_the_problem(mutate, reason):
+    m = wire.deploy_to_pb(SPEC)
+    mutate(m)
+    with pytest.raises(wire.WireError, match=reason):
+        wire.deploy_from_pb(m)
+
+
+def test_bad_runs_and_calls_are_refused():
+    with pytest.raises(wire.WireError, match="duration_s"):
+        wire.run_from_pb(wire.run_to_pb(WorkloadRun("t", 0.0)))
+    with pytest.raises(wire.WireError, match="at least one prompt token"):
+        wire.serve_call_from_pb(spb.GenerateRequest(max_new_tokens=1))
+    with pytest.raises(wire.WireError, match="empty workload event"):
+        wire.event_from_pb(pb.RunWorkloadResponse())
