@@ -70,6 +70,116 @@ def _sleep_until(t_ns: int, stop: threading.Event) -> bool:
     return not stop.wait(delay) if delay > 0 else not stop.is_set()
 
 
+class _AppRun:
+    """One app's workload in progress: its random stream, conversation and request count."""
+
+    def __init__(
+        self,
+        app: AppWorkload,
+        run: WorkloadRun,
+        serve: ServeFn,
+        vocab_size: int,
+        max_context: int,
+        stop: threading.Event,
+    ):
+        self.app, self.run, self.serve, self.stop = app, run, serve, stop
+        self.vocab_size, self.max_context = vocab_size, max_context
+        self.rng = random.Random(f"{run.seed}:{app.name}")
+        self.start_ns = time.monotonic_ns()
+        self.deadline_ns = self.start_ns + int(run.duration_s * NS_PER_S)
+        self.system = system_prompt(app, vocab_size)
+        self.history: list[int] = []  # multi-turn conversation so far (after the system prompt)
+        self.turn = 0
+        self.n = 0  # records emitted
+
+    def _next_prompt(self) -> tuple[list[int], list[int]]:
+        """(full prompt, its new tokens); starts a new conversation when the last one is full
+        or has had its turns."""
+        app = self.app
+        new = [self.rng.randrange(self.vocab_size) for _ in range(app.prompt_tokens)]
+        full = (
+            len(self.system) + len(self.history) + len(new) + app.output_tokens > self.max_context
+        )
+        if app.multi_turn and (
+            full or (app.turns_per_session and self.turn >= app.turns_per_session)
+        ):
+            self.history, self.turn = [], 0  # a new conversation (or agent task) starts
+        return self.system + (self.history if app.multi_turn else []) + new, new
+
+    def one_request(self, submit_ns: int) -> RequestRecord:
+        app = self.app
+        prompt, new = self._next_prompt()
+        rid = f"{self.run.trial_id}/{app.name}/{self.n}"
+        rec = RequestRecord(
+            request_id=rid,
+            app=app.name,
+            status=RequestStatus.OK,
+            prompt_tokens=len(prompt),
+            submit_ns=submit_ns,
+            turn=self.turn,
+        )
+        call = ServeCall(
+            rid,
+            app.name,
+            prompt,
+            app.output_tokens,
+            app.foreground,
+            session=app.name if app.multi_turn else "",
+            shared_prefix_tokens=len(self.system),
+        )
+        sent_ns = time.monotonic_ns()
+        try:
+            result = self.serve(
+                call, lambda _tok: rec.token_ns.append(time.monotonic_ns()), self.stop.is_set
+            )
+        except Exception as exc:  # a failed request is a record, not a crash of the app
+            rec.status, rec.error = RequestStatus.FAILED, f"{type(exc).__name__}: {exc}"
+            return rec
+        rec.scheduled_ns = result.scheduled_ns or sent_ns
+        rec.service, rec.cold_start_s = result.service, result.cold_start_s
+        if len(result.tokens) < app.output_tokens:
+            rec.status, rec.error = RequestStatus.CANCELLED, "stopped during generation"
+        if app.multi_turn:
+            self.history, self.turn = self.history + new + result.tokens, self.turn + 1
+        return rec
+
+    def cancelled(self, submit_ns: int, why: str) -> RequestRecord:
+        return RequestRecord(
+            request_id=f"{self.run.trial_id}/{self.app.name}/{self.n}",
+            app=self.app.name,
+            status=RequestStatus.CANCELLED,
+            prompt_tokens=self.app.prompt_tokens,
+            submit_ns=submit_ns,
+            error=why,
+        )
+
+    def open_loop(self, emit: Callable[[RequestRecord], None]) -> None:
+        arrivals = poisson_arrivals_ns(self.app, self.start_ns, self.run.duration_s, self.rng)
+        for submit_ns in arrivals:
+            if self.stop.is_set() or time.monotonic_ns() >= self.deadline_ns:
+                if submit_ns <= time.monotonic_ns():  # it had arrived: record it, unserved
+                    emit(self.cancelled(submit_ns, "workload ended before it was scheduled"))
+                    self.n += 1
+                    continue
+                break
+            if not _sleep_until(submit_ns, self.stop):
+                break
+            emit(self.one_request(submit_ns))
+            self.n += 1
+
+    def closed_loop(self, emit: Callable[[RequestRecord], None]) -> None:
+        app = self.app
+        while not self.stop.is_set() and time.monotonic_ns() < self.deadline_ns:
+            emit(self.one_request(time.monotonic_ns()))
+            self.n += 1
+            if app.max_requests and self.n >= app.max_requests:
+                break
+            if app.think_time_s and not _sleep_until(
+                time.monotonic_ns() + int(app.think_time_s * NS_PER_S), self.stop
+            ):
+                break
+
+
 def run_app(
     app: AppWorkload,
     run: WorkloadRun,
@@ -81,89 +191,12 @@ def run_app(
     stop: threading.Event | None = None,
 ) -> int:
     """Run one app's workload to its end; returns the number of records emitted."""
-    stop = stop or threading.Event()
-    rng = random.Random(f"{run.seed}:{app.name}")
-    start_ns = time.monotonic_ns()
-    deadline_ns = start_ns + int(run.duration_s * NS_PER_S)
-    system = system_prompt(app, vocab_size)
-    history: list[int] = []  # multi-turn conversation so far (after the system prompt)
-    turn = 0
-    n = 0
-
-    def one_request(submit_ns: int) -> RequestRecord:
-        nonlocal history, turn
-        new = [rng.randrange(vocab_size) for _ in range(app.prompt_tokens)]
-        full = len(system) + len(history) + len(new) + app.output_tokens > max_context
-        if app.multi_turn and (full or (app.turns_per_session and turn >= app.turns_per_session)):
-            history, turn = [], 0  # a new conversation (or agent task) starts
-        prompt = system + (history if app.multi_turn else []) + new
-        rid = f"{run.trial_id}/{app.name}/{n}"
-        rec = RequestRecord(
-            request_id=rid,
-            app=app.name,
-            status=RequestStatus.OK,
-            prompt_tokens=len(prompt),
-            submit_ns=submit_ns,
-            turn=turn,
-        )
-        call = ServeCall(
-            rid,
-            app.name,
-            prompt,
-            app.output_tokens,
-            app.foreground,
-            session=app.name if app.multi_turn else "",
-            shared_prefix_tokens=len(system),
-        )
-        sent_ns = time.monotonic_ns()
-        try:
-            result = serve(call, lambda _tok: rec.token_ns.append(time.monotonic_ns()), stop.is_set)
-        except Exception as exc:  # a failed request is a record, not a crash of the app
-            rec.status, rec.error = RequestStatus.FAILED, f"{type(exc).__name__}: {exc}"
-            return rec
-        rec.scheduled_ns = result.scheduled_ns or sent_ns
-        rec.service, rec.cold_start_s = result.service, result.cold_start_s
-        if len(result.tokens) < app.output_tokens:
-            rec.status, rec.error = RequestStatus.CANCELLED, "stopped during generation"
-        if app.multi_turn:
-            history, turn = history + new + result.tokens, turn + 1
-        return rec
-
-    def cancelled(submit_ns: int, why: str) -> RequestRecord:
-        return RequestRecord(
-            request_id=f"{run.trial_id}/{app.name}/{n}",
-            app=app.name,
-            status=RequestStatus.CANCELLED,
-            prompt_tokens=app.prompt_tokens,
-            submit_ns=submit_ns,
-            error=why,
-        )
-
+    state = _AppRun(app, run, serve, vocab_size, max_context, stop or threading.Event())
     if app.pattern is ArrivalPattern.POISSON:
-        arrivals = poisson_arrivals_ns(app, start_ns, run.duration_s, rng)
-        for submit_ns in arrivals:
-            if stop.is_set() or time.monotonic_ns() >= deadline_ns:
-                if submit_ns <= time.monotonic_ns():  # it had arrived: record it, unserved
-                    emit(cancelled(submit_ns, "workload ended before it was scheduled"))
-                    n += 1
-                    continue
-                break
-            if not _sleep_until(submit_ns, stop):
-                break
-            emit(one_request(submit_ns))
-            n += 1
-        return n
-
-    while not stop.is_set() and time.monotonic_ns() < deadline_ns:
-        emit(one_request(time.monotonic_ns()))
-        n += 1
-        if app.max_requests and n >= app.max_requests:
-            break
-        if app.think_time_s and not _sleep_until(
-            time.monotonic_ns() + int(app.think_time_s * NS_PER_S), stop
-        ):
-            break
-    return n
+        state.open_loop(emit)
+    else:
+        state.closed_loop(emit)
+    return state.n
 
 
 def local_serve(model) -> ServeFn:
