@@ -15,7 +15,7 @@ from typing import Any
 
 from fleet.coordinator.plan import Trial
 from fleet.observe.run_observer import RunObserver
-from fleet.records import TrialStatus, TrialSummary
+from fleet.records import TrialStatus
 from fleet.results.store import ResultStore
 
 
@@ -97,7 +97,7 @@ class Dispatcher:
                     self._advance(task, trial, n_records)
                 elif kind == "summary":
                     summary = payload
-                    status, reason = _outcome(summary)
+                    status, reason = summary.status, summary.reason
                 elif kind == "failed":
                     status, reason = TrialStatus.FAILED, payload
         except Exception as exc:  # the host actor itself died: records stored so far stay
@@ -109,7 +109,3 @@ class Dispatcher:
     def _advance(self, task: Any, trial: Trial, n_records: int) -> None:
         if self.progress is not None and task is not None:
             self.progress.update(task, description=f"{trial.trial_id}: {n_records} requests")
-
-
-def _outcome(summary: TrialSummary) -> tuple[TrialStatus, str]:
-    return summary.status, summary.reason
