@@ -131,9 +131,11 @@ class AgentMetrics(Exporter):
                 r.service.context_switch_s
             )
         slo = self._apps.get(r.app, {}).get("slo_s", 0.0)
+        # one SLO rule everywhere (fleet/results/stats.py): an arrival meets it when its first
+        # token came within the SLO; unserved, dropped and failed arrivals miss it
+        if slo and (not r.token_ns or r.ttft_s > slo):
+            self.m["slo_misses_total"].labels(*labels).inc()
         if r.status is not RequestStatus.OK:
-            if slo:
-                self.m["slo_misses_total"].labels(*labels).inc()
             return
         self.m["output_tokens_total"].labels(*labels).inc(r.output_tokens)
         self.m["request_queue_wait_seconds"].labels(*labels).observe(r.queue_wait_s)
@@ -141,8 +143,6 @@ class AgentMetrics(Exporter):
         self.m["request_e2e_seconds"].labels(*labels).observe(r.e2e_s)
         if r.output_tokens > 1:
             self.m["request_itl_seconds"].labels(*labels).observe(r.itl_s)
-        if slo and r.ttft_s > slo:
-            self.m["slo_misses_total"].labels(*labels).inc()
 
     def _event(self, e: PhoneEvent) -> None:
         phone_labels = (self.profile.name, *self._labels)

@@ -83,6 +83,7 @@ class PhoneAgentServicer(pb_grpc.PhoneAgentServiceServicer):
         self.metrics = metrics
         self.metrics_port = metrics_port
         self._host: ParadigmHost | None = None
+        self._apps: set[str] = set()  # names of the deployed apps
         self._lock = asyncio.Lock()  # one Deploy/RunWorkload/Reset at a time
         self._runner: TrialRunner | None = None
 
@@ -132,6 +133,7 @@ class PhoneAgentServicer(pb_grpc.PhoneAgentServiceServicer):
                 await asyncio.to_thread(host.shutdown)
                 raise
             self._host = host
+            self._apps = {a.name for a in spec.apps}
             if self.metrics is not None:
                 self.metrics.deployed(
                     spec.paradigm.value, model_label(spec.model), result, spec.apps
@@ -149,6 +151,12 @@ class PhoneAgentServicer(pb_grpc.PhoneAgentServiceServicer):
             if self._host is None:
                 await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "nothing is deployed")
             assert self._host is not None  # abort() raised otherwise
+            strangers = sorted({t.app for t in run.trace} - self._apps)
+            if strangers:
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"the trace names apps that are not deployed: {', '.join(strangers[:5])}",
+                )
             runner = self._runner = TrialRunner(self._host, run, self.metrics)
             try:
                 async for event in runner.events():

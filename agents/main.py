@@ -32,7 +32,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=4096,
         help="memory the SLM processes together may use",
     )
-    p.add_argument("--cpu-threads", type=int, default=os.cpu_count() or 1)
+    p.add_argument(
+        "--cpu-threads",
+        type=int,
+        default=0,
+        help="CPU threads the phone offers SLM inference (default: its --cpus, or every core)",
+    )
+    p.add_argument(
+        "--cpus",
+        default="",
+        help="cores to confine the agent and every process it starts to, e.g. 0-1 or 2,3 "
+        "(sched_setaffinity; default: not pinned)",
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
     p.add_argument("--port", type=int, default=0, help="port to bind (0 = any free port)")
     p.add_argument(
@@ -48,6 +59,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--exit-on-stdin-eof", action="store_true", help="exit when stdin closes (set by launchers)"
     )
     return p.parse_args(argv)
+
+
+def parse_cpus(text: str) -> tuple[int, ...]:
+    """``"0-2,5"`` -> (0, 1, 2, 5); raises ValueError on anything else."""
+    out: set[int] = set()
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        lo, _, hi = part.partition("-")
+        first, last = int(lo), int(hi or lo)
+        if first < 0 or last < first:
+            raise ValueError(f"bad core range {part!r}")
+        out.update(range(first, last + 1))
+    if not out:
+        raise ValueError("no cores given")
+    return tuple(sorted(out))
+
+
+def pin_to(cpus: tuple[int, ...]) -> None:
+    """Confine this process (and, by inheritance, every process it starts) to ``cpus``."""
+    allowed = os.sched_getaffinity(0)
+    missing = sorted(set(cpus) - allowed)
+    if missing:
+        raise ValueError(f"cores {missing} are not available here (allowed: {sorted(allowed)})")
+    os.sched_setaffinity(0, cpus)
 
 
 def read_token(ns: argparse.Namespace) -> str:
@@ -66,6 +100,7 @@ async def _amain(ns: argparse.Namespace, token: str) -> None:
         memory_budget_bytes=ns.memory_budget_mb * 1024 * 1024,
         cpu_threads=ns.cpu_threads,
         host=os.uname().nodename,
+        cpus=ns.cpu_list,
     )
     cert = key = None
     if ns.tls_cert and ns.tls_key:
@@ -115,8 +150,16 @@ def main(argv: list[str] | None = None) -> None:
             f"fleet-agent: no token: set ${TOKEN_ENV} or pass --token-file "
             "(the agent refuses to accept unauthenticated changes)"
         )
-    if ns.memory_budget_mb <= 0 or ns.cpu_threads <= 0:
-        sys.exit("fleet-agent: --memory-budget-mb and --cpu-threads must be positive")
+    if ns.memory_budget_mb <= 0 or ns.cpu_threads < 0:
+        sys.exit("fleet-agent: --memory-budget-mb must be positive, --cpu-threads not negative")
+    ns.cpu_list = ()
+    if ns.cpus:
+        try:
+            ns.cpu_list = parse_cpus(ns.cpus)
+            pin_to(ns.cpu_list)
+        except ValueError as exc:
+            sys.exit(f"fleet-agent: --cpus {ns.cpus}: {exc}")
+    ns.cpu_threads = ns.cpu_threads or len(ns.cpu_list) or len(os.sched_getaffinity(0))
     asyncio.run(_amain(ns, token))
 
 

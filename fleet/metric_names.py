@@ -68,9 +68,17 @@ AGENT_METRICS: MetricTable = {
         "Making an evicted context usable again.",
         REQUEST_LABELS + ("kind",),
     ),
-    "requests_total": ("counter", "Requests ended, by status.", REQUEST_LABELS + ("status",)),
+    "requests_total": (
+        "counter",
+        "Arrivals ended, by status (ok, cancelled, dropped, failed).",
+        REQUEST_LABELS + ("status",),
+    ),
     "output_tokens_total": ("counter", "Output tokens delivered to apps.", REQUEST_LABELS),
-    "slo_misses_total": ("counter", "Requests that missed their app's TTFT SLO.", REQUEST_LABELS),
+    "slo_misses_total": (
+        "counter",
+        "Arrivals without a first token within their app's TTFT SLO (unserved ones included).",
+        REQUEST_LABELS,
+    ),
     "lmk_kills_total": (
         "counter",
         "Model processes killed by the low-memory killer.",

@@ -22,6 +22,7 @@ class Paradigm(str, Enum):
 class ArrivalPattern(str, Enum):
     POISSON = "poisson"
     CLOSED_LOOP = "closed_loop"
+    TRACE = "trace"  # open loop, arrival times and sizes replayed from a trace
 
 
 class SchedulerPolicy(str, Enum):
@@ -38,7 +39,8 @@ class ContextPolicy(str, Enum):
 class RequestStatus(str, Enum):
     OK = "ok"
     FAILED = "failed"
-    CANCELLED = "cancelled"
+    CANCELLED = "cancelled"  # sent, but the workload ended before it finished (censored)
+    DROPPED = "dropped"  # never sent: the app's cap on outstanding requests was reached
 
 
 class TrialStatus(str, Enum):
@@ -64,6 +66,7 @@ class PhoneProfile:
     memory_budget_bytes: int = 0
     cpu_threads: int = 1
     host: str = ""
+    cpus: tuple[int, ...] = ()  # cores every process of the phone is confined to (() = unpinned)
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,7 @@ class AppWorkload:
     )
     system_prompt_tokens: int = 0  # a fixed prefix of every prompt (shared-prefix reuse)
     model: ModelSpec | None = None  # per-app: the app's own model, when not the deployment's
+    max_outstanding: int = 0  # open loop: most requests in flight; over it, dropped (0 = no cap)
 
     def max_context_tokens(self) -> int:
         """Longest prompt + output a request of this app can reach (0 = unbounded)."""
@@ -129,7 +133,7 @@ class DeploySpec:
     model: ModelSpec
     apps: tuple[AppWorkload, ...]
     max_context_tokens: int = 0  # 0 = derive from the apps
-    threads_per_process: int = 1
+    threads_per_process: int = 0  # torch threads per SLM process; 0 = the phone's cores
     service: ServiceOptions = ServiceOptions()
 
 
@@ -164,11 +168,31 @@ class AgentDescription:
 
 
 @dataclass(frozen=True)
+class TraceRequest:
+    """One request of an app's trace (``fleet.traces``): what the app will send, and when."""
+
+    app: str
+    index: int  # position in the app's trace; the request id is ``<app>/<index>``
+    at_s: float | None  # arrival, seconds after the start (open loop); None: closed loop
+    prompt_tokens: int  # new prompt tokens (after the system prompt and the conversation)
+    output_tokens: int
+    session: str = ""  # conversation it belongs to ("" = none)
+    turn: int = 0  # index of the turn in its session
+
+    @property
+    def request_id(self) -> str:
+        return f"{self.app}/{self.index}"
+
+
+@dataclass(frozen=True)
 class WorkloadRun:
     trial_id: str
     duration_s: float
     seed: int = 0
     sample_interval_s: float = 0.25
+    # Every request of every app (fleet.traces); empty: the phone generates them from the seed
+    trace: tuple[TraceRequest, ...] = ()
+    drain_s: float = 30.0  # after the duration, in-flight requests get this long, then cancelled
 
 
 @dataclass(frozen=True)
@@ -225,6 +249,7 @@ class ServiceFacts:
 class Latencies:
     """A request's derived durations in seconds; None where it never got that far."""
 
+    app_delay_s: float | None
     queue_wait_s: float | None
     ttft_s: float | None
     itl_s: float | None  # needs two output tokens
@@ -248,6 +273,8 @@ class RequestRecord:
     cold_start_s: float = 0.0  # model relaunch this request paid (also inside its TTFT)
     turn: int = 0  # multi-turn: index of the turn in its conversation
     service: ServiceFacts = ServiceFacts()
+    sent_ns: int = 0  # when the app sent it to its model (0: never sent)
+    end_ns: int = 0  # when the app stopped waiting: last token, failure or cancel
 
     @property
     def output_tokens(self) -> int:
@@ -262,8 +289,24 @@ class RequestRecord:
         return self.token_ns[-1] if self.token_ns else 0
 
     @property
+    def app_delay_s(self) -> float:
+        """Arrival to send, inside the app (a turn waiting for its previous turn, a late
+        thread); 0 for a request never sent."""
+        return (self.sent_ns - self.submit_ns) / NS_PER_S if self.sent_ns else 0.0
+
+    @property
     def queue_wait_s(self) -> float:
-        return (self.scheduled_ns - self.submit_ns) / NS_PER_S if self.scheduled_ns else 0.0
+        """Sent to first scheduled on the model: the service's queue."""
+        if not self.scheduled_ns:
+            return 0.0
+        return (self.scheduled_ns - (self.sent_ns or self.submit_ns)) / NS_PER_S
+
+    @property
+    def waited_s(self) -> float:
+        """Arrival to when the app stopped waiting: the lower bound of an unserved request's
+        latency (its censoring time)."""
+        end = self.end_ns or self.last_token_ns
+        return max(0, end - self.submit_ns) / NS_PER_S if end else 0.0
 
     @property
     def ttft_s(self) -> float:
@@ -293,8 +336,10 @@ class RequestRecord:
     def latencies(self) -> Latencies:
         """The derived durations, None where the request never got that far."""
         scheduled = self.scheduled_ns > 0
+        delay = self.app_delay_s if self.sent_ns else None
         if not self.token_ns:
             return Latencies(
+                delay,
                 self.queue_wait_s if scheduled else None,
                 None,
                 None,
@@ -302,6 +347,7 @@ class RequestRecord:
                 self.waiting_s if scheduled else None,
             )
         return Latencies(
+            delay,
             self.queue_wait_s,
             self.ttft_s,
             self.itl_s if len(self.token_ns) > 1 else None,

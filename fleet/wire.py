@@ -33,6 +33,7 @@ from fleet.records import (
     ServiceOptions,
     ServiceStats,
     Slice,
+    TraceRequest,
     TrialStatus,
     TrialSummary,
     WorkloadRun,
@@ -51,11 +52,13 @@ _PARADIGM = {
 _PATTERN = {
     ArrivalPattern.POISSON: pb.ARRIVAL_PATTERN_POISSON,
     ArrivalPattern.CLOSED_LOOP: pb.ARRIVAL_PATTERN_CLOSED_LOOP,
+    ArrivalPattern.TRACE: pb.ARRIVAL_PATTERN_TRACE,
 }
 _REQUEST_STATUS = {
     RequestStatus.OK: pb.REQUEST_STATUS_OK,
     RequestStatus.FAILED: pb.REQUEST_STATUS_FAILED,
     RequestStatus.CANCELLED: pb.REQUEST_STATUS_CANCELLED,
+    RequestStatus.DROPPED: pb.REQUEST_STATUS_DROPPED,
 }
 _SCHEDULER = {
     SchedulerPolicy.FCFS: pb.SCHEDULER_POLICY_FCFS,
@@ -86,6 +89,12 @@ def _inverse(table: Mapping[E, int], value: int, what: str) -> E:
     raise WireError(f"{what} is unspecified or unknown ({value})")
 
 
+def _bounded(v: int, lo: int, hi: int, what: str) -> int:
+    if not lo <= v <= hi:
+        raise WireError(f"{what} must be in [{lo}, {hi}], got {v}")
+    return v
+
+
 def paradigm_from_pb(value: int) -> Paradigm:
     return _inverse(_PARADIGM, value, "paradigm")
 
@@ -104,6 +113,7 @@ def profile_to_pb(p: PhoneProfile) -> pb.PhoneProfile:
         memory_budget_bytes=p.memory_budget_bytes,
         cpu_threads=p.cpu_threads,
         host=p.host,
+        cpus=list(p.cpus),
     )
 
 
@@ -114,6 +124,7 @@ def profile_from_pb(m: pb.PhoneProfile) -> PhoneProfile:
         memory_budget_bytes=m.memory_budget_bytes,
         cpu_threads=m.cpu_threads,
         host=m.host,
+        cpus=tuple(m.cpus),
     )
 
 
@@ -161,6 +172,7 @@ def app_to_pb(a: AppWorkload) -> pb.AppWorkload:
         turns_per_session=a.turns_per_session,
         system_prompt_tokens=a.system_prompt_tokens,
         model=model_to_pb(a.model) if a.model else None,
+        max_outstanding=a.max_outstanding,
     )
 
 
@@ -189,6 +201,7 @@ def app_from_pb(m: pb.AppWorkload) -> AppWorkload:
         turns_per_session=m.turns_per_session,
         system_prompt_tokens=m.system_prompt_tokens,
         model=model_from_pb(m.model, f"app {m.name!r} model") if m.HasField("model") else None,
+        max_outstanding=m.max_outstanding,
     )
 
 
@@ -261,7 +274,7 @@ def deploy_from_pb(m: pb.DeployRequest) -> DeploySpec:
         model=model_from_pb(m.model),
         apps=apps,
         max_context_tokens=m.max_context_tokens,
-        threads_per_process=max(1, m.threads_per_process),
+        threads_per_process=_bounded(m.threads_per_process, 0, 256, "threads_per_process"),
         service=service_from_pb(m.service),
     )
 
@@ -299,25 +312,65 @@ def deploy_result_from_pb(m: pb.DeployResponse) -> DeployResult:
 # -- workload --------------------------------------------------------------------------------
 
 
+MAX_TRACE_REQUESTS = 100_000  # most requests one RunWorkload may carry
+MAX_REQUEST_TOKENS = 1 << 16
+
+
+def trace_request_to_pb(t: TraceRequest) -> pb.TraceRequest:
+    return pb.TraceRequest(
+        app=t.app,
+        index=t.index,
+        at_s=t.at_s,
+        prompt_tokens=t.prompt_tokens,
+        output_tokens=t.output_tokens,
+        session=t.session,
+        turn=t.turn,
+    )
+
+
+def trace_request_from_pb(m: pb.TraceRequest, duration_s: float) -> TraceRequest:
+    where = f"trace request {m.app}/{m.index}"
+    if not m.app:
+        raise WireError("trace request without an app")
+    at = m.at_s if m.HasField("at_s") else None
+    if at is not None and not (0.0 <= at < duration_s):  # NaN fails too
+        raise WireError(f"{where}: at_s must be in [0, duration_s), got {at}")
+    for name, v in (("prompt_tokens", m.prompt_tokens), ("output_tokens", m.output_tokens)):
+        if not 1 <= v <= MAX_REQUEST_TOKENS:
+            raise WireError(f"{where}: {name} must be in [1, {MAX_REQUEST_TOKENS}], got {v}")
+    return TraceRequest(m.app, m.index, at, m.prompt_tokens, m.output_tokens, m.session, m.turn)
+
+
 def run_to_pb(r: WorkloadRun) -> pb.RunWorkloadRequest:
     return pb.RunWorkloadRequest(
         trial_id=r.trial_id,
         duration_s=r.duration_s,
         seed=r.seed,
         sample_interval_s=r.sample_interval_s,
+        trace=[trace_request_to_pb(t) for t in r.trace],
+        drain_s=r.drain_s,
     )
 
 
 def run_from_pb(m: pb.RunWorkloadRequest) -> WorkloadRun:
-    if m.duration_s <= 0:
-        raise WireError("duration_s must be > 0")
-    if m.sample_interval_s < 0:
-        raise WireError("sample_interval_s must be >= 0")
+    if not 0 < m.duration_s <= 7 * 86400:  # NaN fails too
+        raise WireError("duration_s must be in (0, 1 week]")
+    if not 0 <= m.sample_interval_s <= 3600:
+        raise WireError("sample_interval_s must be in [0, 3600]")
+    if not 0 <= m.drain_s <= 3600:
+        raise WireError("drain_s must be in [0, 3600]")
+    if len(m.trace) > MAX_TRACE_REQUESTS:
+        raise WireError(f"a trace may hold at most {MAX_TRACE_REQUESTS} requests")
+    trace = tuple(trace_request_from_pb(t, m.duration_s) for t in m.trace)
+    if len({t.request_id for t in trace}) != len(trace):
+        raise WireError("trace request ids (app/index) must be unique")
     return WorkloadRun(
         trial_id=m.trial_id,
         duration_s=m.duration_s,
         seed=m.seed,
         sample_interval_s=m.sample_interval_s or 0.25,
+        trace=trace,
+        drain_s=m.drain_s or 30.0,
     )
 
 
@@ -365,6 +418,8 @@ def record_to_pb(r: RequestRecord) -> pb.RequestRecord:
         prompt_tokens=r.prompt_tokens,
         submit_ns=r.submit_ns,
         scheduled_ns=r.scheduled_ns,
+        sent_ns=r.sent_ns,
+        end_ns=r.end_ns,
         token_ns=r.token_ns,
         cold_start_s=r.cold_start_s,
         turn=r.turn,
@@ -380,6 +435,8 @@ def record_from_pb(m: pb.RequestRecord) -> RequestRecord:
         prompt_tokens=m.prompt_tokens,
         submit_ns=m.submit_ns,
         scheduled_ns=m.scheduled_ns,
+        sent_ns=m.sent_ns,
+        end_ns=m.end_ns,
         token_ns=list(m.token_ns),
         error=m.error,
         cold_start_s=m.cold_start_s,

@@ -184,7 +184,7 @@ def test_deploy_and_run_workload_streams_well_formed_records(agent):
     assert len(chat) == 4 and [r.turn for r in chat] == [0, 1, 2, 3]
     assert any(r.app == "keyboard" for r in records)
     for r in records:
-        assert r.request_id.startswith("trial-1/")
+        assert r.request_id.startswith(f"{r.app}/")  # the trace's id: <app>/<index>
         if r.status is RequestStatus.OK:
             expected = 4 if r.app == "keyboard" else 8
             assert r.output_tokens == expected

@@ -1,13 +1,12 @@
 """App workload generators driven against the real tiny engine, in-process."""
 
-import random
 import threading
 import time
 
 import pytest
 import torch
 
-from agents.apps.workload import ServeResult, local_serve, poisson_arrivals_ns, run_app
+from agents.apps.workload import ServeResult, local_serve, run_app
 from agents.llm.weights import random_model
 from fleet.records import (
     NS_PER_S,
@@ -18,6 +17,7 @@ from fleet.records import (
     WorkloadRun,
 )
 from fleet.shapes import ModelArgs
+from fleet.traces import generate_trace
 
 
 @pytest.fixture(scope="module")
@@ -25,12 +25,12 @@ def serve():
     return local_serve(random_model(ModelArgs.from_name("tiny"), torch.float32, 0))
 
 
-def test_poisson_arrivals_have_the_configured_rate_and_are_seeded():
+def test_poisson_trace_has_the_configured_rate_and_is_seeded():
     app = AppWorkload("kb", ArrivalPattern.POISSON, rate_per_s=50.0, burst_size=2)
-    a = poisson_arrivals_ns(app, 0, 100.0, random.Random(1))
-    b = poisson_arrivals_ns(app, 0, 100.0, random.Random(1))
-    assert a == b
-    assert a == sorted(a) and a[-1] < 100 * NS_PER_S
+    a = [t.at_s for t in generate_trace(app, 100.0, seed=1)]
+    assert a == [t.at_s for t in generate_trace(app, 100.0, seed=1)]
+    assert a != [t.at_s for t in generate_trace(app, 100.0, seed=2)]
+    assert a == sorted(a) and a[-1] < 100
     assert a[0::2] == a[1::2]  # bursts of two at the same instant
     assert 4500 < len(a) / 2 < 5500  # 50/s for 100 s
 
@@ -89,34 +89,106 @@ def test_multi_turn_context_restarts_when_the_window_is_full(serve):
     assert max(r.prompt_tokens + r.output_tokens for r in records) <= 128
 
 
-def test_open_loop_keeps_scheduled_submit_times_and_cancels_leftovers():
-    """A slow server makes arrivals queue: queue wait grows, nothing is dropped silently."""
+def _burst_app(k: int, **kw) -> AppWorkload:
+    return AppWorkload(
+        "kb",
+        ArrivalPattern.POISSON,
+        rate_per_s=1.0,
+        burst_size=k,
+        prompt_tokens=4,
+        output_tokens=3,
+        max_requests=k,  # one burst
+        **kw,
+    )
+
+
+def test_a_burst_of_k_arrivals_is_k_requests_outstanding_at_once():
+    """Open loop: every arrival is sent at its time, whatever is still outstanding."""
+    lock, active, peak = threading.Lock(), [0], [0]
 
     def slow(call, on_token, should_stop):
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        time.sleep(0.3)
         for i in range(call.output_tokens):
-            time.sleep(0.05)
             on_token(i)
+        with lock:
+            active[0] -= 1
         return ServeResult(list(range(call.output_tokens)))
 
-    app = AppWorkload(
-        "kb", ArrivalPattern.POISSON, rate_per_s=40.0, prompt_tokens=4, output_tokens=2
-    )
     records = []
     run_app(
-        app,
-        WorkloadRun("t", 1.0, seed=3),
+        _burst_app(4),
+        WorkloadRun("t", 10.0, seed=1),
         serve=slow,
         emit=records.append,
         vocab_size=256,
         max_context=64,
     )
-    expected = poisson_arrivals_ns(app, 0, 1.0, random.Random("3:kb"))
-    assert len(records) == len(expected)  # every arrival is a record, served or not
+    assert peak[0] == 4 and len(records) == 4
+    assert len({r.submit_ns for r in records}) == 1  # one arrival instant
+    assert sorted(r.request_id for r in records) == [f"kb/{i}" for i in range(4)]
+    for r in records:
+        assert r.status is RequestStatus.OK
+        assert 0 <= r.app_delay_s < 0.2  # sent at its arrival, not after the others
+        assert r.submit_ns <= r.sent_ns <= r.scheduled_ns <= r.first_token_ns <= r.end_ns
+
+
+def test_arrivals_over_the_outstanding_cap_are_dropped_and_recorded():
+    def slow(call, on_token, should_stop):
+        time.sleep(0.3)
+        for i in range(call.output_tokens):
+            on_token(i)
+        return ServeResult(list(range(call.output_tokens)))
+
+    records = []
+    run_app(
+        _burst_app(5, max_outstanding=2),
+        WorkloadRun("t", 10.0, seed=1),
+        serve=slow,
+        emit=records.append,
+        vocab_size=256,
+        max_context=64,
+    )
+    by = {s: [r for r in records if r.status is s] for s in RequestStatus}
+    assert len(by[RequestStatus.OK]) == 2 and len(by[RequestStatus.DROPPED]) == 3
+    assert all(r.sent_ns == 0 and r.output_tokens == 0 for r in by[RequestStatus.DROPPED])
+
+
+def test_open_loop_queues_at_the_model_and_cancels_what_the_drain_leaves():
+    """A model serving one request at a time: arrivals queue there (queue wait, not app delay);
+    after the duration and the drain, the rest are cancelled with the time they waited."""
+    gate = threading.Lock()
+
+    def serial(call, on_token, should_stop):
+        with gate:
+            scheduled = time.monotonic_ns()
+            out = []
+            for i in range(call.output_tokens):
+                if should_stop():
+                    break
+                time.sleep(0.05)
+                on_token(i)
+                out.append(i)
+        return ServeResult(out, scheduled_ns=scheduled)
+
+    app = AppWorkload(
+        "kb", ArrivalPattern.POISSON, rate_per_s=40.0, prompt_tokens=4, output_tokens=2
+    )
+    run = WorkloadRun("t", 1.0, seed=3, drain_s=0.5)
+    records = []
+    run_app(app, run, serve=serial, emit=records.append, vocab_size=256, max_context=64)
+    trace = generate_trace(app, 1.0, seed=3)
+    assert sorted(r.request_id for r in records) == sorted(t.request_id for t in trace)
     ok = [r for r in records if r.status is RequestStatus.OK]
     cancelled = [r for r in records if r.status is RequestStatus.CANCELLED]
-    assert ok and cancelled
-    assert max(r.queue_wait_s for r in ok) > 0.2  # ~10/s served vs 40/s offered
-    assert all(r.error == "workload ended before it was scheduled" for r in cancelled)
+    assert ok and cancelled  # ~10/s served vs 40/s offered
+    assert max(r.queue_wait_s for r in ok) > 0.2
+    assert all(r.app_delay_s < 0.2 for r in records if r.sent_ns)
+    assert all(
+        r.waited_s >= 1.0 - t.at_s for r in cancelled for t in trace if t.request_id == r.request_id
+    )
 
 
 def test_stop_cancels_the_request_in_flight(serve):
@@ -215,5 +287,5 @@ def test_system_prompt_and_sessions_reach_the_model():
     # turn 2 = turn 1's prompt + its answer + 5 new tokens
     assert calls[1].prompt[:13] == calls[0].prompt and calls[1].prompt[13:15] == [0, 1]
     assert len(calls[1].prompt) == 8 + 5 + 2 + 5
-    assert {c.session for c in calls} == {"agent"}
+    assert [c.session for c in calls] == ["agent#0", "agent#0", "agent#1", "agent#1", "agent#2"]
     assert all(r.service.cached_prompt_tokens == 7 for r in records)

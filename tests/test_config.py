@@ -8,11 +8,14 @@ import pytest
 import yaml
 
 from fleet.coordinator.config import ConfigError, load_experiment, parse_experiment
-from fleet.coordinator.plan import core_domain, plan_trials
+from fleet.coordinator.plan import plan_trials
 
 MINIMAL = {
     "name": "t",
-    "phones": [{"name": "a", "kind": "virtual"}, {"name": "b", "kind": "virtual"}],
+    "phones": [
+        {"name": "a", "kind": "virtual", "cpu_threads": 1},
+        {"name": "b", "kind": "virtual", "cpu_threads": 1},
+    ],
     "models": [{"preset": "tiny"}],
     "paradigms": [{"kind": "per_app"}],
     "workloads": [
@@ -89,7 +92,7 @@ def test_missing_file_and_bad_yaml(tmp_path):
         load_experiment(bad)
 
 
-def test_plan_expands_the_grid_and_serializes_a_shared_host():
+def test_plan_expands_the_grid_repetitions_outermost():
     data = yaml.safe_load(yaml.safe_dump(MINIMAL))
     data["repetitions"] = 3
     exp = parse_experiment(data)
@@ -97,9 +100,18 @@ def test_plan_expands_the_grid_and_serializes_a_shared_host():
     assert len(trials) == 2 * 3
     assert len({t.trial_id for t in trials}) == 6
     assert [t.repetition for t in trials] == [0, 0, 1, 1, 2, 2]  # repetitions interleave
-    assert core_domain(exp, "a") == core_domain(exp, "b")  # same host: one after the other
-    shared = parse_experiment({**data, "allow_shared_cores": True})
-    assert core_domain(shared, "a") != core_domain(shared, "b")
+    assert [t.seq for t in trials] == list(range(6))
+
+
+def test_removed_and_bad_fields_name_the_fix():
+    data = yaml.safe_load(yaml.safe_dump(MINIMAL))
+    data["contention"] = {"solo_duration_s": 5}
+    with pytest.raises(ConfigError, match="solo_duration_s was removed: a solo baseline"):
+        parse_experiment(data)
+    data = yaml.safe_load(yaml.safe_dump(MINIMAL))
+    data["trial_order"] = "random"
+    with pytest.raises(ConfigError, match="trial_order"):
+        parse_experiment(data)
 
 
 def run_cli(*args, cwd):
@@ -132,7 +144,9 @@ def test_cli_missing_file_is_one_line(tmp_path):
 def test_cli_plan_lists_trials(tmp_path):
     proc = run_cli("plan", str(write(tmp_path, MINIMAL)), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.splitlines()[0].startswith("per_app.w.tiny.a.corun.r0\thost:local")
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "seq\ttrial\tphone\trequests\tduration_s"
+    assert lines[1].startswith("0\tper_app.w.tiny.") and lines[1].endswith("\t5")
 
 
 def test_a_workload_no_paradigm_can_hold_is_refused_up_front_with_the_numbers(tmp_path):
@@ -160,4 +174,4 @@ def test_apps_with_their_own_models_need_per_app(tmp_path):
     data["workloads"][0]["apps"][0].pop("model")
     proc = run_cli("plan", str(write(tmp_path, data)), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert any(line.startswith("aios-rr.w.tiny.a.corun.r0") for line in proc.stdout.splitlines())
+    assert any("\taios-rr.w.tiny.a.corun.r0\t" in line for line in proc.stdout.splitlines())

@@ -102,8 +102,8 @@ def test_every_dashboard_panel_returns_series_after_a_run(tmp_path):
         "heartbeat_s": 1,
         "sample_interval_s": 0.2,
         "phones": [
-            {"name": "phone-a", "kind": "virtual", "memory_budget_mb": 4096},
-            {"name": "phone-b", "kind": "virtual", "memory_budget_mb": 4096},
+            {"name": "phone-a", "kind": "virtual", "memory_budget_mb": 4096, "cpu_threads": 1},
+            {"name": "phone-b", "kind": "virtual", "memory_budget_mb": 4096, "cpu_threads": 1},
         ],
         "models": [{"preset": "tiny"}],
         "paradigms": [{"kind": "per_app"}, {"kind": "agent_os", "threads_per_process": 1}],

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from fleet.coordinator.config import parse_experiment
-from fleet.coordinator.plan import check_budgets, core_domain, plan_trials
+from fleet.coordinator.plan import check_budgets, check_cores, plan_trials
 from fleet.records import (
     AppWorkload,
     DeploySpec,
@@ -21,6 +21,10 @@ from fleet.sizing import BudgetError, ServingError, footprints, planned_bytes
 
 
 def experiment(**changes):
+    return parse_experiment(raw_experiment(**changes))
+
+
+def raw_experiment(**changes):
     exp = {
         "name": "c",
         "phones": [{"name": "p", "kind": "virtual", "memory_budget_mb": 4096}],
@@ -42,7 +46,7 @@ def experiment(**changes):
         ],
     }
     exp.update(changes)
-    return parse_experiment(exp)
+    return exp
 
 
 def test_plan_expands_solo_corun_and_sweep():
@@ -50,7 +54,8 @@ def test_plan_expands_solo_corun_and_sweep():
         {
             "name": "c",
             "repetitions": 2,
-            "contention": {"solo_baselines": True, "solo_duration_s": 2, "app_counts": [1, 4]},
+            "trial_order": "sequential",
+            "contention": {"solo_baselines": True, "app_counts": [1, 4]},
             "phones": [{"name": "p", "kind": "virtual"}],
             "models": [{"preset": "tiny"}],
             "paradigms": [{"kind": "per_app"}, {"kind": "slmaas"}, {"kind": "agent_os"}],
@@ -80,7 +85,7 @@ def test_plan_expands_solo_corun_and_sweep():
     assert len(trials) == 2 * 3 * (2 + 1 + 2)
     mixes = [t.mix for t in trials[:5]]
     assert mixes == ["solo:a", "solo:b", "corun", "apps:1", "apps:4"]
-    assert trials[0].duration_s == 2 and trials[2].duration_s == 5
+    assert trials[0].duration_s == trials[2].duration_s == 5  # solo replays the co-run
     sweep4 = trials[4]
     assert [a.name for a in sweep4.apps] == ["a", "b", "a-2", "b-2"]
     assert trials[5].deploy_spec().service.scheduler.value == "fcfs"
@@ -143,13 +148,112 @@ def test_check_budgets_lists_each_problem_once():
     assert check_budgets(experiment(), plan_trials(experiment())) == []
 
 
-def test_core_domains():
-    exp = experiment(
-        phones=[
-            {"name": "a", "kind": "virtual"},
-            {"name": "b", "kind": "virtual"},
-            {"name": "r", "kind": "remote", "address": "127.0.0.1:1"},
-        ]
+def test_phones_asking_for_more_cores_than_the_host_has_are_refused_with_the_numbers():
+    phones = [
+        {"name": "a", "kind": "virtual", "cpu_threads": 2},
+        {"name": "b", "kind": "virtual", "cpu_threads": 1},
+        {"name": "r", "kind": "remote", "address": "127.0.0.1:1"},  # has its own cores
+    ]
+    (problem,) = check_cores(experiment(phones=phones), host_cores=2)
+    assert "ask for 3 cores (a 2, b 1) but this host has 2" in problem
+    assert check_cores(experiment(phones=phones), host_cores=3) == []
+    assert check_cores(experiment(phones=phones, allow_shared_cores=True), host_cores=2) == []
+
+
+def test_core_allocation_is_disjoint_and_sharing_is_explicit():
+    from fleet.coordinator.phone_host import CoreError, allocate_cores
+
+    given: dict[str, tuple[int, ...]] = {}
+    given["a"], shared = allocate_cores("a", 2, [0, 1, 2, 3], given, False)
+    assert given["a"] == (0, 1) and not shared
+    given["b"], shared = allocate_cores("b", 2, [0, 1, 2, 3], given, False)
+    assert given["b"] == (2, 3) and not shared
+    with pytest.raises(CoreError, match="phone c asks for 1 cores; this host has 4"):
+        allocate_cores("c", 1, [0, 1, 2, 3], given, False)
+    cores, shared = allocate_cores("c", 1, [0, 1, 2, 3], given, True)
+    assert shared and len(cores) == 1
+    with pytest.raises(CoreError):
+        allocate_cores("d", 5, [0, 1, 2, 3], {}, True)  # more than the host has at all
+
+
+def _mixes_experiment(**changes):
+    apps = [
+        {
+            "name": "kb",
+            "arrival": {"kind": "poisson", "rate_per_s": 3, "burst_size": 2},
+            "prompt_tokens": 4,
+            "output_tokens": 2,
+        },
+        {
+            "name": "chat",
+            "arrival": {"kind": "closed_loop", "think_time_s": 0.5},
+            "prompt_tokens": 4,
+            "output_tokens": 2,
+            "multi_turn": True,
+        },
+    ]
+    return experiment(
+        repetitions=2,
+        paradigms=[{"kind": "per_app"}, {"kind": "slmaas"}],
+        contention={"solo_baselines": True, "corun": True, "app_counts": [3]},
+        workloads=[{"name": "w", "duration_s": 4, "apps": apps}],
+        **changes,
     )
-    assert core_domain(exp, "a") == core_domain(exp, "b") == "host:local"
-    assert core_domain(exp, "r") == "phone:r"
+
+
+def test_solo_baselines_replay_exactly_the_corun_requests():
+    trials = plan_trials(_mixes_experiment())
+    for rep in (0, 1):
+        for paradigm in ("per_app", "slmaas"):
+            mine = {
+                t.mix: t for t in trials if t.repetition == rep and t.paradigm.label == paradigm
+            }
+            co = mine["corun"]
+            assert co.duration_s == mine["solo:kb"].duration_s == 4
+            for app in ("kb", "chat"):
+                solo = mine[f"solo:{app}"].trace
+                assert solo == tuple(t for t in co.trace if t.app == app)  # same ids, sizes, times
+            sweep = mine["apps:3"].trace  # the third app is a renamed copy with its own requests
+            assert {t.app for t in sweep} == {"kb", "chat", "kb-2"}
+    r0 = next(t for t in trials if t.mix == "corun" and t.repetition == 0).trace
+    r1 = next(t for t in trials if t.mix == "corun" and t.repetition == 1).trace
+    assert [t.at_s for t in r0 if t.app == "kb"] != [t.at_s for t in r1 if t.app == "kb"]
+    chat = [t for t in r0 if t.app == "chat"]
+    assert [t.turn for t in chat[:3]] == [0, 1, 2] and chat[0].at_s is None
+
+
+def test_trial_order_is_shuffled_by_the_seed_within_each_repetition():
+    a = [t.trial_id for t in plan_trials(_mixes_experiment())]
+    assert a == [t.trial_id for t in plan_trials(_mixes_experiment())]  # reproducible
+    assert a != [t.trial_id for t in plan_trials(_mixes_experiment(seed=1))]
+    seq = [t.trial_id for t in plan_trials(_mixes_experiment(trial_order="sequential"))]
+    assert sorted(a) == sorted(seq) and a != seq
+    half = len(a) // 2
+    assert all(t.endswith(".r0") for t in a[:half]) and all(t.endswith(".r1") for t in a[half:])
+
+
+def test_trace_files_are_replayed_and_bad_lines_are_named(tmp_path):
+    from fleet.coordinator.config import ConfigError
+
+    (tmp_path / "kb.jsonl").write_text(
+        '{"t_s": 0.5, "prompt_tokens": 8, "output_tokens": 4}\n'
+        '{"t_s": 0.1, "prompt_tokens": 12, "output_tokens": 2, "session": "s", "turn": 0}\n'
+        '{"t_s": 9.0, "prompt_tokens": 8, "output_tokens": 4}\n'
+    )
+    app = {"name": "kb", "arrival": {"kind": "trace", "path": "kb.jsonl"}}
+    exp = parse_experiment(
+        raw_experiment(workloads=[{"name": "w", "duration_s": 5, "apps": [app]}]), base_dir=tmp_path
+    )
+    (t,) = plan_trials(exp)
+    assert [(r.at_s, r.prompt_tokens, r.session) for r in t.trace] == [
+        (0.1, 12, "s"),
+        (0.5, 8, ""),
+    ]  # sorted by time, cut at the duration
+    assert t.deploy_spec().apps[0].prompt_tokens == 12  # sized for the largest request
+    (tmp_path / "bad.jsonl").write_text('{"t_s": 0.5, "prompt_tokens": 8}\n')
+    app["arrival"]["path"] = "bad.jsonl"
+    with pytest.raises(ConfigError, match="bad.jsonl:1: missing field 'output_tokens'"):
+        parse_experiment(
+            raw_experiment(workloads=[{"name": "w", "duration_s": 5, "apps": [app]}]),
+            base_dir=tmp_path,
+        )

@@ -28,6 +28,7 @@ from fleet.records import (
     ServiceOptions,
     ServiceStats,
     Slice,
+    TraceRequest,
     TrialStatus,
     TrialSummary,
     WorkloadRun,
@@ -54,6 +55,8 @@ RECORD = RequestRecord(
     cold_start_s=1.5,
     turn=2,
     service=FACTS,
+    sent_ns=120,
+    end_ns=330,
 )
 STATS = ServiceStats(
     t_ns=5,
@@ -122,7 +125,8 @@ def test_the_record_carries_raw_timestamps_only_and_derives_the_rest():
     m = wire.record_to_pb(RECORD)
     assert not hasattr(m, "ttft_s") and not hasattr(m, "e2e_s")  # derived values left behind
     back = wire.record_from_pb(m)
-    assert back.ttft_s == pytest.approx(100e-9) and back.queue_wait_s == pytest.approx(50e-9)
+    assert back.ttft_s == pytest.approx(100e-9) and back.queue_wait_s == pytest.approx(30e-9)
+    assert back.app_delay_s == pytest.approx(20e-9) and back.waited_s == pytest.approx(230e-9)
     assert back.service == FACTS and back.waiting_s == pytest.approx((10 - 100 + 10) / 1e9)
 
 
@@ -136,7 +140,7 @@ def test_deploy_spec_keeps_every_setting_and_the_scheduler_enum():
 
 def test_describe_and_deploy_result_round_trip():
     desc = AgentDescription(
-        PhoneProfile("p", "virtual", 1 << 30, 2, "h"),
+        PhoneProfile("p", "virtual", 1 << 30, 2, "h", (0, 1)),
         (Paradigm.PER_APP, Paradigm.AGENT_OS),
         ("tiny",),
         {"torch": "2.13.0"},
@@ -183,7 +187,26 @@ def test_bad_deploy_requests_name_the_problem(mutate, reason):
         wire.deploy_from_pb(m)
 
 
-def test_bad_runs_and_calls_are_refused():
+def test_runs_carry_their_trace_and_bad_ones_are_refused():
+    trace = (
+        TraceRequest("kb", 0, 0.5, 32, 8),
+        TraceRequest("chat", 0, None, 60, 40, "chat#0", 0),  # closed loop: no arrival time
+    )
+    run = WorkloadRun("t", 10.0, 3, 0.1, trace, drain_s=5.0)
+    assert (
+        wire.run_from_pb(pb.RunWorkloadRequest.FromString(wire.run_to_pb(run).SerializeToString()))
+        == run
+    )
+    for bad, reason in (
+        (TraceRequest("kb", 0, 10.0, 32, 8), "at_s must be in"),
+        (TraceRequest("kb", 0, float("nan"), 32, 8), "at_s must be in"),
+        (TraceRequest("kb", 0, 0.5, 0, 8), "prompt_tokens must be in"),
+        (TraceRequest("", 0, 0.5, 1, 8), "without an app"),
+    ):
+        with pytest.raises(wire.WireError, match=reason):
+            wire.run_from_pb(wire.run_to_pb(WorkloadRun("t", 10.0, trace=(bad,))))
+    with pytest.raises(wire.WireError, match="unique"):
+        wire.run_from_pb(wire.run_to_pb(WorkloadRun("t", 10.0, trace=trace[:1] * 2)))
     with pytest.raises(wire.WireError, match="duration_s"):
         wire.run_from_pb(wire.run_to_pb(WorkloadRun("t", 0.0)))
     with pytest.raises(wire.WireError, match="at least one prompt token"):

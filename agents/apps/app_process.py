@@ -56,6 +56,7 @@ class ModelLink:
         self.proc = ModelProcess(Path(endpoint.socket), endpoint.own) if endpoint.own else None
         self.channel: Any = None
         self.stub: Any = None
+        self._launch_lock = threading.Lock()  # concurrent requests relaunch a killed model once
 
     def connect(self) -> None:
         from fleet.v1 import slm_service_pb2_grpc as spb_grpc
@@ -83,20 +84,23 @@ class ModelLink:
         """Relaunch a killed own model; returns the cold start paid (0 when it was running)."""
         if self.proc is None or self.proc.alive():
             return 0.0
-        ready = self._launch()
-        self.send(
-            (
-                "phone_event",
-                PhoneEvent(
-                    time.monotonic_ns(),
-                    "cold_start",
-                    self.app,
-                    "relaunch after kill",
-                    ready.weight_bytes,
-                    ready.cold_start_s,
-                ),
+        with self._launch_lock:
+            if self.proc.alive():
+                return 0.0  # another request relaunched it meanwhile (and paid the cold start)
+            ready = self._launch()
+            self.send(
+                (
+                    "phone_event",
+                    PhoneEvent(
+                        time.monotonic_ns(),
+                        "cold_start",
+                        self.app,
+                        "relaunch after kill",
+                        ready.weight_bytes,
+                        ready.cold_start_s,
+                    ),
+                )
             )
-        )
         return ready.cold_start_s
 
     def describe_failure(self, err: Any) -> str:
@@ -167,6 +171,7 @@ class AppProcess:
         self.commands: queue.Queue[tuple] = queue.Queue()
         self.stop = threading.Event()
         self._send_lock = threading.Lock()
+        self._outstanding = 0  # requests in flight (open-loop apps have several)
         self.link = ModelLink(endpoint, self.send, app.name)
 
     def send(self, msg: tuple) -> None:
@@ -191,11 +196,17 @@ class AppProcess:
     def serve(
         self, call: ServeCall, on_token: Callable[[int], None], should_stop: Callable[[], bool]
     ) -> ServeResult:
-        self.send(("busy", True))  # before a relaunch, so the LMK sees this app in use
+        with self._send_lock:  # before a relaunch, so the LMK sees this app in use
+            self._outstanding += 1
+            if self._outstanding == 1:
+                self.evt_conn.send(("busy", True))
         try:
             return self.link.serve(call, on_token, should_stop)
         finally:
-            self.send(("busy", False))
+            with self._send_lock:
+                self._outstanding -= 1
+                if self._outstanding == 0:
+                    self.evt_conn.send(("busy", False))
 
     def run_workload(self, run: WorkloadRun) -> None:
         from agents.apps.workload import run_app

@@ -40,6 +40,12 @@ class ParadigmHost(ABC):
     def __init__(self, profile: PhoneProfile):
         self.profile = profile
 
+    def threads(self, spec: DeploySpec) -> int:
+        """Torch threads of each SLM process: the phone's cores unless the spec says otherwise.
+        The same rule for every paradigm: a per-app model process, like the shared service, may
+        use all of the phone's cores (as an app's inference runtime does on a phone)."""
+        return spec.threads_per_process or self.profile.cpu_threads
+
     def plan_bytes(self, spec: DeploySpec) -> int:
         """Bytes the deployment will hold (weights + KV caches); raises BudgetError when no
         paradigm could fit it and ServingError when this paradigm cannot serve it."""

@@ -62,7 +62,7 @@ class PerAppParadigm(ParadigmHost):
         options = effective_service_options(Paradigm.PER_APP, spec.service)
 
         def endpoint(app: AppWorkload) -> ModelEndpoint:
-            own = LaunchSpec(app_model(spec, app), options, threads=spec.threads_per_process)
+            own = LaunchSpec(app_model(spec, app), options, threads=self.threads(spec))
             return ModelEndpoint(socket=str(workdir / f"{app.name}.sock"), own=own)
 
         def shape(app: AppWorkload):

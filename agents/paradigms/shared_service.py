@@ -65,7 +65,7 @@ class SharedServiceParadigm(ParadigmHost):
             LaunchSpec(
                 spec.model,
                 effective_service_options(self.paradigm, spec.service),
-                threads=spec.threads_per_process,
+                threads=self.threads(spec),
                 kv_budget_bytes=kv_budget,
                 swap_dir=str(workdir / "swap"),
             ),

@@ -95,11 +95,10 @@ def _check(exp, source: str) -> list:
 
 
 def cmd_plan(ns) -> int:
-    from fleet.coordinator.plan import core_domain
-
     exp = _load(ns.experiment)
+    print("seq\ttrial\tphone\trequests\tduration_s")
     for t in _check(exp, ns.experiment or "(embedded default)"):
-        print(f"{t.trial_id}\t{core_domain(exp, t.phone)}")
+        print(f"{t.seq}\t{t.trial_id}\t{t.phone}\t{len(t.trace)}\t{t.duration_s:g}")
     return 0
 
 
@@ -160,6 +159,7 @@ def cmd_run(ns) -> int:
 
 
 def _print_summary(run_dir: Path, console) -> None:
+    from fleet.results.report import min_n_of
     from fleet.results.store import ResultStore
     from fleet.results.summary import render, summarize
 
@@ -171,7 +171,13 @@ def _print_summary(run_dir: Path, console) -> None:
             for t in trials
             if t["summary_json"]
         }
-        render(summarize(store), trials, console, ", ".join(sorted(x for x in labels if x)))
+        render(
+            summarize(store),
+            trials,
+            console,
+            ", ".join(sorted(x for x in labels if x)),
+            min_n=min_n_of(json.loads((run_dir / "manifest.json").read_text())),
+        )
     finally:
         store.close()
 
@@ -180,13 +186,16 @@ def _print_comparison(run_dir: Path, console) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from fleet.results.report import comparison_rows, load, write_report
+    from fleet.results.report import comparison_rows, load, min_n_of, write_report
 
-    manifest, groups = load(run_dir)
-    rows = comparison_rows(groups)
+    manifest, groups, _ = load(run_dir)
+    rows = comparison_rows(groups, min_n_of(manifest))
     if rows:
         table = Table(
-            title=escape("Paradigm comparison (co-run; median [min-max] over repetitions)")
+            title=escape(
+                "Paradigm comparison (co-run, every arrival of all repetitions; "
+                "[min-max] over repetitions)"
+            )
         )
         for col in rows[0]:
             table.add_column(

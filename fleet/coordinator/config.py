@@ -14,7 +14,15 @@ from pathlib import Path
 from typing import Annotated, ClassVar, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    model_validator,
+)
 
 from fleet.records import (
     AppWorkload,
@@ -24,7 +32,9 @@ from fleet.records import (
     Paradigm,
     SchedulerPolicy,
     ServiceOptions,
+    TraceRequest,
 )
+from fleet.traces import TraceError, read_trace_file
 
 DEFAULT_EXPERIMENT = "default.yaml"
 NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"  # names end up in ids, paths and metric labels
@@ -73,7 +83,8 @@ class PerAppConfig(Strict):
     paradigm: ClassVar[Paradigm] = Paradigm.PER_APP
     kind: Literal["per_app"] = "per_app"
     name: str = Field("", pattern=r"^$|" + NAME)  # label in results (default: the kind)
-    threads_per_process: int = Field(1, gt=0)  # torch threads in each app's model process
+    # torch threads of each SLM process; unset: the phone's cores (the rule of every paradigm)
+    threads_per_process: int | None = Field(None, gt=0)
 
     @property
     def label(self) -> str:
@@ -89,7 +100,7 @@ class SlmaasConfig(Strict):
     paradigm: ClassVar[Paradigm] = Paradigm.SLMAAS
     kind: Literal["slmaas"] = "slmaas"
     name: str = Field("", pattern=r"^$|" + NAME)  # label in results (default: the kind)
-    threads_per_process: int = Field(2, gt=0)  # torch threads of the service process
+    threads_per_process: int | None = Field(None, gt=0)  # unset: the phone's cores
     max_batch_size: int = Field(8, gt=0)  # most sequences in one forward pass
     prefill_chunk_tokens: int = Field(512, gt=0)  # most prompt tokens of a sequence per step
     prefix_cache: bool = True  # reuse the KV of an app's system prompt
@@ -112,7 +123,7 @@ class AgentOsConfig(Strict):
     paradigm: ClassVar[Paradigm] = Paradigm.AGENT_OS
     kind: Literal["agent_os"] = "agent_os"
     name: str = Field("", pattern=r"^$|" + NAME)  # label in results (default: the kind)
-    threads_per_process: int = Field(2, gt=0)
+    threads_per_process: int | None = Field(None, gt=0)  # unset: the phone's cores
     scheduler: SchedulerPolicy = SchedulerPolicy.PRIORITY  # kept as this enum up to the engine
     quantum_tokens: int = Field(16, gt=0)  # round robin: decode steps per slice
     max_batch_size: int = Field(8, gt=0)
@@ -182,14 +193,49 @@ class ClosedLoopArrival(Strict):
     think_time_s: float = Field(0.0, ge=0)
 
 
-Arrival = Annotated[Union[PoissonArrival, ClosedLoopArrival], Field(discriminator="kind")]
+class TraceArrival(Strict):
+    """Open loop, replayed: arrival times, sizes and sessions from a JSONL trace file (format in
+    ``fleet/traces.py`` and the README), relative to the experiment file's folder."""
+
+    kind: Literal["trace"] = "trace"
+    path: str = Field(min_length=1)
+    _requests: tuple[TraceRequest, ...] = PrivateAttr(())
+
+    @model_validator(mode="after")
+    def _load(self, info: ValidationInfo):
+        base = Path((info.context or {}).get("base_dir", "."))
+        path = Path(self.path) if Path(self.path).is_absolute() else base / self.path
+        try:
+            self._requests = read_trace_file(path, app="")
+        except TraceError as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
+    def requests(self, app: str, duration_s: float) -> tuple[TraceRequest, ...]:
+        """The file's requests that arrive within the duration, as app ``app``'s."""
+        return tuple(
+            TraceRequest(app, r.index, r.at_s, r.prompt_tokens, r.output_tokens, r.session, r.turn)
+            for r in self._requests
+            if r.at_s is not None and r.at_s < duration_s
+        )
+
+
+Arrival = Annotated[
+    Union[PoissonArrival, ClosedLoopArrival, TraceArrival], Field(discriminator="kind")
+]
+PATTERNS = {
+    "poisson": ArrivalPattern.POISSON,
+    "closed_loop": ArrivalPattern.CLOSED_LOOP,
+    "trace": ArrivalPattern.TRACE,
+}
 
 
 class AppConfig(Strict):
     name: str = Field(pattern=NAME)
     arrival: Arrival
-    prompt_tokens: int = Field(gt=0)
-    output_tokens: int = Field(gt=0)
+    prompt_tokens: int = Field(0, ge=0)  # required, except with a trace (the trace's sizes)
+    output_tokens: int = Field(0, ge=0)
+    max_outstanding: int = Field(0, ge=0)  # open loop: requests in flight before drops (0: any)
     multi_turn: bool = False  # closed loop: each turn's prompt carries the previous turns
     turns_per_session: int = Field(0, ge=0)  # multi-turn: a new conversation/task after N turns
     system_prompt_tokens: int = Field(0, ge=0)  # a fixed prefix of every prompt of the app
@@ -199,21 +245,28 @@ class AppConfig(Strict):
     model: ModelConfig | None = None  # per-app only: this app ships its own, different model
 
     @model_validator(mode="after")
-    def _multi_turn_is_closed_loop(self):
+    def _consistent(self):
         if self.multi_turn and self.arrival.kind != "closed_loop":
-            raise ValueError("multi_turn needs closed_loop arrivals")
+            raise ValueError("multi_turn needs closed_loop arrivals (a trace has sessions)")
+        if self.arrival.kind != "trace" and (self.prompt_tokens < 1 or self.output_tokens < 1):
+            raise ValueError("prompt_tokens and output_tokens must be >= 1")
         return self
 
     def workload(self) -> AppWorkload:
         a = self.arrival
+        prompt, output = self.prompt_tokens, self.output_tokens
+        if isinstance(a, TraceArrival):  # size the model for the trace's largest request
+            reqs = a.requests(self.name, float("inf"))
+            prompt = max(prompt, *(r.prompt_tokens for r in reqs))
+            output = max(output, *(r.output_tokens for r in reqs))
         return AppWorkload(
             name=self.name,
-            pattern=ArrivalPattern.POISSON if a.kind == "poisson" else ArrivalPattern.CLOSED_LOOP,
+            pattern=PATTERNS[a.kind],
             rate_per_s=getattr(a, "rate_per_s", 0.0),
             burst_size=getattr(a, "burst_size", 1),
             think_time_s=getattr(a, "think_time_s", 0.0),
-            prompt_tokens=self.prompt_tokens,
-            output_tokens=self.output_tokens,
+            prompt_tokens=prompt,
+            output_tokens=output,
             multi_turn=self.multi_turn,
             max_requests=self.max_requests,
             foreground=self.foreground,
@@ -221,6 +274,7 @@ class AppConfig(Strict):
             turns_per_session=self.turns_per_session,
             system_prompt_tokens=self.system_prompt_tokens,
             model=self.model.spec() if self.model else None,
+            max_outstanding=self.max_outstanding,
         )
 
     def renamed(self, name: str) -> AppConfig:
@@ -245,10 +299,19 @@ class WorkloadConfig(Strict):
 class ContentionConfig(Strict):
     """Which app mixes every (paradigm, workload, model, phone, repetition) runs."""
 
-    solo_baselines: bool = True  # each app alone first: the baseline of its slowdown
-    solo_duration_s: float = Field(0.0, ge=0)  # 0 = the workload's duration
+    solo_baselines: bool = True  # each app alone, replaying its co-run requests: the baseline
     corun: bool = True  # all of the workload's apps together
     app_counts: list[int] = Field(default_factory=list)  # sweep: the first k apps (cycled)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _removed(cls, data):
+        if isinstance(data, dict) and "solo_duration_s" in data:
+            raise ValueError(
+                "solo_duration_s was removed: a solo baseline now replays its app's co-run "
+                "requests over the workload's duration"
+            )
+        return data
 
     @model_validator(mode="after")
     def _positive_counts(self):
@@ -265,7 +328,12 @@ class Experiment(Strict):
     description: str = ""
     seed: int = 0  # seeds arrivals and prompts; repetition r uses seed + r
     repetitions: int = Field(1, ge=1)
-    allow_shared_cores: bool = False  # run trials of phones that share a host's cores at once
+    # phones on one host get disjoint cores; true lets them share (results are marked)
+    allow_shared_cores: bool = False
+    trial_order: Literal["shuffled", "sequential"] = "shuffled"  # within each repetition
+    cooldown_s: float = Field(0.0, ge=0, le=600)  # idle pause between a phone's trials
+    drain_s: float = Field(30.0, gt=0, le=3600)  # in-flight requests' time to finish after the end
+    min_samples: int = Field(20, ge=1)  # a statistic over fewer requests is shown as "n<20"
     sample_interval_s: float = Field(0.25, gt=0)  # memory sampler interval on the phones
     heartbeat_s: float = Field(5.0, gt=0)  # how often the coordinator health-checks each phone
     contention: ContentionConfig = Field(
@@ -300,30 +368,31 @@ def _format_errors(source: str, err: ValidationError) -> str:
     return "\n".join(lines)
 
 
-def parse_experiment(data: object, source: str = "<experiment>") -> Experiment:
+def parse_experiment(
+    data: object, source: str = "<experiment>", base_dir: Path | None = None
+) -> Experiment:
+    """Validate an experiment; trace files are read relative to ``base_dir``."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping of experiment fields at the top level")
     try:
-        return Experiment.model_validate(data)
+        return Experiment.model_validate(data, context={"base_dir": base_dir or Path.cwd()})
     except ValidationError as err:
         raise ConfigError(_format_errors(source, err)) from None
 
 
 def load_experiment(path: str | Path | None) -> Experiment:
+    experiments = resources.files("fleet.coordinator.experiments")
     if path is None:
-        text = (
-            resources.files("fleet.coordinator.experiments")
-            .joinpath(DEFAULT_EXPERIMENT)
-            .read_text()
-        )
+        text = experiments.joinpath(DEFAULT_EXPERIMENT).read_text()
         source = f"(embedded) {DEFAULT_EXPERIMENT}"
+        base = Path(str(experiments))
     else:
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"{p}: no such experiment file")
-        text, source = p.read_text(encoding="utf-8"), str(p)
+        text, source, base = p.read_text(encoding="utf-8"), str(p), p.parent
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise ConfigError(f"{source}: not valid YAML: {err}") from None
-    return parse_experiment(data, source)
+    return parse_experiment(data, source, base)

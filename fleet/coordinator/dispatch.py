@@ -1,7 +1,8 @@
 """Dispatch: runs the planned trials on their phones' host actors and stores what streams back.
 
-One thread per core domain (phones that share a host's cores run one trial at a time), each
-trial a Ray streaming generator of event batches, each batch committed as it arrives. A phone
+One thread per phone (each phone has cores of its own), its trials in the plan's order with an
+optional cooldown between them; each trial a Ray streaming generator of event batches, each batch
+committed as it arrives. A phone
 that never came up, an agent fault or a dead host actor fails that trial with the reason and the
 records already stored stay; the other trials go on.
 
@@ -11,6 +12,7 @@ records already stored stay; the other trials go on.
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 from fleet.coordinator.plan import Trial
@@ -33,6 +35,9 @@ class Dispatcher:
         phone_errors: dict[str, str],
         sample_interval_s: float,
         progress: Any = None,
+        *,
+        cooldown_s: float = 0.0,
+        drain_s: float = 30.0,
     ):
         self.store = store
         self.observer = observer
@@ -40,9 +45,11 @@ class Dispatcher:
         self.phone_errors = phone_errors  # phone -> why it did not come up
         self.sample_interval_s = sample_interval_s
         self.progress = progress  # a rich Progress, or None
+        self.cooldown_s = cooldown_s  # idle pause before each of a phone's trials but the first
+        self.drain_s = drain_s
 
     def run(self, domains: dict[str, list[Trial]]) -> dict[str, str]:
-        """Run every domain's trials, domains in parallel; returns trial_id -> status."""
+        """Run every phone's trials, phones in parallel; returns trial_id -> status."""
         statuses: dict[str, str] = {}
         threads = [
             threading.Thread(target=self._run_domain, args=(d, ts, statuses), name=f"domain-{d}")
@@ -56,7 +63,9 @@ class Dispatcher:
 
     def _run_domain(self, domain: str, trials: list[Trial], statuses: dict[str, str]) -> None:
         task = self.progress.add_task(domain, total=len(trials)) if self.progress else None
-        for trial in trials:
+        for i, trial in enumerate(trials):
+            if i and self.cooldown_s:
+                time.sleep(self.cooldown_s)
             self._advance(task, trial, 0)
             try:
                 statuses[trial.trial_id] = self.run_trial(trial, task)
@@ -84,7 +93,9 @@ class Dispatcher:
         status, reason, summary = TrialStatus.FAILED, "no result", None
         try:
             stream = self.hosts[trial.phone].run_trial.remote(
-                trial.phone, trial.deploy_spec(), trial.workload_run(self.sample_interval_s)
+                trial.phone,
+                trial.deploy_spec(),
+                trial.workload_run(self.sample_interval_s, self.drain_s),
             )
             for ref in stream:
                 kind, payload = ray.get(ref)

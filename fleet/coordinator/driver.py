@@ -3,9 +3,10 @@ the dispatcher and keeps the run's records, manifest and observability.
 
 One ``PhoneHost`` actor per host holds that host's phones: the local fleet's virtual phones are
 started by the actor on the driver's node; a virtual phone with ``host: <ip>`` gets an actor
-pinned to that Ray node. Trials of phones that share a host's cores run one after another unless
-the experiment allows sharing (and then every trial row says so). A phone that fails marks its
-trials failed with the reason; the rest of the experiment goes on.
+pinned to that Ray node. Each virtual phone gets cores of its own on its host (the host refuses a
+phone it has no cores left for, unless the experiment allows sharing, and then the phone's trial
+rows say so), so every phone runs its trials, in the plan's order, at the same time as the
+others. A phone that fails marks its trials failed with the reason; the rest goes on.
 
     result = Coordinator(experiment, runs_dir=Path("runs")).run()
 """
@@ -23,7 +24,7 @@ from fleet.coordinator.config import Experiment, RemotePhone, VirtualPhone
 from fleet.coordinator.dispatch import Dispatcher, reason_of
 from fleet.coordinator.manifest import Manifest
 from fleet.coordinator.phone_host import PhoneHost
-from fleet.coordinator.plan import Trial, core_domain, plan_trials
+from fleet.coordinator.plan import Trial, plan_trials
 from fleet.observe.run_observer import RunObserver
 from fleet.records import AgentDescription, TrialStatus
 from fleet.results.store import ResultStore
@@ -44,6 +45,27 @@ class RunResult:
         return self.num_trials - sum(
             s == TrialStatus.COMPLETED.value for s in self.statuses.values()
         )
+
+
+def method_of(exp: Experiment) -> dict[str, Any]:
+    """How the run measures, for the manifest and the report: order, pauses, threads, n."""
+    threads = {
+        p.label: (
+            f"{p.threads_per_process} per SLM process (set in the experiment)"
+            if p.threads_per_process
+            else "the phone's cores, per SLM process"
+        )
+        for p in exp.paradigms
+    }
+    return {
+        "trial_order": exp.trial_order,
+        "cooldown_s": exp.cooldown_s,
+        "drain_s": exp.drain_s,
+        "min_samples": exp.min_samples,
+        "threads": threads,
+        "cores": "each virtual phone's processes pinned to cores of its own (sched_setaffinity)",
+        "requests": "one trace per (workload, repetition); solo baselines replay it",
+    }
 
 
 def new_run_id(name: str) -> str:
@@ -116,18 +138,21 @@ class Coordinator:
         self._hosts[host] = actor
         return actor
 
-    def _connect(self, phone: VirtualPhone | RemotePhone, actor: Any) -> str:
-        """Start or reach the phone's agent through its host actor; returns its address."""
+    def _connect(self, phone: VirtualPhone | RemotePhone, actor: Any) -> dict:
+        """Start or reach the phone's agent through its host actor; returns its address and,
+        for a virtual phone, its cores."""
         import ray
 
         if isinstance(phone, VirtualPhone):
-            return str(ray.get(actor.start_virtual_phone.remote(phone))["address"])
+            return dict(
+                ray.get(actor.start_virtual_phone.remote(phone, self.exp.allow_shared_cores))
+            )
         token = os.environ.get(phone.token_env, "")
         if not token:
             raise RuntimeError(f"${phone.token_env} is not set (token for {phone.name})")
         cert = Path(phone.tls_ca_file).read_bytes() if phone.tls_ca_file else None
         ray.get(actor.connect.remote(phone.name, phone.address, token, cert))
-        return phone.address
+        return {"address": phone.address}
 
     def _bring_up(self, phone: VirtualPhone | RemotePhone) -> None:
         import ray
@@ -136,7 +161,8 @@ class Coordinator:
         self._phone_host[phone.name] = host
         try:
             actor = self._host_actor(host)
-            address = self._connect(phone, actor)
+            started = self._connect(phone, actor)
+            address = started["address"]
             desc: AgentDescription = ray.get(actor.describe.remote(phone.name))
         except Exception as exc:  # a phone that cannot come up fails its trials, not the run
             reason = f"phone {phone.name} did not come up: {reason_of(exc)}"
@@ -160,6 +186,7 @@ class Coordinator:
         elif desc.metrics_port:
             metrics_address = f"{address.rsplit(':', 1)[0]}:{desc.metrics_port}"
         self.observer.phone_up(phone.name, metrics_address)
+        cpus, shared = tuple(started.get("cpus", ())), bool(started.get("shared"))
         self.store.upsert_phone(
             phone.name,
             kind=phone.kind,
@@ -168,11 +195,20 @@ class Coordinator:
             host=host,
             status="up",
             describe=desc,
+            cpus=cpus,
+            shared_cores=shared,
         )
+        if shared:
+            self.manifest.data["notes"].append(
+                f"phone {phone.name} shares cores {list(cpus)} with other phones "
+                "(allow_shared_cores): its latencies include their contention"
+            )
         self.manifest.data["phones"][phone.name] = {
             "status": "up",
             "address": address,
             "agent_pid": desc.agent_pid,
+            "cpus": list(cpus),
+            "shared_cores": shared,
             "describe": asdict(desc),
         }
 
@@ -217,12 +253,10 @@ class Coordinator:
                 shared_cores=self.exp.allow_shared_cores,
                 mix=t.mix,
                 apps=spec.apps,
+                seq=t.seq,
+                trace=t.trace,
             )
-        if self.exp.allow_shared_cores:
-            self.manifest.data["notes"].append(
-                "allow_shared_cores: trials of phones on one host ran at once and shared its "
-                "cores; their latencies include that contention"
-            )
+        self.manifest.data["method"] = method_of(self.exp)
         git = str(self.manifest.data["git"].get("commit", ""))
         self.observer = RunObserver(
             self.run_dir,
@@ -247,9 +281,9 @@ class Coordinator:
                 self._bring_up(phone)
             self.manifest.write()
             self.observer.start_heartbeat(self._live_phones, self._health, self.exp.heartbeat_s)
-            domains: dict[str, list[Trial]] = {}
-            for t in trials:
-                domains.setdefault(core_domain(self.exp, t.phone), []).append(t)
+            by_phone: dict[str, list[Trial]] = {}
+            for t in trials:  # in the plan's order
+                by_phone.setdefault(t.phone, []).append(t)
             hosts = {p: self._hosts[h] for p, h in self._phone_host.items() if h in self._hosts}
             statuses = Dispatcher(
                 self.store,
@@ -258,7 +292,9 @@ class Coordinator:
                 self._phone_error,
                 self.exp.sample_interval_s,
                 self.progress,
-            ).run(domains)
+                cooldown_s=self.exp.cooldown_s,
+                drain_s=self.exp.drain_s,
+            ).run(by_phone)
             self.manifest.update(status="finished")
         except BaseException:
             self.manifest.update(status="aborted")

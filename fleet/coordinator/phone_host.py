@@ -4,10 +4,14 @@ client, and runs trials on them as streams of event batches.
 A plain class: the coordinator wraps it with ``ray.remote`` at the edge and places one per host,
 so a lab host's actor runs next to the phones plugged into it, and unit tests need no Ray.
 Virtual phones are real ``fleet-agent`` processes; each is started with a pipe on its stdin and
-exits when the pipe closes, so no agent outlives the host that started it.
+exits when the pipe closes, so no agent outlives the host that started it. Each gets cores of its
+own: the host hands out disjoint sets of its cores (``cpu_threads`` each) and the agent pins
+itself and every process it starts to them, so phones on one host never share a core and may run
+trials at the same time. A phone that asks for more cores than are left is refused with the
+numbers, unless the experiment allows sharing (then it gets cores already given, and says so).
 
     host = PhoneHost(token)
-    host.start_virtual_phone(VirtualPhone(name="phone-a"))  # -> {"address": ..., "pid": ...}
+    host.start_virtual_phone(VirtualPhone(name="phone-a"))  # -> {"address", "pid", "cpus", ...}
     for kind, payload in host.run_trial("phone-a", deploy_spec, workload_run): ...
 """
 
@@ -29,11 +33,40 @@ BATCH_INTERVAL_S = 0.2  # ship at least this often while events flow
 BATCH_MAX = 256
 
 
+class CoreError(RuntimeError):
+    """A phone asked for more cores than its host has left."""
+
+
+def allocate_cores(
+    name: str, want: int, host_cores: list[int], given: dict[str, tuple[int, ...]], shared: bool
+) -> tuple[tuple[int, ...], bool]:
+    """(cores, shares_cores) for a phone wanting ``want`` cores; raises CoreError."""
+    taken = {c for cs in given.values() for c in cs}
+    free = [c for c in host_cores if c not in taken]
+    if want <= len(free):
+        return tuple(free[:want]), False
+    others = ", ".join(f"{p} {_fmt_cores(cs)}" for p, cs in sorted(given.items())) or "none"
+    if want > len(host_cores) or not shared:
+        raise CoreError(
+            f"phone {name} asks for {want} cores; this host has {len(host_cores)} "
+            f"({_fmt_cores(host_cores)}), {len(free)} not given to other phones (given: {others}). "
+            "Lower cpu_threads, or set allow_shared_cores: true to let phones share cores "
+            "(their results are then marked shared)"
+        )
+    used = [c for c in host_cores if c in taken]
+    return tuple(sorted(free + used[: want - len(free)])), True
+
+
+def _fmt_cores(cores) -> str:
+    return "cores " + ",".join(str(c) for c in cores) if cores else "no cores"
+
+
 class PhoneHost:
     def __init__(self, token: str):
         self._token = token
         self._clients: dict[str, AgentClient] = {}
         self._procs: dict[str, subprocess.Popen] = {}
+        self._cores: dict[str, tuple[int, ...]] = {}  # virtual phone -> its cores
         self._lock = threading.Lock()
 
     def node_ip(self) -> str:
@@ -44,8 +77,26 @@ class PhoneHost:
         except Exception:  # outside Ray
             return "127.0.0.1"
 
-    def start_virtual_phone(self, phone) -> dict:
-        """Start ``fleet-agent`` for a VirtualPhone config; returns its address and pid."""
+    def start_virtual_phone(self, phone, allow_shared_cores: bool = False) -> dict:
+        """Start ``fleet-agent`` for a VirtualPhone config on cores of its own; returns its
+        address, pid, cores and whether it shares them. Raises CoreError when none are left."""
+        with self._lock:
+            cpus, shared = allocate_cores(
+                phone.name,
+                phone.cpu_threads,
+                sorted(os.sched_getaffinity(0)),
+                self._cores,
+                allow_shared_cores,
+            )
+            self._cores[phone.name] = cpus
+        try:
+            return self._start_agent(phone, cpus) | {"cpus": list(cpus), "shared": shared}
+        except BaseException:
+            with self._lock:
+                self._cores.pop(phone.name, None)
+            raise
+
+    def _start_agent(self, phone, cpus: tuple[int, ...]) -> dict:
         cmd = [
             sys.executable,
             "-m",
@@ -56,6 +107,8 @@ class PhoneHost:
             str(phone.memory_budget_mb),
             "--cpu-threads",
             str(phone.cpu_threads),
+            "--cpus",
+            ",".join(str(c) for c in cpus),
             "--host",
             "127.0.0.1",
             "--port",
@@ -139,6 +192,7 @@ class PhoneHost:
         with self._lock:
             client = self._clients.pop(name, None)
             proc = self._procs.pop(name, None)
+            self._cores.pop(name, None)
         if client:
             client.close()
         if proc and proc.poll() is None:

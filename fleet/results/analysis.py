@@ -1,11 +1,20 @@
 """Contention analysis, recomputed from a run's store: how the paradigms compare.
 
-For each (phone, paradigm, model, workload): per app, the slowdown of p50 and p99 TTFT and e2e
-when co-running against running solo (same repetition); across apps, Jain's fairness index over
-the TTFT slowdowns, SLO attainment, LMK kills, cold starts, context swaps, aggregate output
-tokens/s and peak memory; the app-count sweep; memory over time. Every figure is a ``Spread``
-over repetitions (median, min, max, n): one run is not a result. Each app's priority and SLO are
-read from the trial it ran in (the store's ``trial_apps``).
+For each (phone, paradigm, model, workload), over the completed trials of every repetition:
+
+- per app, over every co-run arrival (``fleet.results.stats``: censored, nothing dropped): how
+  the arrivals ended, TTFT and e2e percentiles, SLO attainment, and the slowdown of p50/p99 TTFT
+  and e2e against its solo baseline. The baseline replays the same requests (same ids), so each
+  slowdown compares the same requests: a closed-loop app that reached fewer requests in the
+  co-run is compared on those. Slowdowns carry a 95% bootstrap confidence interval (requests
+  resampled in pairs) and their spread over repetitions;
+- across apps: Jain's fairness index over the p50 TTFT slowdowns of apps measured on both sides
+  (apps without a baseline, and apps never served in the co-run, are named, not averaged in);
+  foreground p50 TTFT; SLO attainment over all arrivals of apps with an SLO; throughput, memory,
+  kills, cold starts and context restores per co-run trial, spread over repetitions;
+- the app-count sweep, and memory over time of every co-run with its kills.
+
+Each app's priority and SLO are read from the trial it ran in (the store's ``trial_apps``).
 
     result = analyze(store)          # -> list[GroupResult]
 """
@@ -14,15 +23,28 @@ from __future__ import annotations
 
 import json
 import math
-import statistics
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from fleet.results.stats import Spread, jain_index, percentile
+import numpy as np
+
+from fleet.results.stats import Estimate, Observed, Outcomes, Spread, jain_index, slowdown
 from fleet.results.store import CORUN, ResultStore, solo_mix
 
 __all__ = ["AppResult", "GroupResult", "Spread", "analyze", "jain_index"]
+
+Row = Any  # a sqlite3.Row
+SLOWDOWNS = (("ttft", 50), ("ttft", 99), ("e2e", 50), ("e2e", 99))
+# metric -> (column, exact only for a request served whole)
+METRICS = {"ttft": ("ttft_s", False), "e2e": ("e2e_s", True), "itl": ("itl_s", False)}
+
+
+@dataclass
+class Slowdown:
+    estimate: Estimate  # co-run / solo percentile of the same requests, pooled over repetitions
+    ci: tuple[float, float]  # 95% bootstrap confidence interval
+    by_rep: Spread  # the same ratio per repetition
 
 
 @dataclass
@@ -30,16 +52,22 @@ class AppResult:
     app: str
     foreground: bool
     slo_ttft_s: float
-    solo_ttft_p50_s: Spread
-    corun_ttft_p50_s: Spread
-    corun_ttft_p99_s: Spread
-    slowdown_ttft_p50: Spread
-    slowdown_ttft_p99: Spread
-    slowdown_e2e_p50: Spread
-    slowdown_e2e_p99: Spread
-    slo_attainment: Spread
-    waiting_p50_s: Spread  # time not running on the model (before and between slices)
-    ttft_samples_s: list[float]  # every ok co-run request, for distributions
+    outcomes: Outcomes  # co-run arrivals, all repetitions
+    solo_outcomes: Outcomes
+    has_baseline: bool
+    ttft_p50: Estimate
+    ttft_p99: Estimate
+    e2e_p50: Estimate
+    e2e_p99: Estimate
+    itl_p50: Estimate  # served requests (an inter-token gap needs two tokens)
+    solo_ttft_p50: Estimate  # the baseline of the same requests
+    ttft_p50_by_rep: Spread
+    slowdowns: dict[str, Slowdown]  # "ttft_p50", "ttft_p99", "e2e_p50", "e2e_p99"
+    slo: Estimate  # share of all arrivals within the SLO (NaN without an SLO)
+    slo_by_rep: Spread
+    app_delay_p50: Estimate  # served: arrival -> sent, inside the app
+    queue_wait_p50: Estimate  # served: sent -> first scheduled on the model
+    observed: dict[tuple[str, str], Observed] = field(default_factory=dict)  # (metric, side)
 
 
 @dataclass
@@ -49,8 +77,11 @@ class GroupResult:
     model: str
     workload: str
     apps: list[AppResult]
-    fairness: Spread
-    slo_attainment: Spread  # mean over apps (with an SLO) of each app's attainment
+    outcomes: Outcomes  # every co-run arrival
+    fairness: Estimate  # Jain over pooled slowdowns; n = apps counted
+    fairness_by_rep: Spread
+    fg_ttft_p50: Estimate  # every foreground app's co-run arrivals
+    slo: Estimate  # every arrival of the apps with an SLO
     tokens_per_s: Spread
     peak_pss_bytes: Spread
     kills: Spread
@@ -58,22 +89,16 @@ class GroupResult:
     swaps: Spread  # swap-ins + recomputes: contexts made usable again
     context_switch_s: Spread
     mean_batch_size: Spread
-    foreground_ttft_p50_s: Spread  # p50 over all foreground apps' requests, per co-run
-    starved_apps: list[str] = field(default_factory=list)  # served alone, never in the co-run
-    # app count -> {"peak_pss_bytes", "ttft_p50_s", "kills"}: solo (1), co-run and sweep trials
-    by_app_count: dict[int, dict[str, Spread]] = field(default_factory=dict)
-    memory_timeline: list[tuple[float, int]] = field(default_factory=list)  # (s, summed PSS)
-
-
-def _p(values, q):
-    return percentile(values, q) if values else math.nan
-
-
-def _ratio(a: float, b: float) -> float:
-    return a / b if b and not math.isnan(a) and not math.isnan(b) else math.nan
-
-
-Row = Any  # a sqlite3.Row
+    no_baseline: list[str] = field(default_factory=list)  # in the co-run, never measured alone
+    starved: list[str] = field(default_factory=list)  # measured alone, never served co-running
+    # app count -> {"peak_pss_bytes", "tokens_per_s", "kills": Spread; "ttft_p50": Estimate;
+    # "outcomes": Outcomes}: solo (1), co-run and sweep trials
+    by_app_count: dict[int, dict[str, Any]] = field(default_factory=dict)
+    # every co-run: (repetition, [(s, summed PSS)], [(s, killed app)])
+    memory: list[tuple[int, list[tuple[float, int]], list[tuple[float, str]]]] = field(
+        default_factory=list
+    )
+    budget_bytes: int = 0
 
 
 @dataclass
@@ -102,14 +127,15 @@ class RunData:
                 t["trial_id"]: dict(t)
                 for t in store.query(
                     "SELECT trial_id, phone, paradigm, model, workload, repetition, mix, num_apps, "
-                    "status, summary_json FROM trials"
+                    "status, reason, summary_json, deploy_json FROM trials"
                 )
             },
             requests=by_trial(
-                "SELECT trial_id, app, status, ttft_s, e2e_s, output_tokens, "
-                "waiting_s FROM requests"
+                "SELECT trial_id, request_id, app, status, ttft_s, e2e_s, itl_s, output_tokens, "
+                "waited_s, app_delay_s, queue_wait_s, submit_ns FROM requests "
+                "ORDER BY trial_id, app, request_id"
             ),
-            events=by_trial("SELECT trial_id, kind, app, detail, duration_s FROM events"),
+            events=by_trial("SELECT trial_id, t_ns, kind, app, detail, duration_s FROM events"),
             stats=by_trial("SELECT trial_id, mean_batch_size FROM service_stats ORDER BY t_ns"),
             apps=apps,
         )
@@ -132,25 +158,29 @@ def analyze(store: ResultStore) -> list[GroupResult]:
     return [_group(key, ts, data, store) for key, ts in sorted(groups.items())]
 
 
-def _latency(rs, app=None):
-    ok = [r for r in rs if r["status"] == "ok" and (app is None or r["app"] == app)]
-    ttft = [r["ttft_s"] for r in ok]
-    e2e = [r["e2e_s"] for r in ok]
-    return {
-        "ttft_p50": _p(ttft, 50),
-        "ttft_p99": _p(ttft, 99),
-        "e2e_p50": _p(e2e, 50),
-        "e2e_p99": _p(e2e, 99),
-        "ttft": ttft,
-    }
+def _served_median(rows: list[Row], column: str) -> Estimate:
+    xs = [r[column] for r in rows if r["status"] == "ok" and r[column] is not None]
+    return Observed(np.asarray(xs, dtype=float), np.ones(len(xs), dtype=bool)).quantile(50)
 
 
-def _slo(rs, app, slo_s):
-    mine = [r for r in rs if r["app"] == app]
-    if not slo_s or not mine:
-        return math.nan
-    met = sum(1 for r in mine if r["status"] == "ok" and r["ttft_s"] <= slo_s)
-    return met / len(mine)  # unserved and failed requests miss their SLO
+def _matched(co: list[Row], solo: list[Row]) -> tuple[list[Row], list[Row]]:
+    """The requests both trials had (same ids), in the same order."""
+    by_id = {r["request_id"]: r for r in solo}
+    pairs = [(r, by_id[r["request_id"]]) for r in co if r["request_id"] in by_id]
+    return [a for a, _ in pairs], [b for _, b in pairs]
+
+
+def _observed(rows: list[Row], metric: str) -> Observed:
+    column, whole = METRICS[metric]
+    return Observed.of(rows, column, whole)
+
+
+def _concat(parts: list[Observed]) -> Observed:
+    if not parts:
+        return Observed(np.zeros(0), np.zeros(0, dtype=bool))
+    return Observed(
+        np.concatenate([p.values for p in parts]), np.concatenate([p.exact for p in parts])
+    )
 
 
 def _app_result(
@@ -159,68 +189,89 @@ def _app_result(
     by_rep_mix: dict,
     reps: list[int],
     data: RunData,
-    slowdowns_by_rep: dict[int, list[float]],
+    per_rep_slowdown: dict[int, dict[str, float]],
 ) -> AppResult:
-    """One app's figures over the repetitions; appends its TTFT slowdown per repetition."""
     foreground, slo_s = data.app_config(ts, name)
-    rows: dict[str, list[float]] = defaultdict(list)
-    samples: list[float] = []
+    co_rows: list[Row] = []
+    solo_rows: list[Row] = []
+    pairs: dict[str, list[tuple[Observed, Observed]]] = defaultdict(list)
+    by_rep: dict[str, list[float]] = defaultdict(list)
+    has_baseline = False
     for rep in reps:
         co, solo = by_rep_mix.get((rep, CORUN)), by_rep_mix.get((rep, solo_mix(name)))
-        if co is None:
+        mine = [r for r in data.requests[co["trial_id"]] if r["app"] == name] if co else []
+        co_rows += mine
+        if co is not None:
+            p50 = _observed(mine, "ttft").quantile(50)
+            by_rep["ttft_p50"].append(p50.value if math.isfinite(p50.value) else math.nan)
+            if slo_s:
+                by_rep["slo"].append(_observed(mine, "ttft").within(slo_s).value)
+        if solo is None:
             continue
-        co_reqs = data.requests[co["trial_id"]]
-        c = _latency(co_reqs, name)
-        samples += c["ttft"]
-        rows["corun_p50"].append(c["ttft_p50"])
-        rows["corun_p99"].append(c["ttft_p99"])
-        rows["slo"].append(_slo(co_reqs, name, slo_s))
-        rows["waiting"].append(
-            _p(
-                [
-                    r["waiting_s"]
-                    for r in co_reqs
-                    if r["app"] == name and r["status"] == "ok" and r["waiting_s"] is not None
-                ],
-                50,
-            )
-        )
-        if solo is not None:
-            s = _latency(data.requests[solo["trial_id"]], name)
-            rows["solo_p50"].append(s["ttft_p50"])
-            for m in ("ttft_p50", "ttft_p99", "e2e_p50", "e2e_p99"):
-                rows[f"sd_{m}"].append(_ratio(c[m], s[m]))
-            slowdowns_by_rep[rep].append(_ratio(c["ttft_p50"], s["ttft_p50"]))
+        has_baseline = True
+        theirs = [r for r in data.requests[solo["trial_id"]] if r["app"] == name]
+        solo_rows += theirs
+        a, b = _matched(mine, theirs)
+        for metric, q in SLOWDOWNS:
+            pair = (_observed(a, metric), _observed(b, metric))
+            pairs[f"{metric}_p{q}"].append(pair)
+            est, _ = slowdown(*pair, q)
+            by_rep[f"sd_{metric}_p{q}"].append(est.value)
+        if co is not None:
+            per_rep_slowdown[rep][name] = by_rep["sd_ttft_p50"][-1]
+    slowdowns = {}
+    for key, parts in pairs.items():
+        q = int(key.rsplit("_p", 1)[1])
+        est, ci = slowdown(_concat([a for a, _ in parts]), _concat([b for _, b in parts]), q)
+        slowdowns[key] = Slowdown(est, ci, Spread.of(by_rep[f"sd_{key}"]))
+    co_ttft = _observed(co_rows, "ttft")
+    co_e2e = _observed(co_rows, "e2e")
+    solo_matched = _concat([b for _, b in pairs.get("ttft_p50", [])])
     return AppResult(
-        name,
-        foreground,
-        slo_s,
-        Spread.of(rows["solo_p50"]),
-        Spread.of(rows["corun_p50"]),
-        Spread.of(rows["corun_p99"]),
-        Spread.of(rows["sd_ttft_p50"]),
-        Spread.of(rows["sd_ttft_p99"]),
-        Spread.of(rows["sd_e2e_p50"]),
-        Spread.of(rows["sd_e2e_p99"]),
-        Spread.of(rows["slo"]),
-        Spread.of(rows["waiting"]),
-        samples,
+        app=name,
+        foreground=foreground,
+        slo_ttft_s=slo_s,
+        outcomes=Outcomes.of(r["status"] for r in co_rows),
+        solo_outcomes=Outcomes.of(r["status"] for r in solo_rows),
+        has_baseline=has_baseline,
+        ttft_p50=co_ttft.quantile(50),
+        ttft_p99=co_ttft.quantile(99),
+        e2e_p50=co_e2e.quantile(50),
+        e2e_p99=co_e2e.quantile(99),
+        itl_p50=_served_median(co_rows, "itl_s"),
+        solo_ttft_p50=solo_matched.quantile(50),
+        ttft_p50_by_rep=Spread.of(by_rep["ttft_p50"]),
+        slowdowns=slowdowns,
+        slo=co_ttft.within(slo_s) if slo_s else Estimate(math.nan, co_ttft.n),
+        slo_by_rep=Spread.of(by_rep["slo"]),
+        app_delay_p50=_served_median(co_rows, "app_delay_s"),
+        queue_wait_p50=_served_median(co_rows, "queue_wait_s"),
+        observed={
+            ("ttft", "corun"): co_ttft,
+            ("e2e", "corun"): co_e2e,
+            ("ttft", "solo"): _observed(solo_rows, "ttft"),
+            ("e2e", "solo"): _observed(solo_rows, "e2e"),
+            ("itl", "corun"): _observed([r for r in co_rows if r["itl_s"] is not None], "itl"),
+            ("itl", "solo"): _observed([r for r in solo_rows if r["itl_s"] is not None], "itl"),
+        },
     )
 
 
-def _corun_figures(corun: list[dict], apps: list[AppResult], data: RunData) -> dict[str, Spread]:
+def _summary(t: dict) -> dict:
+    return json.loads(t["summary_json"] or "{}")
+
+
+def _corun_figures(corun: list[dict], data: RunData) -> dict[str, Spread]:
     """Per co-run trial, then spread over repetitions: throughput, memory, kills, swaps..."""
     cols: dict[str, list[float]] = defaultdict(list)
-    foreground = {a.app for a in apps if a.foreground}
     for t in corun:
         tid = t["trial_id"]
-        summary = json.loads(t["summary_json"] or "{}")
         rs, evs = data.requests[tid], data.events[tid]
-        duration = summary.get("duration_s") or math.nan
+        duration = _summary(t).get("duration_s") or math.nan
         cols["tokens_s"].append(
             sum(r["output_tokens"] for r in rs if r["status"] == "ok") / duration
         )
-        cols["peaks"].append(summary.get("peak_pss_bytes", math.nan))
+        cols["peaks"].append(_summary(t).get("peak_pss_bytes", math.nan))
         cols["kills"].append(sum(e["kind"] == "lmk_kill" for e in evs))
         cols["colds"].append(sum(e["kind"] == "cold_start" for e in evs))
         restores = [e for e in evs if e["kind"] in ("swap_in", "recompute")]
@@ -228,27 +279,23 @@ def _corun_figures(corun: list[dict], apps: list[AppResult], data: RunData) -> d
         cols["switch_s"].extend(e["duration_s"] for e in restores)
         stats = data.stats.get(tid)  # the last statistics of a trial cover all of it
         cols["batch"].append(stats[-1]["mean_batch_size"] if stats else 1.0)
-        cols["fg"].append(
-            _p([r["ttft_s"] for r in rs if r["app"] in foreground and r["status"] == "ok"], 50)
-        )
-        mine = [
-            x
-            for x in (_slo(rs, a.app, a.slo_ttft_s) for a in apps if a.slo_ttft_s)
-            if not math.isnan(x)
-        ]
-        cols["slo"].append(statistics.mean(mine) if mine else math.nan)
     return {k: Spread.of(v) for k, v in cols.items()}
 
 
-def _by_app_count(ts: list[dict], data: RunData) -> dict[int, dict[str, Spread]]:
+def _by_app_count(ts: list[dict], data: RunData) -> dict[int, dict[str, Any]]:
     out = {}
     for k in sorted({t["num_apps"] for t in ts}):
         ks = [t for t in ts if t["num_apps"] == k]
+        rows = [r for t in ks for r in data.requests[t["trial_id"]]]
         out[k] = {
-            "peak_pss_bytes": Spread.of(
-                json.loads(t["summary_json"] or "{}").get("peak_pss_bytes", math.nan) for t in ks
+            "peak_pss_bytes": Spread.of(_summary(t).get("peak_pss_bytes", math.nan) for t in ks),
+            "tokens_per_s": Spread.of(
+                sum(r["output_tokens"] for r in data.requests[t["trial_id"]] if r["status"] == "ok")
+                / (_summary(t).get("duration_s") or math.nan)
+                for t in ks
             ),
-            "ttft_p50_s": Spread.of(_latency(data.requests[t["trial_id"]])["ttft_p50"] for t in ks),
+            "ttft_p50": _observed(rows, "ttft").quantile(50),
+            "outcomes": Outcomes.of(r["status"] for r in rows),
             "kills": Spread.of(
                 sum(e["kind"] == "lmk_kill" for e in data.events[t["trial_id"]]) for t in ks
             ),
@@ -262,20 +309,38 @@ def _group(
     by_rep_mix = {(t["repetition"], t["mix"]): t for t in ts}
     reps = sorted({t["repetition"] for t in ts})
     corun = [by_rep_mix[(r, CORUN)] for r in reps if (r, CORUN) in by_rep_mix]
-    app_names = sorted({r["app"] for t in corun for r in data.requests[t["trial_id"]]})
-    slowdowns_by_rep: dict[int, list[float]] = defaultdict(list)
-    apps = [_app_result(name, ts, by_rep_mix, reps, data, slowdowns_by_rep) for name in app_names]
-    fairness = [jain_index(sds) for sds in slowdowns_by_rep.values()]
-    # An app served solo but never in the co-run has no slowdown to put in the index; it is
-    # listed instead, so a fairness figure that left it out cannot pass for the whole story.
-    starved = [a.app for a in apps if a.solo_ttft_p50_s.n and not a.corun_ttft_p50_s.n]
-    f = defaultdict(lambda: Spread.of([]), _corun_figures(corun, apps, data))
-    timeline = _memory_timeline(store, corun[0]["trial_id"]) if corun else []
+    app_names = sorted({a for t in corun for a in data.apps.get(t["trial_id"], {})})
+    per_rep: dict[int, dict[str, float]] = defaultdict(dict)
+    apps = [_app_result(name, ts, by_rep_mix, reps, data, per_rep) for name in app_names]
+    counted: list[AppResult] = []
+    starved: list[AppResult] = []
+    for a in apps:
+        sd = a.slowdowns.get("ttft_p50")
+        if sd is None or math.isnan(sd.estimate.value):
+            continue
+        (starved if math.isinf(sd.estimate.value) else counted).append(a)
+    all_rows = [r for t in corun for r in data.requests[t["trial_id"]]]
+    fg = {a.app for a in apps if a.foreground}
+    slo_apps = [a for a in apps if a.slo_ttft_s]
+    arrivals = sum(a.slo.n for a in slo_apps)
+    met = sum(a.slo.value * a.slo.n for a in slo_apps if a.slo.n)
+    f = defaultdict(lambda: Spread.of([]), _corun_figures(corun, data))
+    budget = max(
+        (json.loads(t["deploy_json"] or "{}").get("memory_budget_bytes", 0) for t in ts), default=0
+    )
     return GroupResult(
         *key,
         apps=apps,
-        fairness=Spread.of(fairness),
-        slo_attainment=f["slo"],
+        outcomes=Outcomes.of(r["status"] for r in all_rows),
+        fairness=Estimate(
+            jain_index([a.slowdowns["ttft_p50"].estimate.value for a in counted]), len(counted)
+        ),
+        fairness_by_rep=Spread.of(
+            jain_index([v for v in sds.values() if not math.isnan(v)]) if len(sds) > 1 else math.nan
+            for sds in per_rep.values()
+        ),
+        fg_ttft_p50=_observed([r for r in all_rows if r["app"] in fg], "ttft").quantile(50),
+        slo=Estimate(met / arrivals if arrivals else math.nan, arrivals),
         tokens_per_s=f["tokens_s"],
         peak_pss_bytes=f["peaks"],
         kills=f["kills"],
@@ -283,20 +348,28 @@ def _group(
         swaps=f["swaps"],
         context_switch_s=f["switch_s"],
         mean_batch_size=f["batch"],
-        foreground_ttft_p50_s=f["fg"],
-        starved_apps=starved,
+        no_baseline=[a.app for a in apps if not a.has_baseline],
+        starved=[a.app for a in starved],
         by_app_count=_by_app_count(ts, data),
-        memory_timeline=timeline,
+        memory=[_memory(store, t, data) for t in corun],
+        budget_bytes=int(budget or 0),
     )
 
 
-def _memory_timeline(store: ResultStore, trial_id: str) -> list[tuple[float, int]]:
+def _memory(
+    store: ResultStore, t: dict, data: RunData
+) -> tuple[int, list[tuple[float, int]], list[tuple[float, str]]]:
     rows = store.query(
         "SELECT t_ns, SUM(pss_bytes) AS pss FROM samples WHERE trial_id=? "
         "GROUP BY t_ns ORDER BY t_ns",
-        (trial_id,),
+        (t["trial_id"],),
     )
     if not rows:
-        return []
+        return t["repetition"], [], []
     t0 = rows[0]["t_ns"]
-    return [((r["t_ns"] - t0) / 1e9, r["pss"]) for r in rows]
+    kills = [
+        ((e["t_ns"] - t0) / 1e9, e["app"])
+        for e in data.events[t["trial_id"]]
+        if e["kind"] == "lmk_kill"
+    ]
+    return t["repetition"], [((r["t_ns"] - t0) / 1e9, r["pss"]) for r in rows], kills

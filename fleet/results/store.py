@@ -3,9 +3,11 @@
 Append-only while a run is live: every batch of streamed records is committed as it arrives (one
 transaction, rolled back whole if any row fails), so a crash loses at most what was in flight.
 Raw timestamps are kept (token times as JSON), so every summary can be recomputed from the store
-alone; the derived columns (queue wait, TTFT, ITL, e2e, waiting) are the records' own values,
-NULL where a request never got that far. Each trial's apps (priority, SLO, arrival process) are
-stored with it, so the analysis needs nothing but this file.
+alone; the derived columns (app delay, queue wait, TTFT, ITL, e2e, waiting) are the records' own
+values, NULL where a request never got that far; ``waited_s`` is how long the app waited for it
+(the censoring time of an unserved request). Each trial's apps (priority, SLO, arrival process)
+and each repetition's trace (every request the apps were to send) are stored with the run, so
+the analysis needs nothing but this file.
 
     store = ResultStore(run_dir / "results.sqlite")
     store.add_trial(...); store.start_trial(trial_id)
@@ -32,6 +34,7 @@ from fleet.records import (
     RequestRecord,
     ResourceSample,
     ServiceStats,
+    TraceRequest,
     TrialStatus,
     TrialSummary,
 )
@@ -53,12 +56,17 @@ def count_mix(k: int) -> str:
 SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS phones (
     name TEXT PRIMARY KEY, kind TEXT, address TEXT, agent_pid INTEGER, host TEXT,
-    status TEXT, error TEXT, describe_json TEXT
+    status TEXT, error TEXT, describe_json TEXT, cpus TEXT, shared_cores INTEGER
 );
 CREATE TABLE IF NOT EXISTS trials (
     trial_id TEXT PRIMARY KEY, phone TEXT, paradigm TEXT, workload TEXT, model TEXT,
     repetition INTEGER, mix TEXT, num_apps INTEGER, status TEXT, reason TEXT, shared_cores INTEGER,
-    started_at REAL, ended_at REAL, deploy_json TEXT, summary_json TEXT
+    started_at REAL, ended_at REAL, deploy_json TEXT, summary_json TEXT, seq INTEGER
+);
+CREATE TABLE IF NOT EXISTS trace_requests (
+    repetition INTEGER, workload TEXT, app TEXT, idx INTEGER, request_id TEXT, at_s REAL,
+    prompt_tokens INTEGER, output_tokens INTEGER, session TEXT, turn INTEGER,
+    PRIMARY KEY (repetition, workload, app, idx)
 );
 CREATE TABLE IF NOT EXISTS trial_apps (
     trial_id TEXT, app TEXT, foreground INTEGER, slo_ttft_s REAL, pattern TEXT,
@@ -74,6 +82,7 @@ CREATE TABLE IF NOT EXISTS requests (
     queue_wait_s REAL, ttft_s REAL, itl_s REAL, e2e_s REAL, cold_start_s REAL, turn INTEGER,
     slices_json TEXT, context_switch_s REAL, context_switch_bytes INTEGER, context_restore TEXT,
     cached_prompt_tokens INTEGER, max_batch_size INTEGER, waiting_s REAL,
+    sent_ns INTEGER, end_ns INTEGER, app_delay_s REAL, waited_s REAL,
     PRIMARY KEY (trial_id, request_id)
 );
 CREATE TABLE IF NOT EXISTS events (
@@ -119,6 +128,10 @@ def _request_row(trial_id: str, r: RequestRecord) -> tuple[Any, ...]:
         s.cached_prompt_tokens,
         s.max_batch_size,
         lat.waiting_s,
+        r.sent_ns,
+        r.end_ns,
+        lat.app_delay_s,
+        r.waited_s,
     )
 
 
@@ -181,20 +194,27 @@ class ResultStore:
         status: str,
         error: str = "",
         describe: AgentDescription | None = None,
+        cpus: tuple[int, ...] = (),
+        shared_cores: bool = False,
     ) -> None:
-        self._write(
-            "INSERT OR REPLACE INTO phones VALUES (?,?,?,?,?,?,?,?)",
-            (
-                name,
-                kind,
-                address,
-                agent_pid,
-                host,
-                status,
-                error,
-                json.dumps(asdict(describe) if describe else {}),
-            ),
-        )
+        """A phone as it came up (or did not); its trials are marked if it shares cores."""
+        with self._transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO phones VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (
+                    name,
+                    kind,
+                    address,
+                    agent_pid,
+                    host,
+                    status,
+                    error,
+                    json.dumps(asdict(describe) if describe else {}),
+                    ",".join(map(str, cpus)),
+                    int(shared_cores),
+                ),
+            )
+            db.execute("UPDATE trials SET shared_cores=? WHERE phone=?", (int(shared_cores), name))
 
     def add_trial(
         self,
@@ -209,12 +229,15 @@ class ResultStore:
         mix: str = CORUN,
         apps: tuple[AppWorkload, ...] = (),
         num_apps: int = 0,
+        seq: int = 0,
+        trace: tuple[TraceRequest, ...] = (),
     ) -> None:
+        """A planned trial, its apps and its requests (stored once per repetition)."""
         with self._transaction() as db:
             db.execute(
                 "INSERT OR IGNORE INTO trials (trial_id, phone, paradigm, workload, model, "
-                "repetition, mix, num_apps, status, reason, shared_cores) "
-                "VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                "repetition, mix, num_apps, status, reason, shared_cores, seq) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     trial_id,
                     phone,
@@ -227,7 +250,26 @@ class ResultStore:
                     TrialStatus.PENDING.value,
                     "",
                     int(shared_cores),
+                    seq,
                 ),
+            )
+            db.executemany(
+                "INSERT OR IGNORE INTO trace_requests VALUES (?,?,?,?,?,?,?,?,?,?)",
+                [
+                    (
+                        repetition,
+                        workload,
+                        t.app,
+                        t.index,
+                        t.request_id,
+                        t.at_s,
+                        t.prompt_tokens,
+                        t.output_tokens,
+                        t.session,
+                        t.turn,
+                    )
+                    for t in trace
+                ],
             )
             db.executemany(
                 f"INSERT OR REPLACE INTO trial_apps VALUES ({','.join('?' * 14)})",
@@ -281,7 +323,7 @@ class ResultStore:
             elif isinstance(e, ServiceStats):
                 stats.append((trial_id, *(getattr(e, c) for c in STATS_COLUMNS)))
         with self._transaction() as db:
-            db.executemany(f"INSERT OR REPLACE INTO requests VALUES ({','.join('?' * 25)})", recs)
+            db.executemany(f"INSERT OR REPLACE INTO requests VALUES ({','.join('?' * 29)})", recs)
             db.executemany("INSERT INTO events VALUES (?,?,?,?,?,?,?)", phone_events)
             db.executemany("INSERT INTO samples VALUES (?,?,?,?,?,?,?)", samples)
             db.executemany(

@@ -1,16 +1,18 @@
 """The end-of-run summary, recomputed from the store: one row per (phone, paradigm, model, app)
-over the co-run trials (all apps together; solo baselines and sweeps are the report's business).
+over the co-run trials (all apps together), with the analysis's definitions (``stats.py``):
+every arrival counts, unserved ones as censored; n and the completion rate beside every figure;
+a statistic over fewer than ``min_n`` requests is shown as "n<min_n".
 
-    rows = summarize(store)          # list[SummaryRow]
-    render(rows, failed, console)    # rich table
+    rows = summarize(store)                   # list[SummaryRow]
+    render(rows, trials, console, min_n=20)   # rich table
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
-from fleet.results.stats import percentile
+from fleet.results.analysis import analyze
+from fleet.results.stats import Estimate, Outcomes
 from fleet.results.store import ResultStore
 
 
@@ -21,43 +23,17 @@ class SummaryRow:
     model: str
     app: str
     num_trials: int
-    num_requests: int
-    num_ok: int
-    ttft_p50_s: float
-    ttft_p99_s: float
-    itl_p50_s: float
-    e2e_p50_s: float
-    e2e_p99_s: float
+    outcomes: Outcomes
+    ttft_p50: Estimate
+    ttft_p99: Estimate
+    itl_p50: Estimate
+    e2e_p50: Estimate
+    e2e_p99: Estimate
     peak_pss_bytes: int
-    slo_met: float  # share of ok requests within the app's TTFT SLO (NaN without an SLO)
+    slo: Estimate  # share of all arrivals within the app's TTFT SLO (NaN without an SLO)
 
 
 def summarize(store: ResultStore) -> list[SummaryRow]:
-    groups: dict[tuple[str, str, str, str], dict] = {}
-    for r in store.query(
-        "SELECT t.phone, t.paradigm, t.model, t.trial_id, q.app, q.status, q.ttft_s, q.itl_s, "
-        "q.e2e_s, q.output_tokens, a.slo_ttft_s FROM requests q JOIN trials t USING "
-        "(trial_id) LEFT JOIN trial_apps a ON a.trial_id = q.trial_id AND a.app = q.app "
-        "WHERE t.mix = 'corun' ORDER BY t.phone, t.paradigm, t.model, q.app"
-    ):
-        g = groups.setdefault(
-            (r["phone"], r["paradigm"], r["model"], r["app"]),
-            {
-                "trials": set(),
-                "n": 0,
-                "ttft": [],
-                "itl": [],
-                "e2e": [],
-                "slo": r["slo_ttft_s"] or 0.0,
-            },
-        )
-        g["trials"].add(r["trial_id"])
-        g["n"] += 1
-        if r["status"] == "ok":
-            g["ttft"].append(r["ttft_s"])
-            g["e2e"].append(r["e2e_s"])
-            if r["output_tokens"] > 1:
-                g["itl"].append(r["itl_s"])
     peaks = {
         (r["phone"], r["paradigm"], r["model"], r["component"]): r["peak"]
         for r in store.query(
@@ -67,32 +43,40 @@ def summarize(store: ResultStore) -> list[SummaryRow]:
         )
     }
     rows = []
-    for key, g in groups.items():
-        slo = g["slo"]
-        met = (sum(t <= slo for t in g["ttft"]) / len(g["ttft"])) if slo and g["ttft"] else math.nan
-        rows.append(
-            SummaryRow(
-                *key,
-                num_trials=len(g["trials"]),
-                num_requests=g["n"],
-                num_ok=len(g["ttft"]),
-                ttft_p50_s=percentile(g["ttft"], 50),
-                ttft_p99_s=percentile(g["ttft"], 99),
-                itl_p50_s=percentile(g["itl"], 50),
-                e2e_p50_s=percentile(g["e2e"], 50),
-                e2e_p99_s=percentile(g["e2e"], 99),
-                peak_pss_bytes=int(peaks.get(key) or peaks.get((*key[:3], "service")) or 0),
-                slo_met=met,
+    for g in analyze(store):
+        key = (g.phone, g.paradigm, g.model)
+        for a in g.apps:
+            rows.append(
+                SummaryRow(
+                    *key,
+                    a.app,
+                    num_trials=g.tokens_per_s.n,
+                    outcomes=a.outcomes,
+                    ttft_p50=a.ttft_p50,
+                    ttft_p99=a.ttft_p99,
+                    itl_p50=a.itl_p50,
+                    e2e_p50=a.e2e_p50,
+                    e2e_p99=a.e2e_p99,
+                    peak_pss_bytes=int(
+                        peaks.get((*key, a.app)) or peaks.get((*key, "service")) or 0
+                    ),
+                    slo=a.slo,
+                )
             )
-        )
     return rows
 
 
-def _ms(x: float) -> str:
-    return "-" if math.isnan(x) else f"{x * 1000:.1f}"
+def slo_text(slo: Estimate, min_n: int) -> str:
+    """SLO attainment as a cell: "no SLO" is not "0%"."""
+    if slo.value != slo.value:  # NaN: the app has no SLO
+        return "no SLO"
+    text = slo.fmt(100, 0, min_n)
+    return text + "%" if text[0].isdigit() else text
 
 
-def render(rows: list[SummaryRow], trials: list, console, weights_label: str = "") -> None:
+def render(
+    rows: list[SummaryRow], trials: list, console, weights_label: str = "", min_n: int = 20
+) -> None:
     from rich.table import Table
 
     paradigms, models = sorted({r.paradigm for r in rows}), sorted({r.model for r in rows})
@@ -111,7 +95,8 @@ def render(rows: list[SummaryRow], trials: list, console, weights_label: str = "
         + [
             "app",
             "trials",
-            "ok/all",
+            "n",
+            "completed",
             "TTFT p50",
             "TTFT p99",
             "ITL p50",
@@ -132,18 +117,20 @@ def render(rows: list[SummaryRow], trials: list, console, weights_label: str = "
             *extra,
             r.app,
             str(r.num_trials),
-            f"{r.num_ok}/{r.num_requests}",
-            _ms(r.ttft_p50_s),
-            _ms(r.ttft_p99_s),
-            _ms(r.itl_p50_s),
-            _ms(r.e2e_p50_s),
-            _ms(r.e2e_p99_s),
+            str(r.outcomes.n),
+            r.outcomes.fmt(),
+            r.ttft_p50.fmt(1000, 0, min_n),
+            r.ttft_p99.fmt(1000, 0, min_n),
+            r.itl_p50.fmt(1000, 1, min_n),
+            r.e2e_p50.fmt(1000, 0, min_n),
+            r.e2e_p99.fmt(1000, 0, min_n),
             f"{r.peak_pss_bytes / 2**20:.0f} MiB",
-            "-" if math.isnan(r.slo_met) else f"{r.slo_met:.0%}",
+            slo_text(r.slo, min_n),
         )
     table.caption = (
-        "co-run trials; latencies in ms; peak PSS of the app's own SLM process "
-        "(per-app) or of the shared service; SLO = TTFT target"
+        "co-run trials, all repetitions; latencies in ms over every arrival (>= : censored at "
+        "the time it waited; unserved: never served), ITL over served requests; SLO met = "
+        f"share of all arrivals within the TTFT target; n<{min_n}: too few requests to quote"
     )
     console.print(table)
     bad = [t for t in trials if t["status"] != "completed"]

@@ -19,6 +19,7 @@ class ArrivalPattern(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ARRIVAL_PATTERN_UNSPECIFIED: _ClassVar[ArrivalPattern]
     ARRIVAL_PATTERN_POISSON: _ClassVar[ArrivalPattern]
     ARRIVAL_PATTERN_CLOSED_LOOP: _ClassVar[ArrivalPattern]
+    ARRIVAL_PATTERN_TRACE: _ClassVar[ArrivalPattern]
 
 class RequestStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -26,6 +27,7 @@ class RequestStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     REQUEST_STATUS_OK: _ClassVar[RequestStatus]
     REQUEST_STATUS_FAILED: _ClassVar[RequestStatus]
     REQUEST_STATUS_CANCELLED: _ClassVar[RequestStatus]
+    REQUEST_STATUS_DROPPED: _ClassVar[RequestStatus]
 
 class TrialStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -53,10 +55,12 @@ PARADIGM_AGENT_OS: Paradigm
 ARRIVAL_PATTERN_UNSPECIFIED: ArrivalPattern
 ARRIVAL_PATTERN_POISSON: ArrivalPattern
 ARRIVAL_PATTERN_CLOSED_LOOP: ArrivalPattern
+ARRIVAL_PATTERN_TRACE: ArrivalPattern
 REQUEST_STATUS_UNSPECIFIED: RequestStatus
 REQUEST_STATUS_OK: RequestStatus
 REQUEST_STATUS_FAILED: RequestStatus
 REQUEST_STATUS_CANCELLED: RequestStatus
+REQUEST_STATUS_DROPPED: RequestStatus
 TRIAL_STATUS_UNSPECIFIED: TrialStatus
 TRIAL_STATUS_COMPLETED: TrialStatus
 TRIAL_STATUS_FAILED: TrialStatus
@@ -70,18 +74,20 @@ SCHEDULER_POLICY_PRIORITY: SchedulerPolicy
 SCHEDULER_POLICY_ROUND_ROBIN: SchedulerPolicy
 
 class PhoneProfile(_message.Message):
-    __slots__ = ("name", "kind", "memory_budget_bytes", "cpu_threads", "host")
+    __slots__ = ("name", "kind", "memory_budget_bytes", "cpu_threads", "host", "cpus")
     NAME_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     MEMORY_BUDGET_BYTES_FIELD_NUMBER: _ClassVar[int]
     CPU_THREADS_FIELD_NUMBER: _ClassVar[int]
     HOST_FIELD_NUMBER: _ClassVar[int]
+    CPUS_FIELD_NUMBER: _ClassVar[int]
     name: str
     kind: str
     memory_budget_bytes: int
     cpu_threads: int
     host: str
-    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., memory_budget_bytes: _Optional[int] = ..., cpu_threads: _Optional[int] = ..., host: _Optional[str] = ...) -> None: ...
+    cpus: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., memory_budget_bytes: _Optional[int] = ..., cpu_threads: _Optional[int] = ..., host: _Optional[str] = ..., cpus: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ModelRef(_message.Message):
     __slots__ = ("preset", "path", "dtype", "seed")
@@ -96,7 +102,7 @@ class ModelRef(_message.Message):
     def __init__(self, preset: _Optional[str] = ..., path: _Optional[str] = ..., dtype: _Optional[str] = ..., seed: _Optional[int] = ...) -> None: ...
 
 class AppWorkload(_message.Message):
-    __slots__ = ("name", "pattern", "rate_per_s", "burst_size", "think_time_s", "prompt_tokens", "output_tokens", "multi_turn", "turns_per_session", "system_prompt_tokens", "model", "max_requests", "foreground", "slo_ttft_s")
+    __slots__ = ("name", "pattern", "rate_per_s", "burst_size", "think_time_s", "prompt_tokens", "output_tokens", "multi_turn", "turns_per_session", "system_prompt_tokens", "model", "max_requests", "foreground", "slo_ttft_s", "max_outstanding")
     NAME_FIELD_NUMBER: _ClassVar[int]
     PATTERN_FIELD_NUMBER: _ClassVar[int]
     RATE_PER_S_FIELD_NUMBER: _ClassVar[int]
@@ -111,6 +117,7 @@ class AppWorkload(_message.Message):
     MAX_REQUESTS_FIELD_NUMBER: _ClassVar[int]
     FOREGROUND_FIELD_NUMBER: _ClassVar[int]
     SLO_TTFT_S_FIELD_NUMBER: _ClassVar[int]
+    MAX_OUTSTANDING_FIELD_NUMBER: _ClassVar[int]
     name: str
     pattern: ArrivalPattern
     rate_per_s: float
@@ -125,7 +132,8 @@ class AppWorkload(_message.Message):
     max_requests: int
     foreground: bool
     slo_ttft_s: float
-    def __init__(self, name: _Optional[str] = ..., pattern: _Optional[_Union[ArrivalPattern, str]] = ..., rate_per_s: _Optional[float] = ..., burst_size: _Optional[int] = ..., think_time_s: _Optional[float] = ..., prompt_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., multi_turn: _Optional[bool] = ..., turns_per_session: _Optional[int] = ..., system_prompt_tokens: _Optional[int] = ..., model: _Optional[_Union[ModelRef, _Mapping]] = ..., max_requests: _Optional[int] = ..., foreground: _Optional[bool] = ..., slo_ttft_s: _Optional[float] = ...) -> None: ...
+    max_outstanding: int
+    def __init__(self, name: _Optional[str] = ..., pattern: _Optional[_Union[ArrivalPattern, str]] = ..., rate_per_s: _Optional[float] = ..., burst_size: _Optional[int] = ..., think_time_s: _Optional[float] = ..., prompt_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., multi_turn: _Optional[bool] = ..., turns_per_session: _Optional[int] = ..., system_prompt_tokens: _Optional[int] = ..., model: _Optional[_Union[ModelRef, _Mapping]] = ..., max_requests: _Optional[int] = ..., foreground: _Optional[bool] = ..., slo_ttft_s: _Optional[float] = ..., max_outstanding: _Optional[int] = ...) -> None: ...
 
 class DescribeRequest(_message.Message):
     __slots__ = ()
@@ -226,19 +234,41 @@ class DeployResponse(_message.Message):
     def __init__(self, apps: _Optional[_Iterable[_Union[AppDeployment, _Mapping]]] = ..., weights_label: _Optional[str] = ..., planned_bytes: _Optional[int] = ..., memory_budget_bytes: _Optional[int] = ...) -> None: ...
 
 class RunWorkloadRequest(_message.Message):
-    __slots__ = ("trial_id", "duration_s", "seed", "sample_interval_s")
+    __slots__ = ("trial_id", "duration_s", "seed", "sample_interval_s", "trace", "drain_s")
     TRIAL_ID_FIELD_NUMBER: _ClassVar[int]
     DURATION_S_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
+    TRACE_FIELD_NUMBER: _ClassVar[int]
+    DRAIN_S_FIELD_NUMBER: _ClassVar[int]
     trial_id: str
     duration_s: float
     seed: int
     sample_interval_s: float
-    def __init__(self, trial_id: _Optional[str] = ..., duration_s: _Optional[float] = ..., seed: _Optional[int] = ..., sample_interval_s: _Optional[float] = ...) -> None: ...
+    trace: _containers.RepeatedCompositeFieldContainer[TraceRequest]
+    drain_s: float
+    def __init__(self, trial_id: _Optional[str] = ..., duration_s: _Optional[float] = ..., seed: _Optional[int] = ..., sample_interval_s: _Optional[float] = ..., trace: _Optional[_Iterable[_Union[TraceRequest, _Mapping]]] = ..., drain_s: _Optional[float] = ...) -> None: ...
+
+class TraceRequest(_message.Message):
+    __slots__ = ("app", "index", "at_s", "prompt_tokens", "output_tokens", "session", "turn")
+    APP_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    AT_S_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    TURN_FIELD_NUMBER: _ClassVar[int]
+    app: str
+    index: int
+    at_s: float
+    prompt_tokens: int
+    output_tokens: int
+    session: str
+    turn: int
+    def __init__(self, app: _Optional[str] = ..., index: _Optional[int] = ..., at_s: _Optional[float] = ..., prompt_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., session: _Optional[str] = ..., turn: _Optional[int] = ...) -> None: ...
 
 class RequestRecord(_message.Message):
-    __slots__ = ("request_id", "app", "status", "error", "prompt_tokens", "submit_ns", "scheduled_ns", "token_ns", "cold_start_s", "turn", "service")
+    __slots__ = ("request_id", "app", "status", "error", "prompt_tokens", "submit_ns", "scheduled_ns", "sent_ns", "end_ns", "token_ns", "cold_start_s", "turn", "service")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     APP_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
@@ -246,6 +276,8 @@ class RequestRecord(_message.Message):
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     SUBMIT_NS_FIELD_NUMBER: _ClassVar[int]
     SCHEDULED_NS_FIELD_NUMBER: _ClassVar[int]
+    SENT_NS_FIELD_NUMBER: _ClassVar[int]
+    END_NS_FIELD_NUMBER: _ClassVar[int]
     TOKEN_NS_FIELD_NUMBER: _ClassVar[int]
     COLD_START_S_FIELD_NUMBER: _ClassVar[int]
     TURN_FIELD_NUMBER: _ClassVar[int]
@@ -257,11 +289,13 @@ class RequestRecord(_message.Message):
     prompt_tokens: int
     submit_ns: int
     scheduled_ns: int
+    sent_ns: int
+    end_ns: int
     token_ns: _containers.RepeatedScalarFieldContainer[int]
     cold_start_s: float
     turn: int
     service: ServiceFacts
-    def __init__(self, request_id: _Optional[str] = ..., app: _Optional[str] = ..., status: _Optional[_Union[RequestStatus, str]] = ..., error: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., submit_ns: _Optional[int] = ..., scheduled_ns: _Optional[int] = ..., token_ns: _Optional[_Iterable[int]] = ..., cold_start_s: _Optional[float] = ..., turn: _Optional[int] = ..., service: _Optional[_Union[ServiceFacts, _Mapping]] = ...) -> None: ...
+    def __init__(self, request_id: _Optional[str] = ..., app: _Optional[str] = ..., status: _Optional[_Union[RequestStatus, str]] = ..., error: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., submit_ns: _Optional[int] = ..., scheduled_ns: _Optional[int] = ..., sent_ns: _Optional[int] = ..., end_ns: _Optional[int] = ..., token_ns: _Optional[_Iterable[int]] = ..., cold_start_s: _Optional[float] = ..., turn: _Optional[int] = ..., service: _Optional[_Union[ServiceFacts, _Mapping]] = ...) -> None: ...
 
 class ServiceFacts(_message.Message):
     __slots__ = ("slices", "context_switch_s", "context_switch_bytes", "context_restore", "cached_prompt_tokens", "max_batch_size")
