@@ -183,6 +183,7 @@ def test_agent_os_keeps_foreground_ttft_below_slmaas_under_background_load(clien
         prio += _fg_ttft_s(trials["prio"])
         preempted += [r for r in trials["prio"]["records"] if len(r.service.slices) > 1]
     p50_fcfs, p50_prio = statistics.median(fcfs), statistics.median(prio)
+    print(f"fg p50 TTFT: priority {p50_prio:.3f} s, FCFS {p50_fcfs:.3f} s, n={len(prio)}")
     assert p50_prio < 0.67 * p50_fcfs, f"fg p50 TTFT priority {p50_prio} vs FCFS {p50_fcfs}"
     # background requests were preempted, and every slice of them was recorded
     assert preempted

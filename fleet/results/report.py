@@ -68,23 +68,24 @@ def _order(groups: list[GroupResult]) -> list[GroupResult]:
     )
 
 
-def _ci(sd: Any, digits: int = 2) -> str:
+def _ci(sd: Any, min_n: int, digits: int = 2) -> str:
     if sd is None:
         return "no baseline"
-    text = sd.estimate.fmt(1, digits)
+    text = sd.estimate.fmt(1, digits, min_n)
     lo, hi = sd.ci
-    if text in ("-", "unserved") or math.isnan(lo):
+    if text in ("-", "unserved") or text.startswith("n<") or math.isnan(lo):
         return text
     return f"{text} [{lo:.{digits}f}-{hi:.{digits}f}]"
 
 
-def _median_slowdown(g: GroupResult) -> str:
+def _median_slowdown(g: GroupResult, min_n: int) -> str:
+    """Median over the apps whose p50 TTFT slowdown rests on at least min_n requests."""
     xs = sorted(
-        a.slowdowns["ttft_p50"].estimate.value
-        for a in g.apps
-        if "ttft_p50" in a.slowdowns and math.isfinite(a.slowdowns["ttft_p50"].estimate.value)
+        sd.estimate.value
+        for sd in (a.slowdowns.get("ttft_p50") for a in g.apps)
+        if sd is not None and sd.estimate.n >= min_n and math.isfinite(sd.estimate.value)
     )
-    return f"{xs[len(xs) // 2]:.2f}x (of {len(xs)} apps)" if xs else "-"
+    return f"{xs[len(xs) // 2]:.2f}x (of {len(xs)} apps)" if xs else f"n<{min_n}"
 
 
 def _fairness(g: GroupResult) -> str:
@@ -109,7 +110,7 @@ def comparison_rows(groups: list[GroupResult], min_n: int = DEFAULT_MIN_N) -> li
             "completed": g.outcomes.fmt(),
             "fg TTFT p50 ms": g.fg_ttft_p50.fmt(1000, 0, min_n),
             "tokens/s": g.tokens_per_s.fmt(1, 1),
-            "TTFT p50 slowdown": _median_slowdown(g),
+            "TTFT p50 slowdown": _median_slowdown(g, min_n),
             "Jain fairness": _fairness(g),
             "SLO met": slo_text(g.slo, min_n) + (f" (n={g.slo.n})" if g.slo.n else ""),
             "peak PSS MiB": g.peak_pss_bytes.fmt(1 / 2**20, 0),
@@ -141,10 +142,10 @@ def app_rows(groups: list[GroupResult], min_n: int = DEFAULT_MIN_N) -> list[dict
                     "e2e p99": a.e2e_p99.fmt(1000, 0, min_n),
                     "ITL p50": a.itl_p50.fmt(1000, 1, min_n),
                     "solo TTFT p50": a.solo_ttft_p50.fmt(1000, 0, min_n),
-                    "slowdown TTFT p50 [95% CI]": _ci(sd.get("ttft_p50")),
-                    "slowdown TTFT p99": _ci(sd.get("ttft_p99")),
-                    "slowdown e2e p50": _ci(sd.get("e2e_p50")),
-                    "slowdown e2e p99": _ci(sd.get("e2e_p99")),
+                    "slowdown TTFT p50 [95% CI]": _ci(sd.get("ttft_p50"), min_n),
+                    "slowdown TTFT p99": _ci(sd.get("ttft_p99"), min_n),
+                    "slowdown e2e p50": _ci(sd.get("e2e_p50"), min_n),
+                    "slowdown e2e p99": _ci(sd.get("e2e_p99"), min_n),
                     "app delay p50": a.app_delay_p50.fmt(1000, 1, min_n),
                     "queue wait p50": a.queue_wait_p50.fmt(1000, 0, min_n),
                     "SLO met": slo_text(a.slo, min_n),
@@ -191,6 +192,8 @@ def _color(paradigm: str) -> str:
 def _cdf_plot(gs: list[GroupResult], metric: str, plt) -> str | None:
     """Per paradigm, each app's CDF over its arrivals: co-run solid, solo dashed. A curve tops
     out at the share of requests served (unserved ones never reach it)."""
+    from matplotlib.ticker import NullFormatter
+
     fig, axes = plt.subplots(1, len(gs), figsize=(4.2 * len(gs), 3.4), squeeze=False)
     drawn = False
     for ax, g in zip(axes[0], gs):
@@ -206,6 +209,7 @@ def _cdf_plot(gs: list[GroupResult], metric: str, plt) -> str | None:
                 drawn = True
         ax.set_title(g.paradigm)
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_ylim(0, 1.02)
         ax.set_xlabel(f"{metric.upper()} (ms, log)")
         ax.set_ylabel("share of arrivals")
