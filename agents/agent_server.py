@@ -38,6 +38,9 @@ PROTECTED_METHODS = {f"/{SERVICE}/{m}" for m in ("Deploy", "RunWorkload", "Stop"
 AGENT_SOFTWARE = ("torch", "grpcio", "protobuf", "psutil", "slm-fleet")
 
 
+MAX_MESSAGE_BYTES = 32 * 2**20  # a RunWorkload carrying a trace of up to 100k requests
+
+
 class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
     """Rejects state-changing calls without ``authorization: Bearer <token>`` (UNAUTHENTICATED)."""
 
@@ -204,7 +207,10 @@ async def serve(
     host at metrics_port (0: any free port; None: no metrics endpoint)."""
     if not token:
         raise ValueError("a token is required: the agent refuses to run unauthenticated")
-    server = grpc.aio.server(interceptors=[TokenAuthInterceptor(token)])
+    server = grpc.aio.server(
+        interceptors=[TokenAuthInterceptor(token)],
+        options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)],
+    )
     metrics, bound_metrics = None, 0
     if metrics_port is not None:
         metrics = AgentMetrics(profile)

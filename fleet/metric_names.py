@@ -48,12 +48,12 @@ PHONE_LABELS = ("phone", "paradigm", "model")
 AGENT_METRICS: MetricTable = {
     "request_queue_wait_seconds": (
         "histogram",
-        "Submit to first scheduled on the model.",
+        "Sent by the app to first scheduled on the model (served requests).",
         REQUEST_LABELS,
     ),
     "request_ttft_seconds": (
         "histogram",
-        "Submit to first output token, at the app.",
+        "Arrival to first output token, at the app (served requests).",
         REQUEST_LABELS,
     ),
     "request_itl_seconds": (

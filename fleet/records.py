@@ -39,7 +39,7 @@ class ContextPolicy(str, Enum):
 class RequestStatus(str, Enum):
     OK = "ok"
     FAILED = "failed"
-    CANCELLED = "cancelled"  # sent, but the workload ended before it finished (censored)
+    CANCELLED = "cancelled"  # the workload ended before it was served whole (censored)
     DROPPED = "dropped"  # never sent: the app's cap on outstanding requests was reached
 
 
@@ -321,11 +321,11 @@ class RequestRecord:
 
     @property
     def waiting_s(self) -> float:
-        """Time submitted but not running on the model: before its first slice and between
-        slices (a preempted request waits again). Queue wait when no slices were recorded."""
+        """Time from arrival not running on the model: before its first slice and between
+        slices (a preempted request waits again); arrival to first scheduled without slices."""
         slices = self.service.slices
         if not slices:
-            return self.queue_wait_s
+            return (self.scheduled_ns - self.submit_ns) / NS_PER_S if self.scheduled_ns else 0.0
         gaps = sum(b.start_ns - a.end_ns for a, b in zip(slices, slices[1:]))
         return (slices[0].start_ns - self.submit_ns + gaps) / NS_PER_S
 

@@ -39,8 +39,8 @@ __all__ = [
     "request_id",
 ]
 
-CLOSED_LOOP_MAX = 2000  # most requests a closed-loop app's trace holds
-MIN_CYCLE_S = 0.05  # a closed-loop app without think time still needs this long per request
+CLOSED_LOOP_MAX = 5000  # most requests a closed-loop app's trace holds
+MIN_CYCLE_S = 0.01  # a closed-loop app without think time still needs this long per request
 MAX_TRACE_TOKENS = 1 << 16  # most prompt or output tokens of one traced request
 
 
@@ -147,8 +147,13 @@ def read_trace_file(path: Path, app: str) -> tuple[TraceRequest, ...]:
     out = []
     for i, (at, prompt, output, session, turn) in enumerate(rows):
         if session:
-            turn = turns.get(session, 0) if turn is None else turn
-            turns[session] = turn + 1
+            expected = turns.get(session, 0)
+            if turn is not None and turn != expected:
+                raise TraceError(
+                    f"{path}: session {session!r}: turn {turn} arrives where turn {expected} "
+                    "is due (turns are 0, 1, 2, ... in arrival order)"
+                )
+            turn, turns[session] = expected, expected + 1
         out.append(TraceRequest(app, i, at, prompt, output, session, turn or 0))
     return tuple(out)
 
@@ -157,10 +162,10 @@ def _number(row: dict, key: str, where: str, kind: type, lo: float, hi: float):
     if key not in row:
         raise TraceError(f"{where}: missing field {key!r}")
     v = row[key]
-    ok = isinstance(v, (int, float)) and not isinstance(v, bool)
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and lo <= v <= hi  # NaN fails
     if ok and kind is int:
         ok = float(v).is_integer()
-    if not ok or not (lo <= v <= hi) or (isinstance(v, float) and not math.isfinite(v)):
+    if not ok:
         raise TraceError(
             f"{where}: {key} must be a{'n integer' if kind is int else ' number'} in "
             f"[{lo:g}, {hi:g}], got {v!r}"

@@ -48,6 +48,9 @@ def test_unserved_requests_are_censored_not_dropped():
     assert ttft.quantile(99).fmt() == "unserved"
     # served-only would have said p99 = 3 s: survivorship
     assert ttft.within(2.5) == Estimate(2 / 5, 5)  # SLO over all arrivals, unserved = miss
+    # a censored request below the rank may truly lie above it: the percentile is a bound
+    early = Observed.of([_row("cancelled", waited=0.1), _row("ok", 1.0), _row("ok", 2.0)], "ttft_s")
+    assert early.quantile(50) == Estimate(1.0, 3, True)
     assert Estimate(0.5, 12).fmt(1000, 0, min_n=20) == "n<20"
     # a request cut short has a first token (exact TTFT) but only a lower bound on e2e
     cut = [_row("cancelled", 0.5, 2.0, waited=2.0)]

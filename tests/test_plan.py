@@ -246,10 +246,21 @@ def test_trace_files_are_replayed_and_bad_lines_are_named(tmp_path):
     )
     (t,) = plan_trials(exp)
     assert [(r.at_s, r.prompt_tokens, r.session) for r in t.trace] == [
-        (0.1, 12, "s"),
+        (0.1, 12, "kb:s"),
         (0.5, 8, ""),
     ]  # sorted by time, cut at the duration
     assert t.deploy_spec().apps[0].prompt_tokens == 12  # sized for the largest request
+    # the session is the app's own: copies of one file never share a context
+    (tmp_path / "gap.jsonl").write_text(
+        '{"t_s": 0.1, "prompt_tokens": 8, "output_tokens": 4, "session": "s", "turn": 0}\n'
+        '{"t_s": 0.2, "prompt_tokens": 8, "output_tokens": 4, "session": "s", "turn": 2}\n'
+    )
+    app["arrival"]["path"] = "gap.jsonl"
+    with pytest.raises(ConfigError, match="turn 2 arrives where turn 1 is due"):
+        parse_experiment(
+            raw_experiment(workloads=[{"name": "w", "duration_s": 5, "apps": [app]}]),
+            base_dir=tmp_path,
+        )
     (tmp_path / "bad.jsonl").write_text('{"t_s": 0.5, "prompt_tokens": 8}\n')
     app["arrival"]["path"] = "bad.jsonl"
     with pytest.raises(ConfigError, match="bad.jsonl:1: missing field 'output_tokens'"):

@@ -160,3 +160,18 @@ def test_a_failing_batch_is_rolled_back_whole_and_later_batches_still_commit(sto
 
 def test_mix_names():
     assert solo_mix("kb") == "solo:kb" and CORUN == "corun"
+
+
+def test_a_store_from_another_schema_version_is_refused_with_a_reason(tmp_path):
+    import sqlite3
+
+    from fleet.results.store import ResultStore, StoreError
+
+    old = tmp_path / "old.sqlite"
+    with sqlite3.connect(old) as db:  # what an earlier version left: tables, user_version 0
+        db.execute("CREATE TABLE trials (trial_id TEXT PRIMARY KEY)")
+    with pytest.raises(StoreError, match="results schema 0, this version reads 2"):
+        ResultStore(old)
+    fresh = ResultStore(tmp_path / "new.sqlite")
+    fresh.close()
+    ResultStore(tmp_path / "new.sqlite").close()  # reopening our own is fine

@@ -82,11 +82,11 @@ class ModelLink:
 
     def ensure_running(self) -> float:
         """Relaunch a killed own model; returns the cold start paid (0 when it was running)."""
-        if self.proc is None or self.proc.alive():
+        if self.proc is None:
             return 0.0
-        with self._launch_lock:
+        with self._launch_lock:  # held until a relaunched model serves and is connected
             if self.proc.alive():
-                return 0.0  # another request relaunched it meanwhile (and paid the cold start)
+                return 0.0  # running, or relaunched by another request (which paid for it)
             ready = self._launch()
             self.send(
                 (

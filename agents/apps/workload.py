@@ -163,10 +163,12 @@ class _AppRun:
             except Exception as exc:  # a failed request is a record, not a crash of the app
                 rec.status, rec.error = RequestStatus.FAILED, f"{type(exc).__name__}: {exc}"
                 return rec
-            rec.scheduled_ns = result.scheduled_ns or rec.sent_ns
+            rec.scheduled_ns = result.scheduled_ns  # 0: unknown (cut short before it was told)
             rec.service, rec.cold_start_s = result.service, result.cold_start_s
             if len(result.tokens) < req.output_tokens:
                 rec.status, rec.error = RequestStatus.CANCELLED, "stopped during generation"
+            elif not rec.scheduled_ns:
+                rec.scheduled_ns = rec.sent_ns  # a model that reports no scheduling (in-process)
             if req.session:
                 self.histories[req.session] = prompt[len(self.system) :] + result.tokens
             return rec

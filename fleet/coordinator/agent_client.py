@@ -24,7 +24,7 @@ from fleet.v1 import agent_pb2_grpc as pb_grpc
 
 DEPLOY_TIMEOUT_S = 600.0
 CALL_TIMEOUT_S = 30.0
-STREAM_MARGIN_S = 120.0  # a workload stream may outlive its duration by this much (drain, summary)
+STREAM_MARGIN_S = 120.0  # a workload stream may outlive its duration and drain by this much
 
 
 class AgentError(Exception):
@@ -92,7 +92,9 @@ class AgentClient:
 
     def run_workload(self, run: WorkloadRun) -> Iterator[wire.StreamEvent]:
         stream = self._stub.RunWorkload(
-            wire.run_to_pb(run), metadata=self._auth, timeout=run.duration_s + STREAM_MARGIN_S
+            wire.run_to_pb(run),
+            metadata=self._auth,
+            timeout=run.duration_s + run.drain_s + STREAM_MARGIN_S,
         )
         try:
             for msg in stream:

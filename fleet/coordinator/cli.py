@@ -261,7 +261,13 @@ def main(argv: list[str] | None = None) -> None:
         "report": cmd_report,
         "dashboards": cmd_dashboards,
     }
-    sys.exit(handlers[ns.command](ns))
+    from fleet.results.store import StoreError
+
+    try:
+        sys.exit(handlers[ns.command](ns))
+    except StoreError as err:
+        print(f"fleet: {err}", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
 
 
 if __name__ == "__main__":

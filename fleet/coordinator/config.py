@@ -213,8 +213,16 @@ class TraceArrival(Strict):
 
     def requests(self, app: str, duration_s: float) -> tuple[TraceRequest, ...]:
         """The file's requests that arrive within the duration, as app ``app``'s."""
-        return tuple(
-            TraceRequest(app, r.index, r.at_s, r.prompt_tokens, r.output_tokens, r.session, r.turn)
+        return tuple(  # sessions are the app's own: copies of one file never share a context
+            TraceRequest(
+                app,
+                r.index,
+                r.at_s,
+                r.prompt_tokens,
+                r.output_tokens,
+                f"{app}:{r.session}" if r.session else "",
+                r.turn,
+            )
             for r in self._requests
             if r.at_s is not None and r.at_s < duration_s
         )

@@ -99,6 +99,7 @@ class Coordinator:
         self._hosts: dict[str, Any] = {}  # host key -> actor handle
         self._phone_host: dict[str, str] = {}  # phone -> host key
         self._phone_error: dict[str, str] = {}
+        self._cpus: dict[str, tuple[str, tuple[int, ...]]] = {}  # phone -> (host, its cores)
 
     # -- fleet -------------------------------------------------------------------------------
 
@@ -198,11 +199,7 @@ class Coordinator:
             cpus=cpus,
             shared_cores=shared,
         )
-        if shared:
-            self.manifest.data["notes"].append(
-                f"phone {phone.name} shares cores {list(cpus)} with other phones "
-                "(allow_shared_cores): its latencies include their contention"
-            )
+        self._cpus[phone.name] = (host, cpus)
         self.manifest.data["phones"][phone.name] = {
             "status": "up",
             "address": address,
@@ -211,6 +208,22 @@ class Coordinator:
             "shared_cores": shared,
             "describe": asdict(desc),
         }
+
+    def _mark_shared_cores(self) -> None:
+        """Every phone whose cores overlap another's on its host is marked, both sides."""
+        for name, (host, cpus) in self._cpus.items():
+            others = [
+                p
+                for p, (h, cs) in self._cpus.items()
+                if p != name and h == host and set(cs) & set(cpus)
+            ]
+            self.store.mark_shared_cores(name, bool(others))
+            self.manifest.data["phones"][name]["shared_cores"] = bool(others)
+            if others:
+                self.manifest.data["notes"].append(
+                    f"phone {name} shares cores {list(cpus)} with {', '.join(others)} "
+                    "(allow_shared_cores): its latencies include their contention"
+                )
 
     def _health(self, phone: str) -> bool:
         import ray
@@ -279,6 +292,7 @@ class Coordinator:
             self._start_ray()
             for phone in self.exp.phones:
                 self._bring_up(phone)
+            self._mark_shared_cores()
             self.manifest.write()
             self.observer.start_heartbeat(self._live_phones, self._health, self.exp.heartbeat_s)
             by_phone: dict[str, list[Trial]] = {}

@@ -32,6 +32,7 @@ from fleet.records import DeploySpec, PhoneProfile, TraceRequest, WorkloadRun
 from fleet.results.store import CORUN, count_mix, solo_mix
 from fleet.sizing import BudgetError, ServingError, app_model, check_servable, footprints
 from fleet.traces import generate_trace
+from fleet.wire import MAX_TRACE_REQUESTS
 
 
 @dataclass(frozen=True)
@@ -147,6 +148,11 @@ def check_budgets(exp: Experiment, trials: list[Trial]) -> list[str]:
     }
     problems: set[str] = set(check_cores(exp))
     for t in trials:
+        if len(t.trace) > MAX_TRACE_REQUESTS:
+            problems.add(
+                f"workload {t.workload.name}: {len(t.trace)} requests in one trial; at most "
+                f"{MAX_TRACE_REQUESTS} (lower the rates, duration_s or max_requests)"
+            )
         spec = t.deploy_spec()
         try:
             check_servable(spec)

@@ -91,6 +91,8 @@ class GroupResult:
     mean_batch_size: Spread
     no_baseline: list[str] = field(default_factory=list)  # in the co-run, never measured alone
     starved: list[str] = field(default_factory=list)  # measured alone, never served co-running
+    # measured on both sides, but without a comparable baseline (censored solo, no common ids)
+    uncomparable: list[str] = field(default_factory=list)
     # app count -> {"peak_pss_bytes", "tokens_per_s", "kills": Spread; "ttft_p50": Estimate;
     # "outcomes": Outcomes}: solo (1), co-run and sweep trials
     by_app_count: dict[int, dict[str, Any]] = field(default_factory=dict)
@@ -314,11 +316,15 @@ def _group(
     apps = [_app_result(name, ts, by_rep_mix, reps, data, per_rep) for name in app_names]
     counted: list[AppResult] = []
     starved: list[AppResult] = []
+    uncomparable: list[AppResult] = []
     for a in apps:
         sd = a.slowdowns.get("ttft_p50")
-        if sd is None or math.isnan(sd.estimate.value):
-            continue
-        (starved if math.isinf(sd.estimate.value) else counted).append(a)
+        if sd is None:
+            continue  # no baseline: named as such
+        if math.isnan(sd.estimate.value):
+            uncomparable.append(a)
+        else:
+            (starved if math.isinf(sd.estimate.value) else counted).append(a)
     all_rows = [r for t in corun for r in data.requests[t["trial_id"]]]
     fg = {a.app for a in apps if a.foreground}
     slo_apps = [a for a in apps if a.slo_ttft_s]
@@ -335,8 +341,10 @@ def _group(
         fairness=Estimate(
             jain_index([a.slowdowns["ttft_p50"].estimate.value for a in counted]), len(counted)
         ),
-        fairness_by_rep=Spread.of(
-            jain_index([v for v in sds.values() if not math.isnan(v)]) if len(sds) > 1 else math.nan
+        fairness_by_rep=Spread.of(  # per repetition, over the same apps as the pooled index
+            jain_index([sds[a.app] for a in counted if a.app in sds])
+            if sum(a.app in sds for a in counted) > 1
+            else math.nan
             for sds in per_rep.values()
         ),
         fg_ttft_p50=_observed([r for r in all_rows if r["app"] in fg], "ttft").quantile(50),
@@ -350,6 +358,7 @@ def _group(
         mean_batch_size=f["batch"],
         no_baseline=[a.app for a in apps if not a.has_baseline],
         starved=[a.app for a in starved],
+        uncomparable=[a.app for a in uncomparable],
         by_app_count=_by_app_count(ts, data),
         memory=[_memory(store, t, data) for t in corun],
         budget_bytes=int(budget or 0),

@@ -96,6 +96,8 @@ def _fairness(g: GroupResult) -> str:
         text += f"; no baseline: {', '.join(g.no_baseline)}"
     if g.starved:
         text += f"; never served co-running: {', '.join(g.starved)}"
+    if g.uncomparable:
+        text += f"; baseline not comparable (censored): {', '.join(g.uncomparable)}"
     return text
 
 

@@ -8,10 +8,11 @@ that happened to be served:
   it had waited: a lower bound of its latency (right-censored);
 - a request never served (dropped at the app's cap, or failed) counts as never served (+inf).
 
-Percentiles are nearest-rank (numpy's ``inverted_cdf``) over all arrivals; one that lands on a
-censored request is a lower bound and shown as ">= x", one that lands on a never-served request
-is shown as "unserved". A statistic over fewer than ``min_n`` requests is shown as "n<min_n", not
-as a number. SLO attainment is the share of all arrivals served within the SLO.
+Percentiles are nearest-rank (numpy's ``inverted_cdf``) over all arrivals. One with a censored
+request at or below its rank is a lower bound (that request may truly lie above it) and shown
+as ">= x"; one that lands on a never-served request is shown as "unserved". A statistic over
+fewer than ``min_n`` requests is shown as "n<min_n", not as a number. SLO attainment is the
+share of all arrivals whose first token came within the SLO.
 """
 
 from __future__ import annotations
@@ -127,8 +128,9 @@ class Observed:
             return Estimate(math.nan, 0)
         order = np.argsort(self.values, kind="stable")
         k = max(0, math.ceil(q / 100 * self.n) - 1)
-        i = order[k]
-        return Estimate(float(self.values[i]), self.n, not bool(self.exact[i]))
+        # any censored value at or below rank k may truly lie above it: then a lower bound
+        censored = not bool(self.exact[order[: k + 1]].all())
+        return Estimate(float(self.values[order[k]]), self.n, censored)
 
     def within(self, limit_s: float) -> Estimate:
         """Share of arrivals served within ``limit_s`` (SLO attainment)."""
@@ -151,7 +153,10 @@ def slowdown(co: Observed, solo: Observed, q: float, seed: int = 0) -> tuple[Est
     qa = np.percentile(co.values[idx], q, axis=1, method=QUANTILE_METHOD)
     qb = np.percentile(solo.values[idx], q, axis=1, method=QUANTILE_METHOD)
     with np.errstate(divide="ignore", invalid="ignore"):
-        ratios = qa / qb
+        ratios = qa / qb  # inf / inf (both unserved in a resample) is NaN: left out
+    ratios = ratios[~np.isnan(ratios)]
+    if not len(ratios):
+        return point, (math.nan, math.nan)
     lo, hi = np.percentile(ratios, [2.5, 97.5], method=QUANTILE_METHOD)
     return point, (float(lo), float(hi))
 

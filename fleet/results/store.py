@@ -40,6 +40,7 @@ from fleet.records import (
 )
 
 STATS_COLUMNS = tuple(f.name for f in fields(ServiceStats))
+SCHEMA_VERSION = 2  # 2: traces, sent/end times, censoring; 0/1: before
 
 # A trial's app mix (the ``mix`` column): one app alone, every app together, or the first k.
 CORUN = "corun"
@@ -154,6 +155,10 @@ def _app_row(trial_id: str, a: AppWorkload) -> tuple[Any, ...]:
     )
 
 
+class StoreError(Exception):
+    """A results file this version cannot read (written by an older one)."""
+
+
 class ResultStore:
     def __init__(self, path: Path):
         self.path = Path(path)
@@ -161,7 +166,17 @@ class ResultStore:
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        tables = self._db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0]
+        if tables and version != SCHEMA_VERSION:
+            self._db.close()
+            raise StoreError(
+                f"{self.path}: results schema {version}, this version reads {SCHEMA_VERSION} "
+                "(written by another version of slm-fleet; analyse it with that version, or "
+                "re-run the experiment)"
+            )
         self._db.executescript(SCHEMA)
+        self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     def close(self) -> None:
         with self._lock:
@@ -197,7 +212,8 @@ class ResultStore:
         cpus: tuple[int, ...] = (),
         shared_cores: bool = False,
     ) -> None:
-        """A phone as it came up (or did not); its trials are marked if it shares cores."""
+        """A phone as it came up (or did not); its trials are marked if it shares cores
+        (``mark_shared_cores`` settles that once every phone is up)."""
         with self._transaction() as db:
             db.execute(
                 "INSERT OR REPLACE INTO phones VALUES (?,?,?,?,?,?,?,?,?,?)",
@@ -215,6 +231,11 @@ class ResultStore:
                 ),
             )
             db.execute("UPDATE trials SET shared_cores=? WHERE phone=?", (int(shared_cores), name))
+
+    def mark_shared_cores(self, name: str, shared: bool) -> None:
+        with self._transaction() as db:
+            db.execute("UPDATE phones SET shared_cores=? WHERE name=?", (int(shared), name))
+            db.execute("UPDATE trials SET shared_cores=? WHERE phone=?", (int(shared), name))
 
     def add_trial(
         self,
