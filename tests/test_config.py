@@ -175,3 +175,18 @@ def test_apps_with_their_own_models_need_per_app(tmp_path):
     proc = run_cli("plan", str(write(tmp_path, data)), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert any("\taios-rr.w.tiny.a.corun.r0\t" in line for line in proc.stdout.splitlines())
+
+
+@pytest.mark.parametrize(
+    "name", ["default", "app-sweep", "gui-agent", "trace-replay"], ids=lambda n: n
+)
+def test_every_shipped_experiment_plans_and_fits(name):
+    from importlib import resources
+
+    from fleet.coordinator.plan import check_budgets
+
+    folder = Path(str(resources.files("fleet.coordinator.experiments")))
+    exp = load_experiment(folder / f"{name}.yaml")
+    trials = plan_trials(exp)
+    assert trials and all(t.trace for t in trials)
+    assert check_budgets(exp.model_copy(update={"allow_shared_cores": True}), trials) == []

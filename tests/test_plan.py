@@ -228,6 +228,13 @@ def test_trial_order_is_shuffled_by_the_seed_within_each_repetition():
     assert a != [t.trial_id for t in plan_trials(_mixes_experiment(seed=1))]
     seq = [t.trial_id for t in plan_trials(_mixes_experiment(trial_order="sequential"))]
     assert sorted(a) == sorted(seq) and a != seq
+    turns = plan_trials(_mixes_experiment(trial_order="interleaved"))
+    assert [(t.mix, t.paradigm.label) for t in turns[:4]] == [
+        ("solo:kb", "per_app"),
+        ("solo:kb", "slmaas"),
+        ("solo:chat", "per_app"),
+        ("solo:chat", "slmaas"),
+    ]
     half = len(a) // 2
     assert all(t.endswith(".r0") for t in a[:half]) and all(t.endswith(".r1") for t in a[half:])
 

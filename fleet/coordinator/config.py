@@ -338,7 +338,9 @@ class Experiment(Strict):
     repetitions: int = Field(1, ge=1)
     # phones on one host get disjoint cores; true lets them share (results are marked)
     allow_shared_cores: bool = False
-    trial_order: Literal["shuffled", "sequential"] = "shuffled"  # within each repetition
+    # within each repetition: shuffled by the seed; interleaved (for each app mix, every
+    # paradigm in turn); sequential (paradigm by paradigm, as listed)
+    trial_order: Literal["shuffled", "interleaved", "sequential"] = "shuffled"
     cooldown_s: float = Field(0.0, ge=0, le=600)  # idle pause between a phone's trials
     drain_s: float = Field(30.0, gt=0, le=3600)  # in-flight requests' time to finish after the end
     min_samples: int = Field(20, ge=1)  # a statistic over fewer requests is shown as "n<20"

@@ -8,8 +8,9 @@ Every app's requests are a trace (``fleet.traces``) generated once per (workload
 from the run's seed and carried by every trial of that repetition, so a solo baseline replays
 exactly its app's co-run requests, over the same duration. Repetitions are the outer loop, so
 repeated trials spread over the run's time; within a repetition the trials are shuffled with the
-run's seed (``trial_order: shuffled``), so no paradigm always runs first, or last, on a machine
-that drifts. Each trial's position is kept (``seq``).
+run's seed (``trial_order: shuffled``; or ``interleaved``: the paradigms take turns on each app
+mix), so no paradigm always runs first, or last, on a machine that drifts. Each trial's
+position is kept (``seq``).
 """
 
 from __future__ import annotations
@@ -132,6 +133,9 @@ def plan_trials(exp: Experiment) -> list[Trial]:
                             )
         if exp.trial_order == "shuffled":
             random.Random(f"order:{exp.seed}:{rep}").shuffle(in_rep)
+        elif exp.trial_order == "interleaved":  # paradigms take turns on each mix
+            mixes = list(dict.fromkeys(t.mix for t in in_rep))
+            in_rep.sort(key=lambda t: mixes.index(t.mix))  # stable: paradigm order within
         trials += in_rep
     return [replace(t, seq=i) for i, t in enumerate(trials)]
 
