@@ -122,6 +122,7 @@ def comparison_rows(groups: list[GroupResult], min_n: int = DEFAULT_MIN_N) -> li
             "mean batch": g.mean_batch_size.fmt(1, 2),
         }
         for g in _order(groups)
+        if g.outcomes.n  # groups with co-run trials (a sweep-only run has none)
     ]
 
 
@@ -441,7 +442,8 @@ def render_html(manifest: dict, groups: list[GroupResult], failed: list[dict] | 
         )
         sections.append(
             f"<h2>{html.escape(phone)} &middot; {html.escape(model)} &middot; "
-            f"{html.escape(workload)}</h2>{_table(comparison_rows(gs, min_n))}"
+            f"{html.escape(workload)}</h2>"
+            f"{_table(comparison_rows(gs, min_n), 'No co-run trials (see By app count).')}"
             f"<h3>Per app</h3>{_table(app_rows(gs, min_n))}"
             f"<h3>By app count</h3>{_table(count_rows(gs, min_n))}"
             f"<div class='plots'>{plots}</div>"
