@@ -218,7 +218,7 @@ def test_report_html_shows_n_completion_censoring_and_provenance(store):
         "&gt;=5000",  # a censored p99
         "n&lt;5",  # chat's 4 requests are under the minimum
         "no baseline: bg",
-        "never served co-running: starved",
+        "p50 unserved co-running: starved",
         "no SLO",
         "boom",
         "a note for the reader",

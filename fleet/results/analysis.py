@@ -9,7 +9,8 @@ For each (phone, paradigm, model, workload), over the completed trials of every 
   co-run is compared on those. Slowdowns carry a 95% bootstrap confidence interval (requests
   resampled in pairs) and their spread over repetitions;
 - across apps: Jain's fairness index over the p50 TTFT slowdowns of apps measured on both sides
-  (apps without a baseline, and apps never served in the co-run, are named, not averaged in);
+  (apps without a baseline, apps whose median co-run arrival was never served, and apps whose
+  baseline is censored are named, not averaged in);
   foreground p50 TTFT; SLO attainment over all arrivals of apps with an SLO; throughput, memory,
   kills, cold starts and context restores per co-run trial, spread over repetitions;
 - the app-count sweep, and memory over time of every co-run with its kills.
@@ -90,7 +91,7 @@ class GroupResult:
     context_switch_s: Spread
     mean_batch_size: Spread
     no_baseline: list[str] = field(default_factory=list)  # in the co-run, never measured alone
-    starved: list[str] = field(default_factory=list)  # measured alone, never served co-running
+    starved: list[str] = field(default_factory=list)  # co-running, its p50 arrival unserved
     # measured on both sides, but without a comparable baseline (censored solo, no common ids)
     uncomparable: list[str] = field(default_factory=list)
     # app count -> {"peak_pss_bytes", "tokens_per_s", "kills": Spread; "ttft_p50": Estimate;

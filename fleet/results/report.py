@@ -83,9 +83,12 @@ def _median_slowdown(g: GroupResult, min_n: int) -> str:
     xs = sorted(
         sd.estimate.value
         for sd in (a.slowdowns.get("ttft_p50") for a in g.apps)
-        if sd is not None and sd.estimate.n >= min_n and math.isfinite(sd.estimate.value)
+        if sd is not None and sd.estimate.n >= min_n and not math.isnan(sd.estimate.value)
     )
-    return f"{xs[len(xs) // 2]:.2f}x (of {len(xs)} apps)" if xs else f"n<{min_n}"
+    if not xs:
+        return f"n<{min_n}"
+    median = xs[len(xs) // 2]
+    return f"{'unserved' if math.isinf(median) else f'{median:.2f}x'} (of {len(xs)} apps)"
 
 
 def _fairness(g: GroupResult) -> str:
@@ -95,7 +98,7 @@ def _fairness(g: GroupResult) -> str:
     if g.no_baseline:
         text += f"; no baseline: {', '.join(g.no_baseline)}"
     if g.starved:
-        text += f"; never served co-running: {', '.join(g.starved)}"
+        text += f"; p50 unserved co-running: {', '.join(g.starved)}"
     if g.uncomparable:
         text += f"; baseline not comparable (censored): {', '.join(g.uncomparable)}"
     return text
