@@ -109,11 +109,19 @@ class ServiceOptions:
     persistent_contexts: bool = False  # keep multi-turn contexts between turns
     context_policy: ContextPolicy = ContextPolicy.SWAP
     kv_budget_bytes: int = 0  # 0 = phone budget - weights
-    quantum_tokens: int = 16  # round robin: decode steps per slice
+    quantum_tokens: int = 16  # round robin: steps before the next app leads
+    priority_aging_s: float = 0.0  # priority: a background request waiting this long is promoted
 
 
-# A per-app app's own model process serves that app alone: one request at a time, nothing shared.
-OWN_MODEL = ServiceOptions(max_batch_size=1, prefix_cache=False, persistent_contexts=False)
+# A per-app app's own model process serves that app alone, as an app's own runtime would: one
+# request at a time, its conversation's KV kept between turns and its system prompt's KV reused,
+# within its own memory (an older conversation is dropped when a new one starts). Nothing shared.
+OWN_MODEL = ServiceOptions(
+    max_batch_size=1,
+    prefix_cache=True,
+    persistent_contexts=True,
+    context_policy=ContextPolicy.RECOMPUTE,
+)
 
 
 def effective_service_options(paradigm: Paradigm, requested: ServiceOptions) -> ServiceOptions:
@@ -370,6 +378,7 @@ class ServiceStats:
     mean_batch_size: float = 0.0
     max_batch_size: int = 0
     num_preemptions: int = 0
+    num_promotions: int = 0  # background requests aged into the foreground
     prefix_hits: int = 0
     context_hits: int = 0
     swap_outs: int = 0

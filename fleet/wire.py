@@ -228,6 +228,7 @@ def service_to_pb(o: ServiceOptions) -> pb.ServiceOptions:
         context_policy=_CONTEXT_POLICY[o.context_policy],
         kv_budget_bytes=o.kv_budget_bytes,
         quantum_tokens=o.quantum_tokens,
+        priority_aging_s=o.priority_aging_s,
     )
 
 
@@ -248,7 +249,14 @@ def service_from_pb(m: pb.ServiceOptions) -> ServiceOptions:
         ),
         kv_budget_bytes=m.kv_budget_bytes,
         quantum_tokens=m.quantum_tokens or d.quantum_tokens,
+        priority_aging_s=_aging(m.priority_aging_s),
     )
+
+
+def _aging(v: float) -> float:
+    if not 0.0 <= v <= 3600.0:  # NaN fails too
+        raise WireError(f"priority_aging_s must be in [0, 3600], got {v}")
+    return v
 
 
 def deploy_to_pb(d: DeploySpec) -> pb.DeployRequest:
@@ -467,6 +475,7 @@ _STATS_FIELDS = (
     "mean_batch_size",
     "max_batch_size",
     "num_preemptions",
+    "num_promotions",
     "prefix_hits",
     "context_hits",
     "swap_outs",

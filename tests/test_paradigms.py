@@ -192,6 +192,28 @@ def test_agent_os_keeps_foreground_ttft_below_slmaas_under_background_load(clien
         assert all(a.end_ns <= b.start_ns for a, b in zip(r.service.slices, r.service.slices[1:]))
 
 
+def test_a_per_app_chat_keeps_its_own_conversation_between_turns(client):
+    """Per-app as a real app runs its model: the conversation's KV stays in the app's own
+    process, so a turn prefills only what is new; a new conversation reuses the system prompt."""
+    chat = AppWorkload(
+        "chat",
+        ArrivalPattern.CLOSED_LOOP,
+        prompt_tokens=24,
+        output_tokens=8,
+        multi_turn=True,
+        turns_per_session=3,
+        system_prompt_tokens=16,
+        max_requests=4,
+    )
+    trial = run_trial(client, Paradigm.PER_APP, [chat], duration=30)
+    recs = sorted(trial["records"], key=lambda r: int(r.request_id.split("/")[1]))
+    assert [r.turn for r in recs] == [0, 1, 2, 0]
+    assert recs[0].service.cached_prompt_tokens == 0
+    for r in recs[1:3]:  # all but the new tokens (and the last answer token, never fed back)
+        assert r.service.cached_prompt_tokens == r.prompt_tokens - 24 - 1
+    assert recs[3].service.cached_prompt_tokens == 16  # a new conversation: the system prompt
+
+
 def test_lmk_kill_is_followed_by_a_recorded_cold_start():
     apps = [
         AppWorkload(

@@ -106,7 +106,8 @@ def test_paradigm_defaults_are_decided_in_one_place():
     assert slmaas.scheduler is SchedulerPolicy.FCFS and not slmaas.persistent_contexts
     assert effective_service_options(Paradigm.AGENT_OS, asked) == asked
     own = effective_service_options(Paradigm.PER_APP, asked)
-    assert own.max_batch_size == 1 and not own.prefix_cache
+    # an app's own runtime: one request at a time, its own conversation and prefix kept
+    assert own.max_batch_size == 1 and own.prefix_cache and own.persistent_contexts
 
 
 def test_budget_check_uses_the_phones_rule():

@@ -6,12 +6,18 @@ not picked are preempted at token granularity: their KV stays, and their slice e
 
 - ``FcfsScheduler``: continuous batching in arrival order, app-agnostic, never preempts (SLMaaS).
 - ``PriorityScheduler``: foreground requests first; while any foreground request is unfinished,
-  background ones are preempted (agent-OS).
-- ``RoundRobinScheduler``: one request at a time for ``quantum`` steps, then the next in turn.
+  background ones are preempted (agent-OS). With aging (``aging_s`` > 0), a background request
+  that has waited that long since it arrived or last ran is promoted to the foreground until it
+  finishes, so none starves; ``aging_s`` = 0 is strict priority.
+- ``RoundRobinScheduler``: the apps take turns: every step takes one request of each app in ring
+  order (then a second of each, ...) up to the batch size, and the ring turns every ``quantum``
+  steps, so apps share the batch slots in turn when there are fewer slots than apps. Scheduling
+  is orthogonal to batching: with ``max_batch_size`` 1 it is classic one-at-a-time round robin.
 """
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -44,6 +50,8 @@ class ServiceRequest:
     session: str = ""  # key of a persistent context
     shared_prefix_tokens: int = 0
     seq: int = 0  # arrival order, set by the engine
+    arrived_ns: int = 0  # when the engine got it
+    promoted: bool = False  # aged into the foreground (priority with aging)
     state: RequestState = RequestState.WAITING
     ctx: KVContext | None = None  # once first scheduled
     prefilled: int = 0  # prompt tokens whose KV the context holds
@@ -118,10 +126,17 @@ class Scheduler:
 
     def __init__(self, max_batch_size: int):
         self.max_batch_size = max(1, max_batch_size)
+        self.promotions = 0  # background requests aged into the foreground
 
     def schedule(self, active: list[ServiceRequest]) -> list[ServiceRequest]:
         """active: unfinished requests in arrival order -> the batch for the next step."""
         raise NotImplementedError
+
+
+def _running_first(pool: list[ServiceRequest]) -> list[ServiceRequest]:
+    return [r for r in pool if r.state == RequestState.RUNNING] + [
+        r for r in pool if r.state != RequestState.RUNNING
+    ]
 
 
 class FcfsScheduler(Scheduler):
@@ -136,45 +151,61 @@ class FcfsScheduler(Scheduler):
 class PriorityScheduler(Scheduler):
     policy = SchedulerPolicy.PRIORITY
 
+    def __init__(self, max_batch_size: int, aging_s: float = 0.0):
+        super().__init__(max_batch_size)
+        self.aging_ns = int(aging_s * 1e9)
+
+    def _age(self, active: list[ServiceRequest]) -> None:
+        now = time.monotonic_ns()
+        for r in active:
+            if r.foreground or r.promoted or r.state == RequestState.RUNNING:
+                continue
+            since = r.slices[-1].end_ns if r.slices else r.arrived_ns
+            if since and now - since >= self.aging_ns:
+                r.promoted = True  # until it finishes: demoting it would thrash
+                self.promotions += 1
+
     def schedule(self, active):
-        foreground = [r for r in active if r.foreground]
-        pool = foreground or active  # strict priority: background runs only when no foreground
-        running = [r for r in pool if r.state == RequestState.RUNNING]
-        others = [r for r in pool if r.state != RequestState.RUNNING]
-        return (running + others)[: self.max_batch_size]
+        if self.aging_ns:
+            self._age(active)
+        urgent = [r for r in active if r.foreground or r.promoted]
+        pool = urgent or active  # background runs when nothing urgent is left
+        return _running_first(pool)[: self.max_batch_size]
 
 
 class RoundRobinScheduler(Scheduler):
     policy = SchedulerPolicy.ROUND_ROBIN
 
     def __init__(self, max_batch_size: int, quantum: int):
-        super().__init__(1)
+        super().__init__(max_batch_size)
         self.quantum = max(1, quantum)
-        self._queue: deque[ServiceRequest] = deque()
-        self._current: ServiceRequest | None = None
+        self._ring: deque[str] = deque()  # apps, the one at the head goes first
         self._steps = 0
 
     def schedule(self, active):
-        live = set(active)
+        by_app: dict[str, list[ServiceRequest]] = {}
         for r in active:
-            if r not in self._queue and r is not self._current:
-                self._queue.append(r)
-        self._queue = deque(r for r in self._queue if r in live)
-        if self._current is not None and (self._current not in live or self._steps >= self.quantum):
-            if self._current in live:
-                self._queue.append(self._current)  # quantum used up: to the back of the line
-            self._current = None
-        if self._current is None and self._queue:
-            self._current, self._steps = self._queue.popleft(), 0
-        if self._current is None:
-            return []
+            by_app.setdefault(r.app, []).append(r)
+        self._ring = deque(a for a in self._ring if a in by_app)
+        self._ring.extend(a for a in by_app if a not in self._ring)
+        if self._steps >= self.quantum and len(self._ring) > 1:
+            self._ring.rotate(-1)  # the head's quantum is used up: the next app leads
+            self._steps = 0
+        queues = [_running_first(by_app[a]) for a in self._ring]
+        batch: list[ServiceRequest] = []
+        for depth in range(max((len(q) for q in queues), default=0)):
+            for q in queues:  # one of each app per round, in ring order
+                if depth < len(q) and len(batch) < self.max_batch_size:
+                    batch.append(q[depth])
         self._steps += 1
-        return [self._current]
+        return batch
 
 
-def make_scheduler(policy: SchedulerPolicy, max_batch_size: int, quantum: int) -> Scheduler:
+def make_scheduler(
+    policy: SchedulerPolicy, max_batch_size: int, quantum: int, aging_s: float = 0.0
+) -> Scheduler:
     if policy is SchedulerPolicy.FCFS:
         return FcfsScheduler(max_batch_size)
     if policy is SchedulerPolicy.PRIORITY:
-        return PriorityScheduler(max_batch_size)
+        return PriorityScheduler(max_batch_size, aging_s)
     return RoundRobinScheduler(max_batch_size, quantum)

@@ -30,7 +30,10 @@ class ServingEngine:
         self.model = model
         self.options = options
         self.scheduler = make_scheduler(
-            options.scheduler, options.max_batch_size, options.quantum_tokens
+            options.scheduler,
+            options.max_batch_size,
+            options.quantum_tokens,
+            options.priority_aging_s,
         )
         self.contexts = ContextManager(
             model,
@@ -59,7 +62,7 @@ class ServingEngine:
     def submit(self, req: ServiceRequest) -> None:
         with self._cond:
             self._seq += 1
-            req.seq = self._seq
+            req.seq, req.arrived_ns = self._seq, time.monotonic_ns()
             self._incoming.append(req)
             self._cond.notify()
 
@@ -184,6 +187,7 @@ class ServingEngine:
             mean_batch_size=(sum(k * v for k, v in sizes.items()) / steps) if steps else 0.0,
             max_batch_size=max(sizes, default=0),
             num_preemptions=self.num_preemptions,
+            num_promotions=self.scheduler.promotions,
             prefix_hits=c["prefix_hits"],
             context_hits=c["context_hits"],
             swap_outs=c["swap_outs"],

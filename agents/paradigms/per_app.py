@@ -1,7 +1,9 @@
 """Per-app SLMs: every app loads its own model in its own process and is its only user.
 
 Memory grows with the app count (N copies of weights plus N KV caches) and nothing is batched,
-cached or scheduled across apps: the OS sees N unrelated processes competing for cores. A
+cached or scheduled across apps: the OS sees N unrelated processes competing for cores. Within
+its own process an app does what a real app's runtime does (``OWN_MODEL``): it keeps its
+conversation's KV between turns and reuses its system prompt's KV, within one context's memory. A
 low-memory killer emulation watches the summed PSS of the model processes: over the phone's
 budget, it SIGKILLs the least recently used background app's model (foreground last, idle
 before busy), as Android's lmkd does, and records the kill. That app's next request relaunches
@@ -62,7 +64,12 @@ class PerAppParadigm(ParadigmHost):
         options = effective_service_options(Paradigm.PER_APP, spec.service)
 
         def endpoint(app: AppWorkload) -> ModelEndpoint:
-            own = LaunchSpec(app_model(spec, app), options, threads=self.threads(spec))
+            own = LaunchSpec(  # its KV within its own means: one context of its own
+                app_model(spec, app),
+                options,
+                threads=self.threads(spec),
+                kv_budget_bytes=need[app.name].kv_bytes,
+            )
             return ModelEndpoint(socket=str(workdir / f"{app.name}.sock"), own=own)
 
         def shape(app: AppWorkload):

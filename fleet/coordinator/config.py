@@ -125,7 +125,9 @@ class AgentOsConfig(Strict):
     name: str = Field("", pattern=r"^$|" + NAME)  # label in results (default: the kind)
     threads_per_process: int | None = Field(None, gt=0)  # unset: the phone's cores
     scheduler: SchedulerPolicy = SchedulerPolicy.PRIORITY  # kept as this enum up to the engine
-    quantum_tokens: int = Field(16, gt=0)  # round robin: decode steps per slice
+    # priority: a background request waiting this long is promoted until it finishes (0: strict)
+    priority_aging_s: float = Field(1.0, ge=0, le=3600)
+    quantum_tokens: int = Field(16, gt=0)  # round robin: steps before the next app leads
     max_batch_size: int = Field(8, gt=0)
     prefill_chunk_tokens: int = Field(64, gt=0)  # small chunks: a foreground request waits less
     prefix_cache: bool = True
@@ -149,6 +151,7 @@ class AgentOsConfig(Strict):
             context_policy=self.context_policy,
             kv_budget_bytes=self.kv_budget_mb * 2**20,
             quantum_tokens=self.quantum_tokens,
+            priority_aging_s=self.priority_aging_s,
         )
 
 

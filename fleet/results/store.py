@@ -40,7 +40,7 @@ from fleet.records import (
 )
 
 STATS_COLUMNS = tuple(f.name for f in fields(ServiceStats))
-SCHEMA_VERSION = 2  # 2: traces, sent/end times, censoring; 0/1: before
+SCHEMA_VERSION = 3  # 3: promotions; 2: traces, sent/end times, censoring; 0/1: before
 
 # A trial's app mix (the ``mix`` column): one app alone, every app together, or the first k.
 CORUN = "corun"

@@ -172,7 +172,7 @@ class DescribeResponse(_message.Message):
     def __init__(self, profile: _Optional[_Union[PhoneProfile, _Mapping]] = ..., paradigms: _Optional[_Iterable[_Union[Paradigm, str]]] = ..., model_presets: _Optional[_Iterable[str]] = ..., versions: _Optional[_Mapping[str, str]] = ..., host_facts: _Optional[_Mapping[str, str]] = ..., agent_pid: _Optional[int] = ..., metrics_port: _Optional[int] = ...) -> None: ...
 
 class ServiceOptions(_message.Message):
-    __slots__ = ("scheduler", "max_batch_size", "prefill_chunk_tokens", "prefix_cache", "persistent_contexts", "context_policy", "kv_budget_bytes", "quantum_tokens")
+    __slots__ = ("scheduler", "max_batch_size", "prefill_chunk_tokens", "prefix_cache", "persistent_contexts", "context_policy", "kv_budget_bytes", "quantum_tokens", "priority_aging_s")
     SCHEDULER_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     PREFILL_CHUNK_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -181,6 +181,7 @@ class ServiceOptions(_message.Message):
     CONTEXT_POLICY_FIELD_NUMBER: _ClassVar[int]
     KV_BUDGET_BYTES_FIELD_NUMBER: _ClassVar[int]
     QUANTUM_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_AGING_S_FIELD_NUMBER: _ClassVar[int]
     scheduler: SchedulerPolicy
     max_batch_size: int
     prefill_chunk_tokens: int
@@ -189,7 +190,8 @@ class ServiceOptions(_message.Message):
     context_policy: ContextPolicy
     kv_budget_bytes: int
     quantum_tokens: int
-    def __init__(self, scheduler: _Optional[_Union[SchedulerPolicy, str]] = ..., max_batch_size: _Optional[int] = ..., prefill_chunk_tokens: _Optional[int] = ..., prefix_cache: _Optional[bool] = ..., persistent_contexts: _Optional[bool] = ..., context_policy: _Optional[_Union[ContextPolicy, str]] = ..., kv_budget_bytes: _Optional[int] = ..., quantum_tokens: _Optional[int] = ...) -> None: ...
+    priority_aging_s: float
+    def __init__(self, scheduler: _Optional[_Union[SchedulerPolicy, str]] = ..., max_batch_size: _Optional[int] = ..., prefill_chunk_tokens: _Optional[int] = ..., prefix_cache: _Optional[bool] = ..., persistent_contexts: _Optional[bool] = ..., context_policy: _Optional[_Union[ContextPolicy, str]] = ..., kv_budget_bytes: _Optional[int] = ..., quantum_tokens: _Optional[int] = ..., priority_aging_s: _Optional[float] = ...) -> None: ...
 
 class DeployRequest(_message.Message):
     __slots__ = ("paradigm", "model", "apps", "max_context_tokens", "threads_per_process", "service")
@@ -314,7 +316,7 @@ class ServiceFacts(_message.Message):
     def __init__(self, slices: _Optional[_Iterable[_Union[Slice, _Mapping]]] = ..., context_switch_s: _Optional[float] = ..., context_switch_bytes: _Optional[int] = ..., context_restore: _Optional[str] = ..., cached_prompt_tokens: _Optional[int] = ..., max_batch_size: _Optional[int] = ...) -> None: ...
 
 class ServiceStats(_message.Message):
-    __slots__ = ("t_ns", "num_running", "num_waiting", "last_batch_size", "kv_held_bytes", "num_steps", "mean_batch_size", "max_batch_size", "num_preemptions", "prefix_hits", "context_hits", "swap_outs", "swap_ins", "recomputes", "drops", "swap_bytes")
+    __slots__ = ("t_ns", "num_running", "num_waiting", "last_batch_size", "kv_held_bytes", "num_steps", "mean_batch_size", "max_batch_size", "num_preemptions", "prefix_hits", "context_hits", "swap_outs", "swap_ins", "recomputes", "drops", "swap_bytes", "num_promotions")
     T_NS_FIELD_NUMBER: _ClassVar[int]
     NUM_RUNNING_FIELD_NUMBER: _ClassVar[int]
     NUM_WAITING_FIELD_NUMBER: _ClassVar[int]
@@ -331,6 +333,7 @@ class ServiceStats(_message.Message):
     RECOMPUTES_FIELD_NUMBER: _ClassVar[int]
     DROPS_FIELD_NUMBER: _ClassVar[int]
     SWAP_BYTES_FIELD_NUMBER: _ClassVar[int]
+    NUM_PROMOTIONS_FIELD_NUMBER: _ClassVar[int]
     t_ns: int
     num_running: int
     num_waiting: int
@@ -347,7 +350,8 @@ class ServiceStats(_message.Message):
     recomputes: int
     drops: int
     swap_bytes: int
-    def __init__(self, t_ns: _Optional[int] = ..., num_running: _Optional[int] = ..., num_waiting: _Optional[int] = ..., last_batch_size: _Optional[int] = ..., kv_held_bytes: _Optional[int] = ..., num_steps: _Optional[int] = ..., mean_batch_size: _Optional[float] = ..., max_batch_size: _Optional[int] = ..., num_preemptions: _Optional[int] = ..., prefix_hits: _Optional[int] = ..., context_hits: _Optional[int] = ..., swap_outs: _Optional[int] = ..., swap_ins: _Optional[int] = ..., recomputes: _Optional[int] = ..., drops: _Optional[int] = ..., swap_bytes: _Optional[int] = ...) -> None: ...
+    num_promotions: int
+    def __init__(self, t_ns: _Optional[int] = ..., num_running: _Optional[int] = ..., num_waiting: _Optional[int] = ..., last_batch_size: _Optional[int] = ..., kv_held_bytes: _Optional[int] = ..., num_steps: _Optional[int] = ..., mean_batch_size: _Optional[float] = ..., max_batch_size: _Optional[int] = ..., num_preemptions: _Optional[int] = ..., prefix_hits: _Optional[int] = ..., context_hits: _Optional[int] = ..., swap_outs: _Optional[int] = ..., swap_ins: _Optional[int] = ..., recomputes: _Optional[int] = ..., drops: _Optional[int] = ..., swap_bytes: _Optional[int] = ..., num_promotions: _Optional[int] = ...) -> None: ...
 
 class Slice(_message.Message):
     __slots__ = ("start_ns", "end_ns", "prefill_tokens", "output_tokens")
