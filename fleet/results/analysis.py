@@ -90,6 +90,7 @@ class GroupResult:
     swaps: Spread  # swap-ins + recomputes: contexts made usable again
     context_switch_s: Spread
     mean_batch_size: Spread
+    promotions: Spread  # background requests aged into the foreground (priority with aging)
     no_baseline: list[str] = field(default_factory=list)  # in the co-run, never measured alone
     starved: list[str] = field(default_factory=list)  # co-running, its p50 arrival unserved
     # measured on both sides, but without a comparable baseline (censored solo, no common ids)
@@ -139,7 +140,9 @@ class RunData:
                 "ORDER BY trial_id, app, request_id"
             ),
             events=by_trial("SELECT trial_id, t_ns, kind, app, detail, duration_s FROM events"),
-            stats=by_trial("SELECT trial_id, mean_batch_size FROM service_stats ORDER BY t_ns"),
+            stats=by_trial(
+                "SELECT trial_id, mean_batch_size, num_promotions FROM service_stats ORDER BY t_ns"
+            ),
             apps=apps,
         )
 
@@ -282,6 +285,7 @@ def _corun_figures(corun: list[dict], data: RunData) -> dict[str, Spread]:
         cols["switch_s"].extend(e["duration_s"] for e in restores)
         stats = data.stats.get(tid)  # the last statistics of a trial cover all of it
         cols["batch"].append(stats[-1]["mean_batch_size"] if stats else 1.0)
+        cols["promotions"].append(stats[-1]["num_promotions"] if stats else 0)
     return {k: Spread.of(v) for k, v in cols.items()}
 
 
@@ -357,6 +361,7 @@ def _group(
         swaps=f["swaps"],
         context_switch_s=f["switch_s"],
         mean_batch_size=f["batch"],
+        promotions=f["promotions"],
         no_baseline=[a.app for a in apps if not a.has_baseline],
         starved=[a.app for a in starved],
         uncomparable=[a.app for a in uncomparable],

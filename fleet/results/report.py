@@ -123,6 +123,7 @@ def comparison_rows(groups: list[GroupResult], min_n: int = DEFAULT_MIN_N) -> li
             "cold starts": g.cold_starts.fmt(1, 0),
             "ctx restores": g.swaps.fmt(1, 0),
             "mean batch": g.mean_batch_size.fmt(1, 2),
+            "aged": g.promotions.fmt(1, 0),
         }
         for g in _order(groups)
         if g.outcomes.n  # groups with co-run trials (a sweep-only run has none)
