@@ -38,6 +38,11 @@ class ModelArgs:
     intermediate_size: int = 128  # SwiGLU hidden size
     vocab_size: int = 256
     rope_base: float = 10000.0  # RoPE theta
+    rope_type: str = "default"  # RoPE scaling: default (none), linear or llama3
+    rope_factor: float = 1.0  # linear and llama3: how much the context was stretched
+    rope_low_freq_factor: float = 1.0  # llama3
+    rope_high_freq_factor: float = 4.0  # llama3
+    rope_original_max_position: int = 8192  # llama3: the context before stretching
     norm_eps: float = 1e-5
     qkv_bias: bool = False  # Qwen2 puts a bias on q/k/v projections
     tie_embeddings: bool = True  # lm_head shares the input embedding matrix
@@ -167,18 +172,109 @@ HF_REQUIRED = (
 )
 
 
+# Fields read below, and fields that do not change a forward pass; any other is refused by name.
+HF_READ = set(HF_REQUIRED) | {
+    "model_type",
+    "num_key_value_heads",
+    "rope_theta",
+    "rope_scaling",
+    "rope_parameters",
+    "rms_norm_eps",
+    "attention_bias",
+    "mlp_bias",
+    "tie_word_embeddings",
+    "max_position_embeddings",
+    "head_dim",
+    "hidden_act",
+    "use_sliding_window",
+    "sliding_window",
+    "max_window_layers",
+    "layer_types",
+    "is_encoder_decoder",
+    "_name_or_path",
+}
+HF_HARMLESS = {
+    "architectures",
+    "transformers_version",
+    "torch_dtype",
+    "dtype",
+    "bos_token_id",
+    "eos_token_id",
+    "pad_token_id",
+    "initializer_range",
+    "use_cache",
+    "pretraining_tp",  # a training-time split of the same matmuls
+    "attention_dropout",  # inference runs without dropout
+    "tokenizer_class",
+    "output_attentions",
+    "output_hidden_states",
+    "return_dict",
+    "id2label",  # classification heads' labels, unused by a causal LM
+    "label2id",
+    "problem_type",
+    "chunk_size_feed_forward",  # the same feed-forward, computed in chunks
+}
+ROPE_KEYS = {
+    "default": set(),
+    "linear": {"factor"},
+    "llama3": {"factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"},
+}
+
+
+def _rope_settings(cfg: dict[str, Any]) -> dict[str, Any]:
+    """RoPE theta and scaling from a transformers 4.x (``rope_theta`` + ``rope_scaling``) or 5.x
+    (``rope_parameters``) config; ValueError for a scaling this engine does not implement."""
+    params = dict(cfg.get("rope_scaling") or {})
+    params.update(cfg.get("rope_parameters") or {})
+    theta = params.pop("rope_theta", cfg.get("rope_theta", 10000.0))
+    kind = params.pop("rope_type", None) or params.pop("type", None) or "default"
+    params.pop("type", None)
+    if kind not in ROPE_KEYS:
+        raise ValueError(
+            f"unsupported model config: RoPE scaling {kind!r} is not implemented "
+            f"(implemented: {', '.join(ROPE_KEYS)})"
+        )
+    extra = sorted(set(params) - ROPE_KEYS[kind])
+    if extra:
+        raise ValueError(f"unsupported model config: RoPE {kind} field(s) {', '.join(extra)}")
+    missing = sorted(ROPE_KEYS[kind] - set(params))
+    if missing:
+        raise ValueError(f"model config: RoPE {kind} needs {', '.join(missing)}")
+    if not isinstance(theta, (int, float)) or theta <= 0:
+        raise ValueError(f"model config: rope_theta must be a positive number, got {theta!r}")
+    out: dict[str, Any] = {"rope_base": float(theta), "rope_type": kind}
+    if kind != "default":
+        out["rope_factor"] = float(params["factor"])
+    if kind == "llama3":
+        out["rope_low_freq_factor"] = float(params["low_freq_factor"])
+        out["rope_high_freq_factor"] = float(params["high_freq_factor"])
+        out["rope_original_max_position"] = int(params["original_max_position_embeddings"])
+    return out
+
+
 def args_from_hf_config(cfg: dict[str, Any]) -> ModelArgs:
-    """A Hugging Face ``config.json`` as ModelArgs; ValueError names what is unsupported."""
+    """A Hugging Face ``config.json`` (transformers 4.x or 5.x) as ModelArgs; ValueError names
+    each field this engine does not implement."""
     model_type = cfg.get("model_type", "llama")
     if model_type not in ("llama", "qwen2", "mistral"):
         raise ValueError(f"unsupported model_type {model_type!r} (Llama-family only)")
     missing = [k for k in HF_REQUIRED if not isinstance(cfg.get(k), int) or cfg[k] < 1]
     if missing:
         raise ValueError(f"config.json needs positive integers for: {', '.join(missing)}")
+    unknown = sorted(k for k in cfg if k not in HF_READ | HF_HARMLESS and cfg[k] is not None)
+    if unknown:
+        raise ValueError(
+            f"unsupported model config: field(s) {', '.join(unknown)} not implemented by this "
+            "engine (refused rather than ignored)"
+        )
     n_head = cfg["num_attention_heads"]
     unsupported = []
-    if cfg.get("rope_scaling"):
-        unsupported.append(f"rope_scaling={cfg['rope_scaling']}")
+    if cfg.get("mlp_bias"):
+        unsupported.append("mlp_bias=true")
+    if cfg.get("is_encoder_decoder"):
+        unsupported.append("is_encoder_decoder=true")
+    if any(t != "full_attention" for t in cfg.get("layer_types") or []):
+        unsupported.append(f"layer_types={sorted(set(cfg['layer_types']))}")
     if cfg.get("head_dim") not in (None, cfg["hidden_size"] // n_head):
         unsupported.append(f"head_dim={cfg['head_dim']}")
     if cfg.get("hidden_act", "silu") != "silu":
@@ -187,6 +283,7 @@ def args_from_hf_config(cfg: dict[str, Any]) -> ModelArgs:
         unsupported.append(f"sliding_window={cfg.get('sliding_window')}")
     if unsupported:
         raise ValueError(f"unsupported model config: {', '.join(unsupported)}")
+    rope = _rope_settings(cfg)
     return ModelArgs(
         name=cfg.get("_name_or_path") or model_type,
         n_layer=cfg["num_hidden_layers"],
@@ -195,7 +292,7 @@ def args_from_hf_config(cfg: dict[str, Any]) -> ModelArgs:
         n_kv_head=cfg.get("num_key_value_heads", n_head),
         intermediate_size=cfg["intermediate_size"],
         vocab_size=cfg["vocab_size"],
-        rope_base=float(cfg.get("rope_theta", 10000.0)),
+        **rope,
         norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
         qkv_bias=model_type == "qwen2" or bool(cfg.get("attention_bias", False)),
         tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),

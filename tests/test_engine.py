@@ -237,7 +237,7 @@ def test_hf_directory_uses_hugging_face_parameter_names(tmp_path):
 def test_local_directory_with_an_unsupported_config_is_refused(tmp_path):
     save_hf_directory(tiny(), tmp_path)
     cfg = json.loads((tmp_path / "config.json").read_text())
-    cfg["rope_scaling"] = {"rope_type": "llama3", "factor": 8.0}
+    cfg["rope_scaling"] = {"rope_type": "yarn", "factor": 8.0}
     (tmp_path / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(ValueError, match="unsupported model config: rope_scaling"):
+    with pytest.raises(ValueError, match="unsupported model config: RoPE scaling 'yarn'"):
         load_model(ModelSpec(path=str(tmp_path)))

@@ -18,6 +18,8 @@ layer runs once over all their new tokens, and attention runs per sequence over 
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -42,11 +44,33 @@ class RMSNorm(nn.Module):
 def rope_tables(args: ModelArgs, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
     """cos/sin tables (S, D) in the Hugging Face "rotate half" layout."""
     hd = args.head_dim
-    inv_freq = 1.0 / (args.rope_base ** (torch.arange(0, hd, 2, dtype=torch.float64) / hd))
+    inv_freq = scaled_inv_freq(
+        args, 1.0 / (args.rope_base ** (torch.arange(0, hd, 2, dtype=torch.float64) / hd))
+    )
     t = torch.arange(seq_len, dtype=torch.float64)
     freqs = torch.outer(t, inv_freq)  # (S, D/2)
     emb = torch.cat([freqs, freqs], dim=-1)  # (S, D)
     return emb.cos().float(), emb.sin().float()
+
+
+def scaled_inv_freq(args: ModelArgs, inv_freq: torch.Tensor) -> torch.Tensor:
+    """RoPE frequencies after the model's context scaling (``linear``: every frequency divided
+    by the factor; ``llama3``: low frequencies divided, high kept, the band between blended)."""
+    if args.rope_type == "linear":
+        return inv_freq / args.rope_factor
+    if args.rope_type != "llama3":
+        return inv_freq
+    old = args.rope_original_max_position
+    low_wavelen = old / args.rope_low_freq_factor
+    high_wavelen = old / args.rope_high_freq_factor
+    wavelen = 2 * math.pi / inv_freq
+    out = torch.where(wavelen > low_wavelen, inv_freq / args.rope_factor, inv_freq)
+    smooth = (old / wavelen - args.rope_low_freq_factor) / (
+        args.rope_high_freq_factor - args.rope_low_freq_factor
+    )
+    blended = (1 - smooth) * out / args.rope_factor + smooth * out
+    medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+    return torch.where(medium, blended, out)
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
