@@ -15,6 +15,7 @@ import contextlib
 import hmac
 import os
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -90,13 +91,24 @@ class PhoneAgentServicer(pb_grpc.PhoneAgentServiceServicer):
         self._lock = asyncio.Lock()  # one Deploy/RunWorkload/Reset at a time
         self._runner: TrialRunner | None = None
 
+    def _storage_facts(self) -> dict[str, str]:
+        if not self.profile.storage_dir:
+            return {"storage_dir": "none (models generated in memory)"}
+        from agents.storage import PhoneStorage
+        from fleet.storage_models import storage_model
+
+        storage = PhoneStorage(
+            Path(self.profile.storage_dir), storage_model(self.profile.storage_model)
+        )
+        return storage.describe()
+
     def description(self) -> AgentDescription:
         return AgentDescription(
             profile=self.profile,
             paradigms=tuple(implemented_paradigms()),
             model_presets=tuple(sorted(PRESETS)),
             versions=software_versions(AGENT_SOFTWARE),
-            host_facts={k: str(v) for k, v in host_facts().items()},
+            host_facts={k: str(v) for k, v in host_facts().items()} | self._storage_facts(),
             agent_pid=os.getpid(),
             metrics_port=self.metrics_port,
         )

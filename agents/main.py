@@ -18,6 +18,7 @@ import sys
 import threading
 
 from fleet.records import PhoneProfile
+from fleet.storage_models import STORAGE_MODELS
 
 TOKEN_ENV = "FLEET_AGENT_TOKEN"
 
@@ -43,6 +44,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="",
         help="cores to confine the agent and every process it starts to, e.g. 0-1 or 2,3 "
         "(sched_setaffinity; default: not pinned)",
+    )
+    p.add_argument(
+        "--storage-dir",
+        default="",
+        help="the phone's storage: model files and swapped contexts, on a real disk "
+        "(default: ~/.cache/slm-fleet/phones/NAME; 'none' keeps models in memory only)",
+    )
+    p.add_argument(
+        "--storage-model",
+        default="none",
+        choices=sorted(STORAGE_MODELS),
+        help="throttle storage I/O to a phone's flash (default: the host disk as it is)",
     )
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
     p.add_argument("--port", type=int, default=0, help="port to bind (0 = any free port)")
@@ -101,6 +114,8 @@ async def _amain(ns: argparse.Namespace, token: str) -> None:
         cpu_threads=ns.cpu_threads,
         host=os.uname().nodename,
         cpus=ns.cpu_list,
+        storage_dir=ns.storage_dir,
+        storage_model=ns.storage_model,
     )
     cert = key = None
     if ns.tls_cert and ns.tls_key:
@@ -160,7 +175,28 @@ def main(argv: list[str] | None = None) -> None:
         except ValueError as exc:
             sys.exit(f"fleet-agent: --cpus {ns.cpus}: {exc}")
     ns.cpu_threads = ns.cpu_threads or len(ns.cpu_list) or len(os.sched_getaffinity(0))
+    ns.storage_dir = open_storage(ns)
     asyncio.run(_amain(ns, token))
+
+
+def open_storage(ns: argparse.Namespace) -> str:
+    """The phone's storage directory, created; a RAM-backed one is warned about, by path."""
+    from pathlib import Path
+
+    from agents.storage import PhoneStorage
+    from fleet.storage_models import storage_model
+
+    if ns.storage_dir == "none":
+        return ""
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    root = Path(ns.storage_dir) if ns.storage_dir else cache / "slm-fleet" / "phones" / ns.name
+    try:
+        storage = PhoneStorage(root, storage_model(ns.storage_model))
+    except OSError as exc:
+        sys.exit(f"fleet-agent: --storage-dir {root}: {exc.strerror or exc}")
+    if storage.ram_backed:
+        print(f"fleet-agent: warning: {storage.describe()['storage_warning']}", file=sys.stderr)
+    return str(storage.root)
 
 
 if __name__ == "__main__":

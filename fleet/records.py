@@ -67,6 +67,8 @@ class PhoneProfile:
     cpu_threads: int = 1
     host: str = ""
     cpus: tuple[int, ...] = ()  # cores every process of the phone is confined to (() = unpinned)
+    storage_dir: str = ""  # where its model files and swapped contexts live ("" = none)
+    storage_model: str = "none"  # how fast that storage reads and writes (fleet.storage_models)
 
 
 @dataclass(frozen=True)

@@ -114,6 +114,8 @@ def profile_to_pb(p: PhoneProfile) -> pb.PhoneProfile:
         cpu_threads=p.cpu_threads,
         host=p.host,
         cpus=list(p.cpus),
+        storage_dir=p.storage_dir,
+        storage_model=p.storage_model,
     )
 
 
@@ -125,6 +127,8 @@ def profile_from_pb(m: pb.PhoneProfile) -> PhoneProfile:
         cpu_threads=m.cpu_threads,
         host=m.host,
         cpus=tuple(m.cpus),
+        storage_dir=m.storage_dir,
+        storage_model=m.storage_model or "none",
     )
 
 

@@ -95,7 +95,8 @@ class ModelLink:
                         time.monotonic_ns(),
                         "cold_start",
                         self.app,
-                        "relaunch after kill",
+                        f"relaunch after kill: {ready.read_bytes} B read from storage in "
+                        f"{ready.load_s:.2f} s",
                         ready.weight_bytes,
                         ready.cold_start_s,
                     ),

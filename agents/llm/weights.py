@@ -7,11 +7,19 @@ ever downloaded.
 
     loaded = load_model(ModelSpec(preset="smollm-135m", dtype="bf16", seed=0))  # fleet.records
     loaded.model, loaded.weights_label, loaded.tokenizer
+
+On a phone (``storage`` given), random weights are installed once into the phone's storage as a
+Hugging Face directory (seeded, generated in their dtype, like an app's model file) and every
+load reads that directory cold from the disk, as a phone reads its flash, through the same path
+as real weights. Installing is timed apart from loading (``install_s``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +27,7 @@ from typing import Any
 import torch
 
 from agents.llm.transformer import Transformer
+from agents.storage import IoCount, PhoneStorage
 from fleet.records import ModelSpec
 from fleet.shapes import ModelArgs, args_from_hf_config, model_args, read_hf_config
 
@@ -37,13 +46,38 @@ class LoadedModel:
     model: Transformer
     weights_label: str  # "random weights" or "local weights: <dir>"
     tokenizer: Any = None  # a `tokenizers.Tokenizer` when the directory has tokenizer.json
+    read_bytes: int = 0  # bytes read from storage to load it
+    install_s: float = 0.0  # writing random weights into the phone's storage, the first time
 
 
-def load_model(spec: ModelSpec) -> LoadedModel:
+def load_model(spec: ModelSpec, storage: PhoneStorage | None = None) -> LoadedModel:
     dtype = torch_dtype(spec.dtype)
     if spec.path:
-        return _load_local(Path(spec.path), dtype)
-    return LoadedModel(random_model(model_args(spec), dtype, spec.seed), RANDOM_WEIGHTS)
+        return _load_local(Path(spec.path), dtype, storage)
+    if storage is None:
+        return LoadedModel(random_model(model_args(spec), dtype, spec.seed), RANDOM_WEIGHTS)
+    folder, install_s = install_random_weights(spec, storage)
+    loaded = _load_local(folder, dtype, storage)
+    loaded.weights_label, loaded.install_s = RANDOM_WEIGHTS, install_s
+    return loaded
+
+
+def install_random_weights(spec: ModelSpec, storage: PhoneStorage) -> tuple[Path, float]:
+    """The phone's copy of a preset's seeded random weights, written once; (folder, seconds
+    spent writing it now, 0 when it was there)."""
+    name = f"{spec.preset}-{spec.dtype}-seed{spec.seed}"
+    folder = storage.root / "models" / name
+    with storage.locked(name):  # the other processes of this phone wait, then load it
+        if (folder / "model.safetensors").is_file():
+            return folder, 0.0
+        t0 = time.perf_counter()
+        tmp = folder.with_name(f".{name}.tmp")
+        model = random_model(model_args(spec), torch_dtype(spec.dtype), spec.seed)
+        save_hf_directory(model, tmp)
+        with storage.writing(tmp / "model.safetensors") as io:
+            io.bytes = (tmp / "model.safetensors").stat().st_size
+        os.replace(tmp, folder)
+        return folder, time.perf_counter() - t0
 
 
 RANDOM_POOL = 1_048_573  # a prime: tiled rows never line up with a row length
@@ -78,7 +112,7 @@ def random_model(args: ModelArgs, dtype: torch.dtype, seed: int) -> Transformer:
     return model.eval()
 
 
-def _load_local(path: Path, dtype: torch.dtype) -> LoadedModel:
+def _load_local(path: Path, dtype: torch.dtype, storage: PhoneStorage | None = None) -> LoadedModel:
     from safetensors import safe_open
 
     args = args_from_hf_config(read_hf_config(path))
@@ -86,13 +120,18 @@ def _load_local(path: Path, dtype: torch.dtype) -> LoadedModel:
     if not files:
         raise FileNotFoundError(f"{path}: no *.safetensors files")
     state: dict[str, torch.Tensor] = {}
-    for f in files:
-        with safe_open(str(f), framework="pt") as st:
-            for key in st.keys():
-                name = key.removeprefix("model.")
-                if name.endswith("rotary_emb.inv_freq"):
-                    continue  # older checkpoints store the RoPE table; we compute it
-                state[name] = st.get_tensor(key).to(dtype)
+    reading = storage.reading(*files) if storage else contextlib.nullcontext(IoCount())
+    with reading as io:
+        for f in files:
+            io.bytes += f.stat().st_size
+            with safe_open(str(f), framework="pt") as st:
+                for key in st.keys():
+                    name = key.removeprefix("model.")
+                    if name.endswith("rotary_emb.inv_freq"):
+                        continue  # older checkpoints store the RoPE table; we compute it
+                    # a private copy, never the file's mapped pages: an app's model is its own
+                    # memory (shared page-cache pages would split its PSS among processes)
+                    state[name] = st.get_tensor(key).to(dtype, copy=True)
     if args.tie_embeddings:
         state.pop("lm_head.weight", None)
     with torch.device("meta"):
@@ -114,7 +153,7 @@ def _load_local(path: Path, dtype: torch.dtype) -> LoadedModel:
         from tokenizers import Tokenizer
 
         tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
-    return LoadedModel(model.eval(), f"local weights: {path}", tokenizer)
+    return LoadedModel(model.eval(), f"local weights: {path}", tokenizer, io.bytes)
 
 
 def save_hf_directory(model: Transformer, path: Path) -> None:

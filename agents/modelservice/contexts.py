@@ -11,6 +11,7 @@ under a KV byte budget.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections import OrderedDict
@@ -20,6 +21,7 @@ import torch
 
 from agents.llm.kv_context import KVContext
 from agents.modelservice.scheduler import ServiceRequest
+from agents.storage import IoCount, PhoneStorage
 from fleet.records import ContextPolicy, PhoneEvent
 
 
@@ -33,12 +35,14 @@ class ContextManager:
         swap_dir: Path,
         persistent: bool,
         prefix_cache: bool,
+        storage: PhoneStorage | None = None,
     ):
         self.model = model
         self.policy = policy
         self.kv_budget_bytes = kv_budget_bytes
         self.swap_dir = Path(swap_dir)
         self.swap_dir.mkdir(parents=True, exist_ok=True)
+        self.storage = storage  # swaps go to the phone's storage, written and read cold
         self.persistent = persistent
         self.prefix_cache = prefix_cache
         self.sessions: OrderedDict[str, KVContext] = OrderedDict()  # LRU order: oldest first
@@ -94,7 +98,9 @@ class ContextManager:
         t0 = time.perf_counter()
         path = self._swap_path(req.session)
         if path.exists():
-            moved, kind = ctx.swap_in(path), "swap_in"
+            with self._io("read", path) as io:
+                moved = io.bytes = ctx.swap_in(path)
+            kind = "swap_in"
             self.counters["swap_ins"] += 1
         else:
             tokens = ctx.reset_for_recompute()
@@ -139,7 +145,9 @@ class ContextManager:
             t0 = time.perf_counter()
             freed = ctx.allocated_bytes()
             if self.policy is ContextPolicy.SWAP:
-                moved = ctx.swap_out(self._swap_path(session))
+                path = self._swap_path(session)
+                with self._io("write", path) as io:
+                    moved = io.bytes = ctx.swap_out(path)
                 self.counters["swap_outs"] += 1
                 self.counters["swap_bytes"] += moved
                 self._event("swap_out", session, moved, time.perf_counter() - t0)
@@ -148,6 +156,11 @@ class ContextManager:
                 self.counters["drops"] += 1
                 self._event("drop", session, freed, time.perf_counter() - t0)
             held -= freed
+
+    def _io(self, kind: str, path: Path):
+        if self.storage is None:
+            return contextlib.nullcontext(IoCount())
+        return self.storage.reading(path) if kind == "read" else self.storage.writing(path)
 
     def held_bytes(self) -> int:
         return sum(c.allocated_bytes() for c in self.sessions.values() if c.resident) + sum(

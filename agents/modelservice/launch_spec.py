@@ -21,7 +21,9 @@ class LaunchSpec:
     options: ServiceOptions
     threads: int = 1  # torch threads of the process
     kv_budget_bytes: int = 0  # KV the context manager may hold (0: unlimited)
-    swap_dir: str = ""  # where evicted contexts are written
+    swap_dir: str = ""  # where evicted contexts are written (without a phone storage)
+    storage_dir: str = ""  # the phone's storage: model files and swapped contexts live there
+    storage_model: str = "none"  # fleet.storage_models name: how fast that storage is
 
 
 def encode(spec: LaunchSpec) -> str:

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,22 +38,18 @@ class ModelReady:
 
     pid: int
     cold_start_s: float  # process spawn + interpreter + weight load, measured here
-    load_s: float  # weight load alone, measured in the process
+    load_s: float  # weight load alone (read from storage), measured in the process
     weight_bytes: int
     weights_label: str
+    read_bytes: int = 0  # bytes the load read from storage
+    install_s: float = 0.0  # first install of random weights into storage (not a cold start)
 
 
 class ModelProcess:
     def __init__(self, socket_path: Path, spec: LaunchSpec):
         self.socket_path = Path(socket_path)
         if not spec.swap_dir:
-            spec = LaunchSpec(
-                spec.model,
-                spec.options,
-                spec.threads,
-                spec.kv_budget_bytes,
-                str(self.socket_path.with_suffix(".swap")),
-            )
+            spec = replace(spec, swap_dir=str(self.socket_path.with_suffix(".swap")))
         self.spec = spec
         self.proc: subprocess.Popen[str] | None = None
         self._lines: queue.Queue[dict[str, Any]] = queue.Queue()
@@ -108,8 +104,10 @@ class ModelProcess:
             raise
         return ModelReady(
             pid=msg["pid"],
-            cold_start_s=time.perf_counter() - t0,
+            cold_start_s=time.perf_counter() - t0 - msg.get("install_s", 0.0),
             load_s=msg["load_s"],
+            read_bytes=msg.get("read_bytes", 0),
+            install_s=msg.get("install_s", 0.0),
             weight_bytes=msg["weight_bytes"],
             weights_label=msg["weights_label"],
         )

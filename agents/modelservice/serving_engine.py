@@ -22,11 +22,19 @@ import torch
 
 from agents.modelservice.contexts import ContextManager
 from agents.modelservice.scheduler import RequestState, ServiceRequest, make_scheduler
+from agents.storage import PhoneStorage
 from fleet.records import ServiceOptions, ServiceStats
 
 
 class ServingEngine:
-    def __init__(self, model, options: ServiceOptions, swap_dir, kv_budget_bytes: int = 0):
+    def __init__(
+        self,
+        model,
+        options: ServiceOptions,
+        swap_dir,
+        kv_budget_bytes: int = 0,
+        storage: PhoneStorage | None = None,
+    ):
         self.model = model
         self.options = options
         self.scheduler = make_scheduler(
@@ -42,6 +50,7 @@ class ServingEngine:
             swap_dir=swap_dir,
             persistent=options.persistent_contexts,
             prefix_cache=options.prefix_cache,
+            storage=storage,
         )
         self.active: list[ServiceRequest] = []
         self._incoming: list[ServiceRequest] = []

@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -29,7 +30,9 @@ import grpc
 from agents.modelservice import launch_spec
 from agents.modelservice.scheduler import RequestState, ServiceRequest
 from agents.modelservice.serving_engine import ServingEngine
+from agents.storage import PhoneStorage
 from fleet import wire
+from fleet.storage_models import storage_model
 from fleet.v1 import slm_service_pb2 as spb
 from fleet.v1 import slm_service_pb2_grpc as spb_grpc
 
@@ -117,6 +120,17 @@ def _watch_stdin(loop: asyncio.AbstractEventLoop, stopping: asyncio.Event) -> No
         loop.call_soon_threadsafe(stopping.set)
 
 
+def _clear_dead_swaps(folder: Path) -> None:
+    """Swapped contexts of model processes that died without cleaning up (SIGKILL, LMK)."""
+    for d in folder.glob("*") if folder.is_dir() else ():
+        try:
+            os.kill(int(d.name), 0)
+        except (ValueError, ProcessLookupError):
+            shutil.rmtree(d, ignore_errors=True)
+        except PermissionError:
+            pass  # alive, someone else's
+
+
 async def _amain(ns: argparse.Namespace) -> None:
     import torch
 
@@ -124,11 +138,17 @@ async def _amain(ns: argparse.Namespace) -> None:
 
     spec = launch_spec.decode(ns.spec)
     torch.set_num_threads(spec.threads)
+    storage = None
+    swap_dir = Path(spec.swap_dir)
+    if spec.storage_dir:
+        storage = PhoneStorage(Path(spec.storage_dir), storage_model(spec.storage_model))
+        _clear_dead_swaps(storage.root / "swap")
+        swap_dir = storage.root / "swap" / str(os.getpid())
     t0 = time.perf_counter()
-    loaded = load_model(spec.model)
-    load_s = time.perf_counter() - t0
+    loaded = load_model(spec.model, storage)
+    load_s = time.perf_counter() - t0 - loaded.install_s
     engine = ServingEngine(
-        loaded.model, spec.options, Path(spec.swap_dir), kv_budget_bytes=spec.kv_budget_bytes
+        loaded.model, spec.options, swap_dir, kv_budget_bytes=spec.kv_budget_bytes, storage=storage
     )
     loop = asyncio.get_running_loop()
 
@@ -158,6 +178,8 @@ async def _amain(ns: argparse.Namespace) -> None:
                 "event": "ready",
                 "pid": os.getpid(),
                 "load_s": load_s,
+                "read_bytes": loaded.read_bytes,
+                "install_s": loaded.install_s,
                 "weight_bytes": loaded.model.weight_bytes(),
                 "weights_label": loaded.weights_label,
             }
@@ -180,6 +202,8 @@ async def _amain(ns: argparse.Namespace) -> None:
     watcher.cancel()
     stop.set()
     await server.stop(grace=1.0)
+    if storage is not None:
+        shutil.rmtree(swap_dir, ignore_errors=True)  # this process's swapped contexts
 
 
 def main(argv: list[str] | None = None) -> None:

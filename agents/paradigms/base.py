@@ -18,13 +18,16 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 
+from agents.modelservice.launch_spec import LaunchSpec
 from fleet.records import (
     DeployResult,
     DeploySpec,
+    ModelSpec,
     Paradigm,
     PhoneEvent,
     PhoneProfile,
     RequestRecord,
+    ServiceOptions,
     ServiceStats,
     WorkloadRun,
 )
@@ -39,6 +42,19 @@ class ParadigmHost(ABC):
 
     def __init__(self, profile: PhoneProfile):
         self.profile = profile
+
+    def launch(
+        self, model: ModelSpec, options: ServiceOptions, spec: DeploySpec, **kw
+    ) -> LaunchSpec:
+        """How an SLM process of this phone is started: the phone's threads and storage."""
+        return LaunchSpec(
+            model,
+            options,
+            threads=self.threads(spec),
+            storage_dir=self.profile.storage_dir,
+            storage_model=self.profile.storage_model,
+            **kw,
+        )
 
     def threads(self, spec: DeploySpec) -> int:
         """Torch threads of each SLM process: the phone's cores unless the spec says otherwise.

@@ -21,7 +21,6 @@ from pathlib import Path
 
 from agents.apps.app_process import ModelEndpoint
 from agents.apps.supervisor import AppSupervisor
-from agents.modelservice.launch_spec import LaunchSpec
 from agents.paradigms.base import Emit, ParadigmHost
 from agents.probes import ProcessSampler
 from fleet.records import (
@@ -64,11 +63,8 @@ class PerAppParadigm(ParadigmHost):
         options = effective_service_options(Paradigm.PER_APP, spec.service)
 
         def endpoint(app: AppWorkload) -> ModelEndpoint:
-            own = LaunchSpec(  # its KV within its own means: one context of its own
-                app_model(spec, app),
-                options,
-                threads=self.threads(spec),
-                kv_budget_bytes=need[app.name].kv_bytes,
+            own = self.launch(  # its KV within its own means: one context of its own
+                app_model(spec, app), options, spec, kv_budget_bytes=need[app.name].kv_bytes
             )
             return ModelEndpoint(socket=str(workdir / f"{app.name}.sock"), own=own)
 

@@ -21,7 +21,6 @@ from pathlib import Path
 from agents.apps.app_process import ModelEndpoint
 from agents.apps.supervisor import AppSupervisor
 from agents.errors import DeployError
-from agents.modelservice.launch_spec import LaunchSpec
 from agents.modelservice.model_process import ModelProcess, ModelProcessError
 from agents.paradigms.base import Emit, ParadigmHost
 from fleet.records import (
@@ -62,10 +61,10 @@ class SharedServiceParadigm(ParadigmHost):
         kv_budget = max(0, budget - args.weight_bytes(spec.model.dtype)) if budget else 0
         self.service = ModelProcess(
             workdir / "service.sock",
-            LaunchSpec(
+            self.launch(
                 spec.model,
                 effective_service_options(self.paradigm, spec.service),
-                threads=self.threads(spec),
+                spec,
                 kv_budget_bytes=kv_budget,
                 swap_dir=str(workdir / "swap"),
             ),

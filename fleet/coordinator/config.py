@@ -59,6 +59,10 @@ class VirtualPhone(Strict):
     memory_budget_mb: int = Field(4096, gt=0)  # memory the SLM processes together may use
     cpu_threads: int = Field(2, gt=0)  # CPU threads the phone offers SLM inference
     host: str = "local"  # Ray node (IP) whose cores it uses; "local" = the driver's node
+    # its flash: model files and swapped contexts are read cold from a real disk on its host,
+    # throttled to this model (none: the host disk as it is; see fleet/storage_models.py)
+    storage: Literal["none", "ufs3.1", "emmc5.1"] = "none"
+    storage_dir: str = ""  # on its host; default ~/.cache/slm-fleet/phones/<name>
 
 
 class RemotePhone(Strict):

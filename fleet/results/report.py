@@ -387,6 +387,9 @@ def _provenance(manifest: dict) -> str:
                 "shares cores": "yes" if p.get("shared_cores") else "no",
                 "budget MiB": str(int(prof.get("memory_budget_bytes", 0)) // 2**20 or "-"),
                 "threads": str(prof.get("cpu_threads", "-")),
+                "storage": f"{prof.get('storage_model', '-')} at "
+                f"{prof.get('storage_dir') or 'none'} "
+                f"({p.get('describe', {}).get('host_facts', {}).get('storage_filesystem', '?')})",
                 "error": p.get("error", ""),
             }
         )

@@ -74,20 +74,24 @@ SCHEDULER_POLICY_PRIORITY: SchedulerPolicy
 SCHEDULER_POLICY_ROUND_ROBIN: SchedulerPolicy
 
 class PhoneProfile(_message.Message):
-    __slots__ = ("name", "kind", "memory_budget_bytes", "cpu_threads", "host", "cpus")
+    __slots__ = ("name", "kind", "memory_budget_bytes", "cpu_threads", "host", "cpus", "storage_dir", "storage_model")
     NAME_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     MEMORY_BUDGET_BYTES_FIELD_NUMBER: _ClassVar[int]
     CPU_THREADS_FIELD_NUMBER: _ClassVar[int]
     HOST_FIELD_NUMBER: _ClassVar[int]
     CPUS_FIELD_NUMBER: _ClassVar[int]
+    STORAGE_DIR_FIELD_NUMBER: _ClassVar[int]
+    STORAGE_MODEL_FIELD_NUMBER: _ClassVar[int]
     name: str
     kind: str
     memory_budget_bytes: int
     cpu_threads: int
     host: str
     cpus: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., memory_budget_bytes: _Optional[int] = ..., cpu_threads: _Optional[int] = ..., host: _Optional[str] = ..., cpus: _Optional[_Iterable[int]] = ...) -> None: ...
+    storage_dir: str
+    storage_model: str
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., memory_budget_bytes: _Optional[int] = ..., cpu_threads: _Optional[int] = ..., host: _Optional[str] = ..., cpus: _Optional[_Iterable[int]] = ..., storage_dir: _Optional[str] = ..., storage_model: _Optional[str] = ...) -> None: ...
 
 class ModelRef(_message.Message):
     __slots__ = ("preset", "path", "dtype", "seed")
