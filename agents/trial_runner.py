@@ -15,6 +15,7 @@ import contextlib
 import threading
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any, Protocol
 
 from agents.paradigms.base import Emitted, ParadigmHost
@@ -120,6 +121,13 @@ class TrialRunner:
         sampler = ProcessSampler()
         while True:
             tick = sampler.sample(self.host.processes())
+            split = self.host.memory_split()
+            tick = [
+                replace(s, weights_bytes=split[s.pid][0], kv_bytes=split[s.pid][1])
+                if s.pid in split
+                else s
+                for s in tick
+            ]
             if self.observer is not None:
                 self.observer.observe_tick(tick)
             self._tally.tick(tick)

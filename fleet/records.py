@@ -381,6 +381,8 @@ class ServiceStats:
     max_batch_size: int = 0
     num_preemptions: int = 0
     num_promotions: int = 0  # background requests aged into the foreground
+    weight_bytes: int = 0  # gauge: the model's weights
+    admission_waits: int = 0  # requests the memory budget held back until their KV could fit
     prefix_hits: int = 0
     context_hits: int = 0
     swap_outs: int = 0
@@ -398,6 +400,8 @@ class ResourceSample:
     rss_bytes: int
     pss_bytes: int
     cpu_percent: float = 0.0
+    weights_bytes: int = 0  # of its PSS: model weights (model processes report them)
+    kv_bytes: int = 0  # of its PSS: KV cache allocated; the rest is runtime
 
 
 @dataclass(frozen=True)

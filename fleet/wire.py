@@ -480,6 +480,8 @@ _STATS_FIELDS = (
     "max_batch_size",
     "num_preemptions",
     "num_promotions",
+    "weight_bytes",
+    "admission_waits",
     "prefix_hits",
     "context_hits",
     "swap_outs",
@@ -506,6 +508,8 @@ def sample_to_pb(s: ResourceSample) -> pb.ResourceSample:
         rss_bytes=s.rss_bytes,
         pss_bytes=s.pss_bytes,
         cpu_percent=s.cpu_percent,
+        weights_bytes=s.weights_bytes,
+        kv_bytes=s.kv_bytes,
     )
 
 
@@ -517,6 +521,8 @@ def sample_from_pb(m: pb.ResourceSample) -> ResourceSample:
         rss_bytes=m.rss_bytes,
         pss_bytes=m.pss_bytes,
         cpu_percent=m.cpu_percent,
+        weights_bytes=m.weights_bytes,
+        kv_bytes=m.kv_bytes,
     )
 
 

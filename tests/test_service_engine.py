@@ -223,3 +223,29 @@ def test_a_failing_step_fails_every_request_instead_of_hanging(tmp_path):
     assert {r.request_id for r in done} == {"good", "bad"}
     assert all(r.state == RequestState.FAILED for r in done)
     assert "engine step failed" in engine.error
+
+
+def test_a_memory_budget_holds_admissions_back_instead_of_being_exceeded(tmp_path):
+    """SLMaaS under the one memory rule: requests whose KV would not fit wait for KV to free."""
+    per_request = 64 * 2 * 2 * 2 * 16 * 4  # a 64-position context of the tiny model, K and V
+    engine = ServingEngine(
+        MODEL,
+        ServiceOptions(max_batch_size=4, prefix_cache=False),
+        tmp_path,
+        kv_budget_bytes=2 * per_request,  # room for two contexts
+    )
+    reqs = [req(f"r{i}", range(1 + i, 21 + i), 10) for i in range(4)]
+    for r in reqs:
+        engine.submit(r)
+    peak = 0
+    while engine.active or engine._incoming:
+        engine.active.extend(engine._incoming)
+        engine._incoming.clear()
+        engine.step()
+        peak = max(peak, engine.stats().kv_held_bytes)
+    assert peak <= 2 * per_request
+    stats = engine.stats()
+    assert stats.admission_waits == 2 and stats.max_batch_size == 2  # two waited their turn
+    for r in reqs:
+        assert r.state == RequestState.FINISHED
+        assert r.tokens == generate(MODEL, list(r.prompt), 10)

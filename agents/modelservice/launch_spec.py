@@ -20,7 +20,10 @@ class LaunchSpec:
     model: ModelSpec
     options: ServiceOptions
     threads: int = 1  # torch threads of the process
-    kv_budget_bytes: int = 0  # KV the context manager may hold (0: unlimited)
+    kv_budget_bytes: int = 0  # KV the context manager may hold (0: from memory_budget_bytes)
+    # the phone's SLM budget for this process: its KV may take what its own PSS after loading
+    # (weights + runtime) leaves (0: no limit)
+    memory_budget_bytes: int = 0
     swap_dir: str = ""  # where evicted contexts are written (without a phone storage)
     storage_dir: str = ""  # the phone's storage: model files and swapped contexts live there
     storage_model: str = "none"  # fleet.storage_models name: how fast that storage is

@@ -45,6 +45,34 @@ class ModelReady:
     install_s: float = 0.0  # first install of random weights into storage (not a cold start)
 
 
+class StatsReader:
+    """Reads a model process's statistics over its socket (SlmService.Stats), e.g. an app's own
+    model, which its launcher is not: the agent's paradigm reads it for the memory split."""
+
+    def __init__(self, socket_path: Path):
+        import grpc
+
+        from fleet.v1 import slm_service_pb2_grpc as spb_grpc
+
+        self._grpc = grpc
+        self._channel = grpc.insecure_channel(f"unix:{socket_path}")
+        self._stub = spb_grpc.SlmServiceStub(self._channel)
+
+    def read(self, timeout_s: float = 2.0) -> tuple[ServiceStats, list[PhoneEvent]] | None:
+        from fleet import wire
+        from fleet.v1 import slm_service_pb2 as spb
+
+        try:
+            return wire.stats_response_from_pb(
+                self._stub.Stats(spb.StatsRequest(), timeout=timeout_s)
+            )
+        except self._grpc.RpcError:
+            return None
+
+    def close(self) -> None:
+        self._channel.close()
+
+
 class ModelProcess:
     def __init__(self, socket_path: Path, spec: LaunchSpec):
         self.socket_path = Path(socket_path)

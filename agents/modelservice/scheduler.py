@@ -52,6 +52,7 @@ class ServiceRequest:
     seq: int = 0  # arrival order, set by the engine
     arrived_ns: int = 0  # when the engine got it
     promoted: bool = False  # aged into the foreground (priority with aging)
+    admission_waited: bool = False  # held back once because its KV would exceed the budget
     state: RequestState = RequestState.WAITING
     ctx: KVContext | None = None  # once first scheduled
     prefilled: int = 0  # prompt tokens whose KV the context holds

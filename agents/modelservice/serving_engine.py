@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from agents.llm.kv_context import MIN_CAPACITY
 from agents.modelservice.contexts import ContextManager
 from agents.modelservice.scheduler import RequestState, ServiceRequest, make_scheduler
 from agents.storage import PhoneStorage
@@ -60,6 +61,12 @@ class ServingEngine:
         self.batch_sizes: Counter[int] = Counter()  # steps per batch size
         self.num_preemptions = 0
         self.num_steps = 0
+        self.admission_waits = 0
+        self._weight_bytes = model.weight_bytes()
+        args = model.args
+        self._kv_token_bytes = (
+            2 * args.n_layer * args.n_kv_head * args.head_dim * model.dtype.itemsize
+        )
         # deliver(items): hands a step's (sink, item) pairs over at once, e.g. to an event loop
         # with one wake-up per step instead of one per token; None calls the sinks here.
         self.deliver: Callable[[list[tuple[Any, Any]]], None] | None = None
@@ -110,7 +117,7 @@ class ServingEngine:
         now = time.monotonic_ns()
         for r in [r for r in self.active if r.cancelled]:
             self._finish(r, RequestState.CANCELLED, now)
-        batch = self.scheduler.schedule(self.active)
+        batch = self._admit(self.scheduler.schedule(self.active))
         chosen = set(batch)
         for r in self._running - chosen:
             if not r.done:
@@ -145,6 +152,43 @@ class ServingEngine:
                 self._finish(r, RequestState.FINISHED, time.monotonic_ns())
         self._flush()
         self.contexts.enforce_budget(self._active_bytes())
+
+    def _admit(self, batch: list[ServiceRequest]) -> list[ServiceRequest]:
+        """The requests that may start without the KV held exceeding the memory budget (idle
+        contexts are evicted first); the others wait, each counted once. With nothing else
+        holding KV a request is admitted anyway: one context always fits (checked at deploy)."""
+        budget = self.contexts.kv_budget_bytes
+        if not budget:
+            return batch
+        out = []
+        admitted = 0  # KV of requests admitted in this pass (their contexts come next)
+        for r in batch:
+            if r.ctx is not None:
+                out.append(r)
+                continue
+            need = self._kv_need(r)
+            if self._kv_now() + admitted + need > budget:
+                self.contexts.enforce_budget(self._active_bytes() + admitted + need)
+            holders = admitted or any(x.ctx is not None and x.ctx.resident for x in self.active)
+            if self._kv_now() + admitted + need > budget and holders:
+                if not r.admission_waited:
+                    r.admission_waited = True
+                    self.admission_waits += 1
+                continue
+            admitted += need
+            out.append(r)
+        return out
+
+    def _kv_now(self) -> int:
+        return self.contexts.held_bytes() + self._active_bytes()
+
+    def _kv_need(self, r: ServiceRequest) -> int:
+        """KV bytes a request will add: its whole context, less a kept session's."""
+        kept = self.contexts.sessions.get(r.session) if r.session else None
+        need = len(r.prompt) + r.max_new_tokens
+        if kept is not None and kept.resident:
+            return max(0, need - kept.capacity) * self._kv_token_bytes
+        return max(need, MIN_CAPACITY) * self._kv_token_bytes  # a new context's allocation
 
     def _emit(self, r: ServiceRequest, item) -> None:
         if r.sink is not None:
@@ -197,6 +241,8 @@ class ServingEngine:
             max_batch_size=max(sizes, default=0),
             num_preemptions=self.num_preemptions,
             num_promotions=self.scheduler.promotions,
+            weight_bytes=self._weight_bytes,
+            admission_waits=self.admission_waits,
             prefix_hits=c["prefix_hits"],
             context_hits=c["context_hits"],
             swap_outs=c["swap_outs"],

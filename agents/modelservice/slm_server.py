@@ -120,6 +120,13 @@ def _watch_stdin(loop: asyncio.AbstractEventLoop, stopping: asyncio.Event) -> No
         loop.call_soon_threadsafe(stopping.set)
 
 
+def _own_pss() -> int:
+    import psutil
+
+    mem = psutil.Process().memory_full_info()
+    return int(getattr(mem, "pss", 0) or mem.rss)
+
+
 def _clear_dead_swaps(folder: Path) -> None:
     """Swapped contexts of model processes that died without cleaning up (SIGKILL, LMK)."""
     for d in folder.glob("*") if folder.is_dir() else ():
@@ -147,8 +154,12 @@ async def _amain(ns: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     loaded = load_model(spec.model, storage)
     load_s = time.perf_counter() - t0 - loaded.install_s
+    base_pss = _own_pss()  # weights + runtime, before any KV
+    kv_budget = spec.kv_budget_bytes
+    if not kv_budget and spec.memory_budget_bytes:
+        kv_budget = max(1, spec.memory_budget_bytes - base_pss)  # one rule: PSS within budget
     engine = ServingEngine(
-        loaded.model, spec.options, swap_dir, kv_budget_bytes=spec.kv_budget_bytes, storage=storage
+        loaded.model, spec.options, swap_dir, kv_budget_bytes=kv_budget, storage=storage
     )
     loop = asyncio.get_running_loop()
 
@@ -179,6 +190,8 @@ async def _amain(ns: argparse.Namespace) -> None:
                 "pid": os.getpid(),
                 "load_s": load_s,
                 "read_bytes": loaded.read_bytes,
+                "base_pss_bytes": base_pss,
+                "kv_budget_bytes": kv_budget,
                 "install_s": loaded.install_s,
                 "weight_bytes": loaded.model.weight_bytes(),
                 "weights_label": loaded.weights_label,

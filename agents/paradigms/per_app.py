@@ -21,6 +21,7 @@ from pathlib import Path
 
 from agents.apps.app_process import ModelEndpoint
 from agents.apps.supervisor import AppSupervisor
+from agents.modelservice.model_process import StatsReader
 from agents.paradigms.base import Emit, ParadigmHost
 from agents.probes import ProcessSampler
 from fleet.records import (
@@ -37,6 +38,7 @@ from fleet.shapes import model_args
 from fleet.sizing import app_model, context_tokens, fmt_mib, footprints
 
 LMK_INTERVAL_S = 0.2
+SPLIT_INTERVAL_S = 1.0  # how often the own models are asked for their weights and KV
 
 
 class PerAppParadigm(ParadigmHost):
@@ -49,6 +51,9 @@ class PerAppParadigm(ParadigmHost):
         self._dir: tempfile.TemporaryDirectory | None = None
         self._sampler = ProcessSampler()
         self._next_lmk = 0.0
+        self._next_split = 0.0
+        self._readers: dict[str, StatsReader] = {}
+        self._split: dict[int, tuple[int, int]] = {}
 
     @property
     def weights_label(self) -> str:
@@ -101,7 +106,39 @@ class PerAppParadigm(ParadigmHost):
         )
 
     def run(self, run: WorkloadRun, emit: Emit, stop: threading.Event) -> list[str]:
-        return self.apps.run(run, emit, stop, on_tick=lambda: self._low_memory_killer(emit))
+        def tick() -> None:
+            self._low_memory_killer(emit)
+            if time.monotonic() >= self._next_split:
+                self._next_split = time.monotonic() + SPLIT_INTERVAL_S
+                self._read_split(emit)
+
+        problems = self.apps.run(run, emit, stop, on_tick=tick)
+        self._read_split(emit)
+        return problems
+
+    def _read_split(self, emit: Emit) -> None:
+        """Each own model's KV, as it reports it, and the context drops it made."""
+        for a in self.apps.apps:
+            if not a.model_pid:
+                continue
+            reader = self._readers.get(a.app.name)
+            if reader is None:
+                reader = self._readers[a.app.name] = StatsReader(self._socket(a.app.name))
+            got = reader.read()
+            if got is None:
+                continue
+            stats, events = got
+            self._split[a.model_pid] = (stats.weight_bytes, stats.kv_held_bytes)
+            for e in events:
+                emit(e)
+
+    def memory_split(self) -> dict[int, tuple[int, int]]:
+        live = {a.model_pid for a in self.apps.apps if a.model_pid}
+        return {pid: split for pid, split in self._split.items() if pid in live}
+
+    def _socket(self, app: str) -> Path:
+        assert self._dir is not None
+        return Path(self._dir.name) / f"{app}.sock"
 
     def _low_memory_killer(self, emit: Emit) -> None:
         budget = self.profile.memory_budget_bytes
@@ -139,6 +176,9 @@ class PerAppParadigm(ParadigmHost):
         return {a.model_pid: a.app.name for a in self.apps.apps if a.model_pid}
 
     def shutdown(self) -> int:
+        for reader in self._readers.values():
+            reader.close()
+        self._readers, self._split = {}, {}
         n = self.apps.shutdown()
         if self._dir is not None:
             self._dir.cleanup()

@@ -46,6 +46,7 @@ class SharedServiceParadigm(ParadigmHost):
         self._label = ""
         self._dir: tempfile.TemporaryDirectory | None = None
         self._died_reported = False
+        self._split = (0, 0)  # (weights, KV) the service last reported
 
     @property
     def weights_label(self) -> str:
@@ -58,14 +59,13 @@ class SharedServiceParadigm(ParadigmHost):
         workdir = Path(self._dir.name)
         args = model_args(spec.model)
         budget = self.profile.memory_budget_bytes
-        kv_budget = max(0, budget - args.weight_bytes(spec.model.dtype)) if budget else 0
         self.service = ModelProcess(
             workdir / "service.sock",
             self.launch(
                 spec.model,
                 effective_service_options(self.paradigm, spec.service),
                 spec,
-                kv_budget_bytes=kv_budget,
+                memory_budget_bytes=budget,  # the service measures its own PSS against it
                 swap_dir=str(workdir / "swap"),
             ),
         )
@@ -73,6 +73,7 @@ class SharedServiceParadigm(ParadigmHost):
             ready = self.service.start()
             self._label = ready.weights_label
             self._died_reported = False
+            self._split = (0, 0)
             endpoint = ModelEndpoint(socket=str(self.service.socket_path))
             self.apps.start(
                 spec.apps,
@@ -126,6 +127,7 @@ class SharedServiceParadigm(ParadigmHost):
         got = self.service.stats() if self.service else None
         if got is not None:
             stats, events = got
+            self._split = (stats.weight_bytes, stats.kv_held_bytes)
             for e in events:
                 emit(e)
             emit(stats)
@@ -139,6 +141,11 @@ class SharedServiceParadigm(ParadigmHost):
                 )
             )
             stop.set()  # every later request would fail the same way: end the trial now
+
+    def memory_split(self) -> dict[int, tuple[int, int]]:
+        if self.service is None or not self._split[0]:
+            return {}
+        return {self.service.pid: self._split}
 
     def processes(self) -> dict[int, str]:
         if self.service is not None and self.service.alive():

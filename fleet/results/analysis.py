@@ -103,6 +103,8 @@ class GroupResult:
         default_factory=list
     )
     budget_bytes: int = 0
+    # at each co-run's peak of summed PSS: "weights", "kv", "runtime" (PSS less both), spread
+    peak_split: dict[str, Spread] = field(default_factory=dict)
 
 
 @dataclass
@@ -367,8 +369,25 @@ def _group(
         uncomparable=[a.app for a in uncomparable],
         by_app_count=_by_app_count(ts, data),
         memory=[_memory(store, t, data) for t in corun],
+        peak_split=_peak_split(store, corun),
         budget_bytes=int(budget or 0),
     )
+
+
+def _peak_split(store: ResultStore, corun: list[dict]) -> dict[str, Spread]:
+    cols: dict[str, list[float]] = defaultdict(list)
+    for t in corun:
+        rows = store.query(
+            "SELECT SUM(pss_bytes) AS pss, SUM(weights_bytes) AS w, SUM(kv_bytes) AS kv "
+            "FROM samples WHERE trial_id=? GROUP BY t_ns ORDER BY pss DESC LIMIT 1",
+            (t["trial_id"],),
+        )
+        if rows:
+            pss, w, kv = rows[0]["pss"], rows[0]["w"] or 0, rows[0]["kv"] or 0
+            cols["weights"].append(w)
+            cols["kv"].append(kv)
+            cols["runtime"].append(pss - w - kv)
+    return {k: Spread.of(v) for k, v in cols.items()}
 
 
 def _memory(
