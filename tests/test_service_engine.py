@@ -1,6 +1,7 @@
 """The shared service's engine, in-process with the real tiny model: batching, schedulers,
 persistent contexts, swap and recompute, shared prefixes."""
 
+import time
 from dataclasses import replace
 
 import torch
@@ -30,6 +31,8 @@ def drain(engine, limit=10_000):
         engine.active.extend(engine._incoming)
         engine._incoming.clear()
         engine.step()
+        if engine.active and all(r.restoring for r in engine.active):
+            time.sleep(0.001)  # a swap-in is being read on its own thread
     raise AssertionError("engine did not drain")
 
 
@@ -181,8 +184,11 @@ def test_persistent_context_is_swapped_out_and_restored_exactly(tmp_path):
             if t:
                 assert r.context_restore == policy.value
                 assert r.context_switch_s > 0 and r.context_switch_bytes > 0
-                # all of the previous turn is reused but its last sampled token, never fed back
-                assert r.cached_prompt_tokens == len(prompt) - 8 - 1
+                if policy is ContextPolicy.SWAP:
+                    # all of the previous turn is read back but its last sampled token
+                    assert r.cached_prompt_tokens == len(prompt) - 8 - 1
+                else:  # recomputed by its own chunked prefill: nothing came from a cache
+                    assert r.cached_prompt_tokens == 0 and len(r.slices) == 1
         stats = engine.stats()
         key = "swap_ins" if policy is ContextPolicy.SWAP else "recomputes"
         assert getattr(stats, key) == 2
@@ -249,3 +255,35 @@ def test_a_memory_budget_holds_admissions_back_instead_of_being_exceeded(tmp_pat
     for r in reqs:
         assert r.state == RequestState.FINISHED
         assert r.tokens == generate(MODEL, list(r.prompt), 10)
+
+
+def test_a_background_recompute_does_not_stall_the_foreground_for_more_than_a_chunk(tmp_path):
+    """Context switches off the critical path: a dropped background context is rebuilt by its own
+    chunked prefill, so under priority a foreground request runs between the chunks."""
+    engine = ServingEngine(
+        MODEL,
+        ServiceOptions(
+            scheduler=SchedulerPolicy.PRIORITY,
+            persistent_contexts=True,
+            context_policy=ContextPolicy.RECOMPUTE,
+            prefill_chunk_tokens=16,
+        ),
+        tmp_path,
+    )
+    first = req("bg/0", range(1, 200), 2, app="bg", session="bg")
+    engine.submit(first)
+    drain(engine)
+    engine.contexts.sessions["bg"].drop()  # evicted while idle, to be recomputed
+    bg = req("bg/1", list(first.prompt) + first.tokens + [7, 8], 2, app="bg", session="bg")
+    engine.submit(bg)
+    engine.active.extend(engine._incoming)
+    engine._incoming.clear()
+    engine.step()  # the recompute starts: one 16-token chunk
+    fg = req("fg", range(30, 40), 3, foreground=True)
+    engine.submit(fg)
+    drain(engine)
+    assert bg.context_restore == "recompute" and bg.context_switch_s > 0
+    assert bg.cached_prompt_tokens == 0 and engine.stats().recomputes == 1
+    assert fg.slices[0].start_ns < bg.slices[-1].start_ns  # it ran before the rebuild ended
+    assert len(bg.slices) == 2  # preempted between chunks, resumed after the foreground
+    assert bg.tokens == generate(MODEL, list(bg.prompt), 2)

@@ -6,7 +6,11 @@ under a KV byte budget.
 - Shared prefixes (SLMaaS and agent-OS): the KV of an app's system prompt is kept once and copied
   into each new request of that app instead of being prefilled again.
 - Under the budget, idle contexts (least recently used first) are evicted by policy: swapped out
-  to storage, or dropped to be recomputed. Making one usable again is a measured context switch.
+  to storage, or dropped to be recomputed. Making one usable again is a measured context switch,
+  kept off the engine's critical path: a swap-in is read by a thread of its own while the
+  request waits (``start_swap_in``), and a recompute is the request's own prefill of its whole
+  conversation, chunked and interleaved with the other requests' steps like any prefill. Each is
+  recorded on the request (``context_switch_s``, bytes) and as an event of the app it belongs to.
 """
 
 from __future__ import annotations
@@ -16,8 +20,6 @@ import threading
 import time
 from collections import OrderedDict
 from pathlib import Path
-
-import torch
 
 from agents.llm.kv_context import KVContext
 from agents.modelservice.scheduler import ServiceRequest
@@ -47,6 +49,8 @@ class ContextManager:
         self.prefix_cache = prefix_cache
         self.sessions: OrderedDict[str, KVContext] = OrderedDict()  # LRU order: oldest first
         self.in_use: set[str] = set()
+        self.session_app: dict[str, str] = {}  # whose context each session is
+        self.restoring: set[str] = set()  # sessions being swapped in by a thread
         self.prefixes: dict[tuple[int, ...], KVContext] = {}
         self.events: list[PhoneEvent] = []
         self._events_lock = threading.Lock()  # the engine appends, the stats reader takes
@@ -66,16 +70,47 @@ class ContextManager:
                 PhoneEvent(time.monotonic_ns(), kind, app, detail, num_bytes, duration_s)
             )
 
+    def needs_swap_in(self, req: ServiceRequest) -> bool:
+        """A request whose kept context is on storage and not yet being read back."""
+        if not (self.persistent and req.session) or req.session in self.restoring:
+            return False
+        ctx = self.sessions.get(req.session)
+        return ctx is not None and not ctx.resident and self._swap_path(req.session).exists()
+
+    def start_swap_in(self, req: ServiceRequest, done) -> None:
+        """Read the request's context back on a thread of its own; ``done()`` when it is."""
+        session = req.session
+        ctx = self.sessions[session]
+        self.restoring.add(session)
+        self.in_use.add(session)  # nobody evicts it meanwhile
+
+        def work() -> None:
+            try:
+                self._restore(req, ctx)
+            finally:
+                self.restoring.discard(session)
+                done()
+
+        threading.Thread(target=work, name=f"swap-in-{session}", daemon=True).start()
+
     def acquire(self, req: ServiceRequest) -> KVContext:
         """The context a request starts from; sets how much of its prompt is already cached."""
         need = len(req.prompt) + req.max_new_tokens
         ctx = None
         if self.persistent and req.session:
+            self.session_app[req.session] = req.app
             ctx = self.sessions.get(req.session)
             if ctx is not None:
                 self.sessions.move_to_end(req.session)
-                if not ctx.resident:
-                    self._restore(req, ctx)
+                if not ctx.resident and self._swap_path(req.session).exists():
+                    self._restore(req, ctx)  # not started ahead (tests driving step() alone)
+                elif not ctx.resident:  # dropped: its own prefill recomputes it, chunked
+                    tokens = ctx.reset_for_recompute()
+                    req.recompute_tokens = min(len(tokens), len(req.prompt))
+                    req.context_restore = "recompute"
+                    req.context_switch_bytes = len(tokens) * ctx.bytes_per_token()
+                    req.restore_started_ns = time.monotonic_ns()
+                    self.counters["recomputes"] += 1
                 keep = min(ctx.common_prefix(req.prompt), len(req.prompt) - 1)
                 ctx.truncate(keep)
                 req.prefilled = req.cached_prompt_tokens = keep
@@ -95,23 +130,24 @@ class ContextManager:
         return ctx
 
     def _restore(self, req: ServiceRequest, ctx: KVContext) -> None:
+        """Read a swapped-out context back from storage."""
         t0 = time.perf_counter()
         path = self._swap_path(req.session)
-        if path.exists():
-            with self._io("read", path) as io:
-                moved = io.bytes = ctx.swap_in(path)
-            kind = "swap_in"
-            self.counters["swap_ins"] += 1
-        else:
-            tokens = ctx.reset_for_recompute()
-            with torch.inference_mode():
-                self.model([(ctx, tokens)])
-            moved, kind = ctx.used_bytes(), "recompute"
-            self.counters["recomputes"] += 1
+        with self._io("read", path) as io:
+            moved = io.bytes = ctx.swap_in(path)
+        self.counters["swap_ins"] += 1
         took = time.perf_counter() - t0
         req.context_switch_s, req.context_switch_bytes = took, moved
-        req.context_restore = "swap" if kind == "swap_in" else "recompute"
-        self._event(kind, req.app, moved, took, f"{ctx.length} tokens")
+        req.context_restore = "swap"
+        self._event("swap_in", req.app, moved, took, f"{ctx.length} tokens of {req.session}")
+
+    def recomputed(self, req: ServiceRequest) -> None:
+        """A recomputing request's prefill has rebuilt what its context held."""
+        took = (time.monotonic_ns() - req.restore_started_ns) / 1e9
+        req.context_switch_s = took
+        req.recompute_tokens = 0
+        detail = f"{req.context_switch_bytes} bytes of {req.session}, as chunked prefill"
+        self._event("recompute", req.app, req.context_switch_bytes, took, detail)
 
     def release(self, req: ServiceRequest) -> None:
         """A request is done with its context: keep what is worth keeping."""
@@ -150,11 +186,13 @@ class ContextManager:
                     moved = io.bytes = ctx.swap_out(path)
                 self.counters["swap_outs"] += 1
                 self.counters["swap_bytes"] += moved
-                self._event("swap_out", session, moved, time.perf_counter() - t0)
+                app = self.session_app.get(session, session)
+                self._event("swap_out", app, moved, time.perf_counter() - t0, session)
             else:
                 ctx.drop()
                 self.counters["drops"] += 1
-                self._event("drop", session, freed, time.perf_counter() - t0)
+                app = self.session_app.get(session, session)
+                self._event("drop", app, freed, time.perf_counter() - t0, session)
             held -= freed
 
     def _io(self, kind: str, path: Path):

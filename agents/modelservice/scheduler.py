@@ -53,6 +53,9 @@ class ServiceRequest:
     arrived_ns: int = 0  # when the engine got it
     promoted: bool = False  # aged into the foreground (priority with aging)
     admission_waited: bool = False  # held back once because its KV would exceed the budget
+    restoring: bool = False  # its context is being read back from storage (not schedulable)
+    recompute_tokens: int = 0  # a dropped context being rebuilt by its own chunked prefill
+    restore_started_ns: int = 0
     state: RequestState = RequestState.WAITING
     ctx: KVContext | None = None  # once first scheduled
     prefilled: int = 0  # prompt tokens whose KV the context holds

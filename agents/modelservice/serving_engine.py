@@ -100,6 +100,9 @@ class ServingEngine:
                 self._incoming.clear()
             try:
                 self.step()
+                if self.active and all(r.restoring for r in self.active):
+                    with self._cond:  # only swap-ins are under way: wait for one, not spin
+                        self._cond.wait(timeout=0.01)
             except Exception as exc:
                 self.error = f"engine step failed: {type(exc).__name__}: {exc}"
                 traceback.print_exc()
@@ -117,7 +120,16 @@ class ServingEngine:
         now = time.monotonic_ns()
         for r in [r for r in self.active if r.cancelled]:
             self._finish(r, RequestState.CANCELLED, now)
-        batch = self._admit(self.scheduler.schedule(self.active))
+        for r in self.active:  # swap-ins run on their own threads while their requests wait
+            if r.ctx is None and not r.restoring and self.contexts.needs_swap_in(r):
+                r.restoring = True
+                self.contexts.start_swap_in(r, lambda r=r: self._restored(r))
+        ready = [r for r in self.active if not r.restoring]
+        wanted = self.scheduler.schedule(ready)
+        batch = self._admit(wanted)
+        if wanted and not batch:  # all held back by memory: let those holding KV go on and free it
+            holders = [r for r in ready if r.ctx is not None]
+            batch = self.scheduler.schedule(holders) if holders else wanted[:1]
         chosen = set(batch)
         for r in self._running - chosen:
             if not r.done:
@@ -141,6 +153,8 @@ class ServingEngine:
             if r.needs_prefill:
                 r.prefilled += len(chunk)
                 r.slice_prefill += len(chunk)
+                if r.recompute_tokens and r.prefilled >= r.recompute_tokens:
+                    self.contexts.recomputed(r)
                 if r.needs_prefill:
                     continue  # more prompt to go: these logits are not a token yet
             tok = int(torch.argmax(logits[i]))
@@ -189,6 +203,11 @@ class ServingEngine:
         if kept is not None and kept.resident:
             return max(0, need - kept.capacity) * self._kv_token_bytes
         return max(need, MIN_CAPACITY) * self._kv_token_bytes  # a new context's allocation
+
+    def _restored(self, r: ServiceRequest) -> None:  # on the swap-in thread
+        r.restoring = False
+        with self._cond:
+            self._cond.notify()
 
     def _emit(self, r: ServiceRequest, item) -> None:
         if r.sink is not None:
