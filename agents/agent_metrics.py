@@ -173,13 +173,18 @@ class AgentMetrics(Exporter):
         for gone in self._components - live:
             self.m["process_pss_bytes"].remove(*phone_labels, gone)
         self._components = live
-        weights = min(total, sum(self._weights.get(c, 0) for c in live))
-        kv = (
-            self._kv_live
-            if self._kv_live is not None
-            else sum(self._kv_reserved.get(c, 0) for c in live)
-        )  # per-app: the reservation (estimate)
-        kv = min(kv, total - weights)
+        reported = [s for s in samples if s.weights_bytes]  # the model processes' own split
+        if reported and len(reported) == len(samples):
+            weights = min(total, sum(s.weights_bytes for s in samples))
+            kv = min(sum(s.kv_bytes for s in samples), total - weights)
+        else:  # not reported yet: the deployment's weights, the KV held or reserved
+            weights = min(total, sum(self._weights.get(c, 0) for c in live))
+            kv = (
+                self._kv_live
+                if self._kv_live is not None
+                else sum(self._kv_reserved.get(c, 0) for c in live)
+            )
+            kv = min(kv, total - weights)
         for component, value in (
             ("weights", weights),
             ("kv", kv),
