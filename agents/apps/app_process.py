@@ -75,8 +75,7 @@ class ModelLink:
 
     def _launch(self) -> ModelReady:
         assert self.proc is not None
-        ready = self.proc.start()
-        self.send(("model_pid", self.proc.pid))
+        ready = self.proc.start(on_spawn=lambda pid: self.send(("model_pid", pid)))
         self.connect()  # a fresh channel: the old one may be backing off from the dead socket
         return ready
 

@@ -99,7 +99,9 @@ class ModelProcess:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def start(self, timeout_s: float = READY_TIMEOUT_S) -> ModelReady:
+    def start(self, timeout_s: float = READY_TIMEOUT_S, on_spawn=None) -> ModelReady:
+        """Spawn and wait until it serves; ``on_spawn(pid)`` right after the spawn, so its memory
+        is watched (sampler, low-memory killer) from the first page it touches."""
         if self.socket_path.exists():
             self.socket_path.unlink()
         self._close_channel()
@@ -125,6 +127,8 @@ class ModelProcess:
         threading.Thread(
             target=self._read, args=(self.proc, self._lines), daemon=True, name="slm-stdout"
         ).start()
+        if on_spawn is not None:
+            on_spawn(self.proc.pid)
         try:
             msg = self._next("ready", timeout_s)
         except ModelProcessError:

@@ -112,6 +112,7 @@ class PerAppParadigm(ParadigmHost):
                 self._next_split = time.monotonic() + SPLIT_INTERVAL_S
                 self._read_split(emit)
 
+        self._read_split(emit)  # known from the start: a peak at deploy is split too
         problems = self.apps.run(run, emit, stop, on_tick=tick)
         self._read_split(emit)
         return problems
