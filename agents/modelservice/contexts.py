@@ -7,10 +7,11 @@ under a KV byte budget.
   into each new request of that app instead of being prefilled again.
 - Under the budget, idle contexts (least recently used first) are evicted by policy: swapped out
   to storage, or dropped to be recomputed. Making one usable again is a measured context switch,
-  kept off the engine's critical path: a swap-in is read by a thread of its own while the
-  request waits (``start_swap_in``), and a recompute is the request's own prefill of its whole
-  conversation, chunked and interleaved with the other requests' steps like any prefill. Each is
-  recorded on the request (``context_switch_s``, bytes) and as an event of the app it belongs to.
+  kept off the engine's critical path: a swap-out is written and a swap-in read by a thread of
+  its own while a request for that context waits, and a recompute is the request's own prefill
+  of its whole conversation, chunked and interleaved with the other requests' steps like any
+  prefill. Each is recorded on the request (``context_switch_s``, bytes) and as an event of the
+  app it belongs to.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import contextlib
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 
 from agents.llm.kv_context import KVContext
@@ -51,6 +53,8 @@ class ContextManager:
         self.in_use: set[str] = set()
         self.session_app: dict[str, str] = {}  # whose context each session is
         self.restoring: set[str] = set()  # sessions being swapped in by a thread
+        self.swapping_out: set[str] = set()  # sessions being written out by a thread
+        self.on_io_done: Callable[[], None] | None = None  # from the I/O thread, when done
         self.prefixes: dict[tuple[int, ...], KVContext] = {}
         self.events: list[PhoneEvent] = []
         self._events_lock = threading.Lock()  # the engine appends, the stats reader takes
@@ -72,7 +76,7 @@ class ContextManager:
 
     def needs_swap_in(self, req: ServiceRequest) -> bool:
         """A request whose kept context is on storage and not yet being read back."""
-        if not (self.persistent and req.session) or req.session in self.restoring:
+        if not (self.persistent and req.session) or self.busy(req):
             return False
         ctx = self.sessions.get(req.session)
         return ctx is not None and not ctx.resident and self._swap_path(req.session).exists()
@@ -176,24 +180,46 @@ class ContextManager:
         for session, ctx in list(self.sessions.items()):
             if held <= self.kv_budget_bytes:
                 return
-            if session in self.in_use or not ctx.resident:
+            if session in self.in_use or session in self.swapping_out or not ctx.resident:
                 continue
             t0 = time.perf_counter()
             freed = ctx.allocated_bytes()
             if self.policy is ContextPolicy.SWAP:
-                path = self._swap_path(session)
-                with self._io("write", path) as io:
-                    moved = io.bytes = ctx.swap_out(path)
-                self.counters["swap_outs"] += 1
-                self.counters["swap_bytes"] += moved
-                app = self.session_app.get(session, session)
-                self._event("swap_out", app, moved, time.perf_counter() - t0, session)
+                self._start_swap_out(session, ctx)  # written on a thread: the step goes on
             else:
                 ctx.drop()
                 self.counters["drops"] += 1
                 app = self.session_app.get(session, session)
                 self._event("drop", app, freed, time.perf_counter() - t0, session)
             held -= freed
+
+    def _start_swap_out(self, session: str, ctx: KVContext) -> None:
+        """Write an idle context to storage on a thread of its own; until it is written its
+        session is busy (a request for it waits, then reads it back)."""
+        self.swapping_out.add(session)
+        path = self._swap_path(session)
+
+        def work() -> None:
+            t0 = time.perf_counter()
+            try:
+                with self._io("write", path) as io:
+                    moved = io.bytes = ctx.swap_out(path)
+                self.counters["swap_outs"] += 1
+                self.counters["swap_bytes"] += moved
+                app = self.session_app.get(session, session)
+                self._event("swap_out", app, moved, time.perf_counter() - t0, session)
+            finally:
+                self.swapping_out.discard(session)
+                if self.on_io_done is not None:
+                    self.on_io_done()
+
+        threading.Thread(target=work, name=f"swap-out-{session}", daemon=True).start()
+
+    def busy(self, req: ServiceRequest) -> bool:
+        """Its session's context is being written to or read from storage."""
+        return bool(req.session) and (
+            req.session in self.swapping_out or req.session in self.restoring
+        )
 
     def _io(self, kind: str, path: Path):
         if self.storage is None:

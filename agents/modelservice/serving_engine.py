@@ -53,6 +53,7 @@ class ServingEngine:
             prefix_cache=options.prefix_cache,
             storage=storage,
         )
+        self.contexts.on_io_done = self._io_done
         self.active: list[ServiceRequest] = []
         self._incoming: list[ServiceRequest] = []
         self._cond = threading.Condition()
@@ -100,7 +101,9 @@ class ServingEngine:
                 self._incoming.clear()
             try:
                 self.step()
-                if self.active and all(r.restoring for r in self.active):
+                if self.active and all(
+                    r.restoring or (r.ctx is None and self.contexts.busy(r)) for r in self.active
+                ):
                     with self._cond:  # only swap-ins are under way: wait for one, not spin
                         self._cond.wait(timeout=0.01)
             except Exception as exc:
@@ -124,7 +127,11 @@ class ServingEngine:
             if r.ctx is None and not r.restoring and self.contexts.needs_swap_in(r):
                 r.restoring = True
                 self.contexts.start_swap_in(r, lambda r=r: self._restored(r))
-        ready = [r for r in self.active if not r.restoring]
+        ready = [  # a context on its way to or from storage is not usable yet
+            r
+            for r in self.active
+            if not r.restoring and not (r.ctx is None and self.contexts.busy(r))
+        ]
         wanted = self.scheduler.schedule(ready)
         batch = self._admit(wanted)
         if wanted and not batch:  # all held back by memory: let those holding KV go on and free it
@@ -206,6 +213,9 @@ class ServingEngine:
 
     def _restored(self, r: ServiceRequest) -> None:  # on the swap-in thread
         r.restoring = False
+        self._io_done()
+
+    def _io_done(self) -> None:  # on an I/O thread: wake the loop
         with self._cond:
             self._cond.notify()
 
