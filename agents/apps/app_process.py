@@ -11,7 +11,8 @@ pipes (commands in, events out) and to a model over fleet.v1.SlmService on a Uni
 Timestamps are taken here, at the app's side of the IPC boundary. When the supervisor dies the
 command pipe closes and this process exits (and with it an own model process, whose stdin closes).
 
-Events: ("ready", ModelReady | None), ("model_pid", pid), ("busy", bool),
+Events: ("ready", ModelReady | None), ("model_pid", pid) at an own model's spawn,
+("model_ready", pid) once it serves, ("busy", bool),
 ("record", RequestRecord), ("phone_event", PhoneEvent), ("done", n), ("error", message).
 Commands: ("run", WorkloadRun), ("stop",), ("exit",).
 """
@@ -41,6 +42,14 @@ REQUEST_TIMEOUT_S = 600.0
 class ModelEndpoint:
     socket: str  # Unix socket path of the model process
     own: LaunchSpec | None = None  # per-app: the model this app launches (and relaunches) itself
+
+
+class ServeError(RuntimeError):
+    """A request the model could not serve; carries the cold start it had paid first."""
+
+    def __init__(self, message: str, cold_start_s: float = 0.0):
+        super().__init__(message)
+        self.cold_start_s = cold_start_s
 
 
 class ModelLink:
@@ -76,6 +85,7 @@ class ModelLink:
     def _launch(self) -> ModelReady:
         assert self.proc is not None
         ready = self.proc.start(on_spawn=lambda pid: self.send(("model_pid", pid)))
+        self.send(("model_ready", ready.pid))
         self.connect()  # a fresh channel: the old one may be backing off from the dead socket
         return ready
 
@@ -148,7 +158,7 @@ class ModelLink:
                     break
         except self.grpc.RpcError as err:
             if err.code() != self.grpc.StatusCode.CANCELLED or not should_stop():
-                raise RuntimeError(self.describe_failure(err)) from None
+                raise ServeError(self.describe_failure(err), cold_start_s) from None
         finally:
             finished.set()
         return result

@@ -29,6 +29,7 @@ class AppProc:
     evt: Connection  # app -> host
     ready: ModelReady | None = None  # an own model's launch (per-app), None for shared
     model_pid: int = 0  # own model process (per-app), 0 for shared
+    model_starting: bool = False  # spawned, not serving yet (its memory counts already)
     busy: bool = False
     last_used_ns: int = 0  # when its last request started or ended (for LRU choices)
 
@@ -78,7 +79,10 @@ class AppSupervisor:
                 except (EOFError, OSError):
                     kind, payload = "error", f"process exited with code {a.proc.exitcode}"
                 if kind == "model_pid":
-                    a.model_pid = payload
+                    a.model_pid, a.model_starting = payload, True
+                    continue
+                if kind == "model_ready":
+                    a.model_starting = False
                     continue
                 del pending[conn]
                 if kind != "ready":
@@ -125,6 +129,9 @@ class AppSupervisor:
                     a.busy, a.last_used_ns = payload, time.monotonic_ns()
                 elif kind == "model_pid":
                     a.model_pid, a.last_used_ns = payload, time.monotonic_ns()
+                    a.model_starting = True
+                elif kind == "model_ready":
+                    a.model_starting = False
                 elif kind == "done":
                     del pending[conn]
                 elif kind == "error":

@@ -162,6 +162,7 @@ class _AppRun:
                 )
             except Exception as exc:  # a failed request is a record, not a crash of the app
                 rec.status, rec.error = RequestStatus.FAILED, f"{type(exc).__name__}: {exc}"
+                rec.cold_start_s = getattr(exc, "cold_start_s", 0.0)  # paid before it failed
                 return rec
             rec.scheduled_ns = result.scheduled_ns  # 0: unknown (cut short before it was told)
             rec.service, rec.cold_start_s = result.service, result.cold_start_s

@@ -150,7 +150,9 @@ class PerAppParadigm(ParadigmHost):
         total = sum(s.pss_bytes for s in samples.values())
         if total <= budget:
             return
-        candidates = [a for a in self.apps.apps if a.model_pid in samples]
+        # a model still starting counts towards the total but is not killed mid-load: lmkd
+        # spares an app being brought up for a request; it is a candidate once it serves
+        candidates = [a for a in self.apps.apps if a.model_pid in samples and not a.model_starting]
         if len(candidates) < 2:
             return  # the last model standing is never killed: one instance fits (checked)
         # lmkd's order: background before foreground, idle before busy, least recently used first
