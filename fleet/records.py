@@ -106,7 +106,7 @@ class ServiceOptions:
 
     scheduler: SchedulerPolicy = SchedulerPolicy.FCFS
     max_batch_size: int = 8  # most sequences in one forward pass
-    prefill_chunk_tokens: int = 512  # most prompt tokens of one sequence per step
+    prefill_chunk_tokens: int = 64  # most prompt tokens of one sequence per step (see bench/)
     prefix_cache: bool = True  # reuse KV of an app's system prompt
     persistent_contexts: bool = False  # keep multi-turn contexts between turns
     context_policy: ContextPolicy = ContextPolicy.SWAP

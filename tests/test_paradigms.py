@@ -143,10 +143,10 @@ def _fg_ttft_s(trial) -> list[float]:
 
 
 def test_agent_os_keeps_foreground_ttft_below_slmaas_under_background_load(client):
-    """Priority scheduling with small prefill chunks protects a foreground app from background
-    prefill; FCFS batches it with 512-token chunks. Judged on paired runs (FCFS then priority,
-    twice, so drift of a busy machine hits both alike) over every foreground arrival of each
-    paradigm, with a margin: priority must cut the p50 TTFT by a third."""
+    """Priority scheduling protects a foreground app from background prefill that FCFS batches it
+    with, at the same prefill chunk (64, both paradigms' default): the scheduler alone. Judged on
+    paired runs (FCFS then priority, twice, so drift of a busy machine hits both alike) over every
+    foreground arrival of each paradigm, with a margin: priority must cut the p50 TTFT by a third."""
     apps = [
         AppWorkload(
             "keyboard",

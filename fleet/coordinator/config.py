@@ -106,7 +106,9 @@ class SlmaasConfig(Strict):
     name: str = Field("", pattern=r"^$|" + NAME)  # label in results (default: the kind)
     threads_per_process: int | None = Field(None, gt=0)  # unset: the phone's cores
     max_batch_size: int = Field(8, gt=0)  # most sequences in one forward pass
-    prefill_chunk_tokens: int = Field(512, gt=0)  # most prompt tokens of a sequence per step
+    # most prompt tokens of a sequence per step; 64 for both shared paradigms, chosen from
+    # bench/prefill_chunk.py (the README has the sweep), so they differ in scheduling only
+    prefill_chunk_tokens: int = Field(64, gt=0)
     prefix_cache: bool = True  # reuse the KV of an app's system prompt
 
     @property
@@ -133,7 +135,7 @@ class AgentOsConfig(Strict):
     priority_aging_s: float = Field(1.0, ge=0, le=3600)
     quantum_tokens: int = Field(16, gt=0)  # round robin: steps before the next app leads
     max_batch_size: int = Field(8, gt=0)
-    prefill_chunk_tokens: int = Field(64, gt=0)  # small chunks: a foreground request waits less
+    prefill_chunk_tokens: int = Field(64, gt=0)  # a foreground request waits one chunk at most
     prefix_cache: bool = True
     persistent_contexts: bool = True  # keep multi-turn apps' KV between turns
     context_policy: ContextPolicy = ContextPolicy.SWAP  # how an evicted context comes back
