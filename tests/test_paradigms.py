@@ -146,7 +146,8 @@ def test_agent_os_keeps_foreground_ttft_below_slmaas_under_background_load(clien
     """Priority scheduling protects a foreground app from background prefill that FCFS batches it
     with, at the same prefill chunk (64, both paradigms' default): the scheduler alone. Judged on
     paired runs (FCFS then priority, twice, so drift of a busy machine hits both alike) over every
-    foreground arrival of each paradigm, with a margin: priority must cut the p50 TTFT by a third."""
+    foreground arrival of each paradigm, with a margin: priority must cut the p50 TTFT by a
+    third."""
     apps = [
         AppWorkload(
             "keyboard",
