@@ -306,10 +306,15 @@ class RequestRecord:
 
     @property
     def queue_wait_s(self) -> float:
-        """Sent to first scheduled on the model: the service's queue."""
+        """Sent to first scheduled on the model: the service's queue, less the time its context
+        was being read back from storage (that is ``service.context_switch_s``, its own field;
+        a recompute happens after scheduling, as prefill)."""
         if not self.scheduled_ns:
             return 0.0
-        return (self.scheduled_ns - (self.sent_ns or self.submit_ns)) / NS_PER_S
+        wait = (self.scheduled_ns - (self.sent_ns or self.submit_ns)) / NS_PER_S
+        if self.service.context_restore == "swap":
+            wait = max(0.0, wait - self.service.context_switch_s)
+        return wait
 
     @property
     def waited_s(self) -> float:
