@@ -125,7 +125,9 @@ def test_the_record_carries_raw_timestamps_only_and_derives_the_rest():
     m = wire.record_to_pb(RECORD)
     assert not hasattr(m, "ttft_s") and not hasattr(m, "e2e_s")  # derived values left behind
     back = wire.record_from_pb(m)
-    assert back.ttft_s == pytest.approx(100e-9) and back.queue_wait_s == pytest.approx(30e-9)
+    assert back.ttft_s == pytest.approx(100e-9)
+    assert back.queue_wait_s == 0.0  # its 0.25 s swap-in is its own field, not queue wait
+    assert dataclasses.replace(back, service=ServiceFacts()).queue_wait_s == pytest.approx(30e-9)
     assert back.app_delay_s == pytest.approx(20e-9) and back.waited_s == pytest.approx(230e-9)
     assert back.service == FACTS and back.waiting_s == pytest.approx((10 - 100 + 10) / 1e9)
 
