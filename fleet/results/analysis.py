@@ -103,7 +103,8 @@ class GroupResult:
         default_factory=list
     )
     budget_bytes: int = 0
-    # at each co-run's peak of summed PSS: "weights", "kv", "runtime" (PSS less both), spread
+    # at each co-run's peak of summed PSS among the ticks where every process had reported its
+    # split: "weights", "kv", "runtime" (PSS less both), spread over repetitions
     peak_split: dict[str, Spread] = field(default_factory=dict)
 
 
@@ -379,7 +380,8 @@ def _peak_split(store: ResultStore, corun: list[dict]) -> dict[str, Spread]:
     for t in corun:
         rows = store.query(
             "SELECT SUM(pss_bytes) AS pss, SUM(weights_bytes) AS w, SUM(kv_bytes) AS kv "
-            "FROM samples WHERE trial_id=? GROUP BY t_ns ORDER BY pss DESC LIMIT 1",
+            "FROM samples WHERE trial_id=? GROUP BY t_ns "
+            "HAVING MIN(weights_bytes) > 0 ORDER BY pss DESC LIMIT 1",  # ticks every process split
             (t["trial_id"],),
         )
         if rows:
