@@ -123,7 +123,12 @@ class TrialRunner:
             tick = sampler.sample(self.host.processes())
             split = self.host.memory_split()
             tick = [
-                replace(s, weights_bytes=split[s.pid][0], kv_bytes=split[s.pid][1])
+                replace(
+                    s,
+                    weights_bytes=split[s.pid][0],
+                    kv_bytes=split[s.pid][1],
+                    kv_used_bytes=split[s.pid][2],
+                )
                 if s.pid in split
                 else s
                 for s in tick

@@ -388,6 +388,7 @@ class ServiceStats:
     num_promotions: int = 0  # background requests aged into the foreground
     weight_bytes: int = 0  # gauge: the model's weights
     admission_waits: int = 0  # requests the memory budget held back until their KV could fit
+    kv_used_bytes: int = 0  # gauge: of kv_held_bytes, the positions filled
     prefix_hits: int = 0
     context_hits: int = 0
     swap_outs: int = 0
@@ -407,6 +408,7 @@ class ResourceSample:
     cpu_percent: float = 0.0
     weights_bytes: int = 0  # of its PSS: model weights (model processes report them)
     kv_bytes: int = 0  # of its PSS: KV cache allocated; the rest is runtime
+    kv_used_bytes: int = 0  # of the KV allocated, the positions filled
 
 
 @dataclass(frozen=True)

@@ -482,6 +482,7 @@ _STATS_FIELDS = (
     "num_promotions",
     "weight_bytes",
     "admission_waits",
+    "kv_used_bytes",
     "prefix_hits",
     "context_hits",
     "swap_outs",
@@ -510,6 +511,7 @@ def sample_to_pb(s: ResourceSample) -> pb.ResourceSample:
         cpu_percent=s.cpu_percent,
         weights_bytes=s.weights_bytes,
         kv_bytes=s.kv_bytes,
+        kv_used_bytes=s.kv_used_bytes,
     )
 
 
@@ -523,6 +525,7 @@ def sample_from_pb(m: pb.ResourceSample) -> ResourceSample:
         cpu_percent=m.cpu_percent,
         weights_bytes=m.weights_bytes,
         kv_bytes=m.kv_bytes,
+        kv_used_bytes=m.kv_used_bytes,
     )
 
 

@@ -93,6 +93,11 @@ def test_per_app_holds_at_least_2_5x_the_memory_of_slmaas(client):
     assert len({s.pid for s in slmaas["samples"]}) == 1  # one service
     ratio = per_app["summary"].peak_pss_bytes / slmaas["summary"].peak_pss_bytes
     assert ratio >= 2.5, f"per-app/SLMaaS peak PSS ratio {ratio:.2f}"
+    for trial in (per_app, slmaas):  # each model process reports its weights and KV
+        split = [x for x in trial["samples"] if x.weights_bytes]
+        assert split, "no sample carried the memory split"
+        for x in split:
+            assert x.kv_used_bytes <= x.kv_bytes and x.weights_bytes + x.kv_bytes < x.pss_bytes
 
 
 def test_slmaas_batches_and_beats_per_app_aggregate_throughput(client):

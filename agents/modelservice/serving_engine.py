@@ -200,6 +200,13 @@ class ServingEngine:
             out.append(r)
         return out
 
+    def _kv_used(self) -> int:
+        """KV positions actually filled, in every context held or running."""
+        ctxs = {id(c): c for c in self.contexts.sessions.values() if c.resident}
+        ctxs.update({id(c): c for c in self.contexts.prefixes.values()})
+        ctxs.update({id(r.ctx): r.ctx for r in self.active if r.ctx is not None and r.ctx.resident})
+        return sum(c.used_bytes() for c in ctxs.values())
+
     def _kv_now(self) -> int:
         return self.contexts.held_bytes() + self._active_bytes()
 
@@ -272,6 +279,7 @@ class ServingEngine:
             num_promotions=self.scheduler.promotions,
             weight_bytes=self._weight_bytes,
             admission_waits=self.admission_waits,
+            kv_used_bytes=self._kv_used(),
             prefix_hits=c["prefix_hits"],
             context_hits=c["context_hits"],
             swap_outs=c["swap_outs"],

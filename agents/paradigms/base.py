@@ -80,9 +80,9 @@ class ParadigmHost(ABC):
     def processes(self) -> dict[int, str]:
         """The phone's SLM processes now, {pid: component}, for the memory sampler."""
 
-    def memory_split(self) -> dict[int, tuple[int, int]]:
-        """{pid: (weights bytes, KV bytes allocated)} of the SLM processes, as they last reported
-        (the rest of their PSS is runtime); empty when unknown."""
+    def memory_split(self) -> dict[int, tuple[int, int, int]]:
+        """{pid: (weights bytes, KV bytes allocated, KV bytes used)} of the SLM processes, as they
+        last reported (the rest of their PSS is runtime); empty when unknown."""
         return {}
 
     @abstractmethod

@@ -53,7 +53,7 @@ class PerAppParadigm(ParadigmHost):
         self._next_lmk = 0.0
         self._next_split = 0.0
         self._readers: dict[str, StatsReader] = {}
-        self._split: dict[int, tuple[int, int]] = {}
+        self._split: dict[int, tuple[int, int, int]] = {}
 
     @property
     def weights_label(self) -> str:
@@ -129,11 +129,15 @@ class PerAppParadigm(ParadigmHost):
             if got is None:
                 continue
             stats, events = got
-            self._split[a.model_pid] = (stats.weight_bytes, stats.kv_held_bytes)
+            self._split[a.model_pid] = (
+                stats.weight_bytes,
+                stats.kv_held_bytes,
+                stats.kv_used_bytes,
+            )
             for e in events:
                 emit(e)
 
-    def memory_split(self) -> dict[int, tuple[int, int]]:
+    def memory_split(self) -> dict[int, tuple[int, int, int]]:
         live = {a.model_pid for a in self.apps.apps if a.model_pid}
         return {pid: split for pid, split in self._split.items() if pid in live}
 

@@ -46,7 +46,7 @@ class SharedServiceParadigm(ParadigmHost):
         self._label = ""
         self._dir: tempfile.TemporaryDirectory | None = None
         self._died_reported = False
-        self._split = (0, 0)  # (weights, KV) the service last reported
+        self._split = (0, 0, 0)  # (weights, KV allocated, KV used) the service last reported
 
     @property
     def weights_label(self) -> str:
@@ -73,7 +73,7 @@ class SharedServiceParadigm(ParadigmHost):
             ready = self.service.start()
             self._label = ready.weights_label
             self._died_reported = False
-            self._split = (0, 0)
+            self._split = (0, 0, 0)
             endpoint = ModelEndpoint(socket=str(self.service.socket_path))
             self.apps.start(
                 spec.apps,
@@ -127,7 +127,7 @@ class SharedServiceParadigm(ParadigmHost):
         got = self.service.stats() if self.service else None
         if got is not None:
             stats, events = got
-            self._split = (stats.weight_bytes, stats.kv_held_bytes)
+            self._split = (stats.weight_bytes, stats.kv_held_bytes, stats.kv_used_bytes)
             for e in events:
                 emit(e)
             emit(stats)
@@ -142,7 +142,7 @@ class SharedServiceParadigm(ParadigmHost):
             )
             stop.set()  # every later request would fail the same way: end the trial now
 
-    def memory_split(self) -> dict[int, tuple[int, int]]:
+    def memory_split(self) -> dict[int, tuple[int, int, int]]:
         if self.service is None or not self._split[0]:
             return {}
         return {self.service.pid: self._split}

@@ -379,7 +379,8 @@ def _peak_split(store: ResultStore, corun: list[dict]) -> dict[str, Spread]:
     cols: dict[str, list[float]] = defaultdict(list)
     for t in corun:
         rows = store.query(
-            "SELECT SUM(pss_bytes) AS pss, SUM(weights_bytes) AS w, SUM(kv_bytes) AS kv "
+            "SELECT SUM(pss_bytes) AS pss, SUM(weights_bytes) AS w, SUM(kv_bytes) AS kv, "
+            "SUM(kv_used_bytes) AS used "
             "FROM samples WHERE trial_id=? GROUP BY t_ns "
             "HAVING MIN(weights_bytes) > 0 ORDER BY pss DESC LIMIT 1",  # ticks every process split
             (t["trial_id"],),
@@ -388,6 +389,7 @@ def _peak_split(store: ResultStore, corun: list[dict]) -> dict[str, Spread]:
             pss, w, kv = rows[0]["pss"], rows[0]["w"] or 0, rows[0]["kv"] or 0
             cols["weights"].append(w)
             cols["kv"].append(kv)
+            cols["kv_used"].append(rows[0]["used"] or 0)
             cols["runtime"].append(pss - w - kv)
     return {k: Spread.of(v) for k, v in cols.items()}
 

@@ -104,6 +104,17 @@ def _fairness(g: GroupResult) -> str:
     return text
 
 
+def _split(g: GroupResult) -> str:
+    s = g.peak_split
+    if "weights" not in s:
+        return "-"
+
+    def mib(k: str) -> str:
+        return f"{s[k].median / 2**20:.0f}"
+
+    return f"{mib('weights')} / {mib('kv')} ({mib('kv_used')}) / {mib('runtime')}"
+
+
 def comparison_rows(groups: list[GroupResult], min_n: int = DEFAULT_MIN_N) -> list[dict[str, str]]:
     return [
         {
@@ -119,10 +130,7 @@ def comparison_rows(groups: list[GroupResult], min_n: int = DEFAULT_MIN_N) -> li
             "Jain fairness": _fairness(g),
             "SLO met": slo_text(g.slo, min_n) + (f" (n={g.slo.n})" if g.slo.n else ""),
             "peak PSS MiB": g.peak_pss_bytes.fmt(1 / 2**20, 0),
-            "at peak: weights / KV / runtime MiB": " / ".join(
-                f"{g.peak_split[k].median / 2**20:.0f}" if k in g.peak_split else "-"
-                for k in ("weights", "kv", "runtime")
-            ),
+            "at peak: weights / KV (used) / runtime MiB": _split(g),
             "kills": g.kills.fmt(1, 0),
             "cold starts": g.cold_starts.fmt(1, 0),
             "ctx restores": g.swaps.fmt(1, 0),

@@ -40,7 +40,7 @@ from fleet.records import (
 )
 
 STATS_COLUMNS = tuple(f.name for f in fields(ServiceStats))
-SCHEMA_VERSION = 4  # 4: memory split; 3: promotions; 2: traces, censoring; 0/1: before
+SCHEMA_VERSION = 5  # 5: KV used; 4: memory split; 3: promotions; 2: traces; 0/1: before
 
 # A trial's app mix (the ``mix`` column): one app alone, every app together, or the first k.
 CORUN = "corun"
@@ -92,7 +92,8 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE TABLE IF NOT EXISTS samples (
     trial_id TEXT, t_ns INTEGER, component TEXT, pid INTEGER, rss_bytes INTEGER,
-    pss_bytes INTEGER, cpu_percent REAL, weights_bytes INTEGER, kv_bytes INTEGER
+    pss_bytes INTEGER, cpu_percent REAL, weights_bytes INTEGER, kv_bytes INTEGER,
+    kv_used_bytes INTEGER
 );
 CREATE TABLE IF NOT EXISTS service_stats (
     trial_id TEXT, {", ".join(STATS_COLUMNS)}
@@ -349,6 +350,7 @@ class ResultStore:
                         e.cpu_percent,
                         e.weights_bytes,
                         e.kv_bytes,
+                        e.kv_used_bytes,
                     )
                 )
             elif isinstance(e, ServiceStats):
@@ -356,7 +358,7 @@ class ResultStore:
         with self._transaction() as db:
             db.executemany(f"INSERT OR REPLACE INTO requests VALUES ({','.join('?' * 29)})", recs)
             db.executemany("INSERT INTO events VALUES (?,?,?,?,?,?,?)", phone_events)
-            db.executemany("INSERT INTO samples VALUES (?,?,?,?,?,?,?,?,?)", samples)
+            db.executemany("INSERT INTO samples VALUES (?,?,?,?,?,?,?,?,?,?)", samples)
             db.executemany(
                 f"INSERT INTO service_stats VALUES ({','.join('?' * (1 + len(STATS_COLUMNS)))})",
                 stats,

@@ -320,7 +320,7 @@ class ServiceFacts(_message.Message):
     def __init__(self, slices: _Optional[_Iterable[_Union[Slice, _Mapping]]] = ..., context_switch_s: _Optional[float] = ..., context_switch_bytes: _Optional[int] = ..., context_restore: _Optional[str] = ..., cached_prompt_tokens: _Optional[int] = ..., max_batch_size: _Optional[int] = ...) -> None: ...
 
 class ServiceStats(_message.Message):
-    __slots__ = ("t_ns", "num_running", "num_waiting", "last_batch_size", "kv_held_bytes", "num_steps", "mean_batch_size", "max_batch_size", "num_preemptions", "prefix_hits", "context_hits", "swap_outs", "swap_ins", "recomputes", "drops", "swap_bytes", "num_promotions", "weight_bytes", "admission_waits")
+    __slots__ = ("t_ns", "num_running", "num_waiting", "last_batch_size", "kv_held_bytes", "num_steps", "mean_batch_size", "max_batch_size", "num_preemptions", "prefix_hits", "context_hits", "swap_outs", "swap_ins", "recomputes", "drops", "swap_bytes", "num_promotions", "weight_bytes", "admission_waits", "kv_used_bytes")
     T_NS_FIELD_NUMBER: _ClassVar[int]
     NUM_RUNNING_FIELD_NUMBER: _ClassVar[int]
     NUM_WAITING_FIELD_NUMBER: _ClassVar[int]
@@ -340,6 +340,7 @@ class ServiceStats(_message.Message):
     NUM_PROMOTIONS_FIELD_NUMBER: _ClassVar[int]
     WEIGHT_BYTES_FIELD_NUMBER: _ClassVar[int]
     ADMISSION_WAITS_FIELD_NUMBER: _ClassVar[int]
+    KV_USED_BYTES_FIELD_NUMBER: _ClassVar[int]
     t_ns: int
     num_running: int
     num_waiting: int
@@ -359,7 +360,8 @@ class ServiceStats(_message.Message):
     num_promotions: int
     weight_bytes: int
     admission_waits: int
-    def __init__(self, t_ns: _Optional[int] = ..., num_running: _Optional[int] = ..., num_waiting: _Optional[int] = ..., last_batch_size: _Optional[int] = ..., kv_held_bytes: _Optional[int] = ..., num_steps: _Optional[int] = ..., mean_batch_size: _Optional[float] = ..., max_batch_size: _Optional[int] = ..., num_preemptions: _Optional[int] = ..., prefix_hits: _Optional[int] = ..., context_hits: _Optional[int] = ..., swap_outs: _Optional[int] = ..., swap_ins: _Optional[int] = ..., recomputes: _Optional[int] = ..., drops: _Optional[int] = ..., swap_bytes: _Optional[int] = ..., num_promotions: _Optional[int] = ..., weight_bytes: _Optional[int] = ..., admission_waits: _Optional[int] = ...) -> None: ...
+    kv_used_bytes: int
+    def __init__(self, t_ns: _Optional[int] = ..., num_running: _Optional[int] = ..., num_waiting: _Optional[int] = ..., last_batch_size: _Optional[int] = ..., kv_held_bytes: _Optional[int] = ..., num_steps: _Optional[int] = ..., mean_batch_size: _Optional[float] = ..., max_batch_size: _Optional[int] = ..., num_preemptions: _Optional[int] = ..., prefix_hits: _Optional[int] = ..., context_hits: _Optional[int] = ..., swap_outs: _Optional[int] = ..., swap_ins: _Optional[int] = ..., recomputes: _Optional[int] = ..., drops: _Optional[int] = ..., swap_bytes: _Optional[int] = ..., num_promotions: _Optional[int] = ..., weight_bytes: _Optional[int] = ..., admission_waits: _Optional[int] = ..., kv_used_bytes: _Optional[int] = ...) -> None: ...
 
 class Slice(_message.Message):
     __slots__ = ("start_ns", "end_ns", "prefill_tokens", "output_tokens")
@@ -390,7 +392,7 @@ class PhoneEvent(_message.Message):
     def __init__(self, t_ns: _Optional[int] = ..., kind: _Optional[str] = ..., app: _Optional[str] = ..., detail: _Optional[str] = ..., bytes: _Optional[int] = ..., duration_s: _Optional[float] = ...) -> None: ...
 
 class ResourceSample(_message.Message):
-    __slots__ = ("t_ns", "component", "pid", "rss_bytes", "pss_bytes", "cpu_percent", "weights_bytes", "kv_bytes")
+    __slots__ = ("t_ns", "component", "pid", "rss_bytes", "pss_bytes", "cpu_percent", "weights_bytes", "kv_bytes", "kv_used_bytes")
     T_NS_FIELD_NUMBER: _ClassVar[int]
     COMPONENT_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
@@ -399,6 +401,7 @@ class ResourceSample(_message.Message):
     CPU_PERCENT_FIELD_NUMBER: _ClassVar[int]
     WEIGHTS_BYTES_FIELD_NUMBER: _ClassVar[int]
     KV_BYTES_FIELD_NUMBER: _ClassVar[int]
+    KV_USED_BYTES_FIELD_NUMBER: _ClassVar[int]
     t_ns: int
     component: str
     pid: int
@@ -407,7 +410,8 @@ class ResourceSample(_message.Message):
     cpu_percent: float
     weights_bytes: int
     kv_bytes: int
-    def __init__(self, t_ns: _Optional[int] = ..., component: _Optional[str] = ..., pid: _Optional[int] = ..., rss_bytes: _Optional[int] = ..., pss_bytes: _Optional[int] = ..., cpu_percent: _Optional[float] = ..., weights_bytes: _Optional[int] = ..., kv_bytes: _Optional[int] = ...) -> None: ...
+    kv_used_bytes: int
+    def __init__(self, t_ns: _Optional[int] = ..., component: _Optional[str] = ..., pid: _Optional[int] = ..., rss_bytes: _Optional[int] = ..., pss_bytes: _Optional[int] = ..., cpu_percent: _Optional[float] = ..., weights_bytes: _Optional[int] = ..., kv_bytes: _Optional[int] = ..., kv_used_bytes: _Optional[int] = ...) -> None: ...
 
 class TrialSummary(_message.Message):
     __slots__ = ("status", "reason", "num_requests", "num_failed", "output_tokens", "duration_s", "peak_pss_bytes", "peak_rss_bytes", "weights_label")
