@@ -110,7 +110,7 @@ class ServiceOptions:
     prefix_cache: bool = True  # reuse KV of an app's system prompt
     persistent_contexts: bool = False  # keep multi-turn contexts between turns
     context_policy: ContextPolicy = ContextPolicy.SWAP
-    kv_budget_bytes: int = 0  # 0 = phone budget - weights
+    kv_budget_bytes: int = 0  # 0 = phone budget less the service's own PSS after loading
     quantum_tokens: int = 16  # round robin: steps before the next app leads
     priority_aging_s: float = 0.0  # priority: a background request waiting this long is promoted
 
@@ -120,6 +120,7 @@ class ServiceOptions:
 # within its own memory (an older conversation is dropped when a new one starts). Nothing shared.
 OWN_MODEL = ServiceOptions(
     max_batch_size=1,
+    prefill_chunk_tokens=512,  # no other app to protect: prefill in big steps
     prefix_cache=True,
     persistent_contexts=True,
     context_policy=ContextPolicy.RECOMPUTE,

@@ -41,7 +41,8 @@ class KVContext:
 
     @property
     def capacity(self) -> int:
-        return self.k.shape[2] if self.k is not None else 0
+        k = self.k  # once: a swap-out thread may drop it meanwhile
+        return k.shape[2] if k is not None else 0
 
     def bytes_per_token(self) -> int:
         return 2 * self.n_layer * self.n_kv_head * self.head_dim * self.dtype.itemsize

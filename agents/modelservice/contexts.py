@@ -91,6 +91,9 @@ class ContextManager:
         def work() -> None:
             try:
                 self._restore(req, ctx)
+            except Exception as exc:  # unreadable: forget the file, the request recomputes
+                self._swap_path(session).unlink(missing_ok=True)
+                self._event("swap_in_failed", req.app, 0, 0.0, f"{session}: {exc}"[:200])
             finally:
                 self.restoring.discard(session)
                 done()
@@ -156,7 +159,9 @@ class ContextManager:
     def release(self, req: ServiceRequest) -> None:
         """A request is done with its context: keep what is worth keeping."""
         ctx, p = req.ctx, req.shared_prefix_tokens
-        if ctx is None:
+        if ctx is None:  # cancelled before it ran (perhaps while its context was read back)
+            if self.persistent and req.session:
+                self.in_use.discard(req.session)
             return
         key = tuple(req.prompt[:p])
         if (
@@ -172,15 +177,21 @@ class ContextManager:
         if self.persistent and req.session:
             self.in_use.discard(req.session)
 
-    def enforce_budget(self, active_bytes: int) -> None:
-        """Evict idle sessions, least recently used first, until the KV held fits the budget."""
+    def enforce_budget(self, active_bytes: int, keep: str = "") -> None:
+        """Evict idle sessions, least recently used first, until the KV held fits the budget;
+        ``keep``: a session about to be used (never evicted for its own admission)."""
         if not self.kv_budget_bytes:
             return
         held = active_bytes + self.held_bytes()  # in-use sessions count, they just can't go
         for session, ctx in list(self.sessions.items()):
             if held <= self.kv_budget_bytes:
                 return
-            if session in self.in_use or session in self.swapping_out or not ctx.resident:
+            if (
+                session == keep
+                or session in self.in_use
+                or session in self.swapping_out
+                or not ctx.resident
+            ):
                 continue
             t0 = time.perf_counter()
             freed = ctx.allocated_bytes()

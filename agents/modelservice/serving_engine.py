@@ -189,7 +189,7 @@ class ServingEngine:
                 continue
             need = self._kv_need(r)
             if self._kv_now() + admitted + need > budget:
-                self.contexts.enforce_budget(self._active_bytes() + admitted + need)
+                self.contexts.enforce_budget(self._active_bytes() + admitted + need, keep=r.session)
             holders = admitted or any(x.ctx is not None and x.ctx.resident for x in self.active)
             if self._kv_now() + admitted + need > budget and holders:
                 if not r.admission_waited:

@@ -158,6 +158,12 @@ async def _amain(ns: argparse.Namespace) -> None:
     kv_budget = spec.kv_budget_bytes
     if not kv_budget and spec.memory_budget_bytes:
         kv_budget = max(1, spec.memory_budget_bytes - base_pss)  # one rule: PSS within budget
+        if kv_budget == 1:
+            print(
+                f"slm-service: warning: its own PSS {base_pss} B already fills the budget "
+                f"{spec.memory_budget_bytes} B; requests are admitted one at a time",
+                file=sys.stderr,
+            )
     engine = ServingEngine(
         loaded.model, spec.options, swap_dir, kv_budget_bytes=kv_budget, storage=storage
     )

@@ -52,7 +52,7 @@ class PerAppParadigm(ParadigmHost):
         self._sampler = ProcessSampler()
         self._next_lmk = 0.0
         self._next_split = 0.0
-        self._readers: dict[str, StatsReader] = {}
+        self._readers: dict[int, StatsReader] = {}
         self._split: dict[int, tuple[int, int, int]] = {}
 
     @property
@@ -68,8 +68,8 @@ class PerAppParadigm(ParadigmHost):
         options = effective_service_options(Paradigm.PER_APP, spec.service)
 
         def endpoint(app: AppWorkload) -> ModelEndpoint:
-            own = self.launch(  # its KV within its own means: one context of its own
-                app_model(spec, app), options, spec, kv_budget_bytes=need[app.name].kv_bytes
+            own = self.launch(  # its KV within its own means: its context (with room to grow)
+                app_model(spec, app), options, spec, kv_budget_bytes=2 * need[app.name].kv_bytes
             )
             return ModelEndpoint(socket=str(workdir / f"{app.name}.sock"), own=own)
 
@@ -119,12 +119,17 @@ class PerAppParadigm(ParadigmHost):
 
     def _read_split(self, emit: Emit) -> None:
         """Each own model's KV, as it reports it, and the context drops it made."""
+        live = {a.model_pid for a in self.apps.apps if a.model_pid}
+        for pid in [p for p in self._readers if p not in live]:  # killed: its channel goes
+            self._readers.pop(pid).close()
         for a in self.apps.apps:
             if not a.model_pid:
                 continue
-            reader = self._readers.get(a.app.name)
+            if a.model_starting:
+                continue
+            reader = self._readers.get(a.model_pid)  # per process: a relaunch gets a new one
             if reader is None:
-                reader = self._readers[a.app.name] = StatsReader(self._socket(a.app.name))
+                reader = self._readers[a.model_pid] = StatsReader(self._socket(a.app.name))
             got = reader.read()
             if got is None:
                 continue

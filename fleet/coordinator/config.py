@@ -139,9 +139,9 @@ class AgentOsConfig(Strict):
     prefix_cache: bool = True
     persistent_contexts: bool = True  # keep multi-turn apps' KV between turns
     context_policy: ContextPolicy = ContextPolicy.SWAP  # how an evicted context comes back
-    kv_budget_mb: int = Field(
-        0, ge=0
-    )  # KV held before idle contexts are evicted (0: budget - weights)
+    # KV held before idle contexts are evicted and admissions wait (0: the phone budget less the
+    # service's own PSS, the same rule as SLMaaS)
+    kv_budget_mb: int = Field(0, ge=0)
 
     @property
     def label(self) -> str:
