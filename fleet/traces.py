@@ -30,14 +30,7 @@ from pathlib import Path
 
 from fleet.records import AppWorkload, ArrivalPattern, TraceRequest
 
-__all__ = [
-    "TraceError",
-    "TraceRequest",
-    "cut_trace",
-    "generate_trace",
-    "read_trace_file",
-    "request_id",
-]
+__all__ = ["TraceError", "TraceRequest", "generate_trace", "read_trace_file"]
 
 CLOSED_LOOP_MAX = 5000  # most requests a closed-loop app's trace holds
 MIN_CYCLE_S = 0.01  # a closed-loop app without think time still needs this long per request
@@ -46,10 +39,6 @@ MAX_TRACE_TOKENS = 1 << 16  # most prompt or output tokens of one traced request
 
 class TraceError(ValueError):
     """A trace file that cannot be used; the message names the file, the line and the field."""
-
-
-def request_id(app: str, index: int) -> str:
-    return f"{app}/{index}"
 
 
 def generate_trace(
@@ -178,8 +167,3 @@ def _session(row: dict, where: str) -> str:
     if not isinstance(v, (str, int)) or isinstance(v, bool) or len(str(v)) > 200:
         raise TraceError(f"{where}: session must be a string of at most 200 characters")
     return str(v)
-
-
-def cut_trace(reqs: tuple[TraceRequest, ...], duration_s: float) -> tuple[TraceRequest, ...]:
-    """The requests that arrive within the duration (closed-loop requests all stay)."""
-    return tuple(r for r in reqs if r.at_s is None or r.at_s < duration_s)

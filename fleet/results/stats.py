@@ -29,13 +29,6 @@ QUANTILE_METHOD: Final = "inverted_cdf"  # nearest rank: every percentile is one
 BOOTSTRAP_RESAMPLES = 1000
 
 
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100) of exact values; NaN for no values."""
-    if not values:
-        return math.nan
-    return float(np.percentile(np.asarray(values, dtype=float), q, method=QUANTILE_METHOD))
-
-
 @dataclass(frozen=True)
 class Outcomes:
     """How a set of arrivals ended."""
