@@ -42,39 +42,72 @@ AGENT_SOFTWARE = ("torch", "grpcio", "protobuf", "psutil", "slm-fleet")
 MAX_MESSAGE_BYTES = 32 * 2**20  # a RunWorkload carrying a trace of up to 100k requests
 
 
-class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
-    """Rejects state-changing calls without ``authorization: Bearer <token>`` (UNAUTHENTICATED)."""
+class _Malformed:
+    """Stands in for a request protobuf could not parse, so the call is refused with a reason."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
+
+
+def _tolerant(deserializer):
+    def parse(data: bytes):
+        try:
+            return deserializer(data)
+        except Exception as exc:  # protobuf's DecodeError, or anything a parser raises
+            return _Malformed(f"malformed request: {type(exc).__name__}: {exc}"[:300])
+
+    return parse
+
+
+class GuardInterceptor(grpc.aio.ServerInterceptor):
+    """The door of the agent's own service: state-changing calls without ``authorization:
+    Bearer <token>`` get UNAUTHENTICATED, bytes that do not parse get INVALID_ARGUMENT (not
+    UNKNOWN), both with the reason. Health and reflection pass through untouched."""
 
     def __init__(self, token: str):
         self._expected = f"Bearer {token}".encode()
 
     async def intercept_service(self, continuation, details):
-        if details.method not in PROTECTED_METHODS:
-            return await continuation(details)
-        given = dict(details.invocation_metadata or ()).get("authorization", "")
-        if hmac.compare_digest(str(given).encode(), self._expected):
-            return await continuation(details)
         handler = await continuation(details)
+        if handler is None or not details.method.startswith(f"/{SERVICE}/"):
+            return handler
+        authorized = details.method not in PROTECTED_METHODS or hmac.compare_digest(
+            str(dict(details.invocation_metadata or ()).get("authorization", "")).encode(),
+            self._expected,
+        )
 
-        async def deny(request, context):
-            await context.abort(
-                grpc.StatusCode.UNAUTHENTICATED,
-                "missing or wrong token in 'authorization' metadata",
-            )
+        async def refuse(request, context) -> None:
+            if not authorized:
+                await context.abort(
+                    grpc.StatusCode.UNAUTHENTICATED,
+                    "missing or wrong token in 'authorization' metadata",
+                )
+            if isinstance(request, _Malformed):
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.reason)
 
-        async def deny_stream(request, context):
-            await deny(request, context)
-            yield  # pragma: no cover - makes this an async generator
-
+        deserializer = _tolerant(handler.request_deserializer)
         if handler.unary_stream:
+            inner_stream = handler.unary_stream
+
+            async def stream(request, context):
+                await refuse(request, context)
+                async for item in inner_stream(request, context):
+                    yield item
+
             return grpc.unary_stream_rpc_method_handler(
-                deny_stream,
-                request_deserializer=handler.request_deserializer,
+                stream,
+                request_deserializer=deserializer,
                 response_serializer=handler.response_serializer,
             )
+        inner = handler.unary_unary
+
+        async def unary(request, context):
+            await refuse(request, context)
+            return await inner(request, context)
+
         return grpc.unary_unary_rpc_method_handler(
-            deny,
-            request_deserializer=handler.request_deserializer,
+            unary,
+            request_deserializer=deserializer,
             response_serializer=handler.response_serializer,
         )
 
@@ -132,8 +165,10 @@ class PhoneAgentServicer(pb_grpc.PhoneAgentServiceServicer):
                 host.plan_bytes(spec)  # refuse before touching the current deployment
             except BudgetError as exc:
                 await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
-            except (ValueError, FileNotFoundError) as exc:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            except (ValueError, OSError, KeyError, TypeError) as exc:  # e.g. a bad config.json
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT, f"model: {type(exc).__name__}: {exc}"[:500]
+                )
             await self._reset()
             loading = asyncio.ensure_future(asyncio.to_thread(host.deploy, spec))
             try:
@@ -213,20 +248,26 @@ async def serve(
     port: int = 0,
     tls_cert: bytes | None = None,
     tls_key: bytes | None = None,
+    tls_client_ca: bytes | None = None,
     metrics_port: int | None = 0,
+    metrics_host: str = "127.0.0.1",
 ):
-    """Start the agent; returns (server, servicer, bound port). /metrics is served on the same
-    host at metrics_port (0: any free port; None: no metrics endpoint)."""
+    """Start the agent; returns (server, servicer, bound port). /metrics is served on
+    metrics_host at metrics_port (0: any free port; None: no metrics endpoint). With a
+    certificate and key it serves TLS only; with a client CA too, clients must present a
+    certificate that CA signed (mutual TLS)."""
     if not token:
         raise ValueError("a token is required: the agent refuses to run unauthenticated")
+    if bool(tls_cert) != bool(tls_key) or (tls_client_ca and not tls_cert):
+        raise ValueError("TLS needs a certificate and its key (and both for mutual TLS)")
     server = grpc.aio.server(
-        interceptors=[TokenAuthInterceptor(token)],
+        interceptors=[GuardInterceptor(token)],
         options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)],
     )
     metrics, bound_metrics = None, 0
     if metrics_port is not None:
         metrics = AgentMetrics(profile)
-        bound_metrics = metrics.serve(host, metrics_port)
+        bound_metrics = metrics.serve(metrics_host, metrics_port)
         metrics.info(software_versions(AGENT_SOFTWARE))
     servicer = PhoneAgentServicer(profile, metrics, bound_metrics)
     pb_grpc.add_PhoneAgentServiceServicer_to_server(servicer, server)
@@ -240,7 +281,12 @@ async def serve(
     reflection.enable_server_reflection(names, server)
     address = f"{host}:{port}"
     if tls_cert and tls_key:
-        bound = server.add_secure_port(address, grpc.ssl_server_credentials([(tls_key, tls_cert)]))
+        credentials = grpc.ssl_server_credentials(
+            [(tls_key, tls_cert)],
+            root_certificates=tls_client_ca,
+            require_client_auth=bool(tls_client_ca),
+        )
+        bound = server.add_secure_port(address, credentials)
     else:
         bound = server.add_insecure_port(address)
     await server.start()

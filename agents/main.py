@@ -4,7 +4,13 @@
 
 Binds 127.0.0.1 on a free port unless told otherwise and prints one JSON line once it serves:
 ``{"event": "ready", "port": 50123, "pid": 4242}``. With ``--exit-on-stdin-eof`` it exits when its
-stdin closes, which is how a launcher makes sure no agent outlives it.
+stdin closes, which is how a launcher makes sure no agent outlives it; with ``--token-stdin`` the
+first line of stdin is the token (it never appears in an environment or a command line).
+
+Security: the token is removed from the environment once read, so no app or model process
+inherits it. A bind beyond loopback needs TLS (``--tls-cert`` and ``--tls-key``; with
+``--tls-client-ca`` clients must present a certificate signed by that CA) or an explicit
+``--insecure``. /metrics stays on loopback unless ``--metrics-host`` says otherwise.
 """
 
 from __future__ import annotations
@@ -65,9 +71,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=0,
         help="Prometheus /metrics port on the same host (0 = any free, -1 = none)",
     )
+    p.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        help="address /metrics binds (default loopback only, whatever --host is)",
+    )
     p.add_argument("--token-file", help=f"file holding the shared token (default: ${TOKEN_ENV})")
-    p.add_argument("--tls-cert", help="PEM certificate; with --tls-key, serve TLS")
-    p.add_argument("--tls-key", help="PEM private key")
+    p.add_argument(
+        "--token-stdin", action="store_true", help="read the token from stdin's first line"
+    )
+    p.add_argument("--tls-cert", help="PEM server certificate (needs --tls-key): serve TLS")
+    p.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    p.add_argument(
+        "--tls-client-ca",
+        help="PEM CA: require every client to present a certificate it signed (mutual TLS)",
+    )
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow a non-loopback --host without TLS (the token then crosses the network "
+        "in the clear)",
+    )
     p.add_argument(
         "--exit-on-stdin-eof", action="store_true", help="exit when stdin closes (set by launchers)"
     )
@@ -98,10 +122,43 @@ def pin_to(cpus: tuple[int, ...]) -> None:
 
 
 def read_token(ns: argparse.Namespace) -> str:
+    """The shared token; removed from the environment so no child process inherits it."""
+    from_env = os.environ.pop(TOKEN_ENV, "")
+    if ns.token_stdin:
+        return sys.stdin.readline().strip()
     if ns.token_file:
         with open(ns.token_file, encoding="utf-8") as f:
             return f.read().strip()
-    return os.environ.get(TOKEN_ENV, "")
+    return from_env
+
+
+def is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_security(ns: argparse.Namespace) -> str:
+    """Why these flags are refused ("" when they are fine)."""
+    if bool(ns.tls_cert) != bool(ns.tls_key):
+        return "--tls-cert and --tls-key go together (a certificate needs its key)"
+    if ns.tls_client_ca and not ns.tls_cert:
+        return "--tls-client-ca needs --tls-cert and --tls-key (mutual TLS is TLS first)"
+    for flag in ("tls_cert", "tls_key", "tls_client_ca", "token_file"):
+        path = getattr(ns, flag)
+        if path and not os.path.isfile(path):
+            return f"--{flag.replace('_', '-')} {path}: no such file"
+    if not is_loopback(ns.host) and not ns.tls_cert and not ns.insecure:
+        return (
+            f"--host {ns.host} is reachable beyond this machine and the token would cross the "
+            "network in the clear: give --tls-cert/--tls-key, or --insecure to accept that"
+        )
+    return ""
 
 
 async def _amain(ns: argparse.Namespace, token: str) -> None:
@@ -117,17 +174,29 @@ async def _amain(ns: argparse.Namespace, token: str) -> None:
         storage_dir=ns.storage_dir,
         storage_model=ns.storage_model,
     )
-    cert = key = None
-    if ns.tls_cert and ns.tls_key:
-        cert, key = open(ns.tls_cert, "rb").read(), open(ns.tls_key, "rb").read()
+
+    def read(path: str | None) -> bytes | None:
+        if not path:
+            return None
+        with open(path, "rb") as f:
+            return f.read()
+
+    if ns.insecure and not is_loopback(ns.host) and not ns.tls_cert:
+        print(
+            f"fleet-agent: warning: serving {ns.host} without TLS (--insecure): the token "
+            "crosses the network in the clear",
+            file=sys.stderr,
+        )
     server, servicer, port = await serve(
         profile,
         token=token,
         host=ns.host,
         port=ns.port,
-        tls_cert=cert,
-        tls_key=key,
+        tls_cert=read(ns.tls_cert),
+        tls_key=read(ns.tls_key),
+        tls_client_ca=read(ns.tls_client_ca),
         metrics_port=None if ns.metrics_port < 0 else ns.metrics_port,
+        metrics_host=ns.metrics_host,
     )
     print(
         json.dumps(
@@ -159,10 +228,18 @@ async def _amain(ns: argparse.Namespace, token: str) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     ns = parse_args(argv)
+    from fleet.limits import NAME_PATTERN, valid_name
+
+    problem = check_security(ns)
+    if not valid_name(ns.name):
+        problem = f"--name {ns.name!r} must match {NAME_PATTERN}"
+    if problem:
+        print(f"fleet-agent: {problem}", file=sys.stderr)
+        sys.exit(2)
     token = read_token(ns)
     if not token:
         sys.exit(
-            f"fleet-agent: no token: set ${TOKEN_ENV} or pass --token-file "
+            f"fleet-agent: no token: set ${TOKEN_ENV}, pass --token-file or --token-stdin "
             "(the agent refuses to accept unauthenticated changes)"
         )
     if ns.memory_budget_mb <= 0 or ns.cpu_threads < 0:
@@ -176,7 +253,18 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(f"fleet-agent: --cpus {ns.cpus}: {exc}")
     ns.cpu_threads = ns.cpu_threads or len(ns.cpu_list) or len(os.sched_getaffinity(0))
     ns.storage_dir = open_storage(ns)
-    asyncio.run(_amain(ns, token))
+    from fleet.runtime_dirs import RuntimeDir
+
+    try:
+        runtime = RuntimeDir.create(ns.name)
+    except OSError as exc:
+        sys.exit(f"fleet-agent: cannot make its private directory: {exc}")
+    for stale in runtime.swept:
+        print(f"fleet-agent: removed a dead agent's directory {stale}", file=sys.stderr)
+    try:
+        asyncio.run(_amain(ns, token))
+    finally:
+        runtime.remove()
 
 
 def open_storage(ns: argparse.Namespace) -> str:

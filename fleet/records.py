@@ -43,12 +43,25 @@ class RequestStatus(str, Enum):
     DROPPED = "dropped"  # never sent: the app's cap on outstanding requests was reached
 
 
+@dataclass(frozen=True)
+class RejectedEvent:
+    """A streamed message the coordinator could not take (a number out of range): kept as a
+    note with its reason, in place of the record, so nothing is dropped silently."""
+
+    kind: str  # record, sample, ...
+    ident: str  # its request id or component@time
+    reason: str
+
+
 class TrialStatus(str, Enum):
     PENDING = "pending"
     RUNNING = "running"
     COMPLETED = "completed"
     FAILED = "failed"
     STOPPED = "stopped"
+    # Coordinator-side only (never on the wire): a stopped or crashed run's trials.
+    INTERRUPTED = "interrupted"  # cut short; ``fleet run --resume`` runs it again
+    NOT_RUN = "not_run"  # never started; ``--resume`` runs it
 
 
 @dataclass(frozen=True)

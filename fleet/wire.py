@@ -8,10 +8,14 @@ empty names, non-positive counts) and raises ``WireError`` (-> INVALID_ARGUMENT)
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from enum import Enum
 from typing import TypeVar
 
+from google.protobuf.message import Message
+
+from fleet import limits as L
 from fleet.records import (
     AgentDescription,
     AppDeployment,
@@ -38,7 +42,7 @@ from fleet.records import (
     TrialSummary,
     WorkloadRun,
 )
-from fleet.shapes import DTYPE_BYTES
+from fleet.shapes import DTYPE_BYTES, PRESETS
 from fleet.v1 import agent_pb2 as pb
 from fleet.v1 import slm_service_pb2 as spb
 
@@ -93,6 +97,42 @@ def _bounded(v: int, lo: int, hi: int, what: str) -> int:
     if not lo <= v <= hi:
         raise WireError(f"{what} must be in [{lo}, {hi}], got {v}")
     return v
+
+
+def _finite(v: float, lo: float, hi: float, what: str) -> float:
+    if not L.finite_in(v, lo, hi):
+        raise WireError(f"{what} must be finite and in [{lo:g}, {hi:g}], got {v}")
+    return v
+
+
+def _name(v: str, what: str) -> str:
+    if not L.valid_name(v):
+        raise WireError(f"{what} {v[:80]!r} must match {L.NAME_PATTERN}")
+    return v
+
+
+def _text(v: str, what: str, limit: int = L.MAX_TEXT) -> str:
+    if len(v) > limit:
+        raise WireError(f"{what} is longer than {limit} characters")
+    return v
+
+
+INT64_MAX = 2**63 - 1
+
+
+def check_numbers(m: Message, what: str) -> None:
+    """Every number of a decoded message finite and storable (integers fit 64 signed bits);
+    raises WireError naming the field. The coordinator runs it on everything a phone sends."""
+    for fd, value in m.ListFields():
+        values = value if fd.is_repeated else (value,)
+        for i, v in enumerate(values):
+            where = f"{what}.{fd.name}" + (f"[{i}]" if fd.is_repeated else "")
+            if fd.message_type is not None:
+                check_numbers(v, where)
+            elif isinstance(v, float) and not math.isfinite(v):
+                raise WireError(f"{where} is {v}, not a finite number")
+            elif isinstance(v, int) and not isinstance(v, bool) and v > INT64_MAX:
+                raise WireError(f"{where} = {v} does not fit 64 signed bits")
 
 
 def paradigm_from_pb(value: int) -> Paradigm:
@@ -181,31 +221,32 @@ def app_to_pb(a: AppWorkload) -> pb.AppWorkload:
 
 
 def app_from_pb(m: pb.AppWorkload) -> AppWorkload:
-    if not m.name:
-        raise WireError("app name is empty")
-    pattern = _inverse(_PATTERN, m.pattern, f"app {m.name!r} arrival pattern")
-    if m.prompt_tokens < 1 or m.output_tokens < 1:
-        raise WireError(f"app {m.name!r}: prompt_tokens and output_tokens must be >= 1")
-    if pattern is ArrivalPattern.POISSON and m.rate_per_s <= 0:
-        raise WireError(f"app {m.name!r}: poisson arrivals need rate_per_s > 0")
-    if m.think_time_s < 0 or m.slo_ttft_s < 0:
-        raise WireError(f"app {m.name!r}: think_time_s and slo_ttft_s must be >= 0")
+    name = _name(m.name, "app name")
+    what = f"app {name!r}"
+    pattern = _inverse(_PATTERN, m.pattern, f"{what} arrival pattern")
+    for field, v in (("prompt_tokens", m.prompt_tokens), ("output_tokens", m.output_tokens)):
+        _bounded(v, 1, L.MAX_REQUEST_TOKENS, f"{what} {field}")
+    lo_rate = 1e-6 if pattern is ArrivalPattern.POISSON else 0.0
     return AppWorkload(
-        name=m.name,
+        name=name,
         pattern=pattern,
-        rate_per_s=m.rate_per_s,
-        burst_size=max(1, m.burst_size),
-        think_time_s=m.think_time_s,
+        rate_per_s=_finite(m.rate_per_s, lo_rate, L.MAX_RATE_PER_S, f"{what} rate_per_s"),
+        burst_size=max(1, _bounded(m.burst_size, 0, L.MAX_BURST, f"{what} burst_size")),
+        think_time_s=_finite(m.think_time_s, 0, L.MAX_THINK_S, f"{what} think_time_s"),
         prompt_tokens=m.prompt_tokens,
         output_tokens=m.output_tokens,
         multi_turn=m.multi_turn,
-        max_requests=m.max_requests,
+        max_requests=_bounded(m.max_requests, 0, L.MAX_TRACE_REQUESTS, f"{what} max_requests"),
         foreground=m.foreground,
-        slo_ttft_s=m.slo_ttft_s,
-        turns_per_session=m.turns_per_session,
-        system_prompt_tokens=m.system_prompt_tokens,
-        model=model_from_pb(m.model, f"app {m.name!r} model") if m.HasField("model") else None,
-        max_outstanding=m.max_outstanding,
+        slo_ttft_s=_finite(m.slo_ttft_s, 0, L.MAX_SLO_S, f"{what} slo_ttft_s"),
+        turns_per_session=_bounded(m.turns_per_session, 0, L.MAX_TURNS, f"{what} turns"),
+        system_prompt_tokens=_bounded(
+            m.system_prompt_tokens, 0, L.MAX_REQUEST_TOKENS, f"{what} system_prompt_tokens"
+        ),
+        model=model_from_pb(m.model, f"{what} model") if m.HasField("model") else None,
+        max_outstanding=_bounded(
+            m.max_outstanding, 0, L.MAX_OUTSTANDING, f"{what} max_outstanding"
+        ),
     )
 
 
@@ -216,6 +257,13 @@ def model_to_pb(s: ModelSpec) -> pb.ModelRef:
 def model_from_pb(m: pb.ModelRef, what: str = "model") -> ModelSpec:
     if not m.preset and not m.path:
         raise WireError(f"{what} needs a preset or a path")
+    if not m.path and m.preset not in PRESETS:
+        raise WireError(
+            f"{what}: unknown preset {m.preset[:80]!r} (known: {', '.join(sorted(PRESETS))})"
+        )
+    _text(m.path, f"{what} path", 4096)
+    if "\0" in m.path:
+        raise WireError(f"{what} path holds a NUL byte")
     dtype = m.dtype or "fp32"
     if dtype not in DTYPE_BYTES:
         raise WireError(f"{what} dtype must be one of {', '.join(DTYPE_BYTES)}, not {dtype!r}")
@@ -242,8 +290,12 @@ def service_from_pb(m: pb.ServiceOptions) -> ServiceOptions:
         scheduler=(
             _inverse(_SCHEDULER, m.scheduler, "scheduler policy") if m.scheduler else d.scheduler
         ),
-        max_batch_size=m.max_batch_size or d.max_batch_size,
-        prefill_chunk_tokens=m.prefill_chunk_tokens or d.prefill_chunk_tokens,
+        max_batch_size=_bounded(m.max_batch_size, 0, L.MAX_BATCH, "max_batch_size")
+        or d.max_batch_size,
+        prefill_chunk_tokens=_bounded(
+            m.prefill_chunk_tokens, 0, L.MAX_CHUNK_TOKENS, "prefill_chunk_tokens"
+        )
+        or d.prefill_chunk_tokens,
         prefix_cache=m.prefix_cache,
         persistent_contexts=m.persistent_contexts,
         context_policy=(
@@ -251,16 +303,11 @@ def service_from_pb(m: pb.ServiceOptions) -> ServiceOptions:
             if m.context_policy
             else d.context_policy
         ),
-        kv_budget_bytes=m.kv_budget_bytes,
-        quantum_tokens=m.quantum_tokens or d.quantum_tokens,
-        priority_aging_s=_aging(m.priority_aging_s),
+        kv_budget_bytes=_bounded(m.kv_budget_bytes, 0, L.MAX_KV_BUDGET_BYTES, "kv_budget_bytes"),
+        quantum_tokens=_bounded(m.quantum_tokens, 0, L.MAX_CHUNK_TOKENS, "quantum_tokens")
+        or d.quantum_tokens,
+        priority_aging_s=_finite(m.priority_aging_s, 0, 3600, "priority_aging_s"),
     )
-
-
-def _aging(v: float) -> float:
-    if not 0.0 <= v <= 3600.0:  # NaN fails too
-        raise WireError(f"priority_aging_s must be in [0, 3600], got {v}")
-    return v
 
 
 def deploy_to_pb(d: DeploySpec) -> pb.DeployRequest:
@@ -275,9 +322,9 @@ def deploy_to_pb(d: DeploySpec) -> pb.DeployRequest:
 
 
 def deploy_from_pb(m: pb.DeployRequest) -> DeploySpec:
+    if not 1 <= len(m.apps) <= L.MAX_APPS:
+        raise WireError(f"deploy needs 1 to {L.MAX_APPS} apps, got {len(m.apps)}")
     apps = tuple(app_from_pb(a) for a in m.apps)
-    if not apps:
-        raise WireError("deploy needs at least one app")
     names = [a.name for a in apps]
     if len(set(names)) != len(names):
         raise WireError(f"app names must be unique: {names}")
@@ -285,8 +332,12 @@ def deploy_from_pb(m: pb.DeployRequest) -> DeploySpec:
         paradigm=paradigm_from_pb(m.paradigm),
         model=model_from_pb(m.model),
         apps=apps,
-        max_context_tokens=m.max_context_tokens,
-        threads_per_process=_bounded(m.threads_per_process, 0, 256, "threads_per_process"),
+        max_context_tokens=_bounded(
+            m.max_context_tokens, 0, L.MAX_CONTEXT_TOKENS, "max_context_tokens"
+        ),
+        threads_per_process=_bounded(
+            m.threads_per_process, 0, L.MAX_THREADS, "threads_per_process"
+        ),
         service=service_from_pb(m.service),
     )
 
@@ -324,8 +375,8 @@ def deploy_result_from_pb(m: pb.DeployResponse) -> DeployResult:
 # -- workload --------------------------------------------------------------------------------
 
 
-MAX_TRACE_REQUESTS = 100_000  # most requests one RunWorkload may carry
-MAX_REQUEST_TOKENS = 1 << 16
+MAX_TRACE_REQUESTS = L.MAX_TRACE_REQUESTS  # most requests one RunWorkload may carry
+MAX_REQUEST_TOKENS = L.MAX_REQUEST_TOKENS
 
 
 def trace_request_to_pb(t: TraceRequest) -> pb.TraceRequest:
@@ -341,9 +392,11 @@ def trace_request_to_pb(t: TraceRequest) -> pb.TraceRequest:
 
 
 def trace_request_from_pb(m: pb.TraceRequest, duration_s: float) -> TraceRequest:
-    where = f"trace request {m.app}/{m.index}"
-    if not m.app:
-        raise WireError("trace request without an app")
+    app = _name(m.app, "trace request app")
+    where = f"trace request {app}/{m.index}"
+    _bounded(m.index, 0, L.MAX_TRACE_REQUESTS, f"{where}: index")
+    _bounded(m.turn, 0, L.MAX_TURNS, f"{where}: turn")
+    _text(m.session, f"{where}: session", 200)
     at = m.at_s if m.HasField("at_s") else None
     if at is not None and not (0.0 <= at < duration_s):  # NaN fails too
         raise WireError(f"{where}: at_s must be in [0, duration_s), got {at}")
@@ -365,12 +418,16 @@ def run_to_pb(r: WorkloadRun) -> pb.RunWorkloadRequest:
 
 
 def run_from_pb(m: pb.RunWorkloadRequest) -> WorkloadRun:
-    if not 0 < m.duration_s <= 7 * 86400:  # NaN fails too
-        raise WireError("duration_s must be in (0, 1 week]")
-    if not 0 <= m.sample_interval_s <= 3600:
-        raise WireError("sample_interval_s must be in [0, 3600]")
-    if not 0 <= m.drain_s <= 3600:
-        raise WireError("drain_s must be in [0, 3600]")
+    _text(m.trial_id, "trial_id", 200)
+    _finite(m.duration_s, 1e-3, L.MAX_DURATION_S, "duration_s")
+    if m.sample_interval_s:
+        _finite(
+            m.sample_interval_s,
+            L.MIN_SAMPLE_INTERVAL_S,
+            L.MAX_SAMPLE_INTERVAL_S,
+            "sample_interval_s",
+        )
+    _finite(m.drain_s, 0, L.MAX_DRAIN_S, "drain_s")
     if len(m.trace) > MAX_TRACE_REQUESTS:
         raise WireError(f"a trace may hold at most {MAX_TRACE_REQUESTS} requests")
     trace = tuple(trace_request_from_pb(t, m.duration_s) for t in m.trace)
@@ -570,7 +627,20 @@ def event_to_pb(e: StreamEvent) -> pb.RunWorkloadResponse:
     return pb.RunWorkloadResponse(summary=summary_to_pb(e))
 
 
+def event_ident(m: pb.RunWorkloadResponse) -> tuple[str, str]:
+    """(kind, identity) of a stream message, for a note on one that was refused."""
+    kind = m.WhichOneof("event") or "empty"
+    if kind == "record":
+        return kind, m.record.request_id[:200]
+    if kind == "sample":
+        return kind, f"{m.sample.component[:80]}@{m.sample.t_ns}"
+    return kind, ""
+
+
 def event_from_pb(m: pb.RunWorkloadResponse) -> StreamEvent:
+    """Decode one stream message; WireError when a number in it is not finite or not storable
+    (the caller keeps a note of it and goes on with the next)."""
+    check_numbers(m, "event")
     kind = m.WhichOneof("event")
     if kind == "record":
         return record_from_pb(m.record)

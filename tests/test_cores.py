@@ -43,7 +43,7 @@ def descendants(pid: int) -> list[int]:
 
 @pytest.mark.skipif(len(HOST_CORES) < 2, reason="needs two cores to give two phones one each")
 def test_two_phones_get_disjoint_cores_and_every_process_stays_on_them():
-    host = PhoneHost(secrets.token_urlsafe(16))
+    host = PhoneHost()
     try:
         a = host.start_virtual_phone(VirtualPhone(name="a", cpu_threads=1))
         b = host.start_virtual_phone(VirtualPhone(name="b", cpu_threads=len(HOST_CORES) - 1))
@@ -73,7 +73,7 @@ def test_two_phones_get_disjoint_cores_and_every_process_stays_on_them():
 
 
 def test_sharing_cores_is_explicit():
-    host = PhoneHost(secrets.token_urlsafe(16))
+    host = PhoneHost()
     try:
         a = host.start_virtual_phone(VirtualPhone(name="a", cpu_threads=len(HOST_CORES)))
         b = host.start_virtual_phone(VirtualPhone(name="b", cpu_threads=1), True)

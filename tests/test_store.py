@@ -15,6 +15,7 @@ from fleet.records import (
     Paradigm,
     PhoneEvent,
     PhoneProfile,
+    RejectedEvent,
     RequestRecord,
     RequestStatus,
     ResourceSample,
@@ -135,7 +136,7 @@ def test_phones_keep_their_description(store):
     assert stored["profile"]["memory_budget_bytes"] == 1 << 30
 
 
-def test_a_failing_batch_is_rolled_back_whole_and_later_batches_still_commit(store, tmp_path):
+def test_a_bad_record_is_set_aside_alone_with_its_reason_and_the_batch_lands(store, tmp_path):
     _trial(store)
     store.add_events("t1", [RequestRecord("t1/kb/0", "kb", RequestStatus.OK, 1, 0, 1, [2])])
     poison = RequestRecord(
@@ -146,16 +147,66 @@ def test_a_failing_batch_is_rolled_back_whole_and_later_batches_still_commit(sto
         0,
         1,
         [2],
-        service=ServiceFacts(context_switch_bytes=2**64 - 1),
+        service=ServiceFacts(context_switch_bytes=2**64 - 1),  # a legal uint64 on the wire
     )
     good = RequestRecord("t1/kb/2", "kb", RequestStatus.OK, 1, 0, 1, [2])
-    with pytest.raises(OverflowError):
-        store.add_events("t1", [good, poison])  # one bad row: nothing of its batch is kept
+    again = RequestRecord("t1/kb/0", "kb", RequestStatus.FAILED, 1, 0)  # a duplicate id
+    assert store.add_events("t1", [good, poison, again]) == (1, 0)
     store.add_events("t1", [RequestRecord("t1/kb/3", "kb", RequestStatus.OK, 1, 0, 1, [2])])
+    store.add_events("t1", [RejectedEvent("sample", "service@5", "cpu_percent is nan")])
     store.close()
     with sqlite3.connect(tmp_path / "results.sqlite") as db:
         ids = [r[0] for r in db.execute("SELECT request_id FROM requests ORDER BY request_id")]
-    assert ids == ["t1/kb/0", "t1/kb/3"]
+        statuses = dict(db.execute("SELECT request_id, status FROM requests"))
+        rejected = db.execute("SELECT kind, ident, reason FROM rejected ORDER BY t").fetchall()
+    assert ids == ["t1/kb/0", "t1/kb/2", "t1/kb/3"]
+    assert statuses["t1/kb/0"] == "ok"  # appended, never replaced
+    assert [(k, i) for k, i, _ in rejected] == [
+        ("record", "t1/kb/1"),
+        ("record", "t1/kb/0"),
+        ("sample", "service@5"),
+    ]
+    assert "does not fit 64 bits" in rejected[0][2] and "UNIQUE" in rejected[1][2]
+
+
+def test_a_trial_run_again_supersedes_its_earlier_attempt(store):
+    _trial(store)  # attempt 0
+    store.add_events("t1", [RequestRecord("t1/kb/0", "kb", RequestStatus.CANCELLED, 1, 0)])
+    store.mark_trials(["t1"], TrialStatus.INTERRUPTED, "stopped by SIGTERM")
+    assert store.start_trial("t1") == 1  # resumed: a new attempt
+    store.add_events("t1", [RequestRecord("t1/kb/0", "kb", RequestStatus.OK, 1, 0, 1, [2])])
+    store.finish_trial("t1", TrialStatus.COMPLETED)
+    assert [tuple(r) for r in store.query("SELECT request_id, status FROM requests")] == [
+        ("t1/kb/0", "ok")
+    ]
+    kept = store.query("SELECT attempt, status FROM requests_all ORDER BY attempt")
+    assert [tuple(r) for r in kept] == [(0, "cancelled"), (1, "ok")]  # nothing lost
+    history = store.query("SELECT attempt, status FROM trial_events WHERE trial_id='t1'")
+    assert [tuple(r) for r in history] == [
+        (0, "pending"),
+        (0, "running"),
+        (0, "interrupted"),
+        (1, "running"),
+        (1, "completed"),
+    ]
+
+
+def test_run_state_tells_live_finished_stopped_and_interrupted_runs_apart(tmp_path):
+    from fleet.results.run_state import RunBusy, RunLock, run_state
+
+    s = ResultStore(tmp_path / "results.sqlite")
+    _trial(s)  # running
+    with RunLock(tmp_path):
+        assert run_state(tmp_path).status == "live"
+        with pytest.raises(RunBusy, match="is running it"):
+            RunLock(tmp_path).acquire()
+    assert run_state(tmp_path).status == "interrupted"  # lock gone, trial still running
+    s.mark_trials(["t1"], TrialStatus.NOT_RUN, "never started")
+    assert run_state(tmp_path).status == "stopped"
+    s.start_trial("t1")
+    s.finish_trial("t1", TrialStatus.COMPLETED)
+    assert run_state(tmp_path).status == "finished"
+    s.close()
 
 
 def test_mix_names():
@@ -170,7 +221,7 @@ def test_a_store_from_another_schema_version_is_refused_with_a_reason(tmp_path):
     old = tmp_path / "old.sqlite"
     with sqlite3.connect(old) as db:  # what an earlier version left: tables, user_version 0
         db.execute("CREATE TABLE trials (trial_id TEXT PRIMARY KEY)")
-    with pytest.raises(StoreError, match="results schema 0, this version reads 5"):
+    with pytest.raises(StoreError, match="results schema 0, this version reads 6"):
         ResultStore(old)
     fresh = ResultStore(tmp_path / "new.sqlite")
     fresh.close()

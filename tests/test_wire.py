@@ -172,11 +172,20 @@ def test_stats_fields_are_the_same_on_both_sides():
     "mutate,reason",
     [
         (lambda m: m.ClearField("paradigm"), "paradigm is unspecified"),
-        (lambda m: m.ClearField("apps"), "at least one app"),
+        (lambda m: m.ClearField("apps"), "needs 1 to 64 apps, got 0"),
         (lambda m: m.apps.append(m.apps[0]), "unique"),
-        (lambda m: setattr(m.apps[0], "name", ""), "app name is empty"),
-        (lambda m: setattr(m.apps[0], "rate_per_s", 0), "rate_per_s > 0"),
-        (lambda m: setattr(m.apps[0], "output_tokens", 0), "output_tokens must be >= 1"),
+        (lambda m: setattr(m.apps[0], "name", ""), "app name '' must match"),
+        (lambda m: setattr(m.apps[0], "name", "../../x"), "app name '../../x' must match"),
+        (lambda m: setattr(m.apps[0], "rate_per_s", 0), "rate_per_s must be finite and in"),
+        (lambda m: setattr(m.apps[0], "rate_per_s", float("nan")), "rate_per_s must be finite"),
+        (lambda m: setattr(m.apps[0], "rate_per_s", 2e4), r"rate_per_s .* got 20000"),
+        (lambda m: setattr(m.apps[0], "burst_size", 2**32 - 1), "burst_size must be in"),
+        (lambda m: setattr(m.apps[0], "think_time_s", float("inf")), "think_time_s must be"),
+        (lambda m: setattr(m.apps[0], "output_tokens", 0), "output_tokens must be in"),
+        (lambda m: setattr(m.model, "preset", "gpt-5"), "unknown preset 'gpt-5'"),
+        (lambda m: setattr(m, "threads_per_process", 10**6), "threads_per_process must be in"),
+        (lambda m: setattr(m, "max_context_tokens", 2**31), "max_context_tokens must be in"),
+        (lambda m: setattr(m.service, "max_batch_size", 10**6), "max_batch_size must be in"),
         (lambda m: setattr(m.model, "dtype", "fp8"), "dtype must be one of"),
         (lambda m: (m.model.ClearField("preset")), "needs a preset or a path"),
         (lambda m: setattr(m.service, "scheduler", 99), "scheduler policy"),
@@ -203,7 +212,7 @@ def test_runs_carry_their_trace_and_bad_ones_are_refused():
         (TraceRequest("kb", 0, 10.0, 32, 8), "at_s must be in"),
         (TraceRequest("kb", 0, float("nan"), 32, 8), "at_s must be in"),
         (TraceRequest("kb", 0, 0.5, 0, 8), "prompt_tokens must be in"),
-        (TraceRequest("", 0, 0.5, 1, 8), "without an app"),
+        (TraceRequest("", 0, 0.5, 1, 8), "trace request app .. must match"),
     ):
         with pytest.raises(wire.WireError, match=reason):
             wire.run_from_pb(wire.run_to_pb(WorkloadRun("t", 10.0, trace=(bad,))))
@@ -215,3 +224,35 @@ def test_runs_carry_their_trace_and_bad_ones_are_refused():
         wire.serve_call_from_pb(spb.GenerateRequest(max_new_tokens=1))
     with pytest.raises(wire.WireError, match="empty workload event"):
         wire.event_from_pb(pb.RunWorkloadResponse())
+
+
+@pytest.mark.parametrize(
+    "mutate,reason",
+    [
+        (lambda m: setattr(m, "duration_s", float("nan")), "duration_s must be finite"),
+        (lambda m: setattr(m, "duration_s", 1e300), "duration_s must be finite and in"),
+        (lambda m: setattr(m, "sample_interval_s", float("nan")), "sample_interval_s"),
+        (lambda m: setattr(m, "sample_interval_s", 1e-9), "sample_interval_s"),
+        (lambda m: setattr(m, "drain_s", float("-inf")), "drain_s"),
+        (lambda m: setattr(m.trace[0], "app", "../x"), "trace request app '../x' must match"),
+        (lambda m: setattr(m.trace[0], "session", "s" * 500), "session is longer"),
+    ],
+)
+def test_bad_workload_numbers_are_refused_by_name(mutate, reason):
+    m = wire.run_to_pb(WorkloadRun("t", 10.0, 3, 0.1, (TraceRequest("kb", 0, 0.5, 32, 8),)))
+    mutate(m)
+    with pytest.raises(wire.WireError, match=reason):
+        wire.run_from_pb(m)
+
+
+def test_a_streamed_record_with_an_unstorable_number_is_refused_by_field():
+    record = RequestRecord("t/kb/0", "kb", RequestStatus.OK, 1, 0, 1, [2])
+    m = wire.event_to_pb(record)
+    m.record.service.context_switch_bytes = 2**64 - 1
+    with pytest.raises(wire.WireError, match=r"service\.context_switch_bytes = 1844.* 64 signed"):
+        wire.event_from_pb(m)
+    assert wire.event_ident(m) == ("record", "t/kb/0")
+    m = wire.event_to_pb(record)
+    m.record.service.context_switch_s = float("nan")
+    with pytest.raises(wire.WireError, match="context_switch_s is nan"):
+        wire.event_from_pb(m)

@@ -18,7 +18,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from fleet import wire
-from fleet.records import AgentDescription, DeployResult, DeploySpec, WorkloadRun
+from fleet.records import AgentDescription, DeployResult, DeploySpec, RejectedEvent, WorkloadRun
 from fleet.v1 import agent_pb2 as pb
 from fleet.v1 import agent_pb2_grpc as pb_grpc
 
@@ -41,10 +41,21 @@ class AgentError(Exception):
 
 
 class AgentClient:
-    def __init__(self, address: str, token: str, *, root_cert: bytes | None = None):
+    def __init__(
+        self,
+        address: str,
+        token: str,
+        *,
+        root_cert: bytes | None = None,
+        client_cert: bytes | None = None,
+        client_key: bytes | None = None,
+    ):
         self.address = address
         if root_cert:
-            self._channel = grpc.secure_channel(address, grpc.ssl_channel_credentials(root_cert))
+            credentials = grpc.ssl_channel_credentials(
+                root_cert, private_key=client_key, certificate_chain=client_cert
+            )
+            self._channel = grpc.secure_channel(address, credentials)
         else:
             self._channel = grpc.insecure_channel(address)
         self._stub = pb_grpc.PhoneAgentServiceStub(self._channel)
@@ -90,7 +101,7 @@ class AgentClient:
             raise AgentError.from_rpc(f"Deploy {self.address}", err) from None
         return wire.deploy_result_from_pb(resp)
 
-    def run_workload(self, run: WorkloadRun) -> Iterator[wire.StreamEvent]:
+    def run_workload(self, run: WorkloadRun) -> Iterator[wire.StreamEvent | RejectedEvent]:
         stream = self._stub.RunWorkload(
             wire.run_to_pb(run),
             metadata=self._auth,
@@ -98,7 +109,11 @@ class AgentClient:
         )
         try:
             for msg in stream:
-                yield wire.event_from_pb(msg)
+                try:
+                    yield wire.event_from_pb(msg)
+                except wire.WireError as exc:  # this one message is refused, noted, not fatal
+                    kind, ident = wire.event_ident(msg)
+                    yield RejectedEvent(kind, ident, str(exc))
         except grpc.RpcError as err:
             raise AgentError.from_rpc(f"RunWorkload {self.address}", err) from None
         finally:

@@ -1,6 +1,7 @@
 """``fleet``: the coordinator's command line.
 
     fleet run [EXPERIMENT.yaml] [--address ADDR] [--runs-dir runs]   run an experiment
+    fleet run --resume RUN_DIR                                        finish a stopped run
     fleet plan [EXPERIMENT.yaml]                                      list its trials, run nothing
     fleet summary RUN_DIR                                             re-print a run's summary
     fleet report RUN_DIR [-o FILE]                                    write the HTML comparison
@@ -8,7 +9,8 @@
     fleet dashboards push --grafana-url URL [--token T]               create/update in Grafana
 
 Exit codes: 0 all trials completed; 1 the run finished with failed trials (or a push failed);
-2 bad input.
+2 bad input (checked before anything starts); 3 ``fleet summary`` of a run that was interrupted
+or stopped; 130/143 ``fleet run`` stopped by SIGINT/SIGTERM (resume it with ``--resume``).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from pathlib import Path
 
 EXIT_FAILED_TRIALS = 1
 EXIT_BAD_INPUT = 2
+EXIT_INCOMPLETE = 3
+EXIT_SIGNAL = {"SIGINT": 130, "SIGTERM": 143}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -28,6 +32,12 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run an experiment (default: the embedded default)")
     run.add_argument("experiment", nargs="?", help="experiment YAML file")
+    run.add_argument(
+        "--resume",
+        type=Path,
+        metavar="RUN_DIR",
+        help="finish a stopped or crashed run: its completed trials are kept, the rest run",
+    )
     run.add_argument("--address", help="join an existing Ray cluster (default: start one)")
     run.add_argument("--runs-dir", type=Path, default=Path("runs"))
     run.add_argument("--run-id", help="name of the run directory (default: time-name-random)")
@@ -102,21 +112,77 @@ def cmd_plan(ns) -> int:
     return 0
 
 
+def _fail(message: str) -> int:
+    print(f"fleet: {message}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
+def _preflight(exp, run_dir: Path | None, resume: bool) -> str:
+    """What stops the run before anything starts ("" when nothing does)."""
+    from fleet.coordinator.config import RemotePhone
+
+    for phone in exp.phones:
+        if isinstance(phone, RemotePhone):
+            if not os.environ.get(phone.token_env):
+                return f"phone {phone.name}: ${phone.token_env} is not set (its agent's token)"
+            for what, path in phone.tls_files().items():
+                if not Path(path).is_file():
+                    return f"phone {phone.name}: TLS {what} file {path} does not exist"
+    if not resume and run_dir is not None and run_dir.exists():
+        return f"{run_dir} exists already (choose another --run-id, or --resume it)"
+    return ""
+
+
+def _resume_target(ns):
+    """(experiment, source, base dir) of the run to resume, from its manifest."""
+    from fleet.coordinator.config import ConfigError, parse_experiment
+    from fleet.results.run_state import run_state
+
+    run_dir = ns.resume
+    if not (run_dir / "manifest.json").is_file() or not (run_dir / "results.sqlite").is_file():
+        raise ConfigError(f"{run_dir}: not a run directory (no manifest.json and results.sqlite)")
+    state = run_state(run_dir)
+    if state.status == "live":
+        raise ConfigError(f"{run_dir}: {state.detail}")
+    if state.status == "finished":
+        raise ConfigError(f"{run_dir}: finished already ({state.detail}); nothing to resume")
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    source = manifest.get("experiment_source", "")
+    base = Path(manifest.get("experiment_dir") or ".")
+    return parse_experiment(manifest["experiment"], f"{run_dir}/manifest.json", base), source, base
+
+
 def cmd_run(ns) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from fleet.coordinator.driver import Coordinator
+    from fleet.coordinator.config import ConfigError, experiment_dir
+    from fleet.coordinator.driver import Coordinator, ResumeError
+    from fleet.results.run_state import RunBusy
 
-    exp = _load(ns.experiment)
+    if ns.resume:
+        if ns.experiment or ns.run_id:
+            return _fail("--resume takes the run directory only (its experiment is stored)")
+        try:
+            exp, source, base = _resume_target(ns)
+        except ConfigError as err:
+            return _fail(str(err))
+        runs_dir, run_id = ns.resume.parent, ns.resume.name
+    else:
+        exp = _load(ns.experiment)
+        source = ns.experiment or "(embedded default)"
+        base = experiment_dir(ns.experiment)
+        runs_dir, run_id = ns.runs_dir, ns.run_id
     if ns.allow_shared_cores:
         exp = exp.model_copy(update={"allow_shared_cores": True})
     console = _console()
-    source = ns.experiment or "(embedded default)"
     _check(exp, source)
+    problem = _preflight(exp, runs_dir / run_id if run_id else None, bool(ns.resume))
+    if problem:
+        return _fail(problem)
     console.print(
-        f"[bold]fleet run[/] {exp.name} from {source}: {len(exp.phones)} phones, "
-        f"{len(exp.paradigms)} paradigms, {len(exp.workloads)} workloads, "
-        f"{len(exp.models)} models, {exp.repetitions} repetitions"
+        f"[bold]fleet {'run --resume' if ns.resume else 'run'}[/] {exp.name} from {source}: "
+        f"{len(exp.phones)} phones, {len(exp.paradigms)} paradigms, {len(exp.workloads)} "
+        f"workloads, {len(exp.models)} models, {exp.repetitions} repetitions"
     )
     progress = Progress(
         TextColumn("{task.description}"),
@@ -128,18 +194,30 @@ def cmd_run(ns) -> int:
     prometheus = "off" if ns.no_prometheus else (ns.prometheus_url or "embedded")
     coord = Coordinator(
         exp,
-        runs_dir=ns.runs_dir,
+        runs_dir=runs_dir,
         source=source,
         address=ns.address,
-        run_id=ns.run_id,
+        run_id=run_id,
         progress=progress,
         prometheus=prometheus,
         keep_prometheus=ns.keep_prometheus,
         announce=console.print,
+        resume=bool(ns.resume),
+        reaper=True,
+        base_dir=base,
     )
     console.print(f"run directory: {coord.run_dir}")
-    with progress:
-        result = coord.run()
+    try:
+        with progress:
+            result = coord.run()
+    except (RunBusy, ResumeError) as err:
+        return _fail(str(err))
+    if result.stopped_by:
+        console.print(
+            f"[yellow]stopped by {result.stopped_by}[/]: records so far are in "
+            f"{result.run_dir}; finish it with: fleet run --resume {result.run_dir}"
+        )
+        return EXIT_SIGNAL.get(result.stopped_by, EXIT_FAILED_TRIALS)
     try:
         _print_summary(result.run_dir, console)
         _print_comparison(result.run_dir, console)
@@ -248,7 +326,16 @@ def cmd_summary(ns) -> int:
     if not (ns.run_dir / "results.sqlite").is_file():
         print(f"fleet: {ns.run_dir}: not a run directory (no results.sqlite)", file=sys.stderr)
         return EXIT_BAD_INPUT
-    _print_summary(ns.run_dir, _console())
+    from fleet.results.run_state import run_state
+
+    console = _console()
+    _print_summary(ns.run_dir, console)
+    state = run_state(ns.run_dir)
+    if state.status in ("interrupted", "stopped"):
+        console.print(f"[red]{state.status}[/]: {state.detail}")
+        return EXIT_INCOMPLETE
+    if state.status == "live":
+        console.print(f"[yellow]live[/]: {state.detail}; this summary is partial")
     return 0
 
 

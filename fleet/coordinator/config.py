@@ -24,6 +24,7 @@ from pydantic import (
     model_validator,
 )
 
+from fleet import limits as L
 from fleet.records import (
     AppWorkload,
     ArrivalPattern,
@@ -37,7 +38,7 @@ from fleet.records import (
 from fleet.traces import TraceError, read_trace_file
 
 DEFAULT_EXPERIMENT = "default.yaml"
-NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"  # names end up in ids, paths and metric labels
+NAME = L.NAME_PATTERN  # names end up in ids, paths and metric labels: one pattern everywhere
 
 
 class ConfigError(Exception):
@@ -45,7 +46,7 @@ class ConfigError(Exception):
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 # -- phones ----------------------------------------------------------------------------------
@@ -56,8 +57,12 @@ class VirtualPhone(Strict):
 
     kind: Literal["virtual"] = "virtual"
     name: str = Field(pattern=NAME)
-    memory_budget_mb: int = Field(4096, gt=0)  # memory the SLM processes together may use
-    cpu_threads: int = Field(2, gt=0)  # CPU threads the phone offers SLM inference
+    memory_budget_mb: int = Field(
+        4096, gt=0, le=1 << 24
+    )  # memory the SLM processes together may use
+    cpu_threads: int = Field(
+        2, gt=0, le=L.MAX_THREADS
+    )  # CPU threads the phone offers SLM inference
     host: str = "local"  # Ray node (IP) whose cores it uses; "local" = the driver's node
     # its flash: model files and swapped contexts are read cold from a real disk on its host,
     # throttled to this model (none: the host disk as it is; see fleet/storage_models.py)
@@ -71,8 +76,49 @@ class RemotePhone(Strict):
     kind: Literal["remote"] = "remote"
     name: str = Field(pattern=NAME)
     address: str = Field(pattern=r"^[^:\s]+:\d+$")  # host:port of its gRPC server
-    token_env: str = "FLEET_AGENT_TOKEN"  # environment variable holding its token
-    tls_ca_file: str = ""  # PEM CA to verify it; empty = plaintext
+    token_env: str = Field("FLEET_AGENT_TOKEN", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    # TLS: the CA that signed the agent's certificate; empty = plaintext (refused beyond
+    # loopback unless insecure: true). For mutual TLS, this host's client certificate and key.
+    tls_ca_file: str = ""
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    insecure: bool = False  # accept sending the token in the clear to a non-loopback address
+
+    @model_validator(mode="after")
+    def _tls(self):
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ValueError("tls_cert_file and tls_key_file go together (mutual TLS)")
+        if self.tls_cert_file and not self.tls_ca_file:
+            raise ValueError("a client certificate needs tls_ca_file (mutual TLS is TLS first)")
+        if not self.tls_ca_file and not self.insecure and not _loopback(self.address):
+            raise ValueError(
+                f"{self.address} is not loopback and no tls_ca_file is given: the token would "
+                "cross the network in the clear (give tls_ca_file, or insecure: true)"
+            )
+        return self
+
+    def tls_files(self) -> dict[str, str]:
+        return {
+            k: v
+            for k, v in (
+                ("ca", self.tls_ca_file),
+                ("cert", self.tls_cert_file),
+                ("key", self.tls_key_file),
+            )
+            if v
+        }
+
+
+def _loopback(address: str) -> bool:
+    import ipaddress
+
+    host = address.rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 Phone = Annotated[Union[VirtualPhone, RemotePhone], Field(discriminator="kind")]
@@ -88,7 +134,7 @@ class PerAppConfig(Strict):
     kind: Literal["per_app"] = "per_app"
     name: str = Field("", pattern=r"^$|" + NAME)  # label in results (default: the kind)
     # torch threads of each SLM process; unset: the phone's cores (the rule of every paradigm)
-    threads_per_process: int | None = Field(None, gt=0)
+    threads_per_process: int | None = Field(None, gt=0, le=L.MAX_THREADS)
 
     @property
     def label(self) -> str:
@@ -104,11 +150,13 @@ class SlmaasConfig(Strict):
     paradigm: ClassVar[Paradigm] = Paradigm.SLMAAS
     kind: Literal["slmaas"] = "slmaas"
     name: str = Field("", pattern=r"^$|" + NAME)  # label in results (default: the kind)
-    threads_per_process: int | None = Field(None, gt=0)  # unset: the phone's cores
-    max_batch_size: int = Field(8, gt=0)  # most sequences in one forward pass
+    threads_per_process: int | None = Field(
+        None, gt=0, le=L.MAX_THREADS
+    )  # unset: the phone's cores
+    max_batch_size: int = Field(8, gt=0, le=L.MAX_BATCH)  # most sequences in one forward pass
     # most prompt tokens of a sequence per step; 64 for both shared paradigms, chosen from
     # bench/prefill_chunk.py (the README has the sweep), so they differ in scheduling only
-    prefill_chunk_tokens: int = Field(64, gt=0)
+    prefill_chunk_tokens: int = Field(64, gt=0, le=L.MAX_CHUNK_TOKENS)
     prefix_cache: bool = True  # reuse the KV of an app's system prompt
 
     @property
@@ -129,19 +177,25 @@ class AgentOsConfig(Strict):
     paradigm: ClassVar[Paradigm] = Paradigm.AGENT_OS
     kind: Literal["agent_os"] = "agent_os"
     name: str = Field("", pattern=r"^$|" + NAME)  # label in results (default: the kind)
-    threads_per_process: int | None = Field(None, gt=0)  # unset: the phone's cores
+    threads_per_process: int | None = Field(
+        None, gt=0, le=L.MAX_THREADS
+    )  # unset: the phone's cores
     scheduler: SchedulerPolicy = SchedulerPolicy.PRIORITY  # kept as this enum up to the engine
     # priority: a background request waiting this long is promoted until it finishes (0: strict)
     priority_aging_s: float = Field(1.0, ge=0, le=3600)
-    quantum_tokens: int = Field(16, gt=0)  # round robin: steps before the next app leads
-    max_batch_size: int = Field(8, gt=0)
-    prefill_chunk_tokens: int = Field(64, gt=0)  # a foreground request waits one chunk at most
+    quantum_tokens: int = Field(
+        16, gt=0, le=L.MAX_CHUNK_TOKENS
+    )  # round robin: steps before the next app leads
+    max_batch_size: int = Field(8, gt=0, le=L.MAX_BATCH)
+    prefill_chunk_tokens: int = Field(
+        64, gt=0, le=L.MAX_CHUNK_TOKENS
+    )  # a foreground request waits one chunk at most
     prefix_cache: bool = True
     persistent_contexts: bool = True  # keep multi-turn apps' KV between turns
     context_policy: ContextPolicy = ContextPolicy.SWAP  # how an evicted context comes back
     # KV held before idle contexts are evicted and admissions wait (0: the phone budget less the
     # service's own PSS, the same rule as SLMaaS)
-    kv_budget_mb: int = Field(0, ge=0)
+    kv_budget_mb: int = Field(0, ge=0, le=L.MAX_KV_BUDGET_BYTES >> 20)
 
     @property
     def label(self) -> str:
@@ -176,6 +230,17 @@ class ModelConfig(Strict):
     dtype: Literal["fp32", "bf16"] = "fp32"
     seed: int = 0  # seed of the random weights
 
+    @model_validator(mode="after")
+    def _known_preset(self):
+        from fleet.shapes import PRESETS
+
+        if not self.path and self.preset not in PRESETS:
+            raise ValueError(
+                f"unknown preset {self.preset!r}; known: {', '.join(sorted(PRESETS))} "
+                "(or give path: a local Hugging Face model directory)"
+            )
+        return self
+
     @property
     def label(self) -> str:
         return self.name or (Path(self.path).name if self.path else self.preset)
@@ -191,15 +256,15 @@ class PoissonArrival(Strict):
     """Open loop: exponential inter-arrival times, optionally several requests per arrival."""
 
     kind: Literal["poisson"] = "poisson"
-    rate_per_s: float = Field(gt=0)
-    burst_size: int = Field(1, ge=1)
+    rate_per_s: float = Field(gt=0, le=L.MAX_RATE_PER_S)
+    burst_size: int = Field(1, ge=1, le=L.MAX_BURST)
 
 
 class ClosedLoopArrival(Strict):
     """Closed loop: the next request follows the previous response after a think time."""
 
     kind: Literal["closed_loop"] = "closed_loop"
-    think_time_s: float = Field(0.0, ge=0)
+    think_time_s: float = Field(0.0, ge=0, le=L.MAX_THINK_S)
 
 
 class TraceArrival(Strict):
@@ -250,15 +315,25 @@ PATTERNS = {
 class AppConfig(Strict):
     name: str = Field(pattern=NAME)
     arrival: Arrival
-    prompt_tokens: int = Field(0, ge=0)  # required, except with a trace (the trace's sizes)
-    output_tokens: int = Field(0, ge=0)
-    max_outstanding: int = Field(0, ge=0)  # open loop: requests in flight before drops (0: any)
+    prompt_tokens: int = Field(
+        0, ge=0, le=L.MAX_REQUEST_TOKENS
+    )  # required, except with a trace (the trace's sizes)
+    output_tokens: int = Field(0, ge=0, le=L.MAX_REQUEST_TOKENS)
+    max_outstanding: int = Field(
+        0, ge=0, le=L.MAX_OUTSTANDING
+    )  # open loop: requests in flight before drops (0: any)
     multi_turn: bool = False  # closed loop: each turn's prompt carries the previous turns
-    turns_per_session: int = Field(0, ge=0)  # multi-turn: a new conversation/task after N turns
-    system_prompt_tokens: int = Field(0, ge=0)  # a fixed prefix of every prompt of the app
-    max_requests: int = Field(0, ge=0)  # 0 = until the workload's duration ends
+    turns_per_session: int = Field(
+        0, ge=0, le=L.MAX_TURNS
+    )  # multi-turn: a new conversation/task after N turns
+    system_prompt_tokens: int = Field(
+        0, ge=0, le=L.MAX_REQUEST_TOKENS
+    )  # a fixed prefix of every prompt of the app
+    max_requests: int = Field(
+        0, ge=0, le=L.MAX_TRACE_REQUESTS
+    )  # 0 = until the workload's duration ends
     foreground: bool = False
-    slo_ttft_ms: float = Field(0.0, ge=0)
+    slo_ttft_ms: float = Field(0.0, ge=0, le=L.MAX_SLO_S * 1000)
     model: ModelConfig | None = None  # per-app only: this app ships its own, different model
 
     @model_validator(mode="after")
@@ -300,13 +375,25 @@ class AppConfig(Strict):
 
 class WorkloadConfig(Strict):
     name: str = Field(pattern=NAME)
-    duration_s: float = Field(gt=0)  # apps stop submitting after this long
-    max_context_tokens: int = Field(1024, gt=0)  # KV cache positions reserved per context
-    apps: list[AppConfig] = Field(min_length=1)
+    duration_s: float = Field(gt=0, le=L.MAX_DURATION_S)  # apps stop submitting after this long
+    max_context_tokens: int = Field(
+        1024, gt=0, le=L.MAX_CONTEXT_TOKENS
+    )  # KV cache positions reserved per context
+    apps: list[AppConfig] = Field(min_length=1, max_length=L.MAX_APPS)
 
     @model_validator(mode="after")
     def _unique_apps(self):
         _unique([a.name for a in self.apps], "app")
+        expected = sum(
+            a.arrival.rate_per_s * a.arrival.burst_size * self.duration_s
+            for a in self.apps
+            if isinstance(a.arrival, PoissonArrival)
+        )
+        if expected > L.MAX_TRACE_REQUESTS:
+            raise ValueError(
+                f"its Poisson apps would send about {expected:,.0f} requests in duration_s; "
+                f"a trial may hold at most {L.MAX_TRACE_REQUESTS:,} (lower the rates or duration_s)"
+            )
         return self
 
 
@@ -318,7 +405,9 @@ class ContentionConfig(Strict):
 
     solo_baselines: bool = True  # each app alone, replaying its co-run requests: the baseline
     corun: bool = True  # all of the workload's apps together
-    app_counts: list[int] = Field(default_factory=list)  # sweep: the first k apps (cycled)
+    app_counts: list[int] = Field(
+        default_factory=list, max_length=L.MAX_APPS
+    )  # sweep: the first k apps (cycled)
 
     @model_validator(mode="before")
     @classmethod
@@ -344,17 +433,23 @@ class Experiment(Strict):
     name: str = Field(pattern=NAME)
     description: str = ""
     seed: int = 0  # seeds arrivals and prompts; repetition r uses seed + r
-    repetitions: int = Field(1, ge=1)
+    repetitions: int = Field(1, ge=1, le=L.MAX_REPETITIONS)
     # phones on one host get disjoint cores; true lets them share (results are marked)
     allow_shared_cores: bool = False
     # within each repetition: shuffled by the seed; interleaved (for each app mix, every
     # paradigm in turn); sequential (paradigm by paradigm, as listed)
     trial_order: Literal["shuffled", "interleaved", "sequential"] = "shuffled"
     cooldown_s: float = Field(0.0, ge=0, le=600)  # idle pause between a phone's trials
-    drain_s: float = Field(30.0, gt=0, le=3600)  # in-flight requests' time to finish after the end
+    drain_s: float = Field(
+        30.0, gt=0, le=L.MAX_DRAIN_S
+    )  # in-flight requests' time to finish after the end
     min_samples: int = Field(20, ge=1)  # a statistic over fewer requests is shown as "n<20"
-    sample_interval_s: float = Field(0.25, gt=0)  # memory sampler interval on the phones
-    heartbeat_s: float = Field(5.0, gt=0)  # how often the coordinator health-checks each phone
+    sample_interval_s: float = Field(
+        0.25, ge=L.MIN_SAMPLE_INTERVAL_S, le=L.MAX_SAMPLE_INTERVAL_S
+    )  # memory sampler interval on the phones
+    heartbeat_s: float = Field(
+        5.0, gt=0, le=3600
+    )  # how often the coordinator health-checks each phone
     contention: ContentionConfig = Field(
         default_factory=lambda: ContentionConfig.model_validate({"solo_baselines": False})
     )
@@ -362,6 +457,26 @@ class Experiment(Strict):
     models: list[ModelConfig] = Field(min_length=1)
     paradigms: list[ParadigmConfig] = Field(min_length=1)
     workloads: list[WorkloadConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _bounded_plan(self):
+        per_rep = (
+            len(self.phones)
+            * len(self.paradigms)
+            * len(self.models)
+            * sum(
+                (len(w.apps) if self.contention.solo_baselines else 0)
+                + int(self.contention.corun)
+                + len(self.contention.app_counts)
+                for w in self.workloads
+            )
+        )
+        if per_rep * self.repetitions > L.MAX_TRIALS:
+            raise ValueError(
+                f"the plan holds about {per_rep * self.repetitions:,} trials; at most "
+                f"{L.MAX_TRIALS:,} (fewer repetitions, phones, paradigms, models or workloads)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _unique_names(self):
@@ -397,6 +512,13 @@ def parse_experiment(
         return Experiment.model_validate(data, context={"base_dir": base_dir or Path.cwd()})
     except ValidationError as err:
         raise ConfigError(_format_errors(source, err)) from None
+
+
+def experiment_dir(path: str | Path | None) -> Path:
+    """The folder an experiment's relative paths (trace files) are read from."""
+    if path is None:
+        return Path(str(resources.files("fleet.coordinator.experiments")))
+    return Path(path).resolve().parent
 
 
 def load_experiment(path: str | Path | None) -> Experiment:

@@ -6,13 +6,16 @@ committed as it arrives. A phone
 that never came up, an agent fault or a dead host actor fails that trial with the reason and the
 records already stored stay; the other trials go on.
 
+A stop (``stop.set()``, from the coordinator's signal handler) starts no further trial, asks the
+agents running one to Stop, and lets them end: a trial cut short is marked ``interrupted`` (its
+records kept), one never started stays ``pending`` for the coordinator to mark ``not_run``.
+
     statuses = Dispatcher(store, observer, hosts, phone_errors, sample_interval_s).run(domains)
 """
 
 from __future__ import annotations
 
 import threading
-import time
 from typing import Any
 
 from fleet.coordinator.plan import Trial
@@ -38,6 +41,7 @@ class Dispatcher:
         *,
         cooldown_s: float = 0.0,
         drain_s: float = 30.0,
+        stop: threading.Event | None = None,
     ):
         self.store = store
         self.observer = observer
@@ -47,25 +51,32 @@ class Dispatcher:
         self.progress = progress  # a rich Progress, or None
         self.cooldown_s = cooldown_s  # idle pause before each of a phone's trials but the first
         self.drain_s = drain_s
+        self.stop = stop or threading.Event()
+        self.stop_reason = "the run was stopped"
 
     def run(self, domains: dict[str, list[Trial]]) -> dict[str, str]:
         """Run every phone's trials, phones in parallel; returns trial_id -> status."""
         statuses: dict[str, str] = {}
         threads = [
-            threading.Thread(target=self._run_domain, args=(d, ts, statuses), name=f"domain-{d}")
+            threading.Thread(
+                target=self._run_domain, args=(d, ts, statuses), name=f"domain-{d}", daemon=True
+            )
             for d, ts in domains.items()
         ]
         for th in threads:
             th.start()
         for th in threads:
-            th.join()
+            while th.is_alive():  # a timed join: a second signal can interrupt the wait
+                th.join(timeout=0.5)
         return statuses
 
     def _run_domain(self, domain: str, trials: list[Trial], statuses: dict[str, str]) -> None:
         task = self.progress.add_task(domain, total=len(trials)) if self.progress else None
         for i, trial in enumerate(trials):
             if i and self.cooldown_s:
-                time.sleep(self.cooldown_s)
+                self.stop.wait(self.cooldown_s)
+            if self.stop.is_set():
+                break  # the rest stay pending: the coordinator marks them not_run
             self._advance(task, trial, 0)
             try:
                 statuses[trial.trial_id] = self.run_trial(trial, task)
@@ -91,6 +102,10 @@ class Dispatcher:
             return TrialStatus.FAILED.value
         n_records = 0
         status, reason, summary = TrialStatus.FAILED, "no result", None
+        done = threading.Event()
+        threading.Thread(
+            target=self._stop_when_asked, args=(trial.phone, done), daemon=True
+        ).start()
         try:
             stream = self.hosts[trial.phone].run_trial.remote(
                 trial.phone,
@@ -113,9 +128,26 @@ class Dispatcher:
                     status, reason = TrialStatus.FAILED, payload
         except Exception as exc:  # the host actor itself died: records stored so far stay
             status, reason = TrialStatus.FAILED, f"phone host died: {reason_of(exc)}"
+        finally:
+            done.set()
+        if self.stop.is_set() and status is not TrialStatus.COMPLETED:
+            status, reason = TrialStatus.INTERRUPTED, f"{self.stop_reason} ({reason})"
         self.store.finish_trial(trial.trial_id, status, reason, summary)
         metrics.trial_state("running", status.value)
         return status.value
+
+    def _stop_when_asked(self, phone: str, done: threading.Event) -> None:
+        """While the phone's trial runs: on a stop, ask its agent to Stop (it then ends the
+        workload, the stream ends with what was measured, and the trial is interrupted)."""
+        import ray
+
+        while not done.is_set():
+            if self.stop.wait(0.2):
+                try:
+                    ray.get(self.hosts[phone].stop_trial.remote(phone), timeout=30)
+                except Exception:
+                    pass  # a dead agent or host has stopped already
+                return
 
     def _advance(self, task: Any, trial: Trial, n_records: int) -> None:
         if self.progress is not None and task is not None:

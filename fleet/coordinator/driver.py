@@ -9,12 +9,23 @@ rows say so), so every phone runs its trials, in the plan's order, at the same t
 others. A phone that fails marks its trials failed with the reason; the rest goes on.
 
     result = Coordinator(experiment, runs_dir=Path("runs")).run()
+    result = Coordinator(experiment, runs_dir=Path("runs"), run_id=old, resume=True).run()
+
+A run holds an exclusive lock on its directory while it runs (``fleet.results.run_state``).
+SIGINT or SIGTERM stops it cleanly: no further trial starts, running trials are asked to Stop
+and end ``interrupted`` with their records, never-started ones are marked ``not_run``, the
+manifest is written, and ``RunResult.stopped_by`` names the signal; a second signal stops at
+once (the store is consistent after every transaction, so nothing committed is lost). A run
+that was stopped or killed is finished by ``resume=True``: completed trials are kept, the rest
+run again as new attempts that supersede the partial ones.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+import signal
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,10 +34,11 @@ from typing import Any
 from fleet.coordinator.config import Experiment, RemotePhone, VirtualPhone
 from fleet.coordinator.dispatch import Dispatcher, reason_of
 from fleet.coordinator.manifest import Manifest
-from fleet.coordinator.phone_host import PhoneHost
+from fleet.coordinator.phone_host import PhoneHost, Secret
 from fleet.coordinator.plan import Trial, plan_trials
 from fleet.observe.run_observer import RunObserver
 from fleet.records import AgentDescription, TrialStatus
+from fleet.results.run_state import RunLock
 from fleet.results.store import ResultStore
 
 LOCAL = "local"
@@ -38,6 +50,8 @@ class RunResult:
     run_dir: Path
     num_trials: int
     statuses: dict[str, str] = field(default_factory=dict)  # trial_id -> status
+    stopped_by: str = ""  # the signal that stopped the run ("SIGINT", "SIGTERM"), if any
+    skipped: int = 0  # trials a resumed run kept from before
 
     @property
     def num_failed(self) -> int:
@@ -68,6 +82,40 @@ def method_of(exp: Experiment) -> dict[str, Any]:
     }
 
 
+class ForcedStop(BaseException):
+    """A second SIGINT/SIGTERM: stop now, without waiting for the running trials."""
+
+
+class ResumeError(Exception):
+    """A run directory that cannot be resumed (its experiment plans other trials)."""
+
+
+def _trace_mismatch(store: ResultStore, trials: list[Trial]) -> str:
+    """Why the re-planned requests differ from the stored ones ("" when they are the same)."""
+    stored = {
+        (r["repetition"], r["workload"], r["request_id"]): (
+            r["at_s"],
+            r["prompt_tokens"],
+            r["output_tokens"],
+        )
+        for r in store.query(
+            "SELECT repetition, workload, request_id, at_s, prompt_tokens, output_tokens "
+            "FROM trace_requests"
+        )
+    }
+    planned = {
+        (t.repetition, t.workload.name, r.request_id): (r.at_s, r.prompt_tokens, r.output_tokens)
+        for t in trials
+        for r in t.trace
+    }
+    if stored != planned:
+        return (
+            f"the experiment now generates other requests ({len(set(stored) ^ set(planned))} "
+            "differ; a trace file or the seed changed)"
+        )
+    return ""
+
+
 def new_run_id(name: str) -> str:
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{name}-{secrets.token_hex(2)}"
 
@@ -85,6 +133,9 @@ class Coordinator:
         prometheus: str = "embedded",
         keep_prometheus: bool = False,
         announce: Any = print,
+        resume: bool = False,
+        reaper: bool = False,
+        base_dir: Path | None = None,
     ):
         self.exp = exp
         self.address = address
@@ -95,7 +146,12 @@ class Coordinator:
         self.prometheus_mode = prometheus  # "embedded", "off", or the URL of an existing one
         self.keep_prometheus = keep_prometheus
         self.announce = announce
-        self._token = secrets.token_urlsafe(24)  # virtual phones' token, never written to disk
+        self.resume = resume
+        self.base_dir = base_dir  # where the experiment's relative paths are read from
+        self.use_reaper = reaper  # a watchdog ends every child if this process is killed
+        self.stop = threading.Event()
+        self.stopped_by = ""
+        self._forced = False
         self._hosts: dict[str, Any] = {}  # host key -> actor handle
         self._phone_host: dict[str, str] = {}  # phone -> host key
         self._phone_error: dict[str, str] = {}
@@ -112,6 +168,9 @@ class Coordinator:
                 include_dashboard=False,
                 log_to_driver=False,
                 configure_logging=False,
+                # a local cluster advertises loopback only (see deploy/README.md on Ray's
+                # listening sockets and firewalling a multi-host one)
+                _node_ip_address=None if self.address else "127.0.0.1",
             )
         self.manifest.data["ray"] = {
             "address": self.address or "local",
@@ -135,7 +194,7 @@ class Coordinator:
         actor = actor_cls.options(
             name=f"phone-host:{self.run_id}:{host}",
             scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
-        ).remote(self._token)
+        ).remote()
         self._hosts[host] = actor
         return actor
 
@@ -151,8 +210,14 @@ class Coordinator:
         token = os.environ.get(phone.token_env, "")
         if not token:
             raise RuntimeError(f"${phone.token_env} is not set (token for {phone.name})")
-        cert = Path(phone.tls_ca_file).read_bytes() if phone.tls_ca_file else None
-        ray.get(actor.connect.remote(phone.name, phone.address, token, cert))
+        tls = {k: Path(v).read_bytes() for k, v in phone.tls_files().items()}
+        if not tls:
+            self.announce(
+                f"[bold red]warning:[/] {phone.name}: plaintext gRPC to {phone.address}: "
+                "its token crosses the network in the clear (insecure: true)"
+            )
+            self.manifest.data["notes"].append(f"phone {phone.name}: plaintext, insecure: true")
+        ray.get(actor.connect.remote(phone.name, phone.address, Secret(token), tls))
         return {"address": phone.address}
 
     def _bring_up(self, phone: VirtualPhone | RemotePhone) -> None:
@@ -245,7 +310,9 @@ class Coordinator:
     # -- run ---------------------------------------------------------------------------------
 
     def _open_run(self) -> list[Trial]:
+        """A new run: its directory, lock, store with every planned trial, and manifest."""
         self.run_dir.mkdir(parents=True, exist_ok=False)
+        self._lock = RunLock(self.run_dir).acquire()
         self.store = ResultStore(self.run_dir / "results.sqlite")
         self.manifest = Manifest(
             self.run_dir / "manifest.json",
@@ -270,6 +337,44 @@ class Coordinator:
                 trace=t.trace,
             )
         self.manifest.data["method"] = method_of(self.exp)
+        self.manifest.data["experiment_dir"] = str(self.base_dir.resolve()) if self.base_dir else ""
+        self.manifest.write()
+        self._open_observer(len(trials))
+        return trials
+
+    def _reopen_run(self) -> tuple[list[Trial], int]:
+        """A stopped or crashed run: the same plan, its completed trials kept; returns the
+        trials still to run and how many were kept."""
+        self._lock = RunLock(self.run_dir).acquire()
+        self.store = ResultStore(self.run_dir / "results.sqlite")
+        self.manifest = Manifest.load(self.run_dir / "manifest.json")
+        trials = plan_trials(self.exp)
+        stored = {
+            r["trial_id"]: r["status"]
+            for r in self.store.query("SELECT trial_id, status FROM trials")
+        }
+        planned = {t.trial_id for t in trials}
+        if planned != set(stored):
+            raise ResumeError(
+                f"{self.run_dir}: the experiment no longer plans the trials this run holds "
+                f"({len(planned ^ set(stored))} differ); it cannot be resumed"
+            )
+        mismatch = _trace_mismatch(self.store, trials)
+        if mismatch:
+            raise ResumeError(f"{self.run_dir}: {mismatch}; it cannot be resumed")
+        # completed and failed trials are results; the rest (pending, running when the
+        # coordinator died, interrupted, not_run) run again
+        kept = (TrialStatus.COMPLETED.value, TrialStatus.FAILED.value)
+        done = {tid for tid, st in stored.items() if st in kept}
+        todo = [t for t in trials if t.trial_id not in done]
+        self.manifest.data.setdefault("resumed", []).append(
+            {"at": time.time(), "trials": len(todo), "kept": len(done)}
+        )
+        self.manifest.update(status="running", ended_at=None)
+        self._open_observer(len(trials))
+        return todo, len(done)
+
+    def _open_observer(self, num_trials: int) -> None:
         git = str(self.manifest.data["git"].get("commit", ""))
         self.observer = RunObserver(
             self.run_dir,
@@ -280,18 +385,52 @@ class Coordinator:
             keep_prometheus=self.keep_prometheus,
             announce=self.announce,
         )
-        return trials
+
+    # -- stopping ----------------------------------------------------------------------------
+
+    def request_stop(self, signame: str) -> None:
+        """First call: stop cleanly (no new trial, running ones asked to Stop). Second: at once."""
+        if self.stop.is_set():
+            self._forced = True
+            raise ForcedStop(signame)
+        self.stopped_by = signame
+        self.stop.set()
+        self.announce(
+            f"[yellow]{signame}: stopping: no new trials; running ones are asked to stop "
+            "(send it again to stop at once)[/]"
+        )
+
+    def _install_signal_handlers(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda n, _f: self.request_stop(signal.Signals(n).name))
+
+    # -- run ---------------------------------------------------------------------------------
 
     def run(self) -> RunResult:
-        trials = self._open_run()
-        statuses: dict[str, str] = {}
+        reaper = None
+        if self.use_reaper:
+            from fleet.coordinator.reaper import start_reaper
+
+            reaper = start_reaper()
+        self._install_signal_handlers()
+        skipped = 0
+        if self.resume:
+            trials, skipped = self._reopen_run()
+        else:
+            trials = self._open_run()
+        total = len(trials) + skipped
+        final: dict[str, str] = {}
         observing = False
         try:
-            self.manifest.data["prometheus"] = self.observer.start(len(trials))
+            self.manifest.data["prometheus"] = self.observer.start(total)
             observing = True
             self._start_ray()
+            self._install_signal_handlers()  # after Ray's own
             for phone in self.exp.phones:
-                self._bring_up(phone)
+                if not self.stop.is_set():
+                    self._bring_up(phone)
             self._mark_shared_cores()
             self.manifest.write()
             self.observer.start_heartbeat(self._live_phones, self._health, self.exp.heartbeat_s)
@@ -299,7 +438,7 @@ class Coordinator:
             for t in trials:  # in the plan's order
                 by_phone.setdefault(t.phone, []).append(t)
             hosts = {p: self._hosts[h] for p, h in self._phone_host.items() if h in self._hosts}
-            statuses = Dispatcher(
+            dispatcher = Dispatcher(
                 self.store,
                 self.observer,
                 hosts,
@@ -308,18 +447,65 @@ class Coordinator:
                 self.progress,
                 cooldown_s=self.exp.cooldown_s,
                 drain_s=self.exp.drain_s,
-            ).run(by_phone)
-            self.manifest.update(status="finished")
+                stop=self.stop,
+            )
+            dispatcher.stop_reason = "the run was stopped"
+            if not self.stop.is_set():
+                dispatcher.run(by_phone)
+        except ForcedStop:
+            pass
         except BaseException:
             self.manifest.update(status="aborted")
             raise
         finally:
-            self.manifest.update(ended_at=time.time())
-            self._shutdown()
+            self._settle(trials)
+            self.manifest.update(
+                status="stopped" if self.stopped_by else self.manifest.data["status"],
+                ended_at=time.time(),
+                stopped_by=self.stopped_by or None,
+            )
+            if self.manifest.data["status"] == "running":
+                self.manifest.update(status="finished")
+            if not self._forced:
+                self._shutdown()
             if observing:
                 self.observer.stop([p.name for p in self.exp.phones])
+            final = {  # every trial of the run, a resumed one's kept trials too
+                r["trial_id"]: r["status"]
+                for r in self.store.query("SELECT trial_id, status FROM trials")
+            }
             self.store.close()  # checkpoints the WAL: the run directory is one SQLite file
-        return RunResult(self.run_id, self.run_dir, len(trials), statuses)
+            self._lock.release()
+            if reaper is not None:
+                if self._forced:  # leave it to end what a forced stop left running
+                    reaper.stdin.close()  # type: ignore[union-attr]
+                else:
+                    from fleet.coordinator.reaper import stop_reaper
+
+                    stop_reaper(reaper)
+        return RunResult(self.run_id, self.run_dir, total, final, self.stopped_by, skipped)
+
+    def _settle(self, trials: list[Trial]) -> None:
+        """Every trial of this session ends with a final status: never started -> not_run,
+        cut short by a forced stop -> interrupted."""
+        ids = {t.trial_id for t in trials}
+        rows = self.store.query("SELECT trial_id, status FROM trials")
+        why = f"stopped by {self.stopped_by}" if self.stopped_by else "the run ended early"
+        pending = [
+            r["trial_id"]
+            for r in rows
+            if r["trial_id"] in ids
+            and r["status"] in (TrialStatus.PENDING.value, TrialStatus.NOT_RUN.value)
+        ]
+        running = [
+            r["trial_id"]
+            for r in rows
+            if r["trial_id"] in ids and r["status"] == TrialStatus.RUNNING.value
+        ]
+        if pending:
+            self.store.mark_trials(pending, TrialStatus.NOT_RUN, f"never started ({why})")
+        if running:
+            self.store.mark_trials(running, TrialStatus.INTERRUPTED, f"cut short ({why})")
 
     def _shutdown(self) -> None:
         try:

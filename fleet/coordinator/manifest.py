@@ -50,6 +50,16 @@ class Manifest:
         }
         self.write()
 
+    @classmethod
+    def load(cls, path: Path) -> Manifest:
+        """An existing run's manifest, to be updated (a resumed run)."""
+        self = cls.__new__(cls)
+        self.path = path
+        self.data = json.loads(path.read_text())
+        self.data.setdefault("notes", [])
+        self.data.setdefault("phones", {})
+        return self
+
     def write(self) -> None:
         tmp = self.path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(self.data, indent=2, default=str))

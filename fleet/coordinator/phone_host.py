@@ -10,7 +10,7 @@ itself and every process it starts to them, so phones on one host never share a 
 trials at the same time. A phone that asks for more cores than are left is refused with the
 numbers, unless the experiment allows sharing (then it gets cores already given, and says so).
 
-    host = PhoneHost(token)
+    host = PhoneHost()
     host.start_virtual_phone(VirtualPhone(name="phone-a"))  # -> {"address", "pid", "cpus", ...}
     for kind, payload in host.run_trial("phone-a", deploy_spec, workload_run): ...
 """
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import subprocess
 import sys
 import threading
@@ -61,9 +62,26 @@ def _fmt_cores(cores) -> str:
     return "cores " + ",".join(str(c) for c in cores) if cores else "no cores"
 
 
+class Secret:
+    """A token on its way to a host actor: its repr never shows it (Ray and logs print args)."""
+
+    def __init__(self, value: str):
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret(***)"
+
+    __str__ = __repr__
+
+
 class PhoneHost:
-    def __init__(self, token: str):
-        self._token = token
+    def __init__(self) -> None:
+        # The virtual phones' token: made here, handed to each agent on its stdin, never put
+        # in an environment, a command line, an actor argument or a file.
+        self._token = secrets.token_urlsafe(24)
         self._clients: dict[str, AgentClient] = {}
         self._procs: dict[str, subprocess.Popen] = {}
         self._cores: dict[str, tuple[int, ...]] = {}  # virtual phone -> its cores
@@ -117,22 +135,39 @@ class PhoneHost:
             "--port",
             "0",
             "--exit-on-stdin-eof",
+            "--token-stdin",
         ]
-        env = dict(os.environ, FLEET_AGENT_TOKEN=self._token)
+        env = {k: v for k, v in os.environ.items() if k != "FLEET_AGENT_TOKEN"}
         proc = subprocess.Popen(
             cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True
         )
+        assert proc.stdin is not None
+        proc.stdin.write(self._token + "\n")  # the pipe stays open: EOF tells it to exit
+        proc.stdin.flush()
         ready = _read_ready_line(proc, AGENT_START_TIMEOUT_S)
         address = f"127.0.0.1:{ready['port']}"
         with self._lock:
             self._procs[phone.name] = proc
-        self.connect(phone.name, address, self._token)
+        self._connect(phone.name, address, self._token)
         self._clients[phone.name].wait_healthy(timeout_s=AGENT_START_TIMEOUT_S)
         return {"address": address, "pid": proc.pid}
 
-    def connect(self, name: str, address: str, token: str, root_cert: bytes | None = None):
+    def connect(self, name: str, address: str, token: Secret, tls: dict | None = None) -> None:
+        """Reach an agent started elsewhere; ``tls``: PEM bytes of "ca" (verify it) and, for
+        mutual TLS, "cert" and "key" (this host's client certificate)."""
+        self._connect(name, address, token.reveal(), tls)
+
+    def _connect(self, name: str, address: str, token: str, tls: dict | None = None) -> None:
+        tls = tls or {}
+        client = AgentClient(
+            address,
+            token,
+            root_cert=tls.get("ca"),
+            client_cert=tls.get("cert"),
+            client_key=tls.get("key"),
+        )
         with self._lock:
-            self._clients[name] = AgentClient(address, token, root_cert=root_cert)
+            self._clients[name] = client
 
     def health(self, name: str, timeout_s: float = 2.0) -> bool:
         client = self._clients.get(name)
@@ -190,6 +225,16 @@ class PhoneHost:
             yield "failed", f"phone {name}: workload stream ended without a summary"
         else:
             yield "summary", summary
+
+    def stop_trial(self, name: str) -> bool:
+        """Ask the phone's agent to end its running workload early; True if one was running."""
+        client = self._clients.get(name)
+        if client is None:
+            return False
+        try:
+            return client.stop("the coordinator is stopping the run")
+        except AgentError:
+            return False
 
     def stop_phone(self, name: str) -> None:
         with self._lock:

@@ -77,6 +77,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the parent dies (Linux; a no-op elsewhere)."""
+    import ctypes
+    import signal
+
+    PR_SET_PDEATHSIG = 1
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
 class EmbeddedPrometheus:
     def __init__(self, workdir: Path, targets_file: Path, binary: str | None = None):
         self.workdir = Path(workdir)
@@ -86,7 +98,9 @@ class EmbeddedPrometheus:
         self._log: BinaryIO | None = None
         self.url = ""
 
-    def start(self, timeout_s: float = 30.0) -> str:
+    def start(self, timeout_s: float = 30.0, die_with_parent: bool = True) -> str:
+        """Start it on a free loopback port; with ``die_with_parent`` the kernel ends it when
+        this process ends, however it ends (``PR_SET_PDEATHSIG``)."""
         if not self.binary:
             raise PrometheusError(
                 "no 'prometheus' binary on PATH (Debian package prometheus); running without it"
@@ -105,11 +119,11 @@ class EmbeddedPrometheus:
                     f"--config.file={config}",
                     f"--storage.tsdb.path={self.workdir / 'data'}",
                     f"--web.listen-address=127.0.0.1:{port}",
-                    "--web.enable-lifecycle",
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=_die_with_parent if die_with_parent else None,
             )
         except OSError as exc:
             raise PrometheusError(f"cannot start {self.binary}: {exc}") from None

@@ -69,7 +69,7 @@ class RunObserver:
     def _start_embedded(self) -> None:
         self._prometheus = EmbeddedPrometheus(self.workdir, self.targets.path)
         try:
-            self.url = self._prometheus.start()
+            self.url = self._prometheus.start(die_with_parent=not self.keep_prometheus)
             self.announce(f"Prometheus: {self.url} (embedded; scraping this run)")
         except PrometheusError as exc:
             self._prometheus = None

@@ -1,7 +1,15 @@
 """The embedded results store: one SQLite file per run (``runs/<run-id>/results.sqlite``).
 
-Append-only while a run is live: every batch of streamed records is committed as it arrives (one
-transaction, rolled back whole if any row fails), so a crash loses at most what was in flight.
+Append-only while a run is live: every batch of streamed records is committed as it arrives in
+one transaction; a row SQLite refuses (a number out of range, a duplicate request id) is set
+aside alone in ``rejected`` with the reason and the rest of the batch lands, so a crash or a bad
+record loses at most what was in flight. Request rows are only ever inserted, never replaced.
+Every trial state change is appended to ``trial_events`` (the ``trials`` row holds the latest).
+
+A trial that is run again (``fleet run --resume``) gets a new ``attempt``: the rows of earlier
+attempts stay in the ``*_all`` tables, marked superseded by the attempt number, and the views
+``requests``, ``events``, ``samples`` and ``service_stats`` show each trial's current attempt only,
+so every reader sees one consistent run.
 Raw timestamps are kept (token times as JSON), so every summary can be recomputed from the store
 alone; the derived columns (app delay, queue wait, TTFT, ITL, e2e, waiting) are the records' own
 values, NULL where a request never got that far; ``waited_s`` is how long the app waited for it
@@ -31,6 +39,7 @@ from fleet.records import (
     AppWorkload,
     DeployResult,
     PhoneEvent,
+    RejectedEvent,
     RequestRecord,
     ResourceSample,
     ServiceStats,
@@ -40,7 +49,9 @@ from fleet.records import (
 )
 
 STATS_COLUMNS = tuple(f.name for f in fields(ServiceStats))
-SCHEMA_VERSION = 5  # 5: KV used; 4: memory split; 3: promotions; 2: traces; 0/1: before
+# 6: attempts, trial events, rejected rows; 5: KV used; 4: memory split; 3: promotions;
+# 2: traces; 0/1: before
+SCHEMA_VERSION = 6
 
 # A trial's app mix (the ``mix`` column): one app alone, every app together, or the first k.
 CORUN = "corun"
@@ -62,7 +73,14 @@ CREATE TABLE IF NOT EXISTS phones (
 CREATE TABLE IF NOT EXISTS trials (
     trial_id TEXT PRIMARY KEY, phone TEXT, paradigm TEXT, workload TEXT, model TEXT,
     repetition INTEGER, mix TEXT, num_apps INTEGER, status TEXT, reason TEXT, shared_cores INTEGER,
-    started_at REAL, ended_at REAL, deploy_json TEXT, summary_json TEXT, seq INTEGER
+    started_at REAL, ended_at REAL, deploy_json TEXT, summary_json TEXT, seq INTEGER,
+    attempt INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS trial_events (
+    trial_id TEXT, attempt INTEGER, t REAL, status TEXT, reason TEXT
+);
+CREATE TABLE IF NOT EXISTS rejected (
+    trial_id TEXT, attempt INTEGER, t REAL, kind TEXT, ident TEXT, reason TEXT
 );
 CREATE TABLE IF NOT EXISTS trace_requests (
     repetition INTEGER, workload TEXT, app TEXT, idx INTEGER, request_id TEXT, at_s REAL,
@@ -76,36 +94,45 @@ CREATE TABLE IF NOT EXISTS trial_apps (
     system_prompt_tokens INTEGER, model_json TEXT,
     PRIMARY KEY (trial_id, app)
 );
-CREATE TABLE IF NOT EXISTS requests (
-    trial_id TEXT, request_id TEXT, app TEXT, status TEXT, error TEXT,
+CREATE TABLE IF NOT EXISTS requests_all (
+    trial_id TEXT, attempt INTEGER, request_id TEXT, app TEXT, status TEXT, error TEXT,
     prompt_tokens INTEGER, output_tokens INTEGER, submit_ns INTEGER, scheduled_ns INTEGER,
     first_token_ns INTEGER, last_token_ns INTEGER, token_ns_json TEXT,
     queue_wait_s REAL, ttft_s REAL, itl_s REAL, e2e_s REAL, cold_start_s REAL, turn INTEGER,
     slices_json TEXT, context_switch_s REAL, context_switch_bytes INTEGER, context_restore TEXT,
     cached_prompt_tokens INTEGER, max_batch_size INTEGER, waiting_s REAL,
     sent_ns INTEGER, end_ns INTEGER, app_delay_s REAL, waited_s REAL,
-    PRIMARY KEY (trial_id, request_id)
+    PRIMARY KEY (trial_id, attempt, request_id)
 );
-CREATE TABLE IF NOT EXISTS events (
-    trial_id TEXT, t_ns INTEGER, kind TEXT, app TEXT, detail TEXT, bytes INTEGER,
+CREATE TABLE IF NOT EXISTS events_all (
+    trial_id TEXT, attempt INTEGER, t_ns INTEGER, kind TEXT, app TEXT, detail TEXT, bytes INTEGER,
     duration_s REAL
 );
-CREATE TABLE IF NOT EXISTS samples (
-    trial_id TEXT, t_ns INTEGER, component TEXT, pid INTEGER, rss_bytes INTEGER,
+CREATE TABLE IF NOT EXISTS samples_all (
+    trial_id TEXT, attempt INTEGER, t_ns INTEGER, component TEXT, pid INTEGER, rss_bytes INTEGER,
     pss_bytes INTEGER, cpu_percent REAL, weights_bytes INTEGER, kv_bytes INTEGER,
     kv_used_bytes INTEGER
 );
-CREATE TABLE IF NOT EXISTS service_stats (
-    trial_id TEXT, {", ".join(STATS_COLUMNS)}
+CREATE TABLE IF NOT EXISTS service_stats_all (
+    trial_id TEXT, attempt INTEGER, {", ".join(STATS_COLUMNS)}
 );
-CREATE INDEX IF NOT EXISTS samples_trial ON samples (trial_id, t_ns);
-"""
+CREATE INDEX IF NOT EXISTS samples_trial ON samples_all (trial_id, attempt, t_ns);
+""" + "".join(
+    f"""
+CREATE VIEW IF NOT EXISTS {view} AS SELECT x.* FROM {view}_all x
+    JOIN trials t ON x.trial_id = t.trial_id AND x.attempt = t.attempt;"""
+    for view in ("requests", "events", "samples", "service_stats")
+)
+
+# Values SQLite can hold in an INTEGER column.
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
-def _request_row(trial_id: str, r: RequestRecord) -> tuple[Any, ...]:
+def _request_row(trial_id: str, attempt: int, r: RequestRecord) -> tuple[Any, ...]:
     lat, s = r.latencies(), r.service
     return (
         trial_id,
+        attempt,
         r.request_id,
         r.app,
         r.status.value,
@@ -178,6 +205,7 @@ class ResultStore:
             )
         self._db.executescript(SCHEMA)
         self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        self._attempt: dict[str, int] = {}  # trial -> its current attempt
 
     def close(self) -> None:
         with self._lock:
@@ -185,7 +213,8 @@ class ResultStore:
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """One atomic write: committed whole, or rolled back whole and the error raised."""
+        """One atomic write: committed whole, or rolled back whole and the error raised; the
+        connection is never left inside a transaction."""
         with self._lock:
             self._db.execute("BEGIN")
             try:
@@ -257,7 +286,7 @@ class ResultStore:
         """A planned trial, its apps and its requests (stored once per repetition)."""
         with self._transaction() as db:
             db.execute(
-                "INSERT OR IGNORE INTO trials (trial_id, phone, paradigm, workload, model, "
+                "INSERT INTO trials (trial_id, phone, paradigm, workload, model, "
                 "repetition, mix, num_apps, status, reason, shared_cores, seq) "
                 "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
@@ -274,6 +303,10 @@ class ResultStore:
                     int(shared_cores),
                     seq,
                 ),
+            )
+            db.execute(
+                "INSERT INTO trial_events VALUES (?,?,?,?,?)",
+                (trial_id, 0, time.time(), TrialStatus.PENDING.value, "planned"),
             )
             db.executemany(
                 "INSERT OR IGNORE INTO trace_requests VALUES (?,?,?,?,?,?,?,?,?,?)",
@@ -294,15 +327,55 @@ class ResultStore:
                 ],
             )
             db.executemany(
-                f"INSERT OR REPLACE INTO trial_apps VALUES ({','.join('?' * 14)})",
+                f"INSERT INTO trial_apps VALUES ({','.join('?' * 14)})",
                 [_app_row(trial_id, a) for a in apps],
             )
 
-    def start_trial(self, trial_id: str) -> None:
-        self._write(
-            "UPDATE trials SET status=?, started_at=? WHERE trial_id=?",
-            (TrialStatus.RUNNING.value, time.time(), trial_id),
+    def _set_status(
+        self, db: sqlite3.Connection, trial_id: str, status: TrialStatus, reason: str
+    ) -> int:
+        """The audited update: the change appended to trial_events, the row set to it."""
+        attempt = self.attempt(trial_id, db)
+        db.execute(
+            "INSERT INTO trial_events VALUES (?,?,?,?,?)",
+            (trial_id, attempt, time.time(), status.value, reason),
         )
+        db.execute(
+            "UPDATE trials SET status=?, reason=? WHERE trial_id=?",
+            (status.value, reason, trial_id),
+        )
+        return attempt
+
+    def attempt(self, trial_id: str, db: sqlite3.Connection | None = None) -> int:
+        if trial_id not in self._attempt:
+            row = (
+                (db or self._db)
+                .execute("SELECT attempt FROM trials WHERE trial_id=?", (trial_id,))
+                .fetchone()
+            )
+            if row is None:
+                raise KeyError(f"no trial {trial_id!r} in {self.path}")
+            self._attempt[trial_id] = int(row[0])
+        return self._attempt[trial_id]
+
+    def start_trial(self, trial_id: str) -> int:
+        """Mark the trial running; a trial that ran before (an interrupted run resumed) starts
+        a new attempt, which supersedes the rows of the earlier ones. Returns the attempt."""
+        with self._transaction() as db:
+            started, attempt = db.execute(
+                "SELECT started_at, attempt FROM trials WHERE trial_id=?", (trial_id,)
+            ).fetchone()
+            if started is not None:
+                attempt += 1
+                db.execute(
+                    "UPDATE trials SET attempt=?, deploy_json=NULL, summary_json=NULL, "
+                    "ended_at=NULL WHERE trial_id=?",
+                    (attempt, trial_id),
+                )
+            self._attempt[trial_id] = attempt
+            db.execute("UPDATE trials SET started_at=? WHERE trial_id=?", (time.time(), trial_id))
+            self._set_status(db, trial_id, TrialStatus.RUNNING, f"attempt {attempt}")
+        return attempt
 
     def set_deploy(self, trial_id: str, deploy: DeployResult) -> None:
         self._write(
@@ -317,53 +390,103 @@ class ResultStore:
         reason: str = "",
         summary: TrialSummary | None = None,
     ) -> None:
+        with self._transaction() as db:
+            self._set_status(db, trial_id, status, reason)
+            db.execute(
+                "UPDATE trials SET ended_at=?, summary_json=? WHERE trial_id=?",
+                (
+                    time.time(),
+                    json.dumps(asdict(summary), default=str) if summary else None,
+                    trial_id,
+                ),
+            )
+
+    def mark_trials(self, trial_ids: Iterable[str], status: TrialStatus, reason: str) -> None:
+        """Set many trials' status at once (a stopped run's never-started or cut-short ones)."""
+        with self._transaction() as db:
+            for trial_id in trial_ids:
+                self._set_status(db, trial_id, status, reason)
+
+    def reject(self, trial_id: str, kind: str, ident: str, reason: str) -> None:
+        """Keep note of something that could not be stored (a record the wire refused)."""
         self._write(
-            "UPDATE trials SET status=?, reason=?, ended_at=?, summary_json=? WHERE trial_id=?",
-            (
-                status.value,
-                reason,
-                time.time(),
-                json.dumps(asdict(summary), default=str) if summary else None,
-                trial_id,
-            ),
+            "INSERT INTO rejected VALUES (?,?,?,?,?,?)",
+            (trial_id, self.attempt(trial_id), time.time(), kind, ident, reason[:500]),
         )
 
     def add_events(self, trial_id: str, events: Iterable[object]) -> tuple[int, int]:
-        """Commit a batch of streamed events in one transaction; returns (records, samples)."""
-        recs, samples, phone_events, stats = [], [], [], []
+        """Commit a batch of streamed events; returns (records, samples) stored. A row SQLite
+        refuses is set aside in ``rejected`` with the reason; the rest of the batch lands."""
+        attempt = self.attempt(trial_id)
+        rows: list[tuple[str, str, str, tuple[Any, ...]]] = []  # (kind, ident, sql, row)
         for e in events:
             if isinstance(e, RequestRecord):
-                recs.append(_request_row(trial_id, e))
+                rows.append(
+                    ("record", e.request_id, _INSERT_REQUEST, _request_row(trial_id, attempt, e))
+                )
             elif isinstance(e, PhoneEvent):
-                phone_events.append(
-                    (trial_id, e.t_ns, e.kind, e.app, e.detail, e.bytes, e.duration_s)
+                rows.append(
+                    (
+                        "event",
+                        e.kind,
+                        _INSERT_EVENT,
+                        (trial_id, attempt, e.t_ns, e.kind, e.app, e.detail, e.bytes, e.duration_s),
+                    )
                 )
             elif isinstance(e, ResourceSample):
-                samples.append(
+                rows.append(
                     (
-                        trial_id,
-                        e.t_ns,
-                        e.component,
-                        e.pid,
-                        e.rss_bytes,
-                        e.pss_bytes,
-                        e.cpu_percent,
-                        e.weights_bytes,
-                        e.kv_bytes,
-                        e.kv_used_bytes,
+                        "sample",
+                        f"{e.component}@{e.t_ns}",
+                        _INSERT_SAMPLE,
+                        (
+                            trial_id,
+                            attempt,
+                            e.t_ns,
+                            e.component,
+                            e.pid,
+                            e.rss_bytes,
+                            e.pss_bytes,
+                            e.cpu_percent,
+                            e.weights_bytes,
+                            e.kv_bytes,
+                            e.kv_used_bytes,
+                        ),
                     )
                 )
             elif isinstance(e, ServiceStats):
-                stats.append((trial_id, *(getattr(e, c) for c in STATS_COLUMNS)))
+                rows.append(
+                    (
+                        "stats",
+                        str(e.t_ns),
+                        _INSERT_STATS,
+                        (trial_id, attempt, *(getattr(e, c) for c in STATS_COLUMNS)),
+                    )
+                )
+            elif isinstance(e, RejectedEvent):
+                rows.append((e.kind, e.ident, "", (e.reason,)))
+            else:
+                rows.append(("unknown", type(e).__name__, "", ("not a record the store knows",)))
+        stored: dict[str, int] = {}
         with self._transaction() as db:
-            db.executemany(f"INSERT OR REPLACE INTO requests VALUES ({','.join('?' * 29)})", recs)
-            db.executemany("INSERT INTO events VALUES (?,?,?,?,?,?,?)", phone_events)
-            db.executemany("INSERT INTO samples VALUES (?,?,?,?,?,?,?,?,?,?)", samples)
-            db.executemany(
-                f"INSERT INTO service_stats VALUES ({','.join('?' * (1 + len(STATS_COLUMNS)))})",
-                stats,
-            )
-        return len(recs), len(samples)
+            for kind, ident, sql, row in rows:
+                reason = str(row[0]) if not sql else _out_of_range(row)
+                if not reason:
+                    db.execute("SAVEPOINT row")
+                    try:
+                        db.execute(sql, row)
+                        db.execute("RELEASE row")
+                        stored[kind] = stored.get(kind, 0) + 1
+                        continue
+                    except (sqlite3.Error, OverflowError, ValueError, TypeError) as exc:
+                        db.execute("ROLLBACK TO row")
+                        db.execute("RELEASE row")
+                        reason = f"{type(exc).__name__}: {exc}"
+                db.execute(
+                    "INSERT INTO rejected VALUES (?,?,?,?,?,?)",
+                    (trial_id, attempt, time.time(), kind, ident, reason[:500]),
+                )
+        return stored.get("record", 0), stored.get("sample", 0)
 
     def query(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
         with self._lock:
@@ -372,3 +495,17 @@ class ResultStore:
                 return self._db.execute(sql, args).fetchall()
             finally:
                 self._db.row_factory = None
+
+
+_INSERT_REQUEST = f"INSERT INTO requests_all VALUES ({','.join('?' * 30)})"
+_INSERT_EVENT = "INSERT INTO events_all VALUES (?,?,?,?,?,?,?,?)"
+_INSERT_SAMPLE = "INSERT INTO samples_all VALUES (?,?,?,?,?,?,?,?,?,?,?)"
+_INSERT_STATS = f"INSERT INTO service_stats_all VALUES ({','.join('?' * (2 + len(STATS_COLUMNS)))})"
+
+
+def _out_of_range(row: tuple[Any, ...]) -> str:
+    """Why a row cannot be stored as it is ("" when it can): an integer SQLite cannot hold."""
+    for i, v in enumerate(row):
+        if isinstance(v, int) and not isinstance(v, bool) and not INT64_MIN <= v <= INT64_MAX:
+            return f"column {i}: integer {v} does not fit 64 bits"
+    return ""
