@@ -113,15 +113,15 @@ def test_bad_requests_are_invalid_argument_with_a_reason(agent):
                 pb.AppWorkload(name="a", pattern=1, rate_per_s=1, prompt_tokens=1, output_tokens=1)
             ],
         ),
-        "at least one app": pb.DeployRequest(
+        "needs 1 to 64 apps": pb.DeployRequest(
             paradigm=pb.PARADIGM_PER_APP, model=pb.ModelRef(preset="tiny")
         ),
-        "rate_per_s > 0": pb.DeployRequest(
+        "rate_per_s must be finite and in": pb.DeployRequest(
             paradigm=pb.PARADIGM_PER_APP,
             model=pb.ModelRef(preset="tiny"),
             apps=[pb.AppWorkload(name="a", pattern=1, prompt_tokens=1, output_tokens=1)],
         ),
-        "unknown model preset": pb.DeployRequest(
+        "unknown preset 'gpt-9'": pb.DeployRequest(
             paradigm=pb.PARADIGM_PER_APP,
             model=pb.ModelRef(preset="gpt-9"),
             apps=[pb.AppWorkload(name="a", pattern=2, prompt_tokens=1, output_tokens=1)],
@@ -135,6 +135,16 @@ def test_bad_requests_are_invalid_argument_with_a_reason(agent):
     with pytest.raises(grpc.RpcError) as err:
         list(s.RunWorkload(pb.RunWorkloadRequest(duration_s=0), metadata=auth, timeout=10))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    for method in ("Deploy", "RunWorkload", "Reset"):  # bytes that are no protobuf at all
+        raw = grpc.insecure_channel(agent[0])
+        path = f"/fleet.v1.PhoneAgentService/{method}"
+        fn = raw.unary_stream(path) if method == "RunWorkload" else raw.unary_unary(path)
+        with pytest.raises(grpc.RpcError) as err:
+            answer = fn(b"\xff\xff\xff\x0f", metadata=auth, timeout=10)
+            list(answer) if method == "RunWorkload" else answer
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, method
+        assert "malformed request" in err.value.details()
+        raw.close()
     client.reset()
     with pytest.raises(AgentError) as err:
         list(client.run_workload(WorkloadRun("t", 1.0)))

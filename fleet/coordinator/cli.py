@@ -7,6 +7,7 @@
     fleet report RUN_DIR [-o FILE]                                    write the HTML comparison
     fleet dashboards build [--out dashboards]                         write the Grafana JSON
     fleet dashboards push --grafana-url URL [--token T]               create/update in Grafana
+    fleet certs ca|issue ...                                          a lab CA, agent certificates
 
 Exit codes: 0 all trials completed; 1 the run finished with failed trials (or a push failed);
 2 bad input (checked before anything starts); 3 ``fleet summary`` of a run that was interrupted
@@ -79,7 +80,46 @@ def _parser() -> argparse.ArgumentParser:
         default="http://localhost:9090",
         help="URL Grafana uses to reach Prometheus",
     )
+    certs = sub.add_parser("certs", help="make a lab CA and TLS certificates (openssl)")
+    csub = certs.add_subparsers(dest="action", required=True)
+    ca = csub.add_parser("ca", help="a new lab CA: OUT/ca.pem and OUT/ca.key")
+    ca.add_argument("--out", type=Path, default=Path("certs"))
+    ca.add_argument("--days", type=int, default=3650)
+    iss = csub.add_parser("issue", help="a certificate signed by the lab CA: OUT/NAME.pem/.key")
+    iss.add_argument("--ca", type=Path, default=Path("certs"), help="folder holding the CA")
+    iss.add_argument("--name", required=True, help="host or phone name (the certificate's CN)")
+    iss.add_argument("--out", type=Path, help="default: the CA's folder")
+    iss.add_argument("--ip", action="append", default=[], help="an address it serves on")
+    iss.add_argument("--dns", action="append", default=[], help="a DNS name it serves on")
+    iss.add_argument("--client", action="store_true", help="a client certificate (mutual TLS)")
+    iss.add_argument("--days", type=int, default=825)
     return p
+
+
+def cmd_certs(ns) -> int:
+    from fleet.coordinator.certs import CertError, issue, make_ca
+    from fleet.limits import valid_name
+
+    try:
+        if ns.action == "ca":
+            paths = make_ca(ns.out, days=ns.days)
+        else:
+            if not valid_name(ns.name):
+                return _fail(f"--name {ns.name!r}: letters, digits, '.', '_' and '-' only")
+            paths = issue(
+                ns.ca,
+                ns.name,
+                ns.out or ns.ca,
+                ips=tuple(ns.ip),
+                dns=tuple(ns.dns),
+                client=ns.client,
+                days=ns.days,
+            )
+    except CertError as err:
+        return _fail(str(err))
+    for path in paths:
+        print(path)
+    return 0
 
 
 def _load(path: str | None):
@@ -347,6 +387,7 @@ def main(argv: list[str] | None = None) -> None:
         "summary": cmd_summary,
         "report": cmd_report,
         "dashboards": cmd_dashboards,
+        "certs": cmd_certs,
     }
     from fleet.results.store import StoreError
 

@@ -1,0 +1,343 @@
+"""The fault campaign: random kill -9 of app, model, service and agent processes across short
+tiny-model trials, and SIGINT, SIGTERM and kill -9 of the coordinator followed by ``--resume``.
+
+Bounded in time, seeded. The assertion is the invariant: every record that reached the
+coordinator is in the store (and, where the agent lived to count them, every record it streamed),
+every trial ends completed, failed with a reason, or interrupted; a resumed run completes; no
+process and no private directory is left behind.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import yaml
+
+from fleet.coordinator.config import VirtualPhone
+from fleet.coordinator.phone_host import PhoneHost
+from fleet.records import (
+    AppWorkload,
+    ArrivalPattern,
+    DeploySpec,
+    ModelSpec,
+    Paradigm,
+    RequestRecord,
+    TraceRequest,
+    TrialStatus,
+    TrialSummary,
+    WorkloadRun,
+)
+from fleet.results.store import ResultStore
+
+pytestmark = pytest.mark.slow
+
+KILLS = 100
+SEED = 20261201
+
+
+def _role(p: psutil.Process) -> str:
+    cmd = " ".join(p.cmdline())
+    if "agents.modelservice.slm_server" in cmd:
+        return (
+            "model"
+            if p.parent() and "multiprocessing" in " ".join(p.parent().cmdline())
+            else "service"
+        )
+    if "multiprocessing" in cmd:
+        return "app"
+    return ""
+
+
+def _targets(agent_pid: int) -> dict[str, list[psutil.Process]]:
+    out: dict[str, list[psutil.Process]] = {}
+    try:
+        for p in psutil.Process(agent_pid).children(recursive=True):
+            try:
+                role = _role(p)
+            except psutil.Error:
+                continue
+            if role:
+                out.setdefault(role, []).append(p)
+    except psutil.Error:
+        pass
+    return out
+
+
+APPS = (
+    AppWorkload("kb", ArrivalPattern.POISSON, rate_per_s=6.0, prompt_tokens=16, output_tokens=4,
+                foreground=True, slo_ttft_s=0.2),
+    AppWorkload("chat", ArrivalPattern.CLOSED_LOOP, prompt_tokens=24, output_tokens=6,
+                multi_turn=True),
+)  # fmt: skip
+
+
+def _trace(rng: random.Random, duration_s: float) -> tuple[TraceRequest, ...]:
+    t, out = 0.0, []
+    while True:
+        t += rng.expovariate(6.0)
+        if t >= duration_s:
+            break
+        out.append(TraceRequest("kb", len(out), t, 16, 4))
+    return tuple(out) + tuple(TraceRequest("chat", i, None, 24, 6, "chat:0", i) for i in range(8))
+
+
+def test_random_kills_on_the_phone_lose_no_record(tmp_path, monkeypatch):
+    monkeypatch.setenv("SLM_FLEET_RUNTIME_ROOT", str(tmp_path / "rt"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    rng = random.Random(SEED)
+    host = PhoneHost()
+    phone = VirtualPhone(name="victim", memory_budget_mb=2048, cpu_threads=1)
+    host.start_virtual_phone(phone)
+    store = ResultStore(tmp_path / "results.sqlite")
+    kills: dict[str, int] = {}
+    ends: dict[str, int] = {}
+    checked = 0
+    paradigms = [Paradigm.PER_APP, Paradigm.SLMAAS, Paradigm.AGENT_OS]
+    deadline = time.monotonic() + 420
+    trial = 0
+    try:
+        while sum(kills.values()) < KILLS and time.monotonic() < deadline:
+            paradigm = paradigms[trial % 3]
+            tid = f"t{trial}"
+            store.add_trial(tid, phone="victim", paradigm=paradigm.value, workload="w",
+                            model="tiny", repetition=trial, shared_cores=False)  # fmt: skip
+            store.start_trial(tid)
+            spec = DeploySpec(paradigm, ModelSpec(preset="tiny"), APPS, max_context_tokens=512)
+            run = WorkloadRun(tid, 3.0, trial, 0.2, _trace(rng, 3.0), drain_s=2.0)
+            kill_agent = trial % 7 == 6
+            done = threading.Event()
+            agent_pid = host._procs["victim"].pid
+
+            def killer(agent_pid=agent_pid, kill_agent=kill_agent, done=done):
+                time.sleep(1.0)  # let it deploy
+                while not done.wait(rng.uniform(0.3, 0.7)):
+                    if kill_agent and rng.random() < 0.3:
+                        os.kill(agent_pid, signal.SIGKILL)
+                        kills["agent"] = kills.get("agent", 0) + 1
+                        return
+                    targets = _targets(agent_pid)
+                    roles = sorted(targets)
+                    if not roles:
+                        continue
+                    role = rng.choice(roles)
+                    try:
+                        rng.choice(targets[role]).kill()
+                        kills[role] = kills.get(role, 0) + 1
+                    except psutil.Error:
+                        pass
+
+            th = threading.Thread(target=killer, daemon=True)
+            th.start()
+            received, summary, status, reason = 0, None, TrialStatus.FAILED, "no result"
+            for kind, payload in host.run_trial("victim", spec, run):
+                if kind == "events":
+                    received += sum(isinstance(e, RequestRecord) for e in payload)
+                    store.add_events(tid, payload)
+                elif kind == "summary":
+                    summary = payload
+                    status, reason = payload.status, payload.reason
+                elif kind == "failed":
+                    reason = payload
+            done.set()
+            th.join()
+            store.finish_trial(tid, status, reason, summary)
+            stored = store.query("SELECT COUNT(*) FROM requests WHERE trial_id=?", (tid,))[0][0]
+            assert stored == received, (tid, stored, received)  # everything that arrived
+            if isinstance(summary, TrialSummary):
+                assert stored == summary.num_requests, (tid, stored, summary)  # all it streamed
+            assert status in (TrialStatus.COMPLETED, TrialStatus.FAILED), status
+            if status is TrialStatus.FAILED:
+                assert reason, tid
+            ends[status.value] = ends.get(status.value, 0) + 1
+            checked += stored
+            if not psutil.pid_exists(agent_pid) or host._procs["victim"].poll() is not None:
+                host.stop_phone("victim")
+                host.start_virtual_phone(phone)  # its start sweeps the dead one's directory
+            trial += 1
+    finally:
+        agents = [p.pid for p in host._procs.values()]
+        host.shutdown()
+        store.close()
+    print(f"\nfault campaign: {sum(kills.values())} kills {kills}, {trial} trials {ends}, "
+          f"{checked} records checked")  # fmt: skip
+    assert sum(kills.values()) >= KILLS
+    time.sleep(1.0)
+    for pid in agents:
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
+    left = [p for p in psutil.Process().children(recursive=True) if _role(p)]
+    assert not left, left
+    assert not list((tmp_path / "rt").glob("*/*")), list((tmp_path / "rt").glob("*/*"))
+
+
+# -- the coordinator ---------------------------------------------------------------------------
+
+
+def _experiment() -> dict:
+    return {
+        "name": "faults",
+        "seed": 3,
+        "repetitions": 4,
+        "trial_order": "sequential",
+        "drain_s": 2,
+        "sample_interval_s": 0.2,
+        "phones": [{"name": "p1", "kind": "virtual", "memory_budget_mb": 1024, "cpu_threads": 1}],
+        "models": [{"preset": "tiny"}],
+        "paradigms": [{"kind": "slmaas"}],
+        "workloads": [
+            {
+                "name": "w",
+                "duration_s": 3,
+                "max_context_tokens": 256,
+                "apps": [
+                    {"name": "kb", "arrival": {"kind": "poisson", "rate_per_s": 4},
+                     "prompt_tokens": 16, "output_tokens": 4},
+                    {"name": "chat", "arrival": {"kind": "closed_loop"},
+                     "prompt_tokens": 24, "output_tokens": 6, "max_requests": 4},
+                ],
+            }
+        ],
+    }  # fmt: skip
+
+
+def _fleet(tmp_path: Path, *args: str) -> subprocess.Popen:
+    env = dict(os.environ, SLM_FLEET_RUNTIME_ROOT=str(tmp_path / "rt"),
+               XDG_CACHE_HOME=str(tmp_path / "cache"))  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-m", "fleet.coordinator.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+    )
+
+
+def _statuses(db: Path) -> dict[str, str]:
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+        return dict(conn.execute("SELECT trial_id, status FROM trials"))
+
+
+def _wait_for(pred, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _watch_tree(pid: int, seen: dict[int, float], stop: threading.Event) -> None:
+    while not stop.is_set():
+        try:
+            for c in psutil.Process(pid).children(recursive=True):
+                try:
+                    seen.setdefault(c.pid, c.create_time())
+                except psutil.Error:
+                    pass
+        except psutil.Error:
+            return
+        stop.wait(0.3)
+
+
+def _alive(seen: dict[int, float]) -> list[str]:
+    out = []
+    for pid, created in seen.items():
+        try:
+            p = psutil.Process(pid)
+            if abs(p.create_time() - created) < 0.01 and p.status() != psutil.STATUS_ZOMBIE:
+                out.append(f"{pid} {' '.join(p.cmdline())[:80]}")
+        except psutil.Error:
+            pass
+    return out
+
+
+def _complete(run: Path) -> None:
+    """Every trial completed, with a record for every request its trace held."""
+    db = run / "results.sqlite"
+    assert set(_statuses(db).values()) == {"completed"}, _statuses(db)
+    with sqlite3.connect(db) as conn:
+        missing = conn.execute(
+            "SELECT COUNT(*) FROM trials t JOIN trace_requests q ON q.repetition = t.repetition "
+            "LEFT JOIN requests r ON r.trial_id = t.trial_id AND r.request_id = q.request_id "
+            "WHERE r.request_id IS NULL AND q.at_s IS NOT NULL"
+        ).fetchone()[0]
+    assert missing == 0
+    assert (run / "report.html").is_file()
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize("how", ["SIGINT", "SIGTERM", "SIGKILL"])
+def test_a_stopped_or_killed_coordinator_is_resumed_to_the_end(tmp_path, how):
+    (tmp_path / "exp.yaml").write_text(yaml.safe_dump(_experiment()))
+    run = tmp_path / "runs" / "r"
+    prometheus = {"SIGINT": "--no-prometheus", "SIGTERM": "", "SIGKILL": "--keep-prometheus"}
+    proc = _fleet(tmp_path, "run", "exp.yaml", "--runs-dir", "runs", "--run-id", "r",
+                  *filter(None, [prometheus[how]]))  # fmt: skip
+    seen: dict[int, float] = {}
+    stop = threading.Event()
+    threading.Thread(target=_watch_tree, args=(proc.pid, seen, stop), daemon=True).start()
+    db = run / "results.sqlite"
+
+    def one_done_one_running() -> bool:
+        if not db.exists():
+            return False
+        s = list(_statuses(db).values())
+        return "completed" in s and "running" in s
+
+    _wait_for(one_done_one_running, 240, "a completed and a running trial")
+    if how == "SIGKILL":
+        listening = _listening(seen)
+    proc.send_signal(getattr(signal, how))
+    out, _ = proc.communicate(timeout=120)
+    stop.set()
+    statuses = _statuses(db)
+    if how == "SIGKILL":
+        assert proc.returncode == -9
+        _wait_for(lambda: not _alive(seen), 60, f"the reaper to end {_alive(seen)}")
+        print("\nlistening sockets of a local run:\n" + "\n".join(listening))
+        for line in listening:
+            addr, name = line.split(" ", 1)
+            if not addr.startswith(("127.", "[::1]")):
+                assert name.startswith(("gcs_server", "raylet", "ray::")), line  # Ray's core
+        summary = _fleet(tmp_path, "summary", str(run))
+        text, _ = summary.communicate(timeout=120)
+        assert summary.returncode == 3 and "interrupted" in text, text
+    else:
+        assert proc.returncode == {"SIGINT": 130, "SIGTERM": 143}[how], out
+        assert f"stopped by {how}" in out and "--resume" in out
+        assert set(statuses.values()) <= {"completed", "interrupted", "not_run"}, statuses
+        assert "interrupted" in statuses.values() or "not_run" in statuses.values()
+        _wait_for(lambda: not _alive(seen), 30, f"every child to end: {_alive(seen)}")
+    assert not list((tmp_path / "rt").glob("*/*")), "private directories left behind"
+    kept = sum(s == "completed" for s in statuses.values())
+    resumed = _fleet(tmp_path, "run", "--resume", str(run), "--no-prometheus")
+    out, _ = resumed.communicate(timeout=400)
+    assert resumed.returncode == 0, out
+    _complete(run)
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM trials WHERE attempt = 0 AND status = "
+                            "'completed'").fetchone()[0] >= kept  # fmt: skip
+
+
+def _listening(seen: dict[int, float]) -> list[str]:
+    pids = set(seen)
+    out = []
+    for c in psutil.net_connections("inet"):
+        if c.status == psutil.CONN_LISTEN and c.pid in pids:
+            try:
+                name = psutil.Process(c.pid).name()
+            except psutil.Error:
+                name = "?"
+            ip = f"[{c.laddr.ip}]" if ":" in c.laddr.ip else c.laddr.ip
+            out.append(f"{ip}:{c.laddr.port} {name}")
+    return sorted(out)
