@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -43,6 +45,15 @@ pytestmark = pytest.mark.slow
 
 KILLS = 100
 SEED = 20261201
+
+
+@pytest.fixture
+def runtime_root():
+    """A short private root for the agents' directories: unix socket paths must stay under
+    108 bytes, which a pytest tmp_path would break."""
+    path = Path(tempfile.mkdtemp(prefix="rt-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def _role(p: psutil.Process) -> str:
@@ -91,8 +102,9 @@ def _trace(rng: random.Random, duration_s: float) -> tuple[TraceRequest, ...]:
     return tuple(out) + tuple(TraceRequest("chat", i, None, 24, 6, "chat:0", i) for i in range(8))
 
 
-def test_random_kills_on_the_phone_lose_no_record(tmp_path, monkeypatch):
-    monkeypatch.setenv("SLM_FLEET_RUNTIME_ROOT", str(tmp_path / "rt"))
+@pytest.mark.campaign
+def test_random_kills_on_the_phone_lose_no_record(tmp_path, monkeypatch, runtime_root):
+    monkeypatch.setenv("SLM_FLEET_RUNTIME_ROOT", str(runtime_root))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     rng = random.Random(SEED)
     host = PhoneHost()
@@ -176,7 +188,7 @@ def test_random_kills_on_the_phone_lose_no_record(tmp_path, monkeypatch):
         assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
     left = [p for p in psutil.Process().children(recursive=True) if _role(p)]
     assert not left, left
-    assert not list((tmp_path / "rt").glob("*/*")), list((tmp_path / "rt").glob("*/*"))
+    assert not list(runtime_root.glob("*/*")), list(runtime_root.glob("*/*"))
 
 
 # -- the coordinator ---------------------------------------------------------------------------
@@ -209,17 +221,38 @@ def _experiment() -> dict:
     }  # fmt: skip
 
 
-def _fleet(tmp_path: Path, *args: str) -> subprocess.Popen:
-    env = dict(os.environ, SLM_FLEET_RUNTIME_ROOT=str(tmp_path / "rt"),
-               XDG_CACHE_HOME=str(tmp_path / "cache"))  # fmt: skip
-    return subprocess.Popen(
-        [sys.executable, "-m", "fleet.coordinator.cli", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        cwd=tmp_path,
-        env=env,
-    )
+class Fleet:
+    """A ``fleet`` command in its own process, its output in a file (a pipe nobody reads while
+    it runs would fill and block it)."""
+
+    def __init__(self, tmp_path: Path, runtime_root: Path, *args: str):
+        env = dict(os.environ, SLM_FLEET_RUNTIME_ROOT=str(runtime_root),
+                   XDG_CACHE_HOME=str(tmp_path / "cache"))  # fmt: skip
+        self.log = tmp_path / f"fleet-{time.monotonic_ns()}.log"
+        with open(self.log, "w") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "fleet.coordinator.cli", *args],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=tmp_path,
+                env=env,
+            )
+        self.pid = self.proc.pid
+
+    def send_signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def communicate(self, timeout: float) -> tuple[str, None]:
+        self.proc.wait(timeout=timeout)
+        return self.log.read_text(), None
+
+    @property
+    def returncode(self) -> int | None:
+        return self.proc.returncode
+
+
+def _fleet(tmp_path: Path, runtime_root: Path, *args: str) -> Fleet:
+    return Fleet(tmp_path, runtime_root, *args)
 
 
 def _statuses(db: Path) -> dict[str, str]:
@@ -277,11 +310,11 @@ def _complete(run: Path) -> None:
 
 @pytest.mark.ray
 @pytest.mark.parametrize("how", ["SIGINT", "SIGTERM", "SIGKILL"])
-def test_a_stopped_or_killed_coordinator_is_resumed_to_the_end(tmp_path, how):
+def test_a_stopped_or_killed_coordinator_is_resumed_to_the_end(tmp_path, how, runtime_root):
     (tmp_path / "exp.yaml").write_text(yaml.safe_dump(_experiment()))
     run = tmp_path / "runs" / "r"
     prometheus = {"SIGINT": "--no-prometheus", "SIGTERM": "", "SIGKILL": "--keep-prometheus"}
-    proc = _fleet(tmp_path, "run", "exp.yaml", "--runs-dir", "runs", "--run-id", "r",
+    proc = _fleet(tmp_path, runtime_root, "run", "exp.yaml", "--runs-dir", "runs", "--run-id", "r",
                   *filter(None, [prometheus[how]]))  # fmt: skip
     seen: dict[int, float] = {}
     stop = threading.Event()
@@ -307,9 +340,9 @@ def test_a_stopped_or_killed_coordinator_is_resumed_to_the_end(tmp_path, how):
         print("\nlistening sockets of a local run:\n" + "\n".join(listening))
         for line in listening:
             addr, name = line.split(" ", 1)
-            if not addr.startswith(("127.", "[::1]")):
-                assert name.startswith(("gcs_server", "raylet", "ray::")), line  # Ray's core
-        summary = _fleet(tmp_path, "summary", str(run))
+            if not _is_loopback(addr.rsplit(":", 1)[0].strip("[]")):
+                assert name.startswith(("gcs_server", "raylet", "ray:")), line  # Ray's own
+        summary = _fleet(tmp_path, runtime_root, "summary", str(run))
         text, _ = summary.communicate(timeout=120)
         assert summary.returncode == 3 and "interrupted" in text, text
     else:
@@ -318,9 +351,9 @@ def test_a_stopped_or_killed_coordinator_is_resumed_to_the_end(tmp_path, how):
         assert set(statuses.values()) <= {"completed", "interrupted", "not_run"}, statuses
         assert "interrupted" in statuses.values() or "not_run" in statuses.values()
         _wait_for(lambda: not _alive(seen), 30, f"every child to end: {_alive(seen)}")
-    assert not list((tmp_path / "rt").glob("*/*")), "private directories left behind"
+    assert not list(runtime_root.glob("*/*")), "private directories left behind"
     kept = sum(s == "completed" for s in statuses.values())
-    resumed = _fleet(tmp_path, "run", "--resume", str(run), "--no-prometheus")
+    resumed = _fleet(tmp_path, runtime_root, "run", "--resume", str(run), "--no-prometheus")
     out, _ = resumed.communicate(timeout=400)
     assert resumed.returncode == 0, out
     _complete(run)
@@ -329,13 +362,25 @@ def test_a_stopped_or_killed_coordinator_is_resumed_to_the_end(tmp_path, how):
                             "'completed'").fetchone()[0] >= kept  # fmt: skip
 
 
+def _is_loopback(ip: str) -> bool:
+    import ipaddress
+
+    a = ipaddress.ip_address(ip)
+    mapped = getattr(a, "ipv4_mapped", None)
+    return a.is_loopback or bool(mapped and mapped.is_loopback)
+
+
 def _listening(seen: dict[int, float]) -> list[str]:
     pids = set(seen)
     out = []
     for c in psutil.net_connections("inet"):
         if c.status == psutil.CONN_LISTEN and c.pid in pids:
             try:
-                name = psutil.Process(c.pid).name()
+                proc = psutil.Process(c.pid)
+                name = proc.name()
+                ray_file = next((a for a in proc.cmdline() if "/ray/" in a), "")
+                if ray_file:  # Ray's own Python processes (autoscaler monitor, agents)
+                    name = f"ray:{ray_file.rsplit('/ray/', 1)[1]}"
             except psutil.Error:
                 name = "?"
             ip = f"[{c.laddr.ip}]" if ":" in c.laddr.ip else c.laddr.ip
