@@ -8,7 +8,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint format bench protos dashboards system-deps clean
+.PHONY: demo test test-fast test-long lint format bench protos dashboards system-deps clean
 
 demo: $(STAMP)
 	$(BIN)/fleet run
@@ -29,6 +29,11 @@ format: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow"
 
+# the suites of several minutes, which `make test` leaves out: the 100-kill fault campaign and an
+# experiment across a two-host Ray cluster of emulated adb phones (CI runs both after `make test`)
+test-long: $(STAMP)
+	$(BIN)/python -m pytest -s -m long
+
 bench: $(STAMP)
 	$(BIN)/python bench/engine_speed.py
 
@@ -39,16 +44,18 @@ dashboards: $(STAMP)
 	$(BIN)/fleet dashboards build
 
 # Debian packages the run needs: a Python >= 3.11 with venv and pip, git (run manifests record the
-# revision), openssl (the TLS test makes a certificate) and prometheus (fleet run embeds it; the
-# tests scrape with it and use its promtool). Installed only when missing, so a machine that has
-# them needs no root.
+# revision), openssl (the TLS test makes a certificate), prometheus (fleet run embeds it; the
+# tests scrape with it and use its promtool) and adb (each lab host's adb server reaches its
+# phones; the tests reach emulated ones through it). Installed only when missing, so a machine
+# that has them needs no root.
 system-deps:
 	@if ! $(PYTHON) -c 'import sys, venv, ensurepip; assert sys.version_info >= (3, 11)' 2>/dev/null \
 	    || ! command -v git >/dev/null || ! command -v openssl >/dev/null \
-	    || ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then \
-	  echo "installing Debian packages: python3 python3-venv python3-pip git openssl prometheus"; \
+	    || ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null \
+	    || ! command -v adb >/dev/null; then \
+	  echo "installing Debian packages: python3 python3-venv python3-pip git openssl prometheus adb"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-	    python3 python3-venv python3-pip git openssl prometheus; \
+	    python3 python3-venv python3-pip git openssl prometheus adb; \
 	fi
 
 $(STAMP): pyproject.toml | system-deps

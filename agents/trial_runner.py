@@ -4,7 +4,8 @@ server iterates it and converts each event at the wire; tests can drive it direc
 
     runner = TrialRunner(host, run, observer=agent_metrics)   # observer may be None
     async for event in runner.events(): ...   # RequestRecord | PhoneEvent | ServiceStats |
-                                              # ResourceSample, then one TrialSummary
+                                              # ResourceSample | DeviceReading, then one
+                                              # TrialSummary
     runner.stop()                             # from any thread: ends the workload early
 """
 
@@ -18,10 +19,12 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any, Protocol
 
+from agents.device_probe import DeviceProbe
 from agents.paradigms.base import Emitted, ParadigmHost
 from agents.probes import ProcessSampler
 from fleet.records import (
     NS_PER_S,
+    DeviceReading,
     RequestRecord,
     RequestStatus,
     ResourceSample,
@@ -30,7 +33,8 @@ from fleet.records import (
     WorkloadRun,
 )
 
-TrialEvent = Emitted | ResourceSample | TrialSummary
+TrialEvent = Emitted | ResourceSample | DeviceReading | TrialSummary
+DEVICE_INTERVAL_S = 1.0  # the phone's battery, temperatures and clocks: at most this often
 
 
 class Observer(Protocol):
@@ -119,7 +123,14 @@ class TrialRunner:
 
     def _sample_loop(self, put) -> None:
         sampler = ProcessSampler()
+        device = DeviceProbe()
+        device.lmk_kills()  # takes note of the kills logged before this trial
+        next_device = 0.0
         while True:
+            if time.monotonic() >= next_device:
+                next_device = time.monotonic() + max(DEVICE_INTERVAL_S, self.run.sample_interval_s)
+                for reading in device.read():
+                    put(reading)
             tick = sampler.sample(self.host.processes())
             split = self.host.memory_split()
             tick = [
@@ -139,6 +150,10 @@ class TrialRunner:
             for s in tick:
                 put(s)
             if self._sampling_done.wait(self.run.sample_interval_s):
+                for reading in device.read():  # the phone as the trial leaves it
+                    put(reading)
+                for event in device.lmk_kills():  # the system's own, next to the emulated ones
+                    put(event)
                 return
 
     def _summary(self, work: asyncio.Future[list[str]], start_ns: int) -> TrialSummary:

@@ -426,6 +426,17 @@ class ResourceSample:
 
 
 @dataclass(frozen=True)
+class DeviceReading:
+    """One reading of the phone's own state (agents/device_probe.py): battery, a thermal zone,
+    a CPU cluster's frequency, free memory. Base units: C, A, V, Hz, bytes, %."""
+
+    t_ns: int
+    kind: str  # battery | thermal | cpufreq | memory
+    name: str
+    value: float
+
+
+@dataclass(frozen=True)
 class TrialSummary:
     status: TrialStatus
     reason: str = ""

@@ -24,6 +24,7 @@ from fleet.records import (
     ContextPolicy,
     DeployResult,
     DeploySpec,
+    DeviceReading,
     ModelSpec,
     Paradigm,
     PhoneEvent,
@@ -79,7 +80,9 @@ _TRIAL_STATUS = {
     TrialStatus.STOPPED: pb.TRIAL_STATUS_STOPPED,
 }
 
-StreamEvent = RequestRecord | ResourceSample | PhoneEvent | ServiceStats | TrialSummary
+StreamEvent = (
+    RequestRecord | ResourceSample | PhoneEvent | ServiceStats | DeviceReading | TrialSummary
+)
 
 
 class WireError(ValueError):
@@ -586,6 +589,19 @@ def sample_from_pb(m: pb.ResourceSample) -> ResourceSample:
     )
 
 
+DEVICE_KINDS = ("battery", "thermal", "cpufreq", "memory")
+
+
+def device_to_pb(r: DeviceReading) -> pb.DeviceReading:
+    return pb.DeviceReading(t_ns=r.t_ns, kind=r.kind, name=r.name, value=r.value)
+
+
+def device_from_pb(m: pb.DeviceReading) -> DeviceReading:
+    if m.kind not in DEVICE_KINDS:
+        raise WireError(f"device reading kind {m.kind[:40]!r} is not one of {DEVICE_KINDS}")
+    return DeviceReading(m.t_ns, m.kind, _text(m.name, "device reading name", 64), m.value)
+
+
 def summary_to_pb(s: TrialSummary) -> pb.TrialSummary:
     return pb.TrialSummary(
         status=_TRIAL_STATUS[s.status],
@@ -624,6 +640,8 @@ def event_to_pb(e: StreamEvent) -> pb.RunWorkloadResponse:
         return pb.RunWorkloadResponse(phone_event=phone_event_to_pb(e))
     if isinstance(e, ServiceStats):
         return pb.RunWorkloadResponse(service_stats=stats_to_pb(e))
+    if isinstance(e, DeviceReading):
+        return pb.RunWorkloadResponse(device=device_to_pb(e))
     return pb.RunWorkloadResponse(summary=summary_to_pb(e))
 
 
@@ -652,6 +670,8 @@ def event_from_pb(m: pb.RunWorkloadResponse) -> StreamEvent:
         return phone_event_from_pb(m.phone_event)
     if kind == "service_stats":
         return stats_from_pb(m.service_stats)
+    if kind == "device":
+        return device_from_pb(m.device)
     raise WireError("empty workload event")
 
 

@@ -190,3 +190,24 @@ def test_every_shipped_experiment_plans_and_fits(name):
     trials = plan_trials(exp)
     assert trials and all(t.trace for t in trials)
     assert check_budgets(exp.model_copy(update={"allow_shared_cores": True}), trials) == []
+
+
+def test_android_phones_are_named_by_serial_or_model_and_nothing_else_reaches_a_shell():
+    data = yaml.safe_load(yaml.safe_dump(MINIMAL))
+    data["phones"] = [
+        {"name": "px", "kind": "android", "serial": "R58M123ABC"},
+        {"name": "any7", "kind": "android", "model": "Pixel 7", "cooldown_below_c": 35},
+        {"name": "emu", "kind": "android", "serial": "127.0.0.1:5555", "host": "hub-a"},
+    ]
+    exp = parse_experiment(data)
+    assert [p.kind for p in exp.phones] == ["android"] * 3
+    for bad, field in (
+        ({"serial": "x;reboot"}, "serial"),
+        ({"serial": "$(id)"}, "serial"),
+        ({"model": "a`b`"}, "model"),
+        ({"serial": "ok", "python": "/x; rm -rf /"}, "python"),
+        ({}, "serial"),  # neither serial nor model
+    ):
+        data["phones"] = [{"name": "px", "kind": "android", **bad}]
+        with pytest.raises(ConfigError, match=field):
+            parse_experiment(data)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-COORDINATOR_SIDE = ("fleet.coordinator", "fleet.results", "fleet.observe")
+COORDINATOR_SIDE = ("fleet.coordinator", "fleet.results", "fleet.observe", "fleet.devices")
 COORDINATOR_ONLY_LIBS = ("ray", "pydantic", "yaml", "rich", "matplotlib", "grafana_client")
 
 

@@ -15,6 +15,7 @@ from fleet.records import (
     ContextPolicy,
     DeployResult,
     DeploySpec,
+    DeviceReading,
     ModelSpec,
     Paradigm,
     PhoneEvent,
@@ -111,6 +112,7 @@ SPEC = DeploySpec(
         STATS,
         PhoneEvent(7, "lmk_kill", "a", "why", 123, 0.5),
         ResourceSample(8, "service", 42, 1000, 900, 12.5),
+        DeviceReading(9, "thermal", "cpu-0-0-usr", 41.5),
         TrialSummary(TrialStatus.STOPPED, "r", 3, 1, 9, 2.5, 10, 11, "random weights"),
     ],
     ids=lambda e: type(e).__name__,
@@ -256,3 +258,18 @@ def test_a_streamed_record_with_an_unstorable_number_is_refused_by_field():
     m.record.service.context_switch_s = float("nan")
     with pytest.raises(wire.WireError, match="context_switch_s is nan"):
         wire.event_from_pb(m)
+
+
+def test_a_device_reading_of_an_unknown_kind_or_a_long_name_is_refused():
+    for bad in (
+        pb.DeviceReading(kind="gpu", name="x"),
+        pb.DeviceReading(kind="thermal", name="z" * 65),
+    ):
+        with pytest.raises(wire.WireError):
+            wire.event_from_pb(pb.RunWorkloadResponse(device=bad))
+    with pytest.raises(wire.WireError, match="finite"):
+        wire.event_from_pb(
+            pb.RunWorkloadResponse(
+                device=pb.DeviceReading(kind="battery", name="t", value=float("nan"))
+            )
+        )

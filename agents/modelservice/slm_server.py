@@ -112,12 +112,35 @@ class SlmServicer(spb_grpc.SlmServiceServicer):
         return wire.stats_response_to_pb(stats, self.engine.contexts.take_events())
 
 
-def _watch_stdin(loop: asyncio.AbstractEventLoop, stopping: asyncio.Event) -> None:
-    """Stdin is only a lifeline: EOF (the launcher is gone or done) ends the process."""
-    try:
-        sys.stdin.buffer.read()
-    finally:
+class _Lifeline:
+    """Stdin is only a lifeline: EOF (the launcher is gone or done) ends the process. Watched
+    from the start, so a process whose launcher dies while it is still loading (kill -9 of an
+    app mid-deploy) ends there and then instead of binding a socket in a removed directory;
+    once serving, EOF is a graceful stop."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._stop: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None = None
+        self._gone = False
+        threading.Thread(target=self._watch, daemon=True, name="stdin-lifeline").start()
+
+    def _watch(self) -> None:
+        try:
+            sys.stdin.buffer.read()
+        except (OSError, ValueError):
+            pass
+        with self._lock:
+            self._gone = True
+            if self._stop is None:
+                os._exit(0)  # nothing served yet, nothing to clean up
+            loop, stopping = self._stop
         loop.call_soon_threadsafe(stopping.set)
+
+    def serving(self, loop: asyncio.AbstractEventLoop, stopping: asyncio.Event) -> None:
+        with self._lock:
+            self._stop = (loop, stopping)
+            if self._gone:
+                stopping.set()
 
 
 def _own_pss() -> int:
@@ -138,7 +161,7 @@ def _clear_dead_swaps(folder: Path) -> None:
             pass  # alive, someone else's
 
 
-async def _amain(ns: argparse.Namespace) -> None:
+async def _amain(ns: argparse.Namespace, lifeline: _Lifeline | None) -> None:
     import torch
 
     from agents.llm.weights import load_model
@@ -185,8 +208,12 @@ async def _amain(ns: argparse.Namespace) -> None:
     spb_grpc.add_SlmServiceServicer_to_server(
         SlmServicer(engine, args.max_position, args.vocab_size), server
     )
-    if server.add_insecure_port(f"unix:{ns.socket}") == 0:
-        raise SystemExit(f"cannot bind unix:{ns.socket}")
+    try:
+        bound = server.add_insecure_port(f"unix:{ns.socket}")
+    except RuntimeError:
+        bound = 0
+    if bound == 0:
+        raise SystemExit(f"slm-service: cannot bind unix:{ns.socket}")
     await server.start()
     os.chmod(ns.socket, 0o600)  # only this user's apps may talk to the model
     print(
@@ -208,8 +235,8 @@ async def _amain(ns: argparse.Namespace) -> None:
     stopping = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
-    if ns.exit_on_stdin_eof:
-        threading.Thread(target=_watch_stdin, args=(loop, stopping), daemon=True).start()
+    if lifeline is not None:
+        lifeline.serving(loop, stopping)
 
     async def engine_watch() -> None:  # a failed engine ends the process: the host sees it die
         while not stop.is_set():
@@ -233,7 +260,7 @@ def main(argv: list[str] | None = None) -> None:
         "--exit-on-stdin-eof", action="store_true", help="exit when stdin closes (set by launchers)"
     )
     ns = p.parse_args(argv)
-    asyncio.run(_amain(ns))
+    asyncio.run(_amain(ns, _Lifeline() if ns.exit_on_stdin_eof else None))
 
 
 if __name__ == "__main__":

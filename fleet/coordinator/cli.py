@@ -8,6 +8,7 @@
     fleet dashboards build [--out dashboards]                         write the Grafana JSON
     fleet dashboards push --grafana-url URL [--token T]               create/update in Grafana
     fleet certs ca|issue ...                                          a lab CA, agent certificates
+    fleet devices [--json] [--address auto] | prepare SERIAL | emulate N   adb phones
 
 Exit codes: 0 all trials completed; 1 the run finished with failed trials (or a push failed);
 2 bad input (checked before anything starts); 3 ``fleet summary`` of a run that was interrupted
@@ -93,6 +94,9 @@ def _parser() -> argparse.ArgumentParser:
     iss.add_argument("--dns", action="append", default=[], help="a DNS name it serves on")
     iss.add_argument("--client", action="store_true", help="a client certificate (mutual TLS)")
     iss.add_argument("--days", type=int, default=825)
+    from fleet.devices.cli import add_parser as add_devices
+
+    add_devices(sub)
     return p
 
 
@@ -379,6 +383,12 @@ def cmd_summary(ns) -> int:
     return 0
 
 
+def cmd_devices(ns) -> int:
+    from fleet.devices.cli import cmd_devices as run
+
+    return run(ns)
+
+
 def main(argv: list[str] | None = None) -> None:
     ns = _parser().parse_args(argv)
     handlers = {
@@ -388,6 +398,7 @@ def main(argv: list[str] | None = None) -> None:
         "report": cmd_report,
         "dashboards": cmd_dashboards,
         "certs": cmd_certs,
+        "devices": cmd_devices,
     }
     from fleet.results.store import StoreError
 

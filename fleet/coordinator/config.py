@@ -109,6 +109,34 @@ class RemotePhone(Strict):
         }
 
 
+class AndroidPhone(Strict):
+    """A real phone on a lab host's USB hub (or an emulated one), reached through that host's adb
+    server: the coordinator finds the host that has it, installs the agent (``prepare``), starts
+    it with ``adb shell`` and reaches it through ``adb forward``. Named by serial, or by model
+    (the first listed device of that model not taken by another entry)."""
+
+    kind: Literal["android"] = "android"
+    name: str = Field(pattern=NAME)
+    serial: str = Field("", pattern=r"^$|^[A-Za-z0-9._:-]{1,64}$")  # as `adb devices` lists it
+    model: str = Field("", pattern=r"^$|^[A-Za-z0-9 ._()-]{1,64}$")  # ro.product.model
+    host: str = ""  # the Ray host that has it; default: whichever lists it
+    memory_budget_mb: int = Field(4096, gt=0, le=1 << 24)
+    cpu_threads: int = Field(4, gt=0, le=L.MAX_THREADS)
+    python: str = Field(  # the runtime on the phone (see docs/android.md)
+        "/data/local/tmp/slm-fleet/runtime/bin/python3", pattern=r"^/[A-Za-z0-9._/-]{1,200}$"
+    )
+    prepare: bool = True  # install or update the agent's code before the run
+    # before every trial, wait until the battery is below this temperature (C); 0 = don't wait
+    cooldown_below_c: float = Field(0.0, ge=0, le=80)
+    cooldown_timeout_s: float = Field(600.0, gt=0, le=L.MAX_DURATION_S)
+
+    @model_validator(mode="after")
+    def _named(self):
+        if not self.serial and not self.model:
+            raise ValueError("give the phone's serial (as `fleet devices` lists it) or its model")
+        return self
+
+
 def _loopback(address: str) -> bool:
     import ipaddress
 
@@ -121,7 +149,7 @@ def _loopback(address: str) -> bool:
         return False
 
 
-Phone = Annotated[Union[VirtualPhone, RemotePhone], Field(discriminator="kind")]
+Phone = Annotated[Union[VirtualPhone, RemotePhone, AndroidPhone], Field(discriminator="kind")]
 
 
 # -- paradigms -------------------------------------------------------------------------------

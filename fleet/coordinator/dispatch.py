@@ -121,6 +121,8 @@ class Dispatcher:
                     n_records += stored
                     metrics.records_stored(trial.phone, stored)
                     self._advance(task, trial, n_records)
+                elif kind == "thermal":
+                    self.store.note_thermal(trial.trial_id, *payload)
                 elif kind == "summary":
                     summary = payload
                     status, reason = summary.status, summary.reason

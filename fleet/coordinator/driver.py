@@ -27,15 +27,16 @@ import secrets
 import signal
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from fleet.coordinator.config import Experiment, RemotePhone, VirtualPhone
+from fleet.coordinator.config import AndroidPhone, Experiment, RemotePhone, VirtualPhone
 from fleet.coordinator.dispatch import Dispatcher, reason_of
 from fleet.coordinator.manifest import Manifest
 from fleet.coordinator.phone_host import PhoneHost, Secret
 from fleet.coordinator.plan import Trial, plan_trials
+from fleet.devices.hosts import host_name, names_of
 from fleet.observe.run_observer import RunObserver
 from fleet.records import AgentDescription, TrialStatus
 from fleet.results.run_state import RunLock
@@ -153,6 +154,9 @@ class Coordinator:
         self.stopped_by = ""
         self._forced = False
         self._hosts: dict[str, Any] = {}  # host key -> actor handle
+        self._node_actors: dict[str, Any] = {}  # Ray node id -> its one PhoneHost actor
+        self._adb_devices: dict[str, list[dict]] | None = None
+        self._serials: dict[str, str] = {}  # Android phone -> the serial it was given
         self._phone_host: dict[str, str] = {}  # phone -> host key
         self._phone_error: dict[str, str] = {}
         self._cpus: dict[str, tuple[str, tuple[int, ...]]] = {}  # phone -> (host, its cores)
@@ -177,28 +181,77 @@ class Coordinator:
             "nodes": [n["NodeManagerAddress"] for n in ray.nodes() if n.get("Alive")],
         }
 
+    def _node_id(self, host: str) -> str:
+        """The Ray node a host name means: "local" (the driver's), a node's host name (see
+        fleet.devices.hosts), or its address."""
+        import ray
+
+        if host == LOCAL:
+            return ray.get_runtime_context().get_node_id()
+        for n in ray.nodes():
+            if n.get("Alive") and host in names_of(n):
+                return n["NodeID"]
+        raise RuntimeError(f"no live Ray node at host {host}")
+
     def _host_actor(self, host: str) -> Any:
         import ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         if host in self._hosts:
             return self._hosts[host]
-        if host == LOCAL:
-            node_id = ray.get_runtime_context().get_node_id()
-        else:
-            nodes = [n for n in ray.nodes() if n.get("Alive") and n["NodeManagerAddress"] == host]
-            if not nodes:
-                raise RuntimeError(f"no live Ray node at host {host}")
-            node_id = nodes[0]["NodeID"]
-        actor_cls = ray.remote(num_cpus=0, max_concurrency=64)(PhoneHost)  # type: ignore[call-overload]
-        actor = actor_cls.options(
-            name=f"phone-host:{self.run_id}:{host}",
-            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
-        ).remote()
+        node_id = self._node_id(host)
+        actor = self._node_actors.get(node_id)
+        if actor is None:  # one per node, whatever names it goes by
+            actor_cls = ray.remote(num_cpus=0, max_concurrency=64)(PhoneHost)  # type: ignore[call-overload]
+            actor = actor_cls.options(
+                name=f"phone-host:{self.run_id}:{node_id[:12]}",
+                scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
+            ).remote()
+            self._node_actors[node_id] = actor
         self._hosts[host] = actor
         return actor
 
-    def _connect(self, phone: VirtualPhone | RemotePhone, actor: Any) -> dict:
+    def _adb_listing(self) -> dict[str, list[dict]]:
+        """Every host's adb devices (asked once per run, when Android phones are wanted)."""
+        import ray
+
+        if self._adb_devices is None:
+            driver = ray.get_runtime_context().get_node_id()
+            listing: dict[str, list[dict]] = {}
+            for n in ray.nodes():
+                if not n.get("Alive"):
+                    continue
+                named = host_name(n) != n["NodeManagerAddress"]
+                host = host_name(n) if named or n["NodeID"] != driver else LOCAL
+                try:
+                    listing[host] = ray.get(
+                        self._host_actor(host).adb_devices.remote(), timeout=120
+                    )
+                except Exception as exc:  # that host's adb server: noted, others go on
+                    self.manifest.data["notes"].append(f"host {host}: adb: {reason_of(exc)}")
+                    listing[host] = []
+            self._adb_devices = listing
+        return self._adb_devices
+
+    def _locate(self, phone: AndroidPhone) -> tuple[str, str]:
+        """(host, serial) of an Android phone: the host whose adb server lists it ready."""
+        seen = []
+        for host, devices in sorted(self._adb_listing().items()):
+            if phone.host and phone.host != host:
+                continue
+            for d in devices:
+                seen.append(f"{d['serial']} ({d['state']}, {d['model'] or '?'}) on {host}")
+                if d["state"] != "device" or d["serial"] in self._serials.values():
+                    continue
+                if d["serial"] == phone.serial or (not phone.serial and d["model"] == phone.model):
+                    self._serials[phone.name] = d["serial"]
+                    return host, d["serial"]
+        wanted = f"serial {phone.serial}" if phone.serial else f"a free {phone.model!r}"
+        raise RuntimeError(
+            f"no ready adb device with {wanted}; listed: {'; '.join(seen) or 'none'}"
+        )
+
+    def _connect(self, phone: VirtualPhone | RemotePhone | AndroidPhone, actor: Any) -> dict:
         """Start or reach the phone's agent through its host actor; returns its address and,
         for a virtual phone, its cores."""
         import ray
@@ -207,6 +260,12 @@ class Coordinator:
             return dict(
                 ray.get(actor.start_virtual_phone.remote(phone, self.exp.allow_shared_cores))
             )
+        if isinstance(phone, AndroidPhone):
+            started = dict(
+                ray.get(actor.start_android_phone.remote(phone, self._serials[phone.name]))
+            )
+            self.manifest.data["notes"].append(f"phone {phone.name}: {started['prepared']}")
+            return started
         token = os.environ.get(phone.token_env, "")
         if not token:
             raise RuntimeError(f"${phone.token_env} is not set (token for {phone.name})")
@@ -220,12 +279,15 @@ class Coordinator:
         ray.get(actor.connect.remote(phone.name, phone.address, Secret(token), tls))
         return {"address": phone.address}
 
-    def _bring_up(self, phone: VirtualPhone | RemotePhone) -> None:
+    def _bring_up(self, phone: VirtualPhone | RemotePhone | AndroidPhone) -> None:
         import ray
 
         host = phone.host if isinstance(phone, VirtualPhone) else LOCAL
         self._phone_host[phone.name] = host
         try:
+            if isinstance(phone, AndroidPhone):
+                host, _serial = self._locate(phone)
+                self._phone_host[phone.name] = host
             actor = self._host_actor(host)
             started = self._connect(phone, actor)
             address = started["address"]
@@ -244,14 +306,16 @@ class Coordinator:
             self.observer.phone_down(phone.name)
             self.manifest.data["phones"][phone.name] = {"status": "down", "error": reason}
             return
-        metrics_address = ""
+        metrics_address, metrics_path = "", ""
+        if started.get("metrics_port"):  # an Android phone's, forwarded to its host's loopback
+            desc = replace(desc, metrics_port=started["metrics_port"])
         if desc.metrics_port and host != LOCAL and address.startswith("127."):
-            self.manifest.data["notes"].append(
-                f"phone {phone.name}: its /metrics is on {host}'s loopback; not scraped here"
-            )
+            # on another host's loopback: scraped through that host's relay
+            target = ray.get(actor.metrics_target.remote(phone.name, desc.metrics_port))
+            metrics_address, metrics_path = target["address"], target["path"]
         elif desc.metrics_port:
             metrics_address = f"{address.rsplit(':', 1)[0]}:{desc.metrics_port}"
-        self.observer.phone_up(phone.name, metrics_address)
+        self.observer.phone_up(phone.name, metrics_address, metrics_path, host)
         cpus, shared = tuple(started.get("cpus", ())), bool(started.get("shared"))
         self.store.upsert_phone(
             phone.name,
@@ -511,7 +575,7 @@ class Coordinator:
         try:
             import ray
 
-            for actor in self._hosts.values():
+            for actor in self._node_actors.values():
                 try:
                     ray.get(actor.shutdown.remote(), timeout=30)
                 except Exception:
@@ -519,3 +583,4 @@ class Coordinator:
                 ray.kill(actor)
         finally:
             self._hosts.clear()
+            self._node_actors.clear()

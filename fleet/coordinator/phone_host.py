@@ -25,11 +25,15 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
 
 from fleet.coordinator.agent_client import AgentClient, AgentError
 from fleet.records import AgentDescription, TrialSummary
 
 AGENT_START_TIMEOUT_S = 60.0
+REJOIN_EVERY_S = 5.0  # how often a lost Android phone is looked for again
+COOLDOWN_POLL_S = 5.0
 BATCH_INTERVAL_S = 0.2  # ship at least this often while events flow
 BATCH_MAX = 256
 
@@ -77,6 +81,15 @@ class Secret:
     __str__ = __repr__
 
 
+@dataclass
+class AndroidAgent:
+    phone: Any  # config.AndroidPhone
+    serial: str
+    launcher: Any  # devices.launcher.ShellLauncher
+    agent: Any  # devices.launcher.AgentOnPhone
+    next_rejoin: float = 0.0
+
+
 class PhoneHost:
     def __init__(self) -> None:
         # The virtual phones' token: made here, handed to each agent on its stdin, never put
@@ -86,6 +99,9 @@ class PhoneHost:
         self._procs: dict[str, subprocess.Popen] = {}
         self._cores: dict[str, tuple[int, ...]] = {}  # virtual phone -> its cores
         self._lock = threading.Lock()
+        self._provider: Any = None  # this host's adb devices, made on first use
+        self._android: dict[str, AndroidAgent] = {}
+        self._relay: Any = None  # this host's /metrics relay, made on first use
 
     def node_ip(self) -> str:
         try:
@@ -170,6 +186,8 @@ class PhoneHost:
             self._clients[name] = client
 
     def health(self, name: str, timeout_s: float = 2.0) -> bool:
+        if name in self._android and not self._rejoin(name):
+            return False
         client = self._clients.get(name)
         if client is None:
             return False
@@ -184,11 +202,15 @@ class PhoneHost:
 
     def run_trial(self, name: str, deploy_spec, workload_run) -> Iterator[tuple[str, object]]:
         """Deploy, run the workload, reset; yields ("deployed", DeployResult), ("events", [..]),
-        then ("summary", TrialSummary) or ("failed", reason). Never raises for agent faults."""
+        then ("summary", TrialSummary) or ("failed", reason); an Android phone also yields
+        ("thermal", (start|end, battery C, cooldown s)) before and after. Never raises for agent
+        faults."""
         client = self._clients.get(name)
         if client is None:
             yield "failed", f"phone {name} has no agent"
             return
+        if (thermal := self._thermal(name, "start")) is not None:
+            yield "thermal", thermal
         try:
             client.wait_healthy(timeout_s=5.0)
             deployed = client.deploy(deploy_spec)
@@ -199,6 +221,7 @@ class PhoneHost:
         batch: list = []
         last = time.monotonic()
         summary: TrialSummary | None = None
+        failed = ""
         try:
             for event in client.run_workload(workload_run):
                 if isinstance(event, TrialSummary):
@@ -213,18 +236,136 @@ class PhoneHost:
                     yield "events", batch
                     batch, last = [], time.monotonic()
         except AgentError as err:
-            if batch:
-                yield "events", batch
-            yield "failed", err.reason
-            return
+            failed = err.reason
         finally:
             _reset_quietly(client)  # failed or not, free the phone's memory before the next trial
         if batch:
             yield "events", batch
-        if summary is None:
+        if (thermal := self._thermal(name, "end")) is not None:
+            yield "thermal", thermal
+        if failed:
+            yield "failed", failed
+        elif summary is None:
             yield "failed", f"phone {name}: workload stream ended without a summary"
         else:
             yield "summary", summary
+
+    # -- Android phones over this host's adb server --------------------------------------------
+    def _adb(self):
+        if self._provider is None:
+            from fleet.devices.provider import DeviceProvider
+
+            self._provider = DeviceProvider(host=self.host_name())
+            self._provider.track()
+        return self._provider
+
+    def host_name(self) -> str:
+        """This host as experiments name it (see fleet.devices.hosts)."""
+        try:
+            import ray
+
+            from fleet.devices.hosts import host_name
+
+            if not ray.is_initialized():  # asking would start a cluster
+                return self.node_ip()
+            me = ray.get_runtime_context().get_node_id()
+            return next(host_name(n) for n in ray.nodes() if n["NodeID"] == me)
+        except Exception:  # outside Ray
+            return self.node_ip()
+
+    def adb_devices(self) -> list[dict]:
+        """Every adb device of this host with its facts (``fleet devices``, placement)."""
+        return [d.as_dict() for d in self._adb().devices()]
+
+    def start_android_phone(self, phone, serial: str) -> dict:
+        """Install (``phone.prepare``) and start the agent on the phone ``serial``, forward its
+        ports here, connect. Raises DeviceError with the reason."""
+        from fleet.devices.launcher import ShellLauncher
+
+        launcher = ShellLauncher(self._adb(), python=phone.python)
+        note = launcher.prepare(serial) if phone.prepare else "not prepared (prepare: false)"
+        agent = launcher.start(
+            serial, phone.name, self._token, phone.memory_budget_mb, phone.cpu_threads
+        )
+        with self._lock:
+            self._android[phone.name] = AndroidAgent(phone, serial, launcher, agent)
+        self._connect(phone.name, agent.address, self._token)
+        self._clients[phone.name].wait_healthy(timeout_s=AGENT_START_TIMEOUT_S)
+        return {
+            "address": agent.address,
+            "pid": agent.pid,
+            "serial": serial,
+            "metrics_port": agent.metrics_port,
+            "prepared": note,
+        }
+
+    def _rejoin(self, name: str) -> bool:
+        """A lost Android phone that is back (adb lists it as "device") gets its agent again."""
+        a = self._android.get(name)
+        if a is None or a.agent.alive() or time.monotonic() < a.next_rejoin:
+            return a is not None and a.agent.alive()
+        a.next_rejoin = time.monotonic() + REJOIN_EVERY_S
+        if self._adb().tracked().get(a.serial) != "device":
+            return False
+        a.launcher.stop(a.agent)
+        try:
+            a.agent = a.launcher.start(
+                a.serial, name, self._token, a.phone.memory_budget_mb, a.phone.cpu_threads
+            )
+        except Exception:
+            return False
+        old = self._clients.pop(name, None)
+        if old is not None:
+            old.close()
+        self._connect(name, a.agent.address, self._token)
+        return True
+
+    def metrics_target(self, name: str, local_port: int) -> dict:
+        """The address and path the run's Prometheus scrapes this phone at: through this host's
+        relay (on the node's address), since the phone's own /metrics is on this host's
+        loopback."""
+        if self._relay is None:
+            from fleet.coordinator.metrics_relay import MetricsRelay
+
+            self._relay = MetricsRelay(self.node_ip())
+        path = self._relay.add(name, local_port)
+        return {"address": f"{self._relay.host}:{self._relay.port}", "path": path}
+
+    def agent_log(self, name: str) -> list[str]:
+        """What an Android phone's agent printed (its stdout and stderr), newest last."""
+        a = self._android.get(name)
+        return list(a.agent.log) if a is not None else []
+
+    def battery_c(self, name: str) -> float | None:
+        from fleet.devices.provider import DeviceError, parse_battery
+
+        a = self._android.get(name)
+        if a is None:
+            return None
+        try:
+            return parse_battery(self._adb().shell(a.serial, "dumpsys battery")).get(
+                "temperature_c"
+            )
+        except DeviceError:
+            return None
+
+    def _thermal(self, name: str, when: str) -> tuple[str, float, float] | None:
+        """(when, battery C, cooldown s) at a trial's start or end, after an optional cooldown
+        (before the start) until the battery is below the phone's threshold."""
+        a = self._android.get(name)
+        if a is None:
+            return None
+        t0 = time.monotonic()
+        temp = self.battery_c(name)
+        limit = a.phone.cooldown_below_c if when == "start" else 0.0
+        while limit and temp is not None and temp >= limit:
+            if time.monotonic() - t0 > a.phone.cooldown_timeout_s:
+                break  # the trial runs warm; its record says how warm
+            time.sleep(COOLDOWN_POLL_S)
+            temp = self.battery_c(name)
+        if temp is None:
+            return None
+        return when, temp, time.monotonic() - t0 if limit else 0.0
 
     def stop_trial(self, name: str) -> bool:
         """Ask the phone's agent to end its running workload early; True if one was running."""
@@ -241,8 +382,11 @@ class PhoneHost:
             client = self._clients.pop(name, None)
             proc = self._procs.pop(name, None)
             self._cores.pop(name, None)
+            android = self._android.pop(name, None)
         if client:
             client.close()
+        if android is not None:
+            android.launcher.stop(android.agent)
         if proc and proc.poll() is None:
             if proc.stdin is not None:
                 proc.stdin.close()  # the agent exits on EOF
@@ -253,8 +397,12 @@ class PhoneHost:
                 proc.wait(timeout=5)
 
     def shutdown(self) -> None:
-        for name in list(self._clients) + list(self._procs):
+        for name in list(self._clients) + list(self._procs) + list(self._android):
             self.stop_phone(name)
+        if self._provider is not None:
+            self._provider.close()
+        if self._relay is not None:
+            self._relay.close()
 
 
 def _reset_quietly(client: AgentClient) -> None:

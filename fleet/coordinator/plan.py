@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 from itertools import cycle, islice
 
 from fleet.coordinator.config import (
+    AndroidPhone,
     AppConfig,
     Experiment,
     ModelConfig,
@@ -142,13 +143,14 @@ def plan_trials(exp: Experiment) -> list[Trial]:
 
 def check_budgets(exp: Experiment, trials: list[Trial]) -> list[str]:
     """Problems that make trials impossible before anything starts, by the phones' own rule
-    (``fleet.sizing``): a model (weights + one context's KV cache) larger than a virtual phone's
-    budget under any paradigm, a request longer than the model's positions, or an app that
-    brings its own model to a shared service. Local-path models are checked on the phone."""
+    (``fleet.sizing``): a model (weights + one context's KV cache) larger than a virtual or
+    Android phone's budget under any paradigm, a request longer than the model's positions, or
+    an app that brings its own model to a shared service. Local-path models are checked on the
+    phone."""
     profiles = {
         p.name: PhoneProfile(p.name, memory_budget_bytes=p.memory_budget_mb * 2**20)
         for p in exp.phones
-        if isinstance(p, VirtualPhone)
+        if isinstance(p, (VirtualPhone, AndroidPhone))  # the phones whose budget is known here
     }
     problems: set[str] = set(check_cores(exp))
     for t in trials:

@@ -34,6 +34,7 @@ class RunObserver:
         announce: Callable[[str], object] = print,
     ):
         self.metrics = FleetMetrics(run_id=run_id, experiment=experiment, git=git)
+        self.run_id = run_id
         self.targets = TargetsFile(run_dir / "prometheus" / "targets.json")
         self.workdir = run_dir / "prometheus"
         self.mode = mode  # "embedded", "off", or the URL of an existing Prometheus
@@ -48,7 +49,7 @@ class RunObserver:
         for _ in range(num_trials):
             self.metrics.trial_state(None, "pending")
         port = self.metrics.serve("127.0.0.1", 0)
-        self.targets.set("coordinator", f"127.0.0.1:{port}", job="coordinator")
+        self.targets.set("coordinator", f"127.0.0.1:{port}", job="coordinator", run=self.run_id)
         facts = {
             "targets_file": str(self.targets.path.resolve()),
             "coordinator_metrics": f"127.0.0.1:{port}",
@@ -75,10 +76,22 @@ class RunObserver:
             self._prometheus = None
             self.announce(f"Prometheus: not started: {exc}")
 
-    def phone_up(self, phone: str, metrics_address: str = "") -> None:
-        """A phone came up; its /metrics address joins the targets when it has one."""
+    def phone_up(
+        self, phone: str, metrics_address: str = "", metrics_path: str = "", host: str = ""
+    ) -> None:
+        """A phone came up; its /metrics address joins the targets when it has one (with the
+        path to it on its host's relay, when it is scraped through one)."""
         if metrics_address:
-            self.targets.set(phone, metrics_address, job="phone-agent", phone=phone)
+            extra = {"__metrics_path__": metrics_path} if metrics_path else {}
+            self.targets.set(
+                phone,
+                metrics_address,
+                job="phone-agent",
+                phone=phone,
+                host=host or "local",
+                run=self.run_id,
+                **extra,
+            )
         self.metrics.phone_up(phone, True)
 
     def phone_down(self, phone: str) -> None:

@@ -17,6 +17,7 @@ import html
 import io
 import json
 import math
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -53,9 +54,43 @@ def load(run_dir: Path) -> tuple[dict, list[GroupResult], list[dict]]:
             )
             if r[0]
         )
+        manifest["thermal_rows"] = thermal_rows(
+            store.query(
+                "SELECT phone, battery_start_c, battery_end_c, cooldown_s FROM trials "
+                "WHERE battery_start_c IS NOT NULL OR battery_end_c IS NOT NULL ORDER BY seq"
+            )
+        )
         return manifest, analyze(store), bad
     finally:
         store.close()
+
+
+def thermal_rows(rows) -> list[dict[str, str]]:
+    """Per phone: its battery temperature at trial starts and ends (median [min, max]), the
+    largest rise within a trial and the time spent cooling down (real phones only)."""
+    by_phone: dict[str, list] = {}
+    for r in rows:
+        by_phone.setdefault(r[0], []).append(r)
+    out = []
+    for phone, rs in sorted(by_phone.items()):
+        start = [r[1] for r in rs if r[1] is not None]
+        end = [r[2] for r in rs if r[2] is not None]
+        rises = [r[2] - r[1] for r in rs if r[1] is not None and r[2] is not None]
+
+        def spread(xs: list[float]) -> str:
+            if not xs:
+                return "-"
+            return f"{statistics.median(xs):.1f} [{min(xs):.1f}, {max(xs):.1f}]"
+
+        out.append({
+            "phone": phone,
+            "trials": str(len(rs)),
+            "battery C at start": spread(start),
+            "battery C at end": spread(end),
+            "largest rise C": f"{max(rises):.1f}" if rises else "-",
+            "cooldown s": f"{sum(r[3] or 0.0 for r in rs):.0f}",
+        })  # fmt: skip
+    return out
 
 
 def min_n_of(manifest: dict) -> int:
@@ -468,6 +503,7 @@ def render_html(manifest: dict, groups: list[GroupResult], failed: list[dict] | 
             f"<div class='plots'>{plots}</div>"
         )
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in manifest.get("notes", []))
+    thermal = manifest.get("thermal_rows", [])
     failed_rows = [
         {"trial": t["trial_id"], "status": t["status"], "reason": t["reason"] or ""}
         for t in failed or []
@@ -489,6 +525,7 @@ figure {{ margin: 0; }} figcaption {{ font-weight: 600; margin-bottom: .3em; }}
 <p class="note">{METHOD_NOTE.format(min_n=min_n)}</p>
 {"".join(sections) or "<p>No completed trials.</p>"}
 <h2>Trials not completed</h2>{_table(failed_rows, "Every trial completed.")}
+<h2>Phone temperatures</h2>{_table(thermal, "No battery readings (virtual phones).")}
 <h2>Notes</h2>{f"<ul>{notes}</ul>" if notes else "<p>None.</p>"}
 <h2>Provenance</h2>{_provenance(manifest)}
 </body></html>

@@ -38,6 +38,7 @@ from fleet.records import (
     AgentDescription,
     AppWorkload,
     DeployResult,
+    DeviceReading,
     PhoneEvent,
     RejectedEvent,
     RequestRecord,
@@ -49,9 +50,9 @@ from fleet.records import (
 )
 
 STATS_COLUMNS = tuple(f.name for f in fields(ServiceStats))
-# 6: attempts, trial events, rejected rows; 5: KV used; 4: memory split; 3: promotions;
-# 2: traces; 0/1: before
-SCHEMA_VERSION = 6
+# 7: device readings, battery at trial start/end; 6: attempts, trial events, rejected rows;
+# 5: KV used; 4: memory split; 3: promotions; 2: traces; 0/1: before
+SCHEMA_VERSION = 7
 
 # A trial's app mix (the ``mix`` column): one app alone, every app together, or the first k.
 CORUN = "corun"
@@ -74,7 +75,8 @@ CREATE TABLE IF NOT EXISTS trials (
     trial_id TEXT PRIMARY KEY, phone TEXT, paradigm TEXT, workload TEXT, model TEXT,
     repetition INTEGER, mix TEXT, num_apps INTEGER, status TEXT, reason TEXT, shared_cores INTEGER,
     started_at REAL, ended_at REAL, deploy_json TEXT, summary_json TEXT, seq INTEGER,
-    attempt INTEGER NOT NULL DEFAULT 0
+    attempt INTEGER NOT NULL DEFAULT 0,
+    battery_start_c REAL, battery_end_c REAL, cooldown_s REAL
 );
 CREATE TABLE IF NOT EXISTS trial_events (
     trial_id TEXT, attempt INTEGER, t REAL, status TEXT, reason TEXT
@@ -116,12 +118,15 @@ CREATE TABLE IF NOT EXISTS samples_all (
 CREATE TABLE IF NOT EXISTS service_stats_all (
     trial_id TEXT, attempt INTEGER, {", ".join(STATS_COLUMNS)}
 );
+CREATE TABLE IF NOT EXISTS device_readings_all (
+    trial_id TEXT, attempt INTEGER, t_ns INTEGER, kind TEXT, name TEXT, value REAL
+);
 CREATE INDEX IF NOT EXISTS samples_trial ON samples_all (trial_id, attempt, t_ns);
 """ + "".join(
     f"""
 CREATE VIEW IF NOT EXISTS {view} AS SELECT x.* FROM {view}_all x
     JOIN trials t ON x.trial_id = t.trial_id AND x.attempt = t.attempt;"""
-    for view in ("requests", "events", "samples", "service_stats")
+    for view in ("requests", "events", "samples", "service_stats", "device_readings")
 )
 
 # Values SQLite can hold in an INTEGER column.
@@ -369,7 +374,8 @@ class ResultStore:
                 attempt += 1
                 db.execute(
                     "UPDATE trials SET attempt=?, deploy_json=NULL, summary_json=NULL, "
-                    "ended_at=NULL WHERE trial_id=?",
+                    "ended_at=NULL, battery_start_c=NULL, battery_end_c=NULL, cooldown_s=NULL "
+                    "WHERE trial_id=?",
                     (attempt, trial_id),
                 )
             self._attempt[trial_id] = attempt
@@ -382,6 +388,17 @@ class ResultStore:
             "UPDATE trials SET deploy_json=? WHERE trial_id=?",
             (json.dumps(asdict(deploy)), trial_id),
         )
+
+    def note_thermal(self, trial_id: str, when: str, celsius: float, cooldown_s: float) -> None:
+        """A real phone's battery temperature at the trial's start (after ``cooldown_s`` of
+        waiting for it to cool) or end."""
+        column = {"start": "battery_start_c", "end": "battery_end_c"}[when]
+        with self._transaction() as db:
+            db.execute(f"UPDATE trials SET {column}=? WHERE trial_id=?", (celsius, trial_id))
+            if when == "start":
+                db.execute(
+                    "UPDATE trials SET cooldown_s=? WHERE trial_id=?", (cooldown_s, trial_id)
+                )
 
     def finish_trial(
         self,
@@ -463,6 +480,15 @@ class ResultStore:
                         (trial_id, attempt, *(getattr(e, c) for c in STATS_COLUMNS)),
                     )
                 )
+            elif isinstance(e, DeviceReading):
+                rows.append(
+                    (
+                        "device",
+                        f"{e.kind}.{e.name}@{e.t_ns}",
+                        _INSERT_DEVICE,
+                        (trial_id, attempt, e.t_ns, e.kind, e.name, e.value),
+                    )
+                )
             elif isinstance(e, RejectedEvent):
                 rows.append((e.kind, e.ident, "", (e.reason,)))
             else:
@@ -500,6 +526,7 @@ class ResultStore:
 _INSERT_REQUEST = f"INSERT INTO requests_all VALUES ({','.join('?' * 30)})"
 _INSERT_EVENT = "INSERT INTO events_all VALUES (?,?,?,?,?,?,?,?)"
 _INSERT_SAMPLE = "INSERT INTO samples_all VALUES (?,?,?,?,?,?,?,?,?,?,?)"
+_INSERT_DEVICE = "INSERT INTO device_readings_all VALUES (?,?,?,?,?,?)"
 _INSERT_STATS = f"INSERT INTO service_stats_all VALUES ({','.join('?' * (2 + len(STATS_COLUMNS)))})"
 
 

@@ -413,6 +413,18 @@ class ResourceSample(_message.Message):
     kv_used_bytes: int
     def __init__(self, t_ns: _Optional[int] = ..., component: _Optional[str] = ..., pid: _Optional[int] = ..., rss_bytes: _Optional[int] = ..., pss_bytes: _Optional[int] = ..., cpu_percent: _Optional[float] = ..., weights_bytes: _Optional[int] = ..., kv_bytes: _Optional[int] = ..., kv_used_bytes: _Optional[int] = ...) -> None: ...
 
+class DeviceReading(_message.Message):
+    __slots__ = ("t_ns", "kind", "name", "value")
+    T_NS_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    t_ns: int
+    kind: str
+    name: str
+    value: float
+    def __init__(self, t_ns: _Optional[int] = ..., kind: _Optional[str] = ..., name: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+
 class TrialSummary(_message.Message):
     __slots__ = ("status", "reason", "num_requests", "num_failed", "output_tokens", "duration_s", "peak_pss_bytes", "peak_rss_bytes", "weights_label")
     STATUS_FIELD_NUMBER: _ClassVar[int]
@@ -436,18 +448,20 @@ class TrialSummary(_message.Message):
     def __init__(self, status: _Optional[_Union[TrialStatus, str]] = ..., reason: _Optional[str] = ..., num_requests: _Optional[int] = ..., num_failed: _Optional[int] = ..., output_tokens: _Optional[int] = ..., duration_s: _Optional[float] = ..., peak_pss_bytes: _Optional[int] = ..., peak_rss_bytes: _Optional[int] = ..., weights_label: _Optional[str] = ...) -> None: ...
 
 class RunWorkloadResponse(_message.Message):
-    __slots__ = ("record", "sample", "summary", "phone_event", "service_stats")
+    __slots__ = ("record", "sample", "summary", "phone_event", "service_stats", "device")
     RECORD_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_FIELD_NUMBER: _ClassVar[int]
     SUMMARY_FIELD_NUMBER: _ClassVar[int]
     PHONE_EVENT_FIELD_NUMBER: _ClassVar[int]
     SERVICE_STATS_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
     record: RequestRecord
     sample: ResourceSample
     summary: TrialSummary
     phone_event: PhoneEvent
     service_stats: ServiceStats
-    def __init__(self, record: _Optional[_Union[RequestRecord, _Mapping]] = ..., sample: _Optional[_Union[ResourceSample, _Mapping]] = ..., summary: _Optional[_Union[TrialSummary, _Mapping]] = ..., phone_event: _Optional[_Union[PhoneEvent, _Mapping]] = ..., service_stats: _Optional[_Union[ServiceStats, _Mapping]] = ...) -> None: ...
+    device: DeviceReading
+    def __init__(self, record: _Optional[_Union[RequestRecord, _Mapping]] = ..., sample: _Optional[_Union[ResourceSample, _Mapping]] = ..., summary: _Optional[_Union[TrialSummary, _Mapping]] = ..., phone_event: _Optional[_Union[PhoneEvent, _Mapping]] = ..., service_stats: _Optional[_Union[ServiceStats, _Mapping]] = ..., device: _Optional[_Union[DeviceReading, _Mapping]] = ...) -> None: ...
 
 class StopRequest(_message.Message):
     __slots__ = ("reason",)

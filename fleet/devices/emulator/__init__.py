@@ -1,0 +1,1 @@
+"""An emulated Android device for tests and rehearsals without phones (see ``device``)."""
