@@ -55,6 +55,7 @@ def test_an_experiment_spans_emulated_phones_on_two_hosts(tmp_path):
     head = _free_port()
     devices: dict[str, EmulatedDevice] = {}
     env = {k: v for k, v in os.environ.items() if k != "ANDROID_ADB_SERVER_PORT"}
+    env["RAY_AUTH_MODE"] = "token"  # Ray 2.60's default on the head; joiners must say so
     try:
         for hub, port in adb_ports.items():
             subprocess.run(["adb", "-P", str(port), "start-server"], check=True, timeout=60)
