@@ -45,17 +45,17 @@ dashboards: $(STAMP)
 
 # Debian packages the run needs: a Python >= 3.11 with venv and pip, git (run manifests record the
 # revision), openssl (the TLS test makes a certificate), prometheus (fleet run embeds it; the
-# tests scrape with it and use its promtool) and adb (each lab host's adb server reaches its
-# phones; the tests reach emulated ones through it). Installed only when missing, so a machine
-# that has them needs no root.
+# tests scrape with it and use its promtool), adb (each lab host's adb server reaches its
+# phones; the tests reach emulated ones through it) and chromium (the report is checked in a real
+# browser). Installed only when missing, so a machine that has them needs no root.
 system-deps:
 	@if ! $(PYTHON) -c 'import sys, venv, ensurepip; assert sys.version_info >= (3, 11)' 2>/dev/null \
 	    || ! command -v git >/dev/null || ! command -v openssl >/dev/null \
 	    || ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null \
-	    || ! command -v adb >/dev/null; then \
-	  echo "installing Debian packages: python3 python3-venv python3-pip git openssl prometheus adb"; \
+	    || ! command -v adb >/dev/null || ! command -v chromium >/dev/null; then \
+	  echo "installing Debian packages: python3 python3-venv python3-pip git openssl prometheus adb chromium"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-	    python3 python3-venv python3-pip git openssl prometheus adb; \
+	    python3 python3-venv python3-pip git openssl prometheus adb chromium; \
 	fi
 
 $(STAMP): pyproject.toml | system-deps

@@ -30,7 +30,14 @@ TOKEN_ENV = "FLEET_AGENT_TOKEN"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="fleet-agent", description="Run a phone agent.")
+    from fleet import __version__
+
+    p = argparse.ArgumentParser(
+        prog="fleet-agent",
+        description="Run a phone agent.",
+        epilog="Exit codes: 0 stopped cleanly; 2 bad flags (security flags included).",
+    )
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     p.add_argument("--name", default="virtual-phone", help="phone name")
     p.add_argument("--kind", default="virtual", choices=["virtual", "android"])
     p.add_argument(

@@ -1,17 +1,39 @@
 """Resource probes: per-process memory (RSS and PSS) and CPU of a phone's SLM processes.
 
-On a virtual phone the processes are local and read through psutil (PSS from
-/proc/<pid>/smaps_rollup). PSS charges shared pages (the torch runtime's libraries, say) to each
-process in proportion, so summing PSS across processes does not double-count; summing RSS does.
+The processes are the agent's own, read through psutil (PSS from /proc/<pid>/smaps_rollup), on a
+virtual phone as on a real one; where a phone hides that file, ``dumpsys meminfo PID`` gives it.
+PSS charges shared pages (the torch runtime's libraries, say) to each process in proportion, so
+summing PSS across processes does not double-count; summing RSS does.
 """
 
 from __future__ import annotations
 
+import re
+import shutil
+import subprocess
 import time
 
 import psutil
 
 from fleet.records import ResourceSample
+
+_TOTALS = re.compile(r"TOTAL PSS:\s*(\d+)\s+TOTAL RSS:\s*(\d+)")
+
+
+def dumpsys_pss(pid: int) -> tuple[int, int] | None:
+    """(RSS, PSS) bytes of a process from Android's ``dumpsys meminfo PID`` (its "TOTAL PSS: ...
+    TOTAL RSS: ..." line, KiB); None where there is no dumpsys or no such line."""
+    dumpsys = shutil.which("dumpsys")
+    if dumpsys is None:
+        return None
+    try:
+        out = subprocess.run(
+            [dumpsys, "meminfo", str(int(pid))], capture_output=True, text=True, timeout=10
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    m = _TOTALS.search(out)
+    return (int(m.group(2)) * 1024, int(m.group(1)) * 1024) if m else None
 
 
 class ProcessSampler:
@@ -29,18 +51,24 @@ class ProcessSampler:
                 if proc is None:
                     proc = self._procs[pid] = psutil.Process(pid)
                     proc.cpu_percent(None)  # the first call only primes the counter
-                mem = proc.memory_full_info()
                 cpu = proc.cpu_percent(None)
+                try:
+                    mem = proc.memory_full_info()
+                    rss, pss = mem.rss, getattr(mem, "pss", 0) or mem.rss  # no PSS: RSS
+                except psutil.AccessDenied:  # a phone that hides /proc/<pid>/smaps_rollup
+                    got = dumpsys_pss(pid)
+                    if got is None:
+                        raise
+                    rss, pss = got
             except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                 self._procs.pop(pid, None)
                 continue
-            pss = getattr(mem, "pss", 0) or mem.rss  # no PSS outside Linux: fall back to RSS
             out.append(
                 ResourceSample(
                     t_ns=now,
                     component=component,
                     pid=pid,
-                    rss_bytes=mem.rss,
+                    rss_bytes=rss,
                     pss_bytes=pss,
                     cpu_percent=cpu,
                 )

@@ -48,3 +48,17 @@ def test_the_report_gives_each_phones_temperatures_with_their_spread():
     assert a["battery C at start"] == "30.5 [30.0, 31.0]"
     assert a["largest rise C"] == "5.0" and a["cooldown s"] == "12" and a["trials"] == "2"
     assert next(r for r in rows if r["phone"] == "b")["battery C at start"] == "-"
+
+
+def test_dumpsys_meminfo_gives_a_process_pss_where_proc_is_hidden(tmp_path, monkeypatch):
+    from agents.probes import dumpsys_pss
+
+    box = Sandbox(tmp_path / "dev", Facts())
+    monkeypatch.setenv("PATH", f"{box.root / 'system/bin'}:{os.environ['PATH']}")
+    monkeypatch.setenv("SLM_FLEET_DEVICE_ROOT", str(box.root))
+    rss, pss = dumpsys_pss(os.getpid())
+    assert 0 < pss <= rss
+    import psutil
+
+    mem = psutil.Process().memory_full_info()
+    assert abs(pss - mem.pss) < 0.2 * mem.pss  # the same figure, read another way

@@ -138,6 +138,23 @@ def test_fleet_run_writes_every_record_and_the_manifest(tmp_path):
         timeout=60,
     )
     assert again.returncode == 0 and "keyboard" in again.stdout
+    # off a terminal: a line per trial start and end; the run's log and each agent's log
+    for (trial,) in rows(db, "SELECT trial_id FROM trials"):
+        assert f"start {trial} " in out and f"end   {trial} completed " in out
+    assert "ETA" in out or "2/2 done" in out
+    log = (run / "fleet.log").read_text()
+    assert "phone phone-a up" in log and f"end   {trial} completed" in log
+    for phone in ("phone-a", "phone-b"):
+        assert '"event": "ready"' in (run / "agents" / f"{phone}.log").read_text()
+    # the report as a reader sees it: in a real browser, every plot drawn, no errors
+    from browser import CHROMIUM, look_at
+
+    if CHROMIUM is None:
+        pytest.fail("Debian's chromium is missing: `make test` installs it")
+    seen = look_at(run / "report.html", run / "report.png")
+    assert seen["errors"] == [] and seen["title"].startswith("fleet report")
+    assert len(seen["plots"]) >= 10 and all(w > 50 and h > 50 for w, h in seen["plots"])
+    assert (run / "report.png").stat().st_size > 10_000
 
 
 def test_killed_agent_fails_its_trials_and_the_run_goes_on(tmp_path):

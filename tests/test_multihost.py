@@ -118,6 +118,14 @@ def test_an_experiment_spans_emulated_phones_on_two_hosts(tmp_path):
         ):
             assert status == "completed" and n > 0 and start_c is not None, (phone, n, status)
         assert scraped == {"ph-hub-a", "ph-hub-b"}, log.read_text()[-3000:]
+        report = (tmp_path / "runs" / "r" / "report.html").read_text()
+        temps = report[report.index("Phone temperatures") :]
+        assert "ph-hub-a" in temps and "ph-hub-b" in temps  # battery at trial start and end
+        readings = db.execute("SELECT COUNT(*) FROM device_readings WHERE kind='battery'")
+        assert readings.fetchone()[0] > 0
+        for hub in devices:
+            agent_log = tmp_path / "runs" / "r" / "agents" / f"ph-{hub}.log"
+            assert '"event": "ready"' in agent_log.read_text()  # collected from its host
     finally:
         subprocess.run([RAY, "stop", "--force"], capture_output=True, timeout=120)
         for dev in devices.values():

@@ -9,6 +9,9 @@
     fleet dashboards push --grafana-url URL [--token T]               create/update in Grafana
     fleet certs ca|issue ...                                          a lab CA, agent certificates
     fleet devices [--json] [--address auto] | prepare SERIAL | emulate N   adb phones
+    fleet runs [--runs-dir runs] [--json]                             list runs, newest first
+    fleet compare RUN_A RUN_B [--json]                                paradigm figures, deltas
+    fleet export RUN_DIR [--format csv|parquet|jsonl] [--out DIR]     every table as files
 
 Exit codes: 0 all trials completed; 1 the run finished with failed trials (or a push failed);
 2 bad input (checked before anything starts); 3 ``fleet summary`` of a run that was interrupted
@@ -27,10 +30,25 @@ EXIT_FAILED_TRIALS = 1
 EXIT_BAD_INPUT = 2
 EXIT_INCOMPLETE = 3
 EXIT_SIGNAL = {"SIGINT": 130, "SIGTERM": 143}
+EXIT_CODES = """exit codes:
+  0    all trials completed (or the command did what it was asked)
+  1    the run finished with failed trials; a push, a device command or an export failed
+  2    bad input, checked before anything starts (the message names the file and field)
+  3    `fleet summary` of a run that was stopped or interrupted (resume it)
+  130  `fleet run` stopped by SIGINT (resume it with --resume)
+  143  `fleet run` stopped by SIGTERM (resume it with --resume)"""
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fleet", description="On-device SLM fleet testbed.")
+    from fleet import __version__
+
+    p = argparse.ArgumentParser(
+        prog="fleet",
+        description="On-device SLM fleet testbed.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run an experiment (default: the embedded default)")
     run.add_argument("experiment", nargs="?", help="experiment YAML file")
@@ -41,7 +59,16 @@ def _parser() -> argparse.ArgumentParser:
         help="finish a stopped or crashed run: its completed trials are kept, the rest run",
     )
     run.add_argument("--address", help="join an existing Ray cluster (default: start one)")
-    run.add_argument("--runs-dir", type=Path, default=Path("runs"))
+    talk = run.add_mutually_exclusive_group()
+    talk.add_argument(
+        "-v", "--verbose", action="store_true", help="the run log (fleet.log) at DEBUG level"
+    )
+    talk.add_argument(
+        "-q", "--quiet", action="store_true", help="no progress, no per-trial lines; the result"
+    )
+    run.add_argument(
+        "--runs-dir", type=Path, default=Path("runs"), help="where run directories go (runs)"
+    )
     run.add_argument("--run-id", help="name of the run directory (default: time-name-random)")
     run.add_argument(
         "--allow-shared-cores",
@@ -57,20 +84,22 @@ def _parser() -> argparse.ArgumentParser:
         help="leave the embedded Prometheus running after the run",
     )
     plan = sub.add_parser("plan", help="list an experiment's trials without running them")
-    plan.add_argument("experiment", nargs="?")
+    plan.add_argument("experiment", nargs="?", help="experiment YAML file (default: embedded)")
     summary = sub.add_parser("summary", help="print the summary of a finished run")
-    summary.add_argument("run_dir", type=Path)
+    summary.add_argument("run_dir", type=Path, help="the run (runs/<run-id>)")
     report = sub.add_parser("report", help="write the HTML paradigm comparison of a run")
-    report.add_argument("run_dir", type=Path)
+    report.add_argument("run_dir", type=Path, help="the run (runs/<run-id>)")
     report.add_argument("-o", "--output", type=Path, help="default: RUN_DIR/report.html")
     boards = sub.add_parser("dashboards", help="build or push the Grafana dashboards")
     bsub = boards.add_subparsers(dest="action", required=True)
     build = bsub.add_parser(
         "build", help="write dashboards/*.json from fleet/observe/dashboards.py"
     )
-    build.add_argument("--out", type=Path, default=Path("dashboards"))
+    build.add_argument(
+        "--out", type=Path, default=Path("dashboards"), help="folder for the JSON (dashboards)"
+    )
     push = bsub.add_parser("push", help="create or update datasource, folder and dashboards")
-    push.add_argument("--grafana-url", required=True)
+    push.add_argument("--grafana-url", required=True, help="the Grafana to push to")
     push.add_argument(
         "--token",
         default=os.environ.get("GRAFANA_TOKEN", ""),
@@ -84,8 +113,8 @@ def _parser() -> argparse.ArgumentParser:
     certs = sub.add_parser("certs", help="make a lab CA and TLS certificates (openssl)")
     csub = certs.add_subparsers(dest="action", required=True)
     ca = csub.add_parser("ca", help="a new lab CA: OUT/ca.pem and OUT/ca.key")
-    ca.add_argument("--out", type=Path, default=Path("certs"))
-    ca.add_argument("--days", type=int, default=3650)
+    ca.add_argument("--out", type=Path, default=Path("certs"), help="folder for it (certs)")
+    ca.add_argument("--days", type=int, default=3650, help="validity in days (3650)")
     iss = csub.add_parser("issue", help="a certificate signed by the lab CA: OUT/NAME.pem/.key")
     iss.add_argument("--ca", type=Path, default=Path("certs"), help="folder holding the CA")
     iss.add_argument("--name", required=True, help="host or phone name (the certificate's CN)")
@@ -93,10 +122,27 @@ def _parser() -> argparse.ArgumentParser:
     iss.add_argument("--ip", action="append", default=[], help="an address it serves on")
     iss.add_argument("--dns", action="append", default=[], help="a DNS name it serves on")
     iss.add_argument("--client", action="store_true", help="a client certificate (mutual TLS)")
-    iss.add_argument("--days", type=int, default=825)
+    iss.add_argument("--days", type=int, default=825, help="validity in days (825)")
     from fleet.devices.cli import add_parser as add_devices
 
     add_devices(sub)
+    runs = sub.add_parser("runs", help="list the runs under a runs directory, newest first")
+    runs.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where runs live")
+    runs.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    compare = sub.add_parser(
+        "compare", help="two runs' paradigm comparisons side by side, with the deltas"
+    )
+    compare.add_argument("run_a", type=Path, metavar="RUN_A", help="the baseline run")
+    compare.add_argument("run_b", type=Path, metavar="RUN_B", help="the run compared with it")
+    compare.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    export = sub.add_parser(
+        "export", help="write every table of a run's store as CSV, Parquet or JSON lines"
+    )
+    export.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="the run (runs/<run-id>)")
+    export.add_argument(
+        "--format", choices=("csv", "parquet", "jsonl"), default="parquet", help="(parquet)"
+    )
+    export.add_argument("--out", type=Path, help="output folder (default: RUN_DIR/export)")
     return p
 
 
@@ -228,12 +274,14 @@ def cmd_run(ns) -> int:
         f"{len(exp.phones)} phones, {len(exp.paradigms)} paradigms, {len(exp.workloads)} "
         f"workloads, {len(exp.models)} models, {exp.repetitions} repetitions"
     )
-    progress = Progress(
+    terminal = sys.stdout.isatty()
+    progress = Progress(  # the live bar: on a terminal only (off one, a line per trial)
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         console=console,
+        disable=ns.quiet or not terminal,
     )
     prometheus = "off" if ns.no_prometheus else (ns.prometheus_url or "embedded")
     coord = Coordinator(
@@ -249,6 +297,9 @@ def cmd_run(ns) -> int:
         resume=bool(ns.resume),
         reaper=True,
         base_dir=base,
+        lines=not terminal and not ns.quiet,
+        verbose=ns.verbose,
+        say=lambda text: console.print(text, markup=False, highlight=False),
     )
     console.print(f"run directory: {coord.run_dir}")
     try:
@@ -383,6 +434,73 @@ def cmd_summary(ns) -> int:
     return 0
 
 
+def cmd_runs(ns) -> int:
+    import time
+
+    from fleet.results.runs import list_runs
+
+    rows = list_runs(ns.runs_dir)
+    if ns.json:
+        print(json.dumps([r.as_dict() for r in rows], indent=2))
+        return 0
+    from rich.table import Table
+
+    table = Table("run", "experiment", "started", "duration", "state", "phones", "paradigms",
+                  "ok", "failed", "cut", title=f"{len(rows)} run(s) in {ns.runs_dir}")  # fmt: skip
+    for r in rows:
+        started = (
+            time.strftime("%Y-%m-%d %H:%M", time.localtime(r.started_at)) if r.started_at else ""
+        )
+        table.add_row(
+            r.run_id, r.experiment, started,
+            f"{r.duration_s:.0f} s" if r.duration_s is not None else "",
+            r.state if not r.error else f"{r.state}: {r.error}",
+            ", ".join(r.phones), ", ".join(r.paradigms),
+            str(r.completed), str(r.failed), str(r.interrupted),
+        )  # fmt: skip
+    _console().print(table)
+    return 0
+
+
+def cmd_compare(ns) -> int:
+    from fleet.results.compare import compare_runs
+
+    for d in (ns.run_a, ns.run_b):
+        if not (d / "results.sqlite").is_file():
+            print(f"fleet: {d}: not a run directory (no results.sqlite)", file=sys.stderr)
+            return EXIT_BAD_INPUT
+    rows, only = compare_runs(ns.run_a, ns.run_b)
+    if ns.json:
+        print(json.dumps({"rows": [r.as_dict() for r in rows], "unmatched": only}, indent=2))
+        return 0
+    from rich.table import Table
+
+    table = Table("group", "figure", ns.run_a.name, ns.run_b.name, "B - A", "vs spread",
+                  title=f"{ns.run_b.name} against {ns.run_a.name}")  # fmt: skip
+    for r in rows:
+        table.add_row(r.group, r.figure, r.a, r.b, r.delta, r.verdict)
+    console = _console()
+    console.print(table)
+    console.print(
+        "vs spread: 'beyond' = the runs' per-trial min-max ranges do not overlap; 'pooled' ="
+        " a per-request figure over every arrival, which has no per-trial spread"
+    )
+    for line in only:
+        console.print(f"not in both: {line}")
+    return 0
+
+
+def cmd_export(ns) -> int:
+    from fleet.results.export import export_run
+
+    if not (ns.run_dir / "results.sqlite").is_file():
+        print(f"fleet: {ns.run_dir}: not a run directory (no results.sqlite)", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    for path in export_run(ns.run_dir, ns.out or ns.run_dir / "export", ns.format):
+        print(path)
+    return 0
+
+
 def cmd_devices(ns) -> int:
     from fleet.devices.cli import cmd_devices as run
 
@@ -399,6 +517,9 @@ def main(argv: list[str] | None = None) -> None:
         "dashboards": cmd_dashboards,
         "certs": cmd_certs,
         "devices": cmd_devices,
+        "runs": cmd_runs,
+        "compare": cmd_compare,
+        "export": cmd_export,
     }
     from fleet.results.store import StoreError
 

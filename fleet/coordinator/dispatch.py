@@ -42,6 +42,7 @@ class Dispatcher:
         cooldown_s: float = 0.0,
         drain_s: float = 30.0,
         stop: threading.Event | None = None,
+        trial_log: Any = None,
     ):
         self.store = store
         self.observer = observer
@@ -53,6 +54,7 @@ class Dispatcher:
         self.drain_s = drain_s
         self.stop = stop or threading.Event()
         self.stop_reason = "the run was stopped"
+        self.trial_log = trial_log  # a progress.RunProgress: lines and the run log, or None
 
     def run(self, domains: dict[str, list[Trial]]) -> dict[str, str]:
         """Run every phone's trials, phones in parallel; returns trial_id -> status."""
@@ -94,11 +96,15 @@ class Dispatcher:
         metrics = self.observer.metrics
         metrics.trial_state("pending", "running")
         self.store.start_trial(trial.trial_id)
+        if self.trial_log is not None:
+            self.trial_log.started(trial)
         if trial.phone in self.phone_errors:
             self.store.finish_trial(
                 trial.trial_id, TrialStatus.FAILED, self.phone_errors[trial.phone]
             )
             metrics.trial_state("running", "failed")
+            if self.trial_log is not None:
+                self.trial_log.finished(trial, "failed", 0, self.phone_errors[trial.phone])
             return TrialStatus.FAILED.value
         n_records = 0
         status, reason, summary = TrialStatus.FAILED, "no result", None
@@ -136,6 +142,8 @@ class Dispatcher:
             status, reason = TrialStatus.INTERRUPTED, f"{self.stop_reason} ({reason})"
         self.store.finish_trial(trial.trial_id, status, reason, summary)
         metrics.trial_state("running", status.value)
+        if self.trial_log is not None:
+            self.trial_log.finished(trial, status.value, n_records, reason)
         return status.value
 
     def _stop_when_asked(self, phone: str, done: threading.Event) -> None:

@@ -22,6 +22,7 @@ run again as new attempts that supersede the partial ones.
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import signal
@@ -36,6 +37,7 @@ from fleet.coordinator.dispatch import Dispatcher, reason_of
 from fleet.coordinator.manifest import Manifest
 from fleet.coordinator.phone_host import PhoneHost, Secret
 from fleet.coordinator.plan import Trial, plan_trials
+from fleet.coordinator.progress import RunProgress, open_run_log
 from fleet.devices.hosts import host_name, names_of
 from fleet.observe.run_observer import RunObserver
 from fleet.records import AgentDescription, TrialStatus
@@ -43,6 +45,7 @@ from fleet.results.run_state import RunLock
 from fleet.results.store import ResultStore
 
 LOCAL = "local"
+log = logging.getLogger("fleet.run")
 
 
 @dataclass
@@ -137,6 +140,9 @@ class Coordinator:
         resume: bool = False,
         reaper: bool = False,
         base_dir: Path | None = None,
+        lines: bool = False,
+        verbose: bool = False,
+        say: Any = None,
     ):
         self.exp = exp
         self.address = address
@@ -149,6 +155,9 @@ class Coordinator:
         self.announce = announce
         self.resume = resume
         self.base_dir = base_dir  # where the experiment's relative paths are read from
+        self.lines = lines  # one plain line per trial start and end (output is not a terminal)
+        self.say = say or announce  # prints those lines as they are (no markup)
+        self.verbose = verbose  # the run log at DEBUG
         self.use_reaper = reaper  # a watchdog ends every child if this process is killed
         self.stop = threading.Event()
         self.stopped_by = ""
@@ -305,6 +314,7 @@ class Coordinator:
             )
             self.observer.phone_down(phone.name)
             self.manifest.data["phones"][phone.name] = {"status": "down", "error": reason}
+            log.error(reason)
             return
         metrics_address, metrics_path = "", ""
         if started.get("metrics_port"):  # an Android phone's, forwarded to its host's loopback
@@ -316,6 +326,9 @@ class Coordinator:
         elif desc.metrics_port:
             metrics_address = f"{address.rsplit(':', 1)[0]}:{desc.metrics_port}"
         self.observer.phone_up(phone.name, metrics_address, metrics_path, host)
+        log.info(
+            "phone %s up on %s at %s (agent pid %s)", phone.name, host, address, desc.agent_pid
+        )
         cpus, shared = tuple(started.get("cpus", ())), bool(started.get("shared"))
         self.store.upsert_phone(
             phone.name,
@@ -484,6 +497,12 @@ class Coordinator:
             trials, skipped = self._reopen_run()
         else:
             trials = self._open_run()
+        log_handler = open_run_log(self.run_dir / "fleet.log", self.verbose)
+        log.info(
+            "%s %s: %d trials to run (%d kept), %d phones",
+            "resume" if self.resume else "run", self.run_id, len(trials), skipped,
+            len(self.exp.phones),
+        )  # fmt: skip
         total = len(trials) + skipped
         final: dict[str, str] = {}
         observing = False
@@ -512,6 +531,12 @@ class Coordinator:
                 cooldown_s=self.exp.cooldown_s,
                 drain_s=self.exp.drain_s,
                 stop=self.stop,
+                trial_log=RunProgress(
+                    [t for t in trials if t.phone in hosts] or trials,
+                    self.exp.drain_s,
+                    say=self.say,
+                    lines=self.lines,
+                ),
             )
             dispatcher.stop_reason = "the run was stopped"
             if not self.stop.is_set():
@@ -531,6 +556,7 @@ class Coordinator:
             if self.manifest.data["status"] == "running":
                 self.manifest.update(status="finished")
             if not self._forced:
+                self._collect_agent_logs()
                 self._shutdown()
             if observing:
                 self.observer.stop([p.name for p in self.exp.phones])
@@ -547,6 +573,9 @@ class Coordinator:
                     from fleet.coordinator.reaper import stop_reaper
 
                     stop_reaper(reaper)
+            log.info("run %s ended: %s", self.run_id, self.manifest.data["status"])
+            logging.getLogger("fleet").removeHandler(log_handler)
+            log_handler.close()
         return RunResult(self.run_id, self.run_dir, total, final, self.stopped_by, skipped)
 
     def _settle(self, trials: list[Trial]) -> None:
@@ -570,6 +599,23 @@ class Coordinator:
             self.store.mark_trials(pending, TrialStatus.NOT_RUN, f"never started ({why})")
         if running:
             self.store.mark_trials(running, TrialStatus.INTERRUPTED, f"cut short ({why})")
+
+    def _collect_agent_logs(self) -> None:
+        """Each phone's agent log, from whichever host it ran on, into runs/<id>/agents/."""
+        import ray
+
+        out = self.run_dir / "agents"
+        for phone, host in self._phone_host.items():
+            actor = self._hosts.get(host)
+            if actor is None:
+                continue
+            try:
+                lines = ray.get(actor.agent_log.remote(phone), timeout=30)
+            except Exception as exc:  # a dead host's agents' logs are gone with it
+                log.warning("phone %s: no agent log (%s)", phone, reason_of(exc))
+                continue
+            out.mkdir(exist_ok=True)
+            (out / f"{phone}.log").write_text("".join(f"{line}\n" for line in lines))
 
     def _shutdown(self) -> None:
         try:

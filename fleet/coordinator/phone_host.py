@@ -24,6 +24,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +35,7 @@ from fleet.records import AgentDescription, TrialSummary
 AGENT_START_TIMEOUT_S = 60.0
 REJOIN_EVERY_S = 5.0  # how often a lost Android phone is looked for again
 COOLDOWN_POLL_S = 5.0
+LOG_LINES = 5000  # of each agent's output, kept for the run's agents/<phone>.log
 BATCH_INTERVAL_S = 0.2  # ship at least this often while events flow
 BATCH_MAX = 256
 
@@ -102,6 +104,7 @@ class PhoneHost:
         self._provider: Any = None  # this host's adb devices, made on first use
         self._android: dict[str, AndroidAgent] = {}
         self._relay: Any = None  # this host's /metrics relay, made on first use
+        self._logs: dict[str, deque] = {}  # virtual phone -> its agent's last output lines
 
     def node_ip(self) -> str:
         try:
@@ -155,12 +158,21 @@ class PhoneHost:
         ]
         env = {k: v for k, v in os.environ.items() if k != "FLEET_AGENT_TOKEN"}
         proc = subprocess.Popen(
-            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True
+            cmd,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            text=True,
         )
+        logged = self._logs[phone.name] = deque(maxlen=LOG_LINES)
+        threading.Thread(
+            target=_keep_lines, args=(proc.stderr, logged), daemon=True, name="agent-stderr"
+        ).start()
         assert proc.stdin is not None
         proc.stdin.write(self._token + "\n")  # the pipe stays open: EOF tells it to exit
         proc.stdin.flush()
-        ready = _read_ready_line(proc, AGENT_START_TIMEOUT_S)
+        ready = _read_ready_line(proc, AGENT_START_TIMEOUT_S, logged)
         address = f"127.0.0.1:{ready['port']}"
         with self._lock:
             self._procs[phone.name] = proc
@@ -332,9 +344,12 @@ class PhoneHost:
         return {"address": f"{self._relay.host}:{self._relay.port}", "path": path}
 
     def agent_log(self, name: str) -> list[str]:
-        """What an Android phone's agent printed (its stdout and stderr), newest last."""
+        """What the phone's agent printed (stdout and stderr), newest last, the last
+        ``LOG_LINES`` lines; empty for a remote phone (its log is where it runs)."""
         a = self._android.get(name)
-        return list(a.agent.log) if a is not None else []
+        if a is not None:
+            return list(a.agent.log)
+        return list(self._logs.get(name, ()))
 
     def battery_c(self, name: str) -> float | None:
         from fleet.devices.provider import DeviceError, parse_battery
@@ -412,14 +427,21 @@ def _reset_quietly(client: AgentClient) -> None:
         pass  # a dead agent has nothing loaded; a live one resets on the next Deploy anyway
 
 
-def _read_ready_line(proc: subprocess.Popen, timeout_s: float) -> dict:
-    """Wait for the agent's ready line, then keep draining its stdout so it can never block."""
+def _keep_lines(stream, lines: deque) -> None:
+    for line in stream:
+        lines.append(line.rstrip("\n"))
+
+
+def _read_ready_line(proc: subprocess.Popen, timeout_s: float, lines: deque) -> dict:
+    """Wait for the agent's ready line, then keep draining its stdout (into ``lines``) so it can
+    never block."""
     result: dict = {}
     ready = threading.Event()
 
     def read() -> None:
         assert proc.stdout is not None
         for line in proc.stdout:
+            lines.append(line.rstrip("\n"))
             if ready.is_set():
                 continue
             try:

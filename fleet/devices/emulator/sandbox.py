@@ -80,6 +80,22 @@ battery)
   echo "  temperature: $(cat "$B/temp")"
   echo "  technology: Li-ion"
   ;;
+meminfo)
+  if [ -n "$2" ]; then  # one process, as Android 10+ prints its totals line (KiB)
+    f=/proc/$2/smaps_rollup
+    if [ ! -r "$f" ]; then echo "No process found for: $2"; exit 0; fi
+    pss=$(awk '/^Pss:/ {print $2}' "$f"); rss=$(awk '/^Rss:/ {print $2}' "$f")
+    swap=$(awk '/^SwapPss:/ {print $2}' "$f")
+    echo "Applications Memory Usage (in Kilobytes):"
+    echo ""
+    echo "** MEMINFO in pid $2 [$(cat /proc/$2/comm)] **"
+    printf "           TOTAL PSS:%9s            TOTAL RSS:%9s       TOTAL SWAP PSS:%9s\n" \
+      "$pss" "$rss" "${swap:-0}"
+  else
+    awk '/^MemTotal:/ {t=$2} /^MemAvailable:/ {a=$2}
+         END {printf "Total RAM: %dK (status normal)\n Free RAM: %dK\n", t, a}' /proc/meminfo
+  fi
+  ;;
 "") echo "Currently running services:"; echo "  battery"; echo "  meminfo" ;;
 *) echo "Can't find service: $1"; exit 0 ;;
 esac
