@@ -46,6 +46,15 @@ def _number(path: Path) -> float | None:
         return None
 
 
+def _index(path: Path) -> int:
+    digits = "".join(ch for ch in path.name if ch.isdigit())
+    return int(digits) if digits else 0
+
+
+def _wanted(zone_type: str) -> bool:
+    return any(k in zone_type.lower() for k in ("battery", "skin", "cpu", "soc", "gpu", "xo"))
+
+
 class DeviceProbe:
     def __init__(self, root: str | None = None):
         if root is None:
@@ -69,11 +78,14 @@ class DeviceProbe:
         add("battery", "temp_c", _number(battery / "temp"), 0.1)
         add("battery", "current_a", _number(battery / "current_now"), 1e-6)
         add("battery", "voltage_v", _number(battery / "voltage_now"), 1e-6)
-        zones = sorted(self._p("/sys/class/thermal").glob("thermal_zone*"))[:MAX_ZONES]
+        zones = sorted(self._p("/sys/class/thermal").glob("thermal_zone*"), key=_index)
+        if len(zones) > MAX_ZONES:  # phones have dozens: the battery, skin and CPU ones first
+            zones.sort(key=lambda z: (not _wanted(_read(z / "type") or ""), _index(z)))
+            zones = sorted(zones[:MAX_ZONES], key=_index)
         for zone in zones:
             kind = _read(zone / "type") or zone.name
             add("thermal", kind[:64], _number(zone / "temp"), 1e-3)
-        policies = sorted(self._p("/sys/devices/system/cpu/cpufreq").glob("policy*"))
+        policies = sorted(self._p("/sys/devices/system/cpu/cpufreq").glob("policy*"), key=_index)
         for policy in policies[:MAX_POLICIES]:
             add("cpufreq", policy.name, _number(policy / "scaling_cur_freq"), 1e3)
         meminfo = _read(Path("/proc/meminfo")) or ""

@@ -17,6 +17,7 @@ import psutil
 
 from fleet.records import ResourceSample
 
+DUMPSYS_EVERY_S = 2.0
 _TOTALS = re.compile(r"TOTAL PSS:\s*(\d+)\s+TOTAL RSS:\s*(\d+)")
 
 
@@ -41,6 +42,16 @@ class ProcessSampler:
 
     def __init__(self) -> None:
         self._procs: dict[int, psutil.Process] = {}
+        self._denied: dict[int, tuple[float, tuple[int, int] | None]] = {}  # pid -> (when, got)
+
+    def _dumpsys(self, pid: int) -> tuple[int, int] | None:
+        """dumpsys is slow and loads the phone it measures: asked once per DUMPSYS_EVERY_S per
+        process, the last answer is reused in between."""
+        when, got = self._denied.get(pid, (-DUMPSYS_EVERY_S, None))
+        if time.monotonic() - when >= DUMPSYS_EVERY_S:
+            got = dumpsys_pss(pid)
+            self._denied[pid] = (time.monotonic(), got)
+        return got
 
     def sample(self, processes: dict[int, str]) -> list[ResourceSample]:
         out: list[ResourceSample] = []
@@ -56,7 +67,7 @@ class ProcessSampler:
                     mem = proc.memory_full_info()
                     rss, pss = mem.rss, getattr(mem, "pss", 0) or mem.rss  # no PSS: RSS
                 except psutil.AccessDenied:  # a phone that hides /proc/<pid>/smaps_rollup
-                    got = dumpsys_pss(pid)
+                    got = self._dumpsys(pid)
                     if got is None:
                         raise
                     rss, pss = got

@@ -153,3 +153,12 @@ def test_compare_of_two_runs_on_the_command_line(tmp_path):
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert bad.returncode == 2
+
+
+def test_a_crafted_table_name_cannot_write_outside_the_export_folder(tmp_path):
+    d = _run(tmp_path / "runs", "r", time.time(), [TrialStatus.COMPLETED])
+    with sqlite3.connect(d / "results.sqlite") as db:
+        db.execute('CREATE TABLE "../../escaped" (x INTEGER)')
+    paths = export_run(d, d / "export", "jsonl")
+    assert all(p.parent == d / "export" for p in paths)
+    assert not list(tmp_path.rglob("escaped*"))

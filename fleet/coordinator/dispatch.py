@@ -87,6 +87,8 @@ class Dispatcher:
                 self.store.finish_trial(trial.trial_id, TrialStatus.FAILED, reason)
                 self.observer.metrics.trial_state("running", "failed")
                 statuses[trial.trial_id] = TrialStatus.FAILED.value
+                if self.trial_log is not None:
+                    self.trial_log.finished(trial, TrialStatus.FAILED.value, 0, reason)
             if task is not None:
                 self.progress.advance(task)
 

@@ -166,6 +166,7 @@ class Coordinator:
         self._node_actors: dict[str, Any] = {}  # Ray node id -> its one PhoneHost actor
         self._adb_devices: dict[str, list[dict]] | None = None
         self._serials: dict[str, str] = {}  # Android phone -> the serial it was given
+        self._aliases: dict[str, set[str]] = {}  # host key -> every name of its node
         self._phone_host: dict[str, str] = {}  # phone -> host key
         self._phone_error: dict[str, str] = {}
         self._cpus: dict[str, tuple[str, tuple[int, ...]]] = {}  # phone -> (host, its cores)
@@ -232,6 +233,9 @@ class Coordinator:
                     continue
                 named = host_name(n) != n["NodeManagerAddress"]
                 host = host_name(n) if named or n["NodeID"] != driver else LOCAL
+                self._aliases[host] = set(names_of(n)) | (
+                    {LOCAL} if n["NodeID"] == driver else set()
+                )
                 try:
                     listing[host] = ray.get(
                         self._host_actor(host).adb_devices.remote(), timeout=120
@@ -246,7 +250,7 @@ class Coordinator:
         """(host, serial) of an Android phone: the host whose adb server lists it ready."""
         seen = []
         for host, devices in sorted(self._adb_listing().items()):
-            if phone.host and phone.host != host:
+            if phone.host and phone.host not in self._aliases.get(host, {host}):
                 continue
             for d in devices:
                 seen.append(f"{d['serial']} ({d['state']}, {d['model'] or '?'}) on {host}")
@@ -319,8 +323,10 @@ class Coordinator:
         metrics_address, metrics_path = "", ""
         if started.get("metrics_port"):  # an Android phone's, forwarded to its host's loopback
             desc = replace(desc, metrics_port=started["metrics_port"])
-        if desc.metrics_port and host != LOCAL and address.startswith("127."):
-            # on another host's loopback: scraped through that host's relay
+        relay = host != LOCAL or isinstance(phone, AndroidPhone)  # its forward may move
+        if desc.metrics_port and relay and address.startswith("127."):
+            # on a host's loopback (another host's, or an adb forward that a rejoin renews):
+            # scraped through that host's relay
             target = ray.get(actor.metrics_target.remote(phone.name, desc.metrics_port))
             metrics_address, metrics_path = target["address"], target["path"]
         elif desc.metrics_port:
@@ -531,12 +537,7 @@ class Coordinator:
                 cooldown_s=self.exp.cooldown_s,
                 drain_s=self.exp.drain_s,
                 stop=self.stop,
-                trial_log=RunProgress(
-                    [t for t in trials if t.phone in hosts] or trials,
-                    self.exp.drain_s,
-                    say=self.say,
-                    lines=self.lines,
-                ),
+                trial_log=RunProgress(trials, self.exp.drain_s, say=self.say, lines=self.lines),
             )
             dispatcher.stop_reason = "the run was stopped"
             if not self.stop.is_set():
@@ -547,35 +548,40 @@ class Coordinator:
             self.manifest.update(status="aborted")
             raise
         finally:
-            self._settle(trials)
-            self.manifest.update(
-                status="stopped" if self.stopped_by else self.manifest.data["status"],
-                ended_at=time.time(),
-                stopped_by=self.stopped_by or None,
-            )
-            if self.manifest.data["status"] == "running":
-                self.manifest.update(status="finished")
-            if not self._forced:
-                self._collect_agent_logs()
-                self._shutdown()
-            if observing:
-                self.observer.stop([p.name for p in self.exp.phones])
-            final = {  # every trial of the run, a resumed one's kept trials too
-                r["trial_id"]: r["status"]
-                for r in self.store.query("SELECT trial_id, status FROM trials")
-            }
-            self.store.close()  # checkpoints the WAL: the run directory is one SQLite file
-            self._lock.release()
-            if reaper is not None:
-                if self._forced:  # leave it to end what a forced stop left running
-                    reaper.stdin.close()  # type: ignore[union-attr]
-                else:
-                    from fleet.coordinator.reaper import stop_reaper
+            try:
+                self._settle(trials)
+                self.manifest.update(
+                    status="stopped" if self.stopped_by else self.manifest.data["status"],
+                    ended_at=time.time(),
+                    stopped_by=self.stopped_by or None,
+                )
+                if self.manifest.data["status"] == "running":
+                    self.manifest.update(status="finished")
+                if not self._forced:
+                    try:
+                        self._collect_agent_logs()
+                    except Exception as exc:  # logs are a convenience: the run's end goes on
+                        log.warning("agent logs not collected: %s", reason_of(exc))
+                    self._shutdown()
+                if observing:
+                    self.observer.stop([p.name for p in self.exp.phones])
+                final = {  # every trial of the run, a resumed one's kept trials too
+                    r["trial_id"]: r["status"]
+                    for r in self.store.query("SELECT trial_id, status FROM trials")
+                }
+                self.store.close()  # checkpoints the WAL: the run directory is one SQLite file
+                self._lock.release()
+                if reaper is not None:
+                    if self._forced:  # leave it to end what a forced stop left running
+                        reaper.stdin.close()  # type: ignore[union-attr]
+                    else:
+                        from fleet.coordinator.reaper import stop_reaper
 
-                    stop_reaper(reaper)
-            log.info("run %s ended: %s", self.run_id, self.manifest.data["status"])
-            logging.getLogger("fleet").removeHandler(log_handler)
-            log_handler.close()
+                        stop_reaper(reaper)
+            finally:  # the run log lets go of this run however its end went
+                log.info("run %s ended: %s", self.run_id, self.manifest.data["status"])
+                logging.getLogger("fleet").removeHandler(log_handler)
+                log_handler.close()
         return RunResult(self.run_id, self.run_dir, total, final, self.stopped_by, skipped)
 
     def _settle(self, trials: list[Trial]) -> None:

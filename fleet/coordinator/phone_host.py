@@ -26,7 +26,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from fleet.coordinator.agent_client import AgentClient, AgentError
@@ -36,6 +36,7 @@ AGENT_START_TIMEOUT_S = 60.0
 REJOIN_EVERY_S = 5.0  # how often a lost Android phone is looked for again
 COOLDOWN_POLL_S = 5.0
 LOG_LINES = 5000  # of each agent's output, kept for the run's agents/<phone>.log
+LOST_PHONE_WAIT_S = 60.0  # how long a trial waits for its unplugged Android phone to return
 BATCH_INTERVAL_S = 0.2  # ship at least this often while events flow
 BATCH_MAX = 256
 
@@ -89,7 +90,9 @@ class AndroidAgent:
     serial: str
     launcher: Any  # devices.launcher.ShellLauncher
     agent: Any  # devices.launcher.AgentOnPhone
+    log: deque  # every agent's output on this phone, across rejoins
     next_rejoin: float = 0.0
+    rejoining: threading.Lock = field(default_factory=threading.Lock)
 
 
 class PhoneHost:
@@ -105,6 +108,7 @@ class PhoneHost:
         self._android: dict[str, AndroidAgent] = {}
         self._relay: Any = None  # this host's /metrics relay, made on first use
         self._logs: dict[str, deque] = {}  # virtual phone -> its agent's last output lines
+        self._stop_flags: dict[str, threading.Event] = {}  # phone -> a stop was asked for
 
     def node_ip(self) -> str:
         try:
@@ -217,12 +221,18 @@ class PhoneHost:
         then ("summary", TrialSummary) or ("failed", reason); an Android phone also yields
         ("thermal", (start|end, battery C, cooldown s)) before and after. Never raises for agent
         faults."""
+        if name in self._android:
+            self._await_phone(name, LOST_PHONE_WAIT_S)
         client = self._clients.get(name)
         if client is None:
             yield "failed", f"phone {name} has no agent"
             return
         if (thermal := self._thermal(name, "start")) is not None:
             yield "thermal", thermal
+        if self._stopping(name).is_set():
+            self._stopping(name).clear()
+            yield "failed", "the run was stopped before the trial deployed"
+            return
         try:
             client.wait_healthy(timeout_s=5.0)
             deployed = client.deploy(deploy_spec)
@@ -251,6 +261,7 @@ class PhoneHost:
             failed = err.reason
         finally:
             _reset_quietly(client)  # failed or not, free the phone's memory before the next trial
+            self._stopping(name).clear()  # asked of this trial; it has ended
         if batch:
             yield "events", batch
         if (thermal := self._thermal(name, "end")) is not None:
@@ -296,11 +307,12 @@ class PhoneHost:
 
         launcher = ShellLauncher(self._adb(), python=phone.python)
         note = launcher.prepare(serial) if phone.prepare else "not prepared (prepare: false)"
+        log: deque = deque(maxlen=LOG_LINES)
         agent = launcher.start(
-            serial, phone.name, self._token, phone.memory_budget_mb, phone.cpu_threads
+            serial, phone.name, self._token, phone.memory_budget_mb, phone.cpu_threads, log=log
         )
         with self._lock:
-            self._android[phone.name] = AndroidAgent(phone, serial, launcher, agent)
+            self._android[phone.name] = AndroidAgent(phone, serial, launcher, agent, log)
         self._connect(phone.name, agent.address, self._token)
         self._clients[phone.name].wait_healthy(timeout_s=AGENT_START_TIMEOUT_S)
         return {
@@ -312,25 +324,50 @@ class PhoneHost:
         }
 
     def _rejoin(self, name: str) -> bool:
-        """A lost Android phone that is back (adb lists it as "device") gets its agent again."""
+        """A lost Android phone that is back (adb lists it as "device") gets its agent again;
+        one attempt at a time per phone, at most every REJOIN_EVERY_S."""
         a = self._android.get(name)
-        if a is None or a.agent.alive() or time.monotonic() < a.next_rejoin:
-            return a is not None and a.agent.alive()
-        a.next_rejoin = time.monotonic() + REJOIN_EVERY_S
-        if self._adb().tracked().get(a.serial) != "device":
+        if a is None:
             return False
-        a.launcher.stop(a.agent)
+        if a.agent.alive():
+            return True
+        if time.monotonic() < a.next_rejoin or not a.rejoining.acquire(blocking=False):
+            return False
         try:
-            a.agent = a.launcher.start(
-                a.serial, name, self._token, a.phone.memory_budget_mb, a.phone.cpu_threads
-            )
-        except Exception:
-            return False
-        old = self._clients.pop(name, None)
-        if old is not None:
-            old.close()
-        self._connect(name, a.agent.address, self._token)
-        return True
+            if a.agent.alive():
+                return True
+            if self._adb().tracked().get(a.serial) != "device":
+                return False
+            a.launcher.stop(a.agent)
+            try:
+                a.agent = a.launcher.start(
+                    a.serial, name, self._token, a.phone.memory_budget_mb, a.phone.cpu_threads,
+                    log=a.log,
+                )  # fmt: skip
+            except Exception:
+                return False
+            old = self._clients.pop(name, None)
+            if old is not None:
+                old.close()
+            self._connect(name, a.agent.address, self._token)
+            if self._relay is not None and a.agent.metrics_port:
+                self._relay.add(name, a.agent.metrics_port)  # its new forward
+            return True
+        finally:
+            a.next_rejoin = time.monotonic() + REJOIN_EVERY_S
+            a.rejoining.release()
+
+    def _await_phone(self, name: str, timeout_s: float) -> None:
+        """Before a trial, give a lost Android phone a bounded while to come back, so that one
+        pulled cable costs the trial it cut, not every trial queued behind it."""
+        deadline = time.monotonic() + timeout_s
+        while not self._rejoin(name) and time.monotonic() < deadline:
+            if self._stopping(name).wait(1.0):
+                return
+
+    def _stopping(self, name: str) -> threading.Event:
+        with self._lock:
+            return self._stop_flags.setdefault(name, threading.Event())
 
     def metrics_target(self, name: str, local_port: int) -> dict:
         """The address and path the run's Prometheus scrapes this phone at: through this host's
@@ -348,7 +385,7 @@ class PhoneHost:
         ``LOG_LINES`` lines; empty for a remote phone (its log is where it runs)."""
         a = self._android.get(name)
         if a is not None:
-            return list(a.agent.log)
+            return list(a.log)
         return list(self._logs.get(name, ()))
 
     def battery_c(self, name: str) -> float | None:
@@ -376,14 +413,17 @@ class PhoneHost:
         while limit and temp is not None and temp >= limit:
             if time.monotonic() - t0 > a.phone.cooldown_timeout_s:
                 break  # the trial runs warm; its record says how warm
-            time.sleep(COOLDOWN_POLL_S)
+            if self._stopping(name).wait(COOLDOWN_POLL_S):
+                break
             temp = self.battery_c(name)
         if temp is None:
             return None
         return when, temp, time.monotonic() - t0 if limit else 0.0
 
     def stop_trial(self, name: str) -> bool:
-        """Ask the phone's agent to end its running workload early; True if one was running."""
+        """Ask the phone's agent to end its running workload early; True if one was running. A
+        trial still cooling down or waiting for its phone does not deploy."""
+        self._stopping(name).set()
         client = self._clients.get(name)
         if client is None:
             return False

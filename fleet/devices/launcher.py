@@ -189,6 +189,7 @@ class ShellLauncher:
         memory_budget_mb: int,
         cpu_threads: int,
         timeout_s: float = START_TIMEOUT_S,
+        log: deque[str] | None = None,
     ) -> AgentOnPhone:
         """Start the agent and forward its ports; raises DeviceError (with its output) when it
         does not come up."""
@@ -206,6 +207,8 @@ class ShellLauncher:
         ready: dict = {}
         got = threading.Event()
         agent = AgentOnPhone(serial, 0, 0, 0, _sock=sock)
+        if log is not None:  # the phone's log, kept across its agents (a rejoin starts anew)
+            agent.log = log
         threading.Thread(
             target=self._read, args=(agent, ready, got), daemon=True, name=f"agent-{name}"
         ).start()
@@ -261,6 +264,7 @@ class ShellLauncher:
         except (OSError, ValueError):
             pass
         finally:
+            f.close()  # or the socket's close() waits for this file object
             if agent.exit_code is None:
                 agent.exit_code = -1  # the stream broke: the cable, the adb server, or a kill
             got.set()
@@ -277,9 +281,10 @@ class ShellLauncher:
             while agent.exit_code is None and time.monotonic() < deadline:
                 time.sleep(0.05)
             try:
-                sock.close()
+                sock.shutdown(socket.SHUT_RDWR)  # wakes the reader; the stream (lifeline) ends
             except OSError:
                 pass
+            sock.close()
         device = self.provider.device(agent.serial)
         for local in agent._forwards:
             try:

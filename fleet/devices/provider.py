@@ -85,6 +85,8 @@ class DeviceProvider:
     def __init__(self, host: str = "", adb_host: str = "127.0.0.1", adb_port: int | None = None):
         self.host = host or socket.gethostname()
         self.adb = adbutils.AdbClient(host=adb_host, port=adb_port, socket_timeout=ADB_TIMEOUT_S)
+        # the device feed is silent while nothing changes: no read timeout on it
+        self._feed = adbutils.AdbClient(host=adb_host, port=self.adb.port, socket_timeout=None)
         self._states: dict[str, str] = {}
         self._gone_since: dict[str, float] = {}
         self._lock = threading.Lock()
@@ -199,7 +201,7 @@ class DeviceProvider:
         while not self._stop.is_set():
             try:
                 self.ensure_server()  # restarted by someone, or gone: ours comes up
-                for event in self.adb.track_devices():  # starts with every present device
+                for event in self._feed.track_devices():  # starts with every present device
                     attempt = 0
                     self._note(event.serial, event.status if event.present else "gone")
                     if self._stop.is_set():

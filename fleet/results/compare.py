@@ -44,7 +44,7 @@ class Delta:
 
 
 def _groups(run_dir: Path) -> dict[tuple[str, str, str, str], GroupResult]:
-    store = ResultStore(run_dir / "results.sqlite")
+    store = ResultStore(run_dir / "results.sqlite", readonly=True)  # a reader: writes nothing
     try:
         return {(g.phone, g.model, g.workload, g.paradigm): g for g in analyze(store)}
     finally:

@@ -12,10 +12,12 @@ types (integers as int64, REAL as float64, TEXT as string) through pyarrow.
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 from pathlib import Path
 
 FORMATS = ("csv", "parquet", "jsonl")
+SAFE_NAME = re.compile(r"[A-Za-z0-9_]{1,64}")  # a crafted store's odd names are not exported
 
 
 def tables(db: sqlite3.Connection) -> list[str]:
@@ -24,7 +26,7 @@ def tables(db: sqlite3.Connection) -> list[str]:
         "SELECT name, type FROM sqlite_master WHERE type IN ('table', 'view') "
         "AND name NOT LIKE 'sqlite_%' ORDER BY type DESC, name"
     ).fetchall()
-    return [name for name, _ in rows]
+    return [name for name, _ in rows if SAFE_NAME.fullmatch(name)]  # the store's own names
 
 
 def export_run(run_dir: Path, out_dir: Path, fmt: str) -> list[Path]:

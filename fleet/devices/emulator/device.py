@@ -105,6 +105,9 @@ class EmulatedDevice:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             conn = Connection(sock, self.banner(), self._resolve, self.authorized)
             with self._lock:
+                if self._listener is not listener:  # unplugged meanwhile: not answered
+                    sock.close()
+                    return
                 self._connections = [c for c in self._connections if c.alive] + [conn]
             threading.Thread(target=conn.serve, daemon=True, name="emu-conn").start()
 
@@ -131,7 +134,8 @@ class EmulatedDevice:
 
     def unplug(self) -> None:
         """Pull the cable: no more answers, every connection and stream dropped."""
-        listener, self._listener = self._listener, None
+        with self._lock:
+            listener, self._listener = self._listener, None
         if listener is not None:
             try:
                 listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() blocked on it

@@ -16,7 +16,6 @@ import stat
 import struct
 import subprocess
 import threading
-import time
 from typing import TYPE_CHECKING
 
 from fleet.devices.emulator.transport import Closed, Stream
@@ -146,19 +145,24 @@ def sync(sandbox: Sandbox, stream: Stream) -> None:
             try:
                 st = os.stat(sandbox.map_path(path))
                 stream.write(
-                    b"STAT" + struct.pack("<III", st.st_mode, st.st_size, int(st.st_mtime))
+                    b"STAT" + struct.pack("<III", st.st_mode, _u32(st.st_size), int(st.st_mtime))
                 )
             except OSError:
                 stream.write(b"STAT" + struct.pack("<III", 0, 0, 0))
         elif ident == b"LIST":
             _list(sandbox, stream, path)
         elif ident == b"SEND":
-            _receive_file(sandbox, stream, path)
+            if not _receive_file(sandbox, stream, path):
+                return  # after a FAIL the server ends the session
         elif ident == b"RECV":
             _send_file(sandbox, stream, path)
         else:
             _fail(stream, f"unknown sync request {ident!r}")
             return
+
+
+def _u32(n: int) -> int:
+    return min(n, 0xFFFFFFFF)  # sync v1 has 32 bits for a size
 
 
 def _fail(stream: Stream, message: str) -> None:
@@ -179,12 +183,14 @@ def _list(sandbox: Sandbox, stream: Stream, path: str) -> None:
             continue
         raw = name.encode()
         stream.write(
-            b"DENT" + struct.pack("<IIII", st.st_mode, st.st_size, int(st.st_mtime), len(raw)) + raw
+            b"DENT"
+            + struct.pack("<IIII", st.st_mode, _u32(st.st_size), int(st.st_mtime), len(raw))
+            + raw
         )
     stream.write(b"DONE" + struct.pack("<IIII", 0, 0, 0, 0))
 
 
-def _receive_file(sandbox: Sandbox, stream: Stream, spec: str) -> None:
+def _receive_file(sandbox: Sandbox, stream: Stream, spec: str) -> bool:
     path, _, mode_text = spec.rpartition(",")
     if not path:
         path, mode_text = spec, "0644"
@@ -201,21 +207,24 @@ def _receive_file(sandbox: Sandbox, stream: Stream, spec: str) -> None:
     except OSError as e:
         ok, error, out = False, f"{path}: {e.strerror}", None
     mtime = 0
-    while True:
-        ident, length = SYNC.unpack(stream.read_exact(SYNC.size))
-        if ident == b"DATA":
-            if length > SYNC_DATA_MAX:
-                error, ok = "data chunk too large", False
+    try:
+        while True:
+            ident, length = SYNC.unpack(stream.read_exact(SYNC.size))
+            if ident == b"DATA" and length <= SYNC_DATA_MAX:
+                chunk = stream.read_exact(length)
+                if out is not None:
+                    out.write(chunk)
+            elif ident == b"DONE":
+                mtime = length
                 break
-            chunk = stream.read_exact(length)
-            if out is not None:
-                out.write(chunk)
-        elif ident == b"DONE":
-            mtime = length
-            break
-        else:
-            ok, error = False, f"unexpected {ident!r} in SEND"
-            break
+            else:  # the rest of the stream cannot be framed: fail it and end the session
+                ok, error = False, f"unexpected {ident!r} ({length} bytes) in SEND"
+                break
+    except Closed:  # the cable: no half file is left under the name, nor the partial
+        if out is not None:
+            out.close()
+            os.unlink(tmp)
+        raise
     if out is not None:
         out.close()
         if ok:
@@ -229,6 +238,7 @@ def _receive_file(sandbox: Sandbox, stream: Stream, spec: str) -> None:
         stream.write(SYNC.pack(b"OKAY", 0))
     else:
         _fail(stream, error)
+    return ok
 
 
 def _send_file(sandbox: Sandbox, stream: Stream, path: str) -> None:
@@ -269,4 +279,3 @@ def tcp(stream: Stream, port: int) -> None:
         pass
     finally:
         sock.close()
-    time.sleep(0)  # the stream is closed by the caller
