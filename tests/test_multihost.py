@@ -2,7 +2,8 @@
 ``ray start`` nodes named hub-a and hub-b), each with its own adb server and an emulated phone
 connected to it. ``fleet run --address`` finds each phone on its host, prepares it, starts its
 agent over ``adb shell``, runs through ``adb forward``, stores, and scrapes both phones through
-their hosts' /metrics relays.
+their hosts' /metrics relays; one phone's cable is pulled mid-trial: that trial alone fails,
+keeps what it measured, and the phone rejoins for its next trial.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -83,7 +85,7 @@ def test_an_experiment_spans_emulated_phones_on_two_hosts(tmp_path):
         exp = {
             "name": "two-hosts",
             "seed": 5,
-            "repetitions": 1,
+            "repetitions": 2,
             "paradigms": [{"kind": "slmaas"}],
             "models": [{"preset": "tiny"}],
             "workloads": [{
@@ -106,17 +108,28 @@ def test_an_experiment_spans_emulated_phones_on_two_hosts(tmp_path):
                  "--runs-dir", str(tmp_path / "runs"), "--run-id", "r"],
                 env=env, stdout=out, stderr=subprocess.STDOUT,
             )  # fmt: skip
+            cable = threading.Thread(
+                target=_pull_cable, args=(tmp_path / "runs" / "r", devices["hub-b"], run)
+            )
+            cable.start()
             scraped = _watch_targets(tmp_path / "runs" / "r", run)
             rc = run.wait(timeout=600)
-        assert rc == 0, log.read_text()[-4000:]
+            cable.join()
+        assert rc == 1, log.read_text()[-4000:]  # one trial failed: the one the cable cut
         db = sqlite3.connect(tmp_path / "runs" / "r" / "results.sqlite")
         hosts = dict(db.execute("SELECT name, host FROM phones"))
         assert hosts == {"ph-hub-a": "hub-a", "ph-hub-b": "hub-b"}
-        for phone, n, status, start_c in db.execute(
-            "SELECT t.phone, COUNT(r.request_id), t.status, t.battery_start_c FROM trials t "
-            "LEFT JOIN requests r ON r.trial_id = t.trial_id GROUP BY t.trial_id"
+        outcomes: dict[str, list] = {}
+        for phone, n, status, reason, start_c in db.execute(
+            "SELECT t.phone, COUNT(r.request_id), t.status, t.reason, t.battery_start_c "
+            "FROM trials t LEFT JOIN requests r ON r.trial_id = t.trial_id GROUP BY t.trial_id "
+            "ORDER BY t.seq"
         ):
-            assert status == "completed" and n > 0 and start_c is not None, (phone, n, status)
+            assert n > 0 and start_c is not None, (phone, n, status)  # nothing measured is lost
+            outcomes.setdefault(phone, []).append((status, reason))
+        assert [s for s, _ in outcomes["ph-hub-a"]] == ["completed", "completed"]  # untouched
+        (failed, why), (after, _) = outcomes["ph-hub-b"]  # cut, then back for the next one
+        assert (failed, after) == ("failed", "completed") and why, outcomes
         assert scraped == {"ph-hub-a", "ph-hub-b"}, log.read_text()[-3000:]
         report = (tmp_path / "runs" / "r" / "report.html").read_text()
         temps = report[report.index("Phone temperatures") :]
@@ -133,6 +146,28 @@ def test_an_experiment_spans_emulated_phones_on_two_hosts(tmp_path):
         for port in adb_ports.values():
             subprocess.run(["adb", "-P", str(port), "kill-server"], capture_output=True)
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _pull_cable(run_dir: Path, dev: EmulatedDevice, run: subprocess.Popen) -> None:
+    """Unplug the phone once its first trial has stored a record; plug it back 3 s later."""
+    while run.poll() is None:
+        time.sleep(0.2)
+        try:
+            db = sqlite3.connect(f"file:{run_dir / 'results.sqlite'}?mode=ro", uri=True)
+            try:
+                (n,) = db.execute(
+                    "SELECT COUNT(*) FROM requests r JOIN trials t ON r.trial_id = t.trial_id "
+                    "WHERE t.phone = 'ph-hub-b'"
+                ).fetchone()
+            finally:
+                db.close()
+        except sqlite3.Error:
+            continue
+        if n:
+            dev.unplug()
+            time.sleep(3.0)
+            dev.replug()
+            return
 
 
 def _watch_targets(run_dir: Path, run: subprocess.Popen, timeout_s: float = 300) -> set[str]:
