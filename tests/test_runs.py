@@ -69,6 +69,14 @@ def test_runs_are_listed_newest_first_with_their_state_and_counts(tmp_path):
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert [r["run_id"] for r in json.loads(out.stdout)] == ["new", "old"]
+    (runs / "old" / "report.html").write_text("<html></html>")
+    out = subprocess.run(
+        [sys.executable, "-m", "fleet.coordinator.cli", "runs", "--runs-dir", str(runs), "--html"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    index = (runs / "index.html").read_text()
+    assert out.returncode == 0 and '<a href="old/report.html">old</a>' in index
+    assert "<td>new</td>" in index and "interrupted" in index  # no report yet: no link
 
 
 @pytest.mark.parametrize("fmt", ["csv", "parquet", "jsonl"])

@@ -129,6 +129,9 @@ def _parser() -> argparse.ArgumentParser:
     runs = sub.add_parser("runs", help="list the runs under a runs directory, newest first")
     runs.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where runs live")
     runs.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    runs.add_argument(
+        "--html", action="store_true", help="also write RUNS_DIR/index.html linking each report"
+    )
     compare = sub.add_parser(
         "compare", help="two runs' paradigm comparisons side by side, with the deltas"
     )
@@ -440,6 +443,10 @@ def cmd_runs(ns) -> int:
     from fleet.results.runs import list_runs
 
     rows = list_runs(ns.runs_dir)
+    if ns.html:
+        from fleet.results.runs import write_index
+
+        print(write_index(ns.runs_dir, rows), file=sys.stderr)
     if ns.json:
         print(json.dumps([r.as_dict() for r in rows], indent=2))
         return 0

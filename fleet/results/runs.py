@@ -78,3 +78,46 @@ def list_runs(runs_dir: Path) -> list[RunRow]:
         if d.is_dir() and (d / "results.sqlite").is_file() and (d / "manifest.json").is_file()
     ]
     return sorted(rows, key=lambda r: (r.started_at or 0.0, r.run_id), reverse=True)
+
+
+def write_index(runs_dir: Path, rows: list[RunRow]) -> Path:
+    """``runs/index.html``: every run with its state and counts, linking its report."""
+    import html
+    import time
+
+    def cell(r: RunRow) -> str:
+        started = (
+            time.strftime("%Y-%m-%d %H:%M", time.localtime(r.started_at)) if r.started_at else ""
+        )
+        report = Path(r.path) / "report.html"
+        link = (
+            f'<a href="{html.escape(report.relative_to(runs_dir).as_posix())}">'
+            f"{html.escape(r.run_id)}</a>"
+            if report.is_file()
+            else html.escape(r.run_id)
+        )
+        cols = (
+            link, html.escape(r.experiment), started,
+            f"{r.duration_s:.0f} s" if r.duration_s is not None else "",
+            html.escape(r.state + (f": {r.error}" if r.error else "")),
+            html.escape(", ".join(r.phones)), html.escape(", ".join(r.paradigms)),
+            str(r.completed), str(r.failed), str(r.interrupted),
+        )  # fmt: skip
+        return "<tr>" + "".join(f"<td>{c}</td>" for c in cols) + "</tr>"
+
+    head = ("run", "experiment", "started", "duration", "state", "phones", "paradigms", "ok",
+            "failed", "cut")  # fmt: skip
+    page = f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>fleet runs</title>
+<style>body {{ font-family: system-ui, sans-serif; margin: 2em; }}
+table {{ border-collapse: collapse; font-size: 13px; }}
+th, td {{ border: 1px solid #ccc; padding: 4px 8px; text-align: left; }}
+th {{ background: #f3f3f3; }}</style></head><body>
+<h1>{len(rows)} run(s)</h1>
+<table><tr>{"".join(f"<th>{h}</th>" for h in head)}</tr>
+{"".join(cell(r) for r in rows)}
+</table></body></html>
+"""
+    out = runs_dir / "index.html"
+    out.write_text(page, encoding="utf-8")
+    return out
