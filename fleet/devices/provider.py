@@ -178,6 +178,7 @@ class DeviceProvider:
 
     def wait_for(self, serial: str, state: str, timeout_s: float) -> bool:
         """Until ``serial`` is in ``state`` (e.g. "device" after a replug); False on timeout."""
+        self.track()
         deadline = time.monotonic() + timeout_s
         with self._changed:
             while self._states.get(serial) != state:
@@ -185,15 +186,6 @@ class DeviceProvider:
                 if left <= 0:
                     return False
                 self._changed.wait(min(left, 1.0))
-                if self._tracker is None:  # not tracking: ask
-                    self._lock.release()
-                    try:
-                        states = self.serials()
-                    except DeviceError:
-                        states = {}
-                    finally:
-                        self._lock.acquire()
-                    self._states = states
             return True
 
     def _follow(self) -> None:

@@ -27,7 +27,6 @@ device offline or gone); ``replug()`` answers again on the same port.
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
 import threading
@@ -196,7 +195,3 @@ def _adb(port: int, *args: str) -> None:
         )
     except (OSError, subprocess.TimeoutExpired):
         pass
-
-
-def remove_sandbox(root: Path) -> None:
-    shutil.rmtree(root, ignore_errors=True)

@@ -119,8 +119,6 @@ class Stream:
             if self.closed:
                 raise Closed("stream closed")
             self.conn.send(A_WRTE, self.local_id, self.remote_id, data[i : i + size])
-        if not data:
-            return
 
     def close(self) -> None:
         with self._cond:
