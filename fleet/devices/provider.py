@@ -176,12 +176,14 @@ class DeviceProvider:
                     self._states.pop(serial, None)
             return dict(self._states)
 
-    def wait_for(self, serial: str, state: str, timeout_s: float) -> bool:
-        """Until ``serial`` is in ``state`` (e.g. "device" after a replug); False on timeout."""
+    def wait_for(self, serial: str, state: str | tuple[str, ...], timeout_s: float) -> bool:
+        """Until ``serial`` is in ``state`` (or one of several, e.g. ("offline", "gone") after an
+        unplug: adb may list the phone offline or drop it); False on timeout."""
         self.track()
+        states = (state,) if isinstance(state, str) else state
         deadline = time.monotonic() + timeout_s
         with self._changed:
-            while self._states.get(serial) != state:
+            while self._states.get(serial) not in states:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
