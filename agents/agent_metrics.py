@@ -3,7 +3,7 @@ statistics the paradigms produce (they never import it) and serves them on /metr
 
     metrics = AgentMetrics(profile)                   # its own registry
     port = metrics.serve("127.0.0.1", 0)              # HTTP /metrics, bound like the gRPC port
-    metrics.deployed(paradigm, model, deploy_result, apps)
+    metrics.deployed(paradigm, model, deploy_result, apps, phase="corun")
     metrics.observe(event)                 # RequestRecord | PhoneEvent | ServiceStats
     metrics.observe_tick(samples)                     # one sampler tick of ResourceSamples
 """
@@ -30,8 +30,7 @@ class AgentMetrics(Exporter):
         super().__init__(AGENT_METRICS, registry)
         self.profile = profile
         self.m["memory_budget_bytes"].labels(profile.name).set(profile.memory_budget_bytes)
-        self.m["workload_running"].labels(profile.name).set(0)
-        self._labels: tuple[str, str] = ("", "")  # (paradigm, model) of the deployment
+        self._labels: tuple[str, str, str] = ("", "", "")  # (paradigm, phase, model) deployed
         self._apps: dict[str, dict] = {}  # app -> {"slo_s", "model"}
         self._weights: dict[str, int] = {}
         self._kv_reserved: dict[str, int] = {}
@@ -56,6 +55,7 @@ class AgentMetrics(Exporter):
         "running_requests",
         "waiting_requests",
         "batch_size",
+        "workload_running",
     )
 
     def undeployed(self) -> None:
@@ -64,9 +64,13 @@ class AgentMetrics(Exporter):
             self.m[name].clear()
         self._components = set()
 
-    def deployed(self, paradigm: str, model: str, result: DeployResult, apps) -> None:
+    def deployed(
+        self, paradigm: str, model: str, result: DeployResult, apps, phase: str = "adhoc"
+    ) -> None:
+        """A deployment's series carry its paradigm (the experiment's name for it), the
+        trial's phase (solo, corun, sweep) and the model; the run comes from the target."""
         self.undeployed()
-        self._labels = (paradigm, model)
+        self._labels = (paradigm, phase, model)
         self._apps = {
             a.name: {"slo_s": a.slo_ttft_s, "model": (a.model.preset if a.model else model)}
             for a in apps
@@ -103,15 +107,27 @@ class AgentMetrics(Exporter):
                 self.m["context_switch_seconds"].labels(*labels, kind)
         for kind in ("swap_out", "swap_in", "recompute", "drop"):
             self.m["context_swaps_total"].labels(*phone_labels, kind)
-        for name in ("preemptions_total", "running_requests", "waiting_requests", "batch_size"):
+        for name in (
+            "preemptions_total",
+            "running_requests",
+            "waiting_requests",
+            "batch_size",
+            "workload_running",
+        ):
             self.m[name].labels(*phone_labels)
 
     def running(self, on: bool) -> None:
-        self.m["workload_running"].labels(self.profile.name).set(1 if on else 0)
+        self.m["workload_running"].labels(self.profile.name, *self._labels).set(1 if on else 0)
 
     def _req_labels(self, app: str) -> tuple[str, ...]:
-        paradigm, model = self._labels
-        return (self.profile.name, paradigm, app, self._apps.get(app, {}).get("model", model))
+        paradigm, phase, model = self._labels
+        return (
+            self.profile.name,
+            paradigm,
+            phase,
+            app,
+            self._apps.get(app, {}).get("model", model),
+        )
 
     def observe(self, event: RequestRecord | PhoneEvent | ServiceStats) -> None:
         if isinstance(event, RequestRecord):

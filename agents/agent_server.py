@@ -186,7 +186,11 @@ class PhoneAgentServicer(pb_grpc.PhoneAgentServiceServicer):
             self._apps = {a.name for a in spec.apps}
             if self.metrics is not None:
                 self.metrics.deployed(
-                    spec.paradigm.value, model_label(spec.model), result, spec.apps
+                    spec.paradigm_label or spec.paradigm.value,
+                    model_label(spec.model),
+                    result,
+                    spec.apps,
+                    phase=spec.phase or "adhoc",
                 )
             return wire.deploy_result_to_pb(result)
 

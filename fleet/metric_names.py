@@ -5,7 +5,7 @@ fleet/observe/coordinator_metrics.py, both through fleet/exporter.py) and the da
 (fleet/observe/dashboards.py) query only these, so a panel cannot ask for a metric the code does
 not export; a test holds the two together. Names follow Prometheus conventions: one
 namespace, base units in the name, counters end in ``_total``. Labels come from bounded sets only
-(phone, paradigm, app, model, component, kind, status, state): never a request or trial id.
+(phone, paradigm, phase, app, model, component, kind, status, state): never a request or trial id.
 """
 
 from __future__ import annotations
@@ -42,8 +42,13 @@ LATENCY_BUCKETS_S = (
 # name (without namespace) -> (type, help, labels)
 MetricTable = dict[str, tuple[str, str, tuple[str, ...]]]
 
-REQUEST_LABELS = ("phone", "paradigm", "app", "model")
-PHONE_LABELS = ("phone", "paradigm", "model")
+# Labels of a deployment's series: the phone, the experiment's name for the paradigm, the
+# trial's phase (solo, corun, sweep; "adhoc" outside a plan), the app and the model. Prometheus
+# adds the target's labels (run, host, job, instance), so every agent series also carries its
+# run. Per run, a request histogram has at most phones x paradigms x 3 phases x apps x models
+# label sets (times its buckets); see dashboards/README.md for the count.
+REQUEST_LABELS = ("phone", "paradigm", "phase", "app", "model")
+PHONE_LABELS = ("phone", "paradigm", "phase", "model")
 
 AGENT_METRICS: MetricTable = {
     "request_queue_wait_seconds": (
@@ -105,7 +110,11 @@ AGENT_METRICS: MetricTable = {
     "running_requests": ("gauge", "Requests running on a shared model service.", PHONE_LABELS),
     "waiting_requests": ("gauge", "Requests waiting for a shared model service.", PHONE_LABELS),
     "batch_size": ("gauge", "Sequences in the service's last forward pass.", PHONE_LABELS),
-    "workload_running": ("gauge", "1 while a workload runs on the phone.", ("phone",)),
+    "workload_running": (
+        "gauge",
+        "1 while a trial's workload runs on the phone, 0 while it is deployed but idle.",
+        PHONE_LABELS,
+    ),
     "agent": ("info", "The phone agent's profile and software.", ("phone",)),
 }
 

@@ -159,6 +159,24 @@ class DeploySpec:
     max_context_tokens: int = 0  # 0 = derive from the apps
     threads_per_process: int = 0  # torch threads per SLM process; 0 = the phone's cores
     service: ServiceOptions = ServiceOptions()
+    # How the agent labels this deployment's metric series: the experiment's name for the
+    # paradigm ("" = the paradigm's kind) and the trial's phase (PHASES; "" = "adhoc")
+    paradigm_label: str = ""
+    phase: str = ""
+
+
+# The phases of the contention methodology (fleet/coordinator/plan.py): an app alone, all apps
+# together, and the app-count sweep; "adhoc" labels a deployment made outside a plan.
+PHASES = ("solo", "corun", "sweep")
+
+
+def phase_of_mix(mix: str) -> str:
+    """The phase of an app mix ("solo:<app>", "corun", "apps:<k>")."""
+    if mix.startswith("solo:"):
+        return "solo"
+    if mix.startswith("apps:"):
+        return "sweep"
+    return "corun"
 
 
 @dataclass(frozen=True)

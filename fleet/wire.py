@@ -17,6 +17,7 @@ from google.protobuf.message import Message
 
 from fleet import limits as L
 from fleet.records import (
+    PHASES,
     AgentDescription,
     AppDeployment,
     AppWorkload,
@@ -321,6 +322,8 @@ def deploy_to_pb(d: DeploySpec) -> pb.DeployRequest:
         apps=[app_to_pb(a) for a in d.apps],
         max_context_tokens=d.max_context_tokens,
         threads_per_process=d.threads_per_process,
+        paradigm_label=d.paradigm_label,
+        phase=d.phase,
     )
 
 
@@ -342,7 +345,15 @@ def deploy_from_pb(m: pb.DeployRequest) -> DeploySpec:
             m.threads_per_process, 0, L.MAX_THREADS, "threads_per_process"
         ),
         service=service_from_pb(m.service),
+        paradigm_label=_name(m.paradigm_label, "paradigm_label") if m.paradigm_label else "",
+        phase=_phase(m.phase),
     )
+
+
+def _phase(v: str) -> str:
+    if v and v not in PHASES:
+        raise WireError(f"phase {v[:80]!r} must be one of {', '.join(PHASES)} (or empty)")
+    return v
 
 
 def deploy_result_to_pb(r: DeployResult) -> pb.DeployResponse:

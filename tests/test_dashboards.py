@@ -41,6 +41,20 @@ def registered_series() -> set[str]:
     return out
 
 
+def expressions(board: dict) -> list[tuple[str, str]]:
+    """(where, PromQL) of every panel target, variable query and annotation of a board."""
+    out = [
+        (f"panel {p['title']}", t["expr"]) for p in board["panels"] for t in p["targets"]
+    ]
+    out += [
+        (f"variable {v['name']}", v["query"])
+        for v in board["templating"]["list"]
+        if v["type"] == "query"
+    ]
+    out += [(f"annotation {a['name']}", a["expr"]) for a in board["annotations"]["list"]]
+    return out
+
+
 def test_every_panel_queries_only_registered_metrics():
     names = registered_series()
     seen = set()
@@ -48,13 +62,58 @@ def test_every_panel_queries_only_registered_metrics():
         assert board["panels"], uid
         for panel in board["panels"]:
             assert panel["targets"], panel["title"]
-            for target in panel["targets"]:
-                used = METRIC.findall(target["expr"])
-                assert used, f"{uid}/{panel['title']}: no metric in {target['expr']}"
-                unknown = set(used) - names
-                assert not unknown, f"{uid}/{panel['title']} queries {unknown}"
-                seen |= set(used)
+        for where, expr in expressions(board):
+            used = METRIC.findall(expr)
+            assert used, f"{uid}/{where}: no metric in {expr}"
+            unknown = set(used) - names
+            assert not unknown, f"{uid}/{where} queries {unknown}"
+            seen |= set(used)
     assert len(seen) >= 15  # the dashboards cover the exported metrics broadly
+
+
+def test_every_query_is_one_runs_and_uses_only_the_boards_variables():
+    variable = re.compile(r"\$(?!__)(\w+)")
+    for uid, board in all_dashboards().items():
+        defined = {v["name"] for v in board["templating"]["list"]}
+        assert {"DS_PROMETHEUS", "run"} <= defined, uid
+        for where, expr in expressions(board):
+            if where != "variable run":
+                assert 'run="$run"' in expr, f"{uid}/{where} mixes runs: {expr}"
+            undefined = set(variable.findall(expr)) - defined
+            assert not undefined, f"{uid}/{where} uses undefined {undefined}"
+
+
+def test_paradigm_board_selects_run_phone_paradigm_phase_app_and_model():
+    board = all_dashboards()["slmfleet-paradigms"]
+    names = [v["name"] for v in board["templating"]["list"]]
+    assert names == ["DS_PROMETHEUS", "run", "phone", "paradigm", "phase", "app", "model"]
+    phase = next(v for v in board["templating"]["list"] if v["name"] == "phase")
+    assert phase["current"]["value"] == "corun"  # the comparison opens on the co-run
+    for panel in board["panels"]:
+        for target in panel["targets"]:
+            assert 'phase=~"$phase"' in target["expr"], panel["title"]
+
+
+def test_every_panel_has_a_description_a_unit_and_the_datasource_variable():
+    for uid, board in all_dashboards().items():
+        ds = next(v for v in board["templating"]["list"] if v["name"] == "DS_PROMETHEUS")
+        assert ds["type"] == "datasource" and ds["query"] == "prometheus"
+        for panel in board["panels"]:
+            assert panel.get("description", "").strip(), f"{uid}/{panel['title']}"
+            assert panel["fieldConfig"]["defaults"].get("unit"), f"{uid}/{panel['title']}"
+            assert panel["datasource"]["uid"] == "${DS_PROMETHEUS}"
+            refs = [t["refId"] for t in panel["targets"]]
+            assert len(set(refs)) == len(refs) and all(refs), f"{uid}/{panel['title']}"
+        assert DATASOURCE_UID not in json.dumps(board["panels"])  # no hard-coded uid
+
+
+def test_trial_workloads_and_phones_down_are_annotations():
+    for uid, board in all_dashboards().items():
+        annotations = {a["name"]: a for a in board["annotations"]["list"]}
+        assert set(annotations) == {"trial workloads", "phone down"}, uid
+        workloads = annotations["trial workloads"]
+        assert "slmfleet_workload_running" in workloads["expr"]
+        assert workloads["titleFormat"] and workloads["tagKeys"] == "phone,paradigm,phase"
 
 
 def test_committed_dashboards_match_their_source():
@@ -71,10 +130,11 @@ def test_metric_helper_refuses_unknown_names():
         m("phone_up", "_bucket")
 
 
-def test_phone_dashboard_has_a_phone_variable():
+def test_phone_dashboard_shows_one_phone():
     board = all_dashboards()["slmfleet-phone"]
-    assert [v["name"] for v in board["templating"]["list"]] == ["phone"]
-    assert all('phone="$phone"' in t["expr"] for p in board["panels"] for t in p["targets"])
+    phone = next(v for v in board["templating"]["list"] if v["name"] == "phone")
+    assert not phone["multi"] and not phone.get("includeAll")
+    assert all('phone=~"$phone"' in t["expr"] for p in board["panels"] for t in p["targets"])
 
 
 class GrafanaStandIn(BaseHTTPRequestHandler):
@@ -258,12 +318,12 @@ def test_a_new_deployment_drops_the_gauges_of_the_last_one():
         220,
         2**30,
     )
-    metrics.deployed("per_app", "tiny", result, apps)
+    metrics.deployed("per_app", "tiny", result, apps, phase="corun")
     metrics.observe_tick(
         [ResourceSample(1, "kb", 1, 500, 400), ResourceSample(1, "chat", 2, 500, 400)]
     )
     get = metrics.registry.get_sample_value
-    pss = {"phone": "p", "paradigm": "per_app", "model": "tiny"}
+    pss = {"phone": "p", "paradigm": "per_app", "phase": "corun", "model": "tiny"}
     assert get("slmfleet_process_pss_bytes", {**pss, "component": "chat"}) == 400
     assert get("slmfleet_memory_bytes", {**pss, "component": "weights"}) == 200
     metrics.observe_tick([ResourceSample(2, "kb", 1, 500, 400)])  # chat's model was killed
@@ -275,7 +335,7 @@ def test_a_new_deployment_drops_the_gauges_of_the_last_one():
     service = DeployResult(
         (AppDeployment("service", 3, 1.0, 100, 0),), "random weights", 120, 2**30
     )
-    metrics.deployed("slmaas", "tiny", service, apps)
+    metrics.deployed("slmaas", "tiny", service, apps, phase="corun")
     assert get("slmfleet_process_pss_bytes", {**pss, "component": "kb"}) is None
     assert get("slmfleet_memory_bytes", {**pss, "component": "weights"}) is None
     # counters keep their history across deployments

@@ -92,6 +92,15 @@ def test_plan_expands_solo_corun_and_sweep():
     agent_os = next(t for t in trials if t.paradigm.kind == "agent_os")
     spec = agent_os.deploy_spec()
     assert spec.service.scheduler.value == "priority" and spec.service.persistent_contexts
+    # the agent labels each trial's series with the paradigm's name and the trial's phase
+    assert [t.deploy_spec().phase for t in trials[:5]] == [
+        "solo",
+        "solo",
+        "corun",
+        "sweep",
+        "sweep",
+    ]
+    assert spec.paradigm_label == "agent_os"
 
 
 def test_the_scheduler_keeps_one_enum_from_the_file_to_the_deploy_spec():

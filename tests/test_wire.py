@@ -102,6 +102,8 @@ SPEC = DeploySpec(
         quantum_tokens=4,
         persistent_contexts=True,
     ),
+    paradigm_label="agent-os-rr",
+    phase="corun",
 )
 
 
@@ -191,6 +193,8 @@ def test_stats_fields_are_the_same_on_both_sides():
         (lambda m: setattr(m.model, "dtype", "fp8"), "dtype must be one of"),
         (lambda m: (m.model.ClearField("preset")), "needs a preset or a path"),
         (lambda m: setattr(m.service, "scheduler", 99), "scheduler policy"),
+        (lambda m: setattr(m, "phase", "warmup"), "phase 'warmup' must be one of solo"),
+        (lambda m: setattr(m, "paradigm_label", 'x"}'), "paradigm_label 'x\"}' must match"),
     ],
 )
 def test_bad_deploy_requests_name_the_problem(mutate, reason):

@@ -7,6 +7,7 @@
     fleet report RUN_DIR [-o FILE]                                    write the HTML comparison
     fleet dashboards build [--out dashboards]                         write the Grafana JSON
     fleet dashboards push --grafana-url URL [--token T]               create/update in Grafana
+    fleet targets prune FILE                                          drop ended runs' targets
     fleet certs ca|issue ...                                          a lab CA, agent certificates
     fleet devices [--json] [--address auto] | prepare SERIAL | emulate N   adb phones
     fleet runs [--runs-dir runs] [--json]                             list runs, newest first
@@ -83,6 +84,19 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="leave the embedded Prometheus running after the run",
     )
+    run.add_argument(
+        "--targets-file",
+        type=Path,
+        help="also write this run's scrape targets into FILE (file_sd JSON, shared with other "
+        "runs under a lock), where a standing Prometheus reads them",
+    )
+    run.add_argument(
+        "--targets-grace",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="keep an ended run's entries in --targets-file this long (60), then drop them",
+    )
     plan = sub.add_parser("plan", help="list an experiment's trials without running them")
     plan.add_argument("experiment", nargs="?", help="experiment YAML file (default: embedded)")
     summary = sub.add_parser("summary", help="print the summary of a finished run")
@@ -110,6 +124,12 @@ def _parser() -> argparse.ArgumentParser:
         default="http://localhost:9090",
         help="URL Grafana uses to reach Prometheus",
     )
+    targets = sub.add_parser("targets", help="the targets file a standing Prometheus reads")
+    tsub = targets.add_subparsers(dest="action", required=True)
+    tprune = tsub.add_parser(
+        "prune", help="remove the entries of runs that ended longer ago than their grace"
+    )
+    tprune.add_argument("file", type=Path, help="the file given to fleet run --targets-file")
     certs = sub.add_parser("certs", help="make a lab CA and TLS certificates (openssl)")
     csub = certs.add_subparsers(dest="action", required=True)
     ca = csub.add_parser("ca", help="a new lab CA: OUT/ca.pem and OUT/ca.key")
@@ -267,6 +287,9 @@ def cmd_run(ns) -> int:
         runs_dir, run_id = ns.runs_dir, ns.run_id
     if ns.allow_shared_cores:
         exp = exp.model_copy(update={"allow_shared_cores": True})
+    problem = _targets_problem(ns.targets_file, ns.targets_grace)
+    if problem:
+        return _fail(problem)
     console = _console()
     _check(exp, source)
     problem = _preflight(exp, runs_dir / run_id if run_id else None, bool(ns.resume))
@@ -296,6 +319,8 @@ def cmd_run(ns) -> int:
         progress=progress,
         prometheus=prometheus,
         keep_prometheus=ns.keep_prometheus,
+        targets_file=ns.targets_file,
+        targets_grace_s=ns.targets_grace,
         announce=console.print,
         resume=bool(ns.resume),
         reaper=True,
@@ -413,6 +438,32 @@ def cmd_dashboards(ns) -> int:
     return 0
 
 
+def _targets_problem(path: Path | None, grace_s: float) -> str:
+    import math
+
+    if not (math.isfinite(grace_s) and 0 <= grace_s <= 7 * 86400):
+        return f"--targets-grace must be between 0 and 604800 seconds, got {grace_s}"
+    if path is None:
+        return ""
+    if path.is_dir():
+        return f"--targets-file {path} is a directory; name a .json file in it"
+    if path.suffix != ".json":
+        return f"--targets-file {path} must end in .json (Prometheus file_sd reads it as JSON)"
+    if not path.parent.is_dir() or not os.access(path.parent, os.W_OK):
+        return f"--targets-file {path}: {path.parent} is not a folder this user can write"
+    return ""
+
+
+def cmd_targets(ns) -> int:
+    from fleet.observe.targets import prune
+
+    if not ns.file.is_file():
+        print(f"fleet: {ns.file}: no such targets file", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(f"{ns.file}: removed {prune(ns.file)} target group(s) of ended runs")
+    return 0
+
+
 def _console():
     from rich.console import Console
 
@@ -522,6 +573,7 @@ def main(argv: list[str] | None = None) -> None:
         "summary": cmd_summary,
         "report": cmd_report,
         "dashboards": cmd_dashboards,
+        "targets": cmd_targets,
         "certs": cmd_certs,
         "devices": cmd_devices,
         "runs": cmd_runs,

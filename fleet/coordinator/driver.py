@@ -136,6 +136,8 @@ class Coordinator:
         progress: Any = None,
         prometheus: str = "embedded",
         keep_prometheus: bool = False,
+        targets_file: Path | None = None,
+        targets_grace_s: float = 60.0,
         announce: Any = print,
         resume: bool = False,
         reaper: bool = False,
@@ -152,6 +154,8 @@ class Coordinator:
         self.progress = progress  # a rich Progress, or None
         self.prometheus_mode = prometheus  # "embedded", "off", or the URL of an existing one
         self.keep_prometheus = keep_prometheus
+        self.targets_file = targets_file  # a standing Prometheus's file_sd (shared by runs)
+        self.targets_grace_s = targets_grace_s
         self.announce = announce
         self.resume = resume
         self.base_dir = base_dir  # where the experiment's relative paths are read from
@@ -467,6 +471,8 @@ class Coordinator:
             mode=self.prometheus_mode,
             keep_prometheus=self.keep_prometheus,
             announce=self.announce,
+            shared_targets=self.targets_file,
+            targets_grace_s=self.targets_grace_s,
         )
 
     # -- stopping ----------------------------------------------------------------------------

@@ -30,7 +30,7 @@ from fleet.coordinator.config import (
     VirtualPhone,
     WorkloadConfig,
 )
-from fleet.records import DeploySpec, PhoneProfile, TraceRequest, WorkloadRun
+from fleet.records import DeploySpec, PhoneProfile, TraceRequest, WorkloadRun, phase_of_mix
 from fleet.results.store import CORUN, count_mix, solo_mix
 from fleet.sizing import BudgetError, ServingError, app_model, check_servable, footprints
 from fleet.traces import generate_trace
@@ -60,6 +60,8 @@ class Trial:
             max_context_tokens=self.workload.max_context_tokens,
             threads_per_process=self.paradigm.threads_per_process or 0,
             service=self.paradigm.service_options(),
+            paradigm_label=self.paradigm.label,
+            phase=phase_of_mix(self.mix),
         )
 
     def workload_run(self, sample_interval_s: float, drain_s: float = 30.0) -> WorkloadRun:

@@ -7,9 +7,13 @@ same state (fixed uids, ``overwrite: true``).
 
 from __future__ import annotations
 
-from fleet.observe.dashboards import DATASOURCE_UID, FOLDER_TITLE, FOLDER_UID, all_dashboards
-
-DATASOURCE_NAME = "SLM fleet Prometheus"
+from fleet.observe.dashboards import (
+    DATASOURCE_NAME,
+    DATASOURCE_UID,
+    FOLDER_TITLE,
+    FOLDER_UID,
+    all_dashboards,
+)
 
 
 class PushError(RuntimeError):

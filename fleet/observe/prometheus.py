@@ -2,9 +2,9 @@
 
 The coordinator writes a ``file_sd`` targets file (atomically) as phones join and leave, and
 ``fleet run`` starts the Debian ``prometheus`` binary on 127.0.0.1 with a generated config that
-reads it, unless told to use an existing Prometheus (which then needs the same file_sd entry,
-see deploy/prometheus/prometheus.yml). A missing or failing binary is reported in one line and
-the experiment runs without it.
+reads it, unless told to use an existing Prometheus (which then reads a targets file of its own,
+``fleet run --targets-file``: see fleet/observe/targets.py and deploy/prometheus/prometheus.yml).
+A missing or failing binary is reported in one line and the experiment runs without it.
 
     sd = TargetsFile(run_dir / "prometheus" / "targets.json")
     sd.set("phone-a", "127.0.0.1:9101", job="phone-agent")
@@ -13,48 +13,23 @@ the experiment runs without it.
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
 import socket
 import subprocess
-import threading
 import time
 import urllib.request
 from pathlib import Path
 from typing import BinaryIO
+
+from fleet.observe.targets import TargetsFile
+
+__all__ = ["EmbeddedPrometheus", "PrometheusError", "TargetsFile", "config_text"]
 
 SCRAPE_INTERVAL_S = 1
 
 
 class PrometheusError(RuntimeError):
     pass
-
-
-class TargetsFile:
-    """A Prometheus file_sd JSON file: one target group per endpoint, rewritten atomically."""
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._targets: dict[str, dict] = {}
-        self._lock = threading.Lock()
-        self._write()
-
-    def set(self, name: str, address: str, *, job: str, **labels: str) -> None:
-        with self._lock:
-            self._targets[name] = {"targets": [address], "labels": {"job": job, **labels}}
-            self._write()
-
-    def remove(self, name: str) -> None:
-        with self._lock:
-            if self._targets.pop(name, None) is not None:
-                self._write()
-
-    def _write(self) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(list(self._targets.values()), indent=2))
-        os.replace(tmp, self.path)  # Prometheus never reads half a file
 
 
 def config_text(targets_file: Path, scrape_interval_s: int = SCRAPE_INTERVAL_S) -> str:

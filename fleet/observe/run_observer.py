@@ -18,7 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from fleet.observe.coordinator_metrics import FleetMetrics
-from fleet.observe.prometheus import EmbeddedPrometheus, PrometheusError, TargetsFile
+from fleet.observe.prometheus import EmbeddedPrometheus, PrometheusError
+from fleet.observe.targets import SharedTargetsFile, TargetsFile
 
 
 class RunObserver:
@@ -32,10 +33,16 @@ class RunObserver:
         mode: str = "embedded",
         keep_prometheus: bool = False,
         announce: Callable[[str], object] = print,
+        shared_targets: Path | None = None,
+        targets_grace_s: float = 60.0,
     ):
         self.metrics = FleetMetrics(run_id=run_id, experiment=experiment, git=git)
         self.run_id = run_id
         self.targets = TargetsFile(run_dir / "prometheus" / "targets.json")
+        # where a standing Prometheus reads (fleet run --targets-file), beside the run's own
+        self.shared = (
+            SharedTargetsFile(shared_targets, run_id, targets_grace_s) if shared_targets else None
+        )
         self.workdir = run_dir / "prometheus"
         self.mode = mode  # "embedded", "off", or the URL of an existing Prometheus
         self.keep_prometheus = keep_prometheus
@@ -49,18 +56,20 @@ class RunObserver:
         for _ in range(num_trials):
             self.metrics.trial_state(None, "pending")
         port = self.metrics.serve("127.0.0.1", 0)
-        self.targets.set("coordinator", f"127.0.0.1:{port}", job="coordinator", run=self.run_id)
+        self._set_target("coordinator", f"127.0.0.1:{port}", job="coordinator", run=self.run_id)
         facts = {
             "targets_file": str(self.targets.path.resolve()),
             "coordinator_metrics": f"127.0.0.1:{port}",
         }
+        if self.shared is not None:
+            facts["shared_targets_file"] = str(self.shared.path.resolve())
         if self.mode == "off":
             return facts
         if self.mode != "embedded":
             self.url = self.mode
+            read = self.shared.path if self.shared is not None else self.targets.path
             self.announce(
-                f"Prometheus: {self.url} (it must read the file_sd targets in "
-                f"{self.targets.path.resolve()})"
+                f"Prometheus: {self.url} (it must read the file_sd targets in {read.resolve()})"
             )
         else:
             self._start_embedded()
@@ -83,7 +92,7 @@ class RunObserver:
         path to it on its host's relay, when it is scraped through one)."""
         if metrics_address:
             extra = {"__metrics_path__": metrics_path} if metrics_path else {}
-            self.targets.set(
+            self._set_target(
                 phone,
                 metrics_address,
                 job="phone-agent",
@@ -93,6 +102,11 @@ class RunObserver:
                 **extra,
             )
         self.metrics.phone_up(phone, True)
+
+    def _set_target(self, name: str, address: str, *, job: str, **labels: str) -> None:
+        self.targets.set(name, address, job=job, **labels)
+        if self.shared is not None:
+            self.shared.set(name, address, job=job, **labels)
 
     def phone_down(self, phone: str) -> None:
         self.metrics.phone_up(phone, False)
@@ -118,6 +132,8 @@ class RunObserver:
         for phone in phones:
             self.targets.remove(phone)
         self.targets.remove("coordinator")  # its endpoint closes with this run
+        if self.shared is not None:  # a standing Prometheus keeps them for the grace period
+            self.shared.retire()
         if self._prometheus is not None and self._prometheus.proc is not None:
             if self.keep_prometheus:
                 self.announce(

@@ -198,20 +198,24 @@ class ServiceOptions(_message.Message):
     def __init__(self, scheduler: _Optional[_Union[SchedulerPolicy, str]] = ..., max_batch_size: _Optional[int] = ..., prefill_chunk_tokens: _Optional[int] = ..., prefix_cache: _Optional[bool] = ..., persistent_contexts: _Optional[bool] = ..., context_policy: _Optional[_Union[ContextPolicy, str]] = ..., kv_budget_bytes: _Optional[int] = ..., quantum_tokens: _Optional[int] = ..., priority_aging_s: _Optional[float] = ...) -> None: ...
 
 class DeployRequest(_message.Message):
-    __slots__ = ("paradigm", "model", "apps", "max_context_tokens", "threads_per_process", "service")
+    __slots__ = ("paradigm", "model", "apps", "max_context_tokens", "threads_per_process", "service", "paradigm_label", "phase")
     PARADIGM_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     APPS_FIELD_NUMBER: _ClassVar[int]
     MAX_CONTEXT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     THREADS_PER_PROCESS_FIELD_NUMBER: _ClassVar[int]
     SERVICE_FIELD_NUMBER: _ClassVar[int]
+    PARADIGM_LABEL_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
     paradigm: Paradigm
     model: ModelRef
     apps: _containers.RepeatedCompositeFieldContainer[AppWorkload]
     max_context_tokens: int
     threads_per_process: int
     service: ServiceOptions
-    def __init__(self, paradigm: _Optional[_Union[Paradigm, str]] = ..., model: _Optional[_Union[ModelRef, _Mapping]] = ..., apps: _Optional[_Iterable[_Union[AppWorkload, _Mapping]]] = ..., max_context_tokens: _Optional[int] = ..., threads_per_process: _Optional[int] = ..., service: _Optional[_Union[ServiceOptions, _Mapping]] = ...) -> None: ...
+    paradigm_label: str
+    phase: str
+    def __init__(self, paradigm: _Optional[_Union[Paradigm, str]] = ..., model: _Optional[_Union[ModelRef, _Mapping]] = ..., apps: _Optional[_Iterable[_Union[AppWorkload, _Mapping]]] = ..., max_context_tokens: _Optional[int] = ..., threads_per_process: _Optional[int] = ..., service: _Optional[_Union[ServiceOptions, _Mapping]] = ..., paradigm_label: _Optional[str] = ..., phase: _Optional[str] = ...) -> None: ...
 
 class AppDeployment(_message.Message):
     __slots__ = ("app", "pid", "cold_start_s", "weight_bytes", "kv_cache_bytes")
