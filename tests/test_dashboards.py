@@ -43,9 +43,7 @@ def registered_series() -> set[str]:
 
 def expressions(board: dict) -> list[tuple[str, str]]:
     """(where, PromQL) of every panel target, variable query and annotation of a board."""
-    out = [
-        (f"panel {p['title']}", t["expr"]) for p in board["panels"] for t in p["targets"]
-    ]
+    out = [(f"panel {p['title']}", t["expr"]) for p in board["panels"] for t in p["targets"]]
     out += [
         (f"variable {v['name']}", v["query"])
         for v in board["templating"]["list"]
