@@ -1,9 +1,13 @@
-"""Engine speed beside its memory-bandwidth ceiling, measured on this machine in this run.
+"""Engine speed beside its memory-bandwidth ceiling and beside Hugging Face, measured in one run.
 
 Decode on a CPU is memory-bound: every generated token reads all the weights once, so
-    ceiling tok/s = measured copy bandwidth / bytes of weights read per token.
-Prints prefill (256 tokens) and decode tokens/s for a preset at 1 and 2 threads in fp32 and bf16,
-the ceiling for each, and the ratio to it. Figures are medians of --runs runs.
+    ceiling tok/s = read bandwidth (a sum over 512 MiB, same threads) / bytes of weights.
+For each dtype (fp32, bf16, int8 weight-only) and thread count it prints prefill (256 tokens)
+and batch-1 decode tokens/s, the ceiling and the ratio to it, Hugging Face ``transformers``
+``LlamaForCausalLM.generate`` on the same shape, weights, dtype and threads (int8 beside HF
+bf16), and the aggregate decode rate of a batch of 8. Every figure is the median of --runs runs;
+the targets are printed with hit or miss, and everything goes to bench/results/engine_speed.json.
+transformers is a dev-only dependency (``pip install .[dev]``), never needed by the agent.
 
     python bench/engine_speed.py [--preset smollm-135m] [--runs 5] [--decode-tokens 64]
 """
@@ -11,42 +15,58 @@ the ceiling for each, and the ratio to it. Figures are medians of --runs runs.
 from __future__ import annotations
 
 import argparse
+import copy
+import json
+import platform
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
-from agents.llm.generate import decode_one_token, prefill
+from agents.llm.generate import decode_one_token, generate, prefill
 from agents.llm.kv_context import KVContext
+from agents.llm.quant import quantize_model
+from agents.llm.transformer import Transformer
 from agents.llm.weights import DTYPES, random_model
 from fleet.shapes import ModelArgs
 
+PROMPT = 256
+BATCH = 8
+RESULTS = Path(__file__).resolve().parent / "results" / "engine_speed.json"
 
-def copy_bandwidth_bytes_per_s(threads: int, runs: int, size_mib: int = 512) -> float:
-    """Median bytes moved per second (read + write) copying a buffer larger than any cache."""
+
+def read_bandwidth_bytes_per_s(threads: int, runs: int, size_mib: int = 512) -> float:
+    """Median bytes read per second summing a buffer larger than any cache."""
     torch.set_num_threads(threads)
-    src = torch.ones(size_mib * 2**20 // 4, dtype=torch.float32)
-    dst = torch.empty_like(src)
-    dst.copy_(src)  # fault the pages in
+    buf = torch.ones(size_mib * 2**20 // 4, dtype=torch.float32)
+    buf.sum()  # fault the pages in
     times = []
     for _ in range(runs):
         t0 = time.perf_counter()
-        dst.copy_(src)
+        buf.sum()
         times.append(time.perf_counter() - t0)
-    return 2 * src.numel() * 4 / statistics.median(times)
+    return buf.numel() * 4 / statistics.median(times)
+
+
+def _median_time(fn, runs: int) -> float:
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
 
 
 @torch.inference_mode()
-def measure(model, threads: int, runs: int, decode_tokens: int) -> tuple[float, float]:
-    """(prefill tok/s for 256 tokens, decode tok/s), medians over runs."""
-    torch.set_num_threads(threads)
+def engine_speed(model: Transformer, runs: int, decode_tokens: int) -> dict[str, float]:
+    """Prefill and batch-1 decode tokens/s, and the aggregate decode tokens/s of BATCH."""
     gen = torch.Generator().manual_seed(0)
-    prompt = torch.randint(0, model.args.vocab_size, (1, 256), generator=gen)
-    prompt = prompt[0].tolist()
+    prompt = torch.randint(0, model.args.vocab_size, (PROMPT,), generator=gen).tolist()
     prefill(model, KVContext(model), prompt[:32])  # warm-up
-    prefill_s, decode_s = [], []
+    prefill_s, decode_s, batch_s = [], [], []
     for _ in range(runs):
-        ctx = KVContext(model, capacity=256 + decode_tokens)
+        ctx = KVContext(model, capacity=PROMPT + decode_tokens)
         t0 = time.perf_counter()
         logits = prefill(model, ctx, prompt)
         prefill_s.append(time.perf_counter() - t0)
@@ -55,7 +75,84 @@ def measure(model, threads: int, runs: int, decode_tokens: int) -> tuple[float, 
         for _ in range(decode_tokens):
             tok = int(decode_one_token(model, ctx, tok).argmax())
         decode_s.append(time.perf_counter() - t0)
-    return 256 / statistics.median(prefill_s), decode_tokens / statistics.median(decode_s)
+        contexts = [KVContext(model, capacity=32 + decode_tokens) for _ in range(BATCH)]
+        toks = [int(model([(c, prompt[i : i + 32])])[0].argmax()) for i, c in enumerate(contexts)]
+        t0 = time.perf_counter()
+        for _ in range(decode_tokens):
+            toks = model([(c, [t]) for c, t in zip(contexts, toks)]).argmax(-1).tolist()
+        batch_s.append(time.perf_counter() - t0)
+    return {
+        "prefill_tok_s": PROMPT / statistics.median(prefill_s),
+        "decode_tok_s": decode_tokens / statistics.median(decode_s),
+        "batch8_tok_s": BATCH * decode_tokens / statistics.median(batch_s),
+    }
+
+
+def hf_model(model: Transformer, dtype: torch.dtype):
+    """transformers' own Llama with this model's shape and weights, in ``dtype``."""
+    import transformers
+
+    a = model.args
+    config = transformers.LlamaConfig(
+        hidden_size=a.dim,
+        intermediate_size=a.intermediate_size,
+        num_hidden_layers=a.n_layer,
+        num_attention_heads=a.n_head,
+        num_key_value_heads=a.n_kv_head,
+        vocab_size=a.vocab_size,
+        max_position_embeddings=a.max_position,
+        rms_norm_eps=a.norm_eps,
+        rope_theta=a.rope_base,
+        tie_word_embeddings=a.tie_embeddings,
+        attention_bias=a.qkv_bias,
+    )
+    hf = transformers.LlamaForCausalLM(config).to(dtype).eval()
+    state = {
+        f"model.{k}" if not k.startswith("lm_head") else k: v for k, v in model.state_dict().items()
+    }
+    hf.load_state_dict(state, strict=False)
+    if a.tie_embeddings:
+        hf.tie_weights()
+    return hf
+
+
+@torch.inference_mode()
+def hf_speed(hf, vocab: int, runs: int, decode_tokens: int) -> dict[str, float]:
+    """Prefill as generate() of one token; decode as the extra time of ``decode_tokens`` more."""
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, vocab, (1, PROMPT), generator=gen)
+    kw = dict(do_sample=False, pad_token_id=0, eos_token_id=None)
+
+    def run(n: int):
+        return lambda: hf.generate(ids, max_new_tokens=n, min_new_tokens=n, **kw)
+
+    run(2)()  # warm-up
+    first = _median_time(run(1), runs)
+    full = _median_time(run(1 + decode_tokens), runs)
+    return {"prefill_tok_s": PROMPT / first, "decode_tok_s": decode_tokens / (full - first)}
+
+
+def greedy_agreement(preset: str, tokens: int = 16) -> dict[str, float]:
+    """Greedy tokens of int8 against fp32 with the same weights: the common prefix length,
+    over three prompts."""
+    ref = random_model(ModelArgs.from_name(preset), torch.float32, 0)
+    q = quantize_model(copy.deepcopy(ref))
+    prefixes = []
+    for seed in range(3):
+        g = torch.Generator().manual_seed(seed)
+        prompt = torch.randint(0, ref.args.vocab_size, (32,), generator=g).tolist()
+        a, b = generate(ref, prompt, tokens), generate(q, prompt, tokens)
+        n = 0
+        while n < tokens and a[n] == b[n]:
+            n += 1
+        prefixes.append(n)
+    return {"tokens": tokens, "common_prefix": prefixes, "rate": sum(prefixes) / (3 * tokens)}
+
+
+def build(args: ModelArgs, dtype_name: str) -> Transformer:
+    if dtype_name == "int8":
+        return quantize_model(random_model(args, torch.bfloat16, seed=0))
+    return random_model(args, DTYPES[dtype_name], seed=0)
 
 
 def main() -> None:
@@ -64,35 +161,109 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--decode-tokens", type=int, default=64)
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    p.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=list(DTYPES))
+    p.add_argument("--dtypes", nargs="+", default=["fp32", "bf16", "int8"], choices=list(DTYPES))
+    p.add_argument("--no-hf", action="store_true", help="skip the transformers baseline")
+    p.add_argument("--out", type=Path, default=RESULTS, help=f"JSON results ({RESULTS})")
     ns = p.parse_args()
 
     args = ModelArgs.from_name(ns.preset)
     print(
         f"{ns.preset}: {args.num_params() / 1e6:.1f}M parameters, random weights, "
-        f"torch {torch.__version__}, medians of {ns.runs} runs"
+        f"torch {torch.__version__}, medians of {ns.runs} runs, {ns.decode_tokens} decode tokens"
     )
-    bandwidth = {t: copy_bandwidth_bytes_per_s(t, ns.runs) for t in ns.threads}
+    bandwidth = {t: read_bandwidth_bytes_per_s(t, ns.runs) for t in ns.threads}
     for t, bw in bandwidth.items():
-        print(f"copy bandwidth, {t} thread(s): {bw / 1e9:.1f} GB/s")
+        print(f"read bandwidth, {t} thread(s): {bw / 1e9:.1f} GB/s")
+    rows = []
+    for dtype_name in ns.dtypes:
+        model = build(args, dtype_name)
+        weight_bytes = model.weight_bytes()  # a decode step reads every weight once
+        hf = None
+        if not ns.no_hf:  # int8 against HF bf16: what a user would otherwise run
+            hf_dtype = torch.bfloat16 if dtype_name == "int8" else DTYPES[dtype_name]
+            source = build(args, "bf16") if dtype_name == "int8" else model
+            hf = hf_model(source, hf_dtype)
+        for t in ns.threads:
+            torch.set_num_threads(t)
+            row = {"dtype": dtype_name, "threads": t, "weight_bytes": weight_bytes}
+            row.update(engine_speed(model, ns.runs, ns.decode_tokens))
+            row["ceiling_tok_s"] = bandwidth[t] / weight_bytes
+            row["decode_vs_ceiling"] = row["decode_tok_s"] / row["ceiling_tok_s"]
+            if hf is not None:
+                base = hf_speed(hf, args.vocab_size, ns.runs, ns.decode_tokens)
+                row["hf_prefill_tok_s"], row["hf_decode_tok_s"] = (
+                    base["prefill_tok_s"],
+                    base["decode_tok_s"],
+                )
+            rows.append(row)
+        del model, hf
+    report(rows, args, ns)
+    agreement = greedy_agreement("tiny") | {"preset": "tiny"}
+    on_preset = greedy_agreement(ns.preset) | {"preset": ns.preset}
+    for a in (agreement, on_preset):
+        print(
+            f"int8 greedy tokens vs fp32, {a['preset']}: common prefix {a['common_prefix']} "
+            f"of {a['tokens']} (agreement {a['rate']:.2f})"
+        )
+    ns.out.parent.mkdir(parents=True, exist_ok=True)
+    ns.out.write_text(
+        json.dumps(
+            {
+                "preset": ns.preset,
+                "runs": ns.runs,
+                "decode_tokens": ns.decode_tokens,
+                "torch": torch.__version__,
+                "machine": platform.machine(),
+                "processor": platform.processor(),
+                "read_bandwidth_bytes_per_s": {str(t): bw for t, bw in bandwidth.items()},
+                "rows": rows,
+                "int8_agreement": [agreement, on_preset],
+                "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    print(f"results: {ns.out}")
+
+
+def report(rows: list[dict], args: ModelArgs, ns) -> None:
     header = (
-        f"{'dtype':<6}{'threads':>8}{'weights MiB':>13}{'prefill tok/s':>15}"
-        f"{'decode tok/s':>14}{'ceiling tok/s':>15}{'decode/ceiling':>16}"
+        f"{'dtype':<6}{'thr':>4}{'MiB':>6}{'prefill':>9}{'HF':>8}{'x':>6}"
+        f"{'decode':>8}{'HF':>7}{'x':>6}{'ceiling':>9}{'/ceil':>7}{'batch8':>8}{'x b1':>6}"
     )
     print(header)
     print("-" * len(header))
-    for dtype_name in ns.dtypes:
-        dtype = DTYPES[dtype_name]
-        model = random_model(args, dtype, seed=0)
-        weight_bytes = args.weight_bytes(dtype_name)  # a decode step reads every weight once
-        for t in ns.threads:
-            prefill_tps, decode_tps = measure(model, t, ns.runs, ns.decode_tokens)
-            ceiling = bandwidth[t] / weight_bytes
-            print(
-                f"{dtype_name:<6}{t:>8}{weight_bytes / 2**20:>13.0f}{prefill_tps:>15.0f}"
-                f"{decode_tps:>14.1f}{ceiling:>15.1f}{decode_tps / ceiling:>16.2f}"
-            )
-        del model
+    for r in rows:
+        hf_p, hf_d = r.get("hf_prefill_tok_s", 0.0), r.get("hf_decode_tok_s", 0.0)
+        x_p = r["prefill_tok_s"] / hf_p if hf_p else 0.0
+        x_d = r["decode_tok_s"] / hf_d if hf_d else 0.0
+        print(
+            f"{r['dtype']:<6}{r['threads']:>4}{r['weight_bytes'] / 2**20:>6.0f}"
+            f"{r['prefill_tok_s']:>9.0f}{hf_p:>8.0f}{x_p:>6.2f}"
+            f"{r['decode_tok_s']:>8.1f}{hf_d:>7.1f}{x_d:>6.2f}"
+            f"{r['ceiling_tok_s']:>9.1f}{r['decode_vs_ceiling']:>7.2f}"
+            f"{r['batch8_tok_s']:>8.1f}{r['batch8_tok_s'] / r['decode_tok_s']:>6.2f}"
+        )
+    print("targets (hit/miss):")
+    by = {(r["dtype"], r["threads"]): r for r in rows}
+    for r in rows:
+        key = f"{r['dtype']} {r['threads']}t"
+        checks = []
+        if r.get("hf_decode_tok_s") and r["dtype"] != "int8":
+            checks.append(("decode >= 1.3x HF", r["decode_tok_s"] / r["hf_decode_tok_s"], 1.3))
+            checks.append(("prefill >= 1.2x HF", r["prefill_tok_s"] / r["hf_prefill_tok_s"], 1.2))
+        if r["dtype"] == "fp32":
+            checks.append(("decode >= 0.60 of ceiling", r["decode_vs_ceiling"], 0.60))
+        checks.append(("batch 8 >= 4x batch 1", r["batch8_tok_s"] / r["decode_tok_s"], 4.0))
+        bf16 = by.get(("bf16", r["threads"]))
+        if r["dtype"] == "int8" and bf16:
+            checks.append(("int8 decode >= bf16", r["decode_tok_s"] / bf16["decode_tok_s"], 1.0))
+            share = r["weight_bytes"] / bf16["weight_bytes"]
+            checks.append(("int8 weights <= 0.55 of bf16", share, -0.55))
+        for name, value, target in checks:  # a negative target: at most its magnitude
+            hit = value <= -target if target < 0 else value >= target
+            print(f"  {key:<9} {name:<30} {value:6.2f}  {'hit' if hit else 'MISS'}")
 
 
 if __name__ == "__main__":

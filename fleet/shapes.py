@@ -19,7 +19,17 @@ from typing import Any
 
 from fleet.records import ModelSpec
 
-DTYPE_BYTES: dict[str, int] = {"fp32": 4, "bf16": 2}  # bytes per element of each weight dtype
+# bytes per weight of each model dtype; int8 also keeps a bf16 scale per matrix row and computes
+# (norms, biases, KV cache) in bf16: ModelArgs.weight_bytes and kv_dtype
+DTYPE_BYTES: dict[str, int] = {"fp32": 4, "bf16": 2, "int8": 1}
+
+
+INT8_QUANT_METHOD = "slm-fleet-int8"  # config.json's quantization_config of an int8 directory
+
+
+def kv_dtype(dtype: str) -> str:
+    """The dtype of a model's KV cache and activations."""
+    return "bf16" if dtype == "int8" else dtype
 
 
 def dtype_bytes(dtype: str) -> int:
@@ -71,12 +81,26 @@ class ModelArgs:
         head = 0 if self.tie_embeddings else self.vocab_size * self.dim
         return self.n_layer * block + embed + head + self.dim
 
+    def matrix_rows(self) -> int:
+        """Output rows of every weight matrix (a tied lm_head is the embedding)."""
+        kv = self.n_kv_head * self.head_dim
+        block = 2 * self.dim + 2 * kv + 2 * self.intermediate_size + self.dim
+        return self.n_layer * block + self.vocab_size * (1 if self.tie_embeddings else 2)
+
+    def vector_params(self) -> int:
+        """Parameters outside the matrices: RMSNorm weights and q/k/v biases."""
+        biases = self.dim + 2 * self.n_kv_head * self.head_dim if self.qkv_bias else 0
+        return self.n_layer * (2 * self.dim + biases) + self.dim
+
     def weight_bytes(self, dtype: str) -> int:
+        if dtype == "int8":  # int8 matrices, a bf16 scale per row, bf16 norms and biases
+            matrices = self.num_params() - self.vector_params()
+            return matrices + 2 * (self.matrix_rows() + self.vector_params())
         return self.num_params() * dtype_bytes(dtype)
 
     def kv_cache_bytes(self, max_seq_len: int, dtype: str, batch: int = 1) -> int:
         """Bytes of a preallocated KV cache: K and V for every layer, kv head and position."""
-        per_pos = 2 * self.n_layer * self.n_kv_head * self.head_dim * dtype_bytes(dtype)
+        per_pos = 2 * self.n_layer * self.n_kv_head * self.head_dim * dtype_bytes(kv_dtype(dtype))
         return batch * max_seq_len * per_pos
 
 
@@ -261,7 +285,20 @@ def args_from_hf_config(cfg: dict[str, Any]) -> ModelArgs:
     missing = [k for k in HF_REQUIRED if not isinstance(cfg.get(k), int) or cfg[k] < 1]
     if missing:
         raise ValueError(f"config.json needs positive integers for: {', '.join(missing)}")
-    unknown = sorted(k for k in cfg if k not in HF_READ | HF_HARMLESS and cfg[k] is not None)
+    quant = cfg.get("quantization_config")
+    if quant is not None and (
+        not isinstance(quant, dict) or quant.get("quant_method") != INT8_QUANT_METHOD
+    ):
+        method = quant.get("quant_method") if isinstance(quant, dict) else quant
+        raise ValueError(
+            f"unsupported model config: quantization {method!r} (this engine reads its own "
+            f"{INT8_QUANT_METHOD!r} directories, or quantizes float weights with dtype int8)"
+        )
+    unknown = sorted(
+        k
+        for k in cfg
+        if k not in HF_READ | HF_HARMLESS | {"quantization_config"} and cfg[k] is not None
+    )
     if unknown:
         raise ValueError(
             f"unsupported model config: field(s) {', '.join(unknown)} not implemented by this "

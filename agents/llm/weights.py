@@ -26,13 +26,26 @@ from typing import Any
 
 import torch
 
+from agents.llm.quant import (
+    COMPUTE_DTYPE,
+    QUANT_METHOD,
+    int8_modules_like,
+    is_tied,
+    quantize_model,
+    retie,
+)
 from agents.llm.transformer import Transformer
 from agents.storage import IoCount, PhoneStorage
 from fleet.records import ModelSpec
 from fleet.shapes import ModelArgs, args_from_hf_config, model_args, read_hf_config
 
 RANDOM_WEIGHTS = "random weights"
-DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16}
+# a model dtype -> the dtype it computes in (int8 keeps its matrices int8: quant.py)
+DTYPES: dict[str, torch.dtype] = {
+    "fp32": torch.float32,
+    "bf16": torch.bfloat16,
+    "int8": COMPUTE_DTYPE,
+}
 
 
 def torch_dtype(name: str) -> torch.dtype:
@@ -51,13 +64,16 @@ class LoadedModel:
 
 
 def load_model(spec: ModelSpec, storage: PhoneStorage | None = None) -> LoadedModel:
-    dtype = torch_dtype(spec.dtype)
+    """``int8``: real weights are quantized as they load (a checkpoint saved quantized loads
+    as it is); random ones are drawn in bf16 and quantized."""
+    quantize = spec.dtype == "int8"
     if spec.path:
-        return _load_local(Path(spec.path), dtype, storage)
+        return _load_local(Path(spec.path), spec.dtype, storage)
     if storage is None:
-        return LoadedModel(random_model(model_args(spec), dtype, spec.seed), RANDOM_WEIGHTS)
+        model = random_model(model_args(spec), torch_dtype(spec.dtype), spec.seed)
+        return LoadedModel(quantize_model(model) if quantize else model, RANDOM_WEIGHTS)
     folder, install_s = install_random_weights(spec, storage)
-    loaded = _load_local(folder, dtype, storage)
+    loaded = _load_local(folder, spec.dtype, storage)
     loaded.weights_label, loaded.install_s = RANDOM_WEIGHTS, install_s
     return loaded
 
@@ -73,6 +89,8 @@ def install_random_weights(spec: ModelSpec, storage: PhoneStorage) -> tuple[Path
         t0 = time.perf_counter()
         tmp = folder.with_name(f".{name}.tmp")
         model = random_model(model_args(spec), torch_dtype(spec.dtype), spec.seed)
+        if spec.dtype == "int8":  # stored quantized, as a phone keeps a Q8 model file
+            quantize_model(model)
         save_hf_directory(model, tmp)
         with storage.writing(tmp / "model.safetensors") as io:
             io.bytes = (tmp / "model.safetensors").stat().st_size
@@ -112,10 +130,16 @@ def random_model(args: ModelArgs, dtype: torch.dtype, seed: int) -> Transformer:
     return model.eval()
 
 
-def _load_local(path: Path, dtype: torch.dtype, storage: PhoneStorage | None = None) -> LoadedModel:
+def _load_local(path: Path, dtype_name: str, storage: PhoneStorage | None = None) -> LoadedModel:
     from safetensors import safe_open
 
-    args = args_from_hf_config(read_hf_config(path))
+    dtype = torch_dtype(dtype_name)
+    config = read_hf_config(path)
+    args = args_from_hf_config(config)
+    quant = (config.get("quantization_config") or {}).get("quant_method", "")
+    # (args_from_hf_config refused any other quantization)
+    if quant and dtype_name != "int8":
+        raise ValueError(f"{path} holds int8 weights; load it with dtype int8")
     files = sorted(path.glob("*.safetensors"))
     if not files:
         raise FileNotFoundError(f"{path}: no *.safetensors files")
@@ -131,13 +155,17 @@ def _load_local(path: Path, dtype: torch.dtype, storage: PhoneStorage | None = N
                         continue  # older checkpoints store the RoPE table; we compute it
                     # a private copy, never the file's mapped pages: an app's model is its own
                     # memory (shared page-cache pages would split its PSS among processes)
-                    state[name] = st.get_tensor(key).to(dtype, copy=True)
+                    tensor = st.get_tensor(key)
+                    keep = tensor.dtype == torch.int8  # a quantized matrix stays int8
+                    state[name] = tensor.to(torch.int8 if keep else dtype, copy=True)
     if args.tie_embeddings:
-        state.pop("lm_head.weight", None)
+        state = {k: v for k, v in state.items() if not k.startswith("lm_head.")}
     with torch.device("meta"):
         model = Transformer(args)
+    if quant:
+        int8_modules_like(model)
     expected = {
-        k for k in model.state_dict() if not (args.tie_embeddings and k == "lm_head.weight")
+        k for k in model.state_dict() if not (args.tie_embeddings and k.startswith("lm_head."))
     }
     missing, unexpected = expected - state.keys(), state.keys() - expected
     if missing or unexpected:
@@ -146,8 +174,12 @@ def _load_local(path: Path, dtype: torch.dtype, storage: PhoneStorage | None = N
             f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
         )
     model.load_state_dict(state, strict=False, assign=True)
-    if args.tie_embeddings:
+    if quant and args.tie_embeddings:
+        retie(model)
+    elif args.tie_embeddings:
         model.lm_head.weight = model.embed_tokens.weight
+    if dtype_name == "int8" and not quant:  # real weights, quantized as they load
+        quantize_model(model)
     tokenizer = None
     if (path / "tokenizer.json").is_file():
         from tokenizers import Tokenizer
@@ -162,7 +194,7 @@ def save_hf_directory(model: Transformer, path: Path) -> None:
 
     a = model.args
     path.mkdir(parents=True, exist_ok=True)
-    cfg = {
+    cfg: dict[str, Any] = {
         "model_type": "qwen2" if a.qkv_bias else "llama",
         "num_hidden_layers": a.n_layer,
         "hidden_size": a.dim,
@@ -175,10 +207,15 @@ def save_hf_directory(model: Transformer, path: Path) -> None:
         "tie_word_embeddings": a.tie_embeddings,
         "max_position_embeddings": a.max_position,
     }
+    tied = a.tie_embeddings and (
+        is_tied(model) or model.lm_head.weight is model.embed_tokens.weight
+    )
+    if model.embed_tokens.weight.dtype == torch.int8:
+        cfg["quantization_config"] = {"quant_method": QUANT_METHOD, "bits": 8, "group": "row"}
     (path / "config.json").write_text(json.dumps(cfg, indent=2))
     state = {
         f"model.{k}" if not k.startswith("lm_head") else k: v.contiguous()
         for k, v in model.state_dict().items()
-        if not (a.tie_embeddings and k == "lm_head.weight")
+        if not (tied and k.startswith("lm_head."))
     }
     save_file(state, str(path / "model.safetensors"))

@@ -255,7 +255,7 @@ class ModelConfig(Strict):
     name: str = Field("", pattern=r"^$|" + NAME)  # label in results; defaults to preset/dir name
     preset: str = "smollm-135m"  # named shape with random weights
     path: str = ""  # local Hugging Face format directory with real weights
-    dtype: Literal["fp32", "bf16"] = "fp32"
+    dtype: Literal["fp32", "bf16", "int8"] = "fp32"  # int8: weight-only, computes in bf16
     seed: int = 0  # seed of the random weights
 
     @model_validator(mode="after")

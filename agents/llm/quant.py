@@ -1,0 +1,150 @@
+"""Weight-only int8: every matrix of the model stored as int8 with one bf16 scale per output row
+(symmetric, per channel, as llama.cpp's Q8_0 or torchao's int8 weight-only do), activations,
+norms and the KV cache in bf16.
+
+Decode on a phone or a laptop CPU is bound by reading the weights, so a byte per weight instead
+of two reads half as much. The matrix products run in PyTorch's own int8 weight kernel
+(``torch._weight_int8pack_mm``), which reads the int8 rows and scales them as it goes; where
+that kernel cannot take a shape (an inner size that is not a multiple of 16: only toy shapes),
+or for a prefill of many rows, where the kernel is slower than dequantizing the matrix once and
+running one bf16 product (measured: 256 rows, 5x), the matrix is dequantized for the product.
+
+    quantize_model(model)           # in place: a bf16 Transformer's matrices become int8
+    int8_weight_bytes(args)         # fleet.shapes does the same sum without torch
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from fleet.shapes import INT8_QUANT_METHOD
+
+if TYPE_CHECKING:
+    from agents.llm.transformer import Transformer
+
+COMPUTE_DTYPE = torch.bfloat16  # activations, norms, scales and the KV cache of an int8 model
+KERNEL_K_MULTIPLE = 16  # the int8 kernel's inner size must be a multiple of this
+KERNEL_MAX_ROWS = 24  # more rows (a prefill chunk): dequantize once, then one bf16 product
+QUANT_METHOD = INT8_QUANT_METHOD  # config.json's quantization_config.quant_method
+
+
+def quantize_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, K) float -> (int8 (N, K), bf16 scales (N,)): each row scaled so its largest |value|
+    maps to 127."""
+    wf = w.float()
+    scales = (wf.abs().amax(dim=1) / 127.0).clamp(min=1e-12)
+    q = torch.round(wf / scales[:, None]).clamp(-127, 127).to(torch.int8)
+    return q.contiguous(), scales.to(COMPUTE_DTYPE)
+
+
+class Int8Linear(nn.Module):
+    """y = x W^T (+ b) with W int8 and one scale per output row."""
+
+    weight: torch.Tensor
+    scales: torch.Tensor
+    bias: torch.Tensor | None
+
+    def __init__(self, weight: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None):
+        super().__init__()
+        self.out_features, self.in_features = weight.shape
+        self.register_buffer("weight", weight)
+        self.register_buffer("scales", scales)
+        self.register_buffer("bias", bias)
+        self.kernel = self.in_features % KERNEL_K_MULTIPLE == 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x2 = x.reshape(-1, self.in_features).to(COMPUTE_DTYPE).contiguous()
+        if self.kernel and x2.shape[0] <= KERNEL_MAX_ROWS:
+            y = torch._weight_int8pack_mm(x2, self.weight, self.scales)
+        else:
+            y = x2 @ (self.weight.to(COMPUTE_DTYPE) * self.scales[:, None]).T
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(*shape[:-1], self.out_features)
+
+
+class Int8Embedding(nn.Module):
+    """Rows of an int8 table, dequantized as they are looked up (shared with a tied head)."""
+
+    weight: torch.Tensor
+    scales: torch.Tensor
+
+    def __init__(self, weight: torch.Tensor, scales: torch.Tensor):
+        super().__init__()
+        self.register_buffer("weight", weight)
+        self.register_buffer("scales", scales)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.weight[ids].to(COMPUTE_DTYPE) * self.scales[ids][..., None]
+
+
+def _int8_linear(linear: nn.Linear) -> Int8Linear:
+    q, s = quantize_rows(linear.weight.detach())
+    bias = linear.bias.detach().to(COMPUTE_DTYPE) if linear.bias is not None else None
+    return Int8Linear(q, s, bias)
+
+
+@torch.no_grad()
+def quantize_model(model: Transformer) -> Transformer:
+    """Make every matrix of a Transformer int8 (in place) and the rest bf16; a tied lm_head
+    shares the embedding's int8 table and scales."""
+    m: Any = model
+    m.to(COMPUTE_DTYPE)
+    tied = m.lm_head.weight is m.embed_tokens.weight
+    q, s = quantize_rows(m.embed_tokens.weight.detach())
+    m.embed_tokens = Int8Embedding(q, s)
+    m.lm_head = Int8Linear(q, s, None) if tied else _int8_linear(m.lm_head)
+    for block in m.layers:
+        for parent in (block.self_attn, block.mlp):
+            for name, child in list(parent.named_children()):
+                if isinstance(child, nn.Linear):
+                    setattr(parent, name, _int8_linear(child))
+    return model
+
+
+def int8_modules_like(model: Transformer) -> Transformer:
+    """Give a Transformer built on the meta device the int8 modules' structure, so a saved int8
+    state dict loads into it (``load_state_dict(..., assign=True)``, then ``retie``)."""
+    m: Any = model
+
+    def empty(n: int, k: int, bias: bool) -> Int8Linear:
+        return Int8Linear(
+            torch.empty(n, k, dtype=torch.int8, device="meta"),
+            torch.empty(n, dtype=COMPUTE_DTYPE, device="meta"),
+            torch.empty(n, dtype=COMPUTE_DTYPE, device="meta") if bias else None,
+        )
+
+    m.to(COMPUTE_DTYPE)
+    tied = m.lm_head.weight is m.embed_tokens.weight
+    v, d = m.embed_tokens.weight.shape
+    m.embed_tokens = Int8Embedding(
+        torch.empty(v, d, dtype=torch.int8, device="meta"),
+        torch.empty(v, dtype=COMPUTE_DTYPE, device="meta"),
+    )
+    if not tied:
+        rows, cols = m.lm_head.weight.shape
+        m.lm_head = empty(rows, cols, False)
+    for block in m.layers:
+        for parent in (block.self_attn, block.mlp):
+            for name, child in list(parent.named_children()):
+                if isinstance(child, nn.Linear):
+                    rows, cols = child.weight.shape
+                    setattr(parent, name, empty(rows, cols, child.bias is not None))
+    if tied:
+        retie(m)
+    return model
+
+
+def retie(model: Transformer) -> None:
+    """A tied lm_head reads the embedding's own int8 table and scales (no copy)."""
+    m: Any = model
+    m.lm_head = Int8Linear(m.embed_tokens.weight, m.embed_tokens.scales, None)
+
+
+def is_tied(model: Transformer) -> bool:
+    m: Any = model
+    return isinstance(m.lm_head, Int8Linear) and m.lm_head.weight is m.embed_tokens.weight
