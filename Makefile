@@ -14,7 +14,7 @@ demo: $(STAMP)
 	$(BIN)/fleet run
 
 test: lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=12
 
 # ruff (lint + format check) and mypy (strict on the kernel), configured in pyproject.toml
 lint: $(STAMP)

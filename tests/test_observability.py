@@ -158,7 +158,7 @@ def test_dashboards_show_one_runs_phases_from_a_standing_prometheus(tmp_path):
         "workloads": [
             {
                 "name": "w",
-                "duration_s": 4,
+                "duration_s": 3,
                 "apps": [
                     {
                         "name": "kb",

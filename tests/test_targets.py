@@ -5,6 +5,7 @@ import json
 import multiprocessing
 import subprocess
 import sys
+import time
 
 from fleet.observe.targets import EXPIRES, SharedTargetsFile, prune, read_groups
 
@@ -24,14 +25,14 @@ def test_two_runs_share_the_file_and_an_ended_one_goes_after_its_grace(tmp_path)
     assert len(read_groups(path)) == 3
     a.retire(now=1000.0)
     retired = [g for g in read_groups(path) if g["labels"]["run"] == "run-a"]
-    assert len(retired) == 2 and all(g["labels"][EXPIRES] == "1030" for g in retired)
+    assert len(retired) == 2 and all(g["labels"][EXPIRES] == "1030.000" for g in retired)
     assert prune(path, now=1029.0) == 0  # within the grace: still scraped
     assert prune(path, now=1031.0) == 2
     assert runs_in(path) == ["run-b"]
     # any later write by a live run drops expired groups too
     a2 = SharedTargetsFile(path, "run-c", grace_s=0)
     a2.set("coordinator", "127.0.0.1:9200", job="coordinator")
-    a2.retire()
+    a2.retire(now=time.time() - 1)  # its grace is over
     b.set("phone-2", "127.0.0.1:9101", job="phone-agent", phone="phone-2")
     assert runs_in(path) == ["run-b"]
     assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".*.tmp"))

@@ -126,7 +126,7 @@ class SharedTargetsFile:
 
     def retire(self, now: float | None = None) -> None:
         """The run ended: its groups stay ``grace_s`` more, then any write removes them."""
-        expires = f"{(time.time() if now is None else now) + self.grace_s:.0f}"
+        expires = f"{(time.time() if now is None else now) + self.grace_s:.3f}"
         with self._lock:
             for group in self._targets.values():
                 group["labels"][EXPIRES] = expires
