@@ -36,6 +36,7 @@ test-long: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/engine_speed.py
+	$(BIN)/python bench/overhead.py
 
 protos: $(STAMP)
 	$(BIN)/python scripts/gen_protos.py

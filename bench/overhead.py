@@ -5,8 +5,9 @@ spends that a phone running the paradigm alone would not.
 - per request, the time outside the model: from sent by the app to its last token, less every
   slice the model ran it (RPC both ways, the service's bookkeeping, the app's), p50 over a
   closed-loop trial (target <= 0.5 ms);
-- the resource sampler: CPU time of one tick over every process of the deployment, as a share
-  of one core at a 100 ms interval (target <= 2%);
+- the resource sampler: CPU time of one tick over the deployment's SLM processes (what the agent
+  samples: here the one service process), as a share of one core at a 100 ms interval
+  (target <= 2%);
 - the trial's CPU split: the testbed's processes (the agent and the apps' load generators)
   against the model's, and the testbed's CPU as a share of the trial's wall time.
 
@@ -89,14 +90,16 @@ def one_trial(client: AgentClient, agent: psutil.Process, seconds: float) -> dic
     wall = time.monotonic() - t0
     family = [agent, *agent.children(recursive=True)]
     after = cpu_s(family)
-    # the sampler's own cost: ticks over every process of the deployment, as the agent does
-    processes = {p.pid: "p" for p in family}
+    # the sampler's own cost: ticks over the deployment's SLM processes, as the agent samples
+    processes = {a.pid: a.app for a in deployed.apps}
     sampler.sample(processes)
-    ticks = 50
-    c0 = time.process_time()
+    ticks, busy = 30, 0.0  # ticks 100 ms apart, as the agent's: PSS re-read as it would be
     for _ in range(ticks):
+        c0 = time.process_time()
         sampler.sample(processes)
-    tick_s = (time.process_time() - c0) / ticks
+        busy += time.process_time() - c0
+        time.sleep(0.1)
+    tick_s = busy / ticks
     client.reset()
     used = {pid: after[pid] - before.get(pid, 0.0) for pid in after}
     model = sum(v for pid, v in used.items() if pid in model_pids)

@@ -125,7 +125,8 @@ class Attention(nn.Module):
                 self.layer_idx, start, k[0, :, off : off + n], v[0, :, off : off + n]
             )
             mask = None  # one new token sees the whole cache
-            if n > 1:  # query i (at position start + i) sees cached positions <= its own
+            causal = n > 1 and start == 0  # a fresh prompt: the plain causal triangle
+            if n > 1 and start > 0:  # query i (at position start + i) sees positions <= its own
                 mask = torch.arange(start + n)[None, :] <= (start + torch.arange(n))[:, None]
             outs.append(
                 F.scaled_dot_product_attention(
@@ -133,6 +134,7 @@ class Attention(nn.Module):
                     keys[None],
                     values[None],
                     attn_mask=mask,
+                    is_causal=causal,
                     enable_gqa=a.n_kv_head != a.n_head,
                 )
             )  # (1, H, n, D)
