@@ -35,9 +35,11 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Normalize in fp32 as the reference implementations do, then cast back.
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        # Normalize in fp32 as the reference implementations do, then cast back: one fused
+        # kernel (F.rms_norm) instead of five element-wise passes.
+        if x.dtype == torch.float32 and self.weight.dtype == torch.float32:
+            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
+        xf = F.rms_norm(x.float(), self.weight.shape, None, self.eps)
         return self.weight * xf.to(x.dtype)
 
 
