@@ -9,8 +9,9 @@ that kernel cannot take a shape (an inner size that is not a multiple of 16: onl
 or for a prefill of many rows, where the kernel is slower than dequantizing the matrix once and
 running one bf16 product (measured: 256 rows, 5x), the matrix is dequantized for the product.
 
-    quantize_model(model)           # in place: a bf16 Transformer's matrices become int8
-    int8_weight_bytes(args)         # fleet.shapes does the same sum without torch
+    quantize_model(model)           # in place: a Transformer's matrices become int8 (on the
+                                    # meta device too: the structure a saved int8 model loads into)
+    ModelArgs.weight_bytes("int8")  # fleet.shapes: the same bytes, counted without torch
 """
 
 from __future__ import annotations
@@ -106,45 +107,7 @@ def quantize_model(model: Transformer) -> Transformer:
     return model
 
 
-def int8_modules_like(model: Transformer) -> Transformer:
-    """Give a Transformer built on the meta device the int8 modules' structure, so a saved int8
-    state dict loads into it (``load_state_dict(..., assign=True)``, then ``retie``)."""
-    m: Any = model
-
-    def empty(n: int, k: int, bias: bool) -> Int8Linear:
-        return Int8Linear(
-            torch.empty(n, k, dtype=torch.int8, device="meta"),
-            torch.empty(n, dtype=COMPUTE_DTYPE, device="meta"),
-            torch.empty(n, dtype=COMPUTE_DTYPE, device="meta") if bias else None,
-        )
-
-    m.to(COMPUTE_DTYPE)
-    tied = m.lm_head.weight is m.embed_tokens.weight
-    v, d = m.embed_tokens.weight.shape
-    m.embed_tokens = Int8Embedding(
-        torch.empty(v, d, dtype=torch.int8, device="meta"),
-        torch.empty(v, dtype=COMPUTE_DTYPE, device="meta"),
-    )
-    if not tied:
-        rows, cols = m.lm_head.weight.shape
-        m.lm_head = empty(rows, cols, False)
-    for block in m.layers:
-        for parent in (block.self_attn, block.mlp):
-            for name, child in list(parent.named_children()):
-                if isinstance(child, nn.Linear):
-                    rows, cols = child.weight.shape
-                    setattr(parent, name, empty(rows, cols, child.bias is not None))
-    if tied:
-        retie(m)
-    return model
-
-
 def retie(model: Transformer) -> None:
     """A tied lm_head reads the embedding's own int8 table and scales (no copy)."""
     m: Any = model
     m.lm_head = Int8Linear(m.embed_tokens.weight, m.embed_tokens.scales, None)
-
-
-def is_tied(model: Transformer) -> bool:
-    m: Any = model
-    return isinstance(m.lm_head, Int8Linear) and m.lm_head.weight is m.embed_tokens.weight

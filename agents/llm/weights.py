@@ -26,14 +26,7 @@ from typing import Any
 
 import torch
 
-from agents.llm.quant import (
-    COMPUTE_DTYPE,
-    QUANT_METHOD,
-    int8_modules_like,
-    is_tied,
-    quantize_model,
-    retie,
-)
+from agents.llm.quant import COMPUTE_DTYPE, QUANT_METHOD, quantize_model, retie
 from agents.llm.transformer import Transformer
 from agents.storage import IoCount, PhoneStorage
 from fleet.records import ModelSpec
@@ -162,8 +155,8 @@ def _load_local(path: Path, dtype_name: str, storage: PhoneStorage | None = None
         state = {k: v for k, v in state.items() if not k.startswith("lm_head.")}
     with torch.device("meta"):
         model = Transformer(args)
-    if quant:
-        int8_modules_like(model)
+    if quant:  # the int8 structure, on the meta device, for the saved tensors to fill
+        quantize_model(model)
     expected = {
         k for k in model.state_dict() if not (args.tie_embeddings and k.startswith("lm_head."))
     }
@@ -207,9 +200,7 @@ def save_hf_directory(model: Transformer, path: Path) -> None:
         "tie_word_embeddings": a.tie_embeddings,
         "max_position_embeddings": a.max_position,
     }
-    tied = a.tie_embeddings and (
-        is_tied(model) or model.lm_head.weight is model.embed_tokens.weight
-    )
+    tied = a.tie_embeddings and model.lm_head.weight is model.embed_tokens.weight
     if model.embed_tokens.weight.dtype == torch.int8:
         cfg["quantization_config"] = {"quant_method": QUANT_METHOD, "bits": 8, "group": "row"}
     (path / "config.json").write_text(json.dumps(cfg, indent=2))

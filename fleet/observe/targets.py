@@ -100,29 +100,17 @@ def prune(path: Path, now: float | None = None) -> int:
     return len(groups) - len(kept)
 
 
-class SharedTargetsFile:
-    """This run's groups in a targets file that other runs write too (see the module doc)."""
+class SharedTargetsFile(TargetsFile):
+    """This run's groups in a targets file that other runs write too (see the module doc):
+    every group is labelled with the run, and a write keeps the other runs' live groups."""
 
     def __init__(self, path: Path, run_id: str, grace_s: float = 60.0):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.run_id = run_id
         self.grace_s = grace_s
-        self._targets: dict[str, dict] = {}
-        self._lock = threading.Lock()
+        super().__init__(path)
 
     def set(self, name: str, address: str, *, job: str, **labels: str) -> None:
-        with self._lock:
-            self._targets[name] = {
-                "targets": [address],
-                "labels": {"job": job, **labels, "run": self.run_id},
-            }
-            self._write()
-
-    def remove(self, name: str) -> None:
-        with self._lock:
-            if self._targets.pop(name, None) is not None:
-                self._write()
+        super().set(name, address, job=job, **{**labels, "run": self.run_id})
 
     def retire(self, now: float | None = None) -> None:
         """The run ended: its groups stay ``grace_s`` more, then any write removes them."""
