@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import hmac
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import grpc
@@ -28,7 +28,7 @@ from agents.paradigms.registry import implemented_paradigms, make_paradigm
 from agents.trial_runner import TrialRunner
 from fleet import wire
 from fleet.hostinfo import host_facts, software_versions
-from fleet.records import AgentDescription, PhoneProfile
+from fleet.records import AgentDescription, Paradigm, PhoneProfile
 from fleet.shapes import PRESETS, model_label
 from fleet.sizing import BudgetError
 from fleet.v1 import agent_pb2 as pb
@@ -40,6 +40,7 @@ AGENT_SOFTWARE = ("torch", "grpcio", "protobuf", "psutil", "slm-fleet")
 
 
 MAX_MESSAGE_BYTES = 32 * 2**20  # a RunWorkload carrying a trace of up to 100k requests
+PHONE_METADATA = wire.PHONE_METADATA  # the phone a call is for
 
 
 class _Malformed:
@@ -62,25 +63,36 @@ def _tolerant(deserializer):
 class GuardInterceptor(grpc.aio.ServerInterceptor):
     """The door of the agent's own service: state-changing calls without ``authorization:
     Bearer <token>`` get UNAUTHENTICATED, bytes that do not parse get INVALID_ARGUMENT (not
-    UNKNOWN), both with the reason. Health and reflection pass through untouched."""
+    UNKNOWN), both with the reason; a call naming another phone in its ``fleet-phone`` metadata
+    gets NOT_FOUND (an address that now leads to another phone). Health and reflection pass
+    through untouched. ``phones``: the phones this process serves (empty: any)."""
 
-    def __init__(self, token: str):
+    def __init__(self, token: str, phones: frozenset[str] = frozenset()):
         self._expected = f"Bearer {token}".encode()
+        self._phones = phones
 
     async def intercept_service(self, continuation, details):
         handler = await continuation(details)
         if handler is None or not details.method.startswith(f"/{SERVICE}/"):
             return handler
+        metadata = dict(details.invocation_metadata or ())
         authorized = details.method not in PROTECTED_METHODS or hmac.compare_digest(
-            str(dict(details.invocation_metadata or ()).get("authorization", "")).encode(),
-            self._expected,
+            str(metadata.get("authorization", "")).encode(), self._expected
         )
+        phone = str(metadata.get(PHONE_METADATA, ""))
+        stranger = bool(phone and self._phones and phone not in self._phones)
 
         async def refuse(request, context) -> None:
             if not authorized:
                 await context.abort(
                     grpc.StatusCode.UNAUTHENTICATED,
                     "missing or wrong token in 'authorization' metadata",
+                )
+            if stranger:
+                await context.abort(
+                    grpc.StatusCode.NOT_FOUND,
+                    f"this agent serves phone {', '.join(sorted(self._phones)[:3])}, "
+                    f"not {phone[:64]}",
                 )
             if isinstance(request, _Malformed):
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.reason)
@@ -113,12 +125,26 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):
 
 
 class PhoneAgentServicer(pb_grpc.PhoneAgentServiceServicer):
+    """One phone's service. ``paradigms`` makes its paradigm hosts (default: the real ones of
+    agents/paradigms; a simulated phone replays a profile) and ``facts`` joins its Describe's
+    host facts."""
+
     def __init__(
-        self, profile: PhoneProfile, metrics: AgentMetrics | None = None, metrics_port: int = 0
+        self,
+        profile: PhoneProfile,
+        metrics: AgentMetrics | None = None,
+        metrics_port: int = 0,
+        *,
+        paradigms: Callable[[Paradigm, PhoneProfile], ParadigmHost] = make_paradigm,
+        offered: tuple[Paradigm, ...] = (),
+        facts: dict[str, str] | None = None,
     ):
         self.profile = profile
         self.metrics = metrics
         self.metrics_port = metrics_port
+        self._make = paradigms
+        self._offered = offered or tuple(implemented_paradigms())
+        self._facts = facts or {}
         self._host: ParadigmHost | None = None
         self._apps: set[str] = set()  # names of the deployed apps
         self._lock = asyncio.Lock()  # one Deploy/RunWorkload/Reset at a time
@@ -138,10 +164,12 @@ class PhoneAgentServicer(pb_grpc.PhoneAgentServiceServicer):
     def description(self) -> AgentDescription:
         return AgentDescription(
             profile=self.profile,
-            paradigms=tuple(implemented_paradigms()),
+            paradigms=self._offered,
             model_presets=tuple(sorted(PRESETS)),
             versions=software_versions(AGENT_SOFTWARE),
-            host_facts={k: str(v) for k, v in host_facts().items()} | self._storage_facts(),
+            host_facts={k: str(v) for k, v in host_facts().items()}
+            | self._storage_facts()
+            | self._facts,
             agent_pid=os.getpid(),
             metrics_port=self.metrics_port,
         )
@@ -158,7 +186,7 @@ class PhoneAgentServicer(pb_grpc.PhoneAgentServiceServicer):
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "a workload is running")
         async with self._lock:
             try:
-                host = make_paradigm(spec.paradigm, self.profile)
+                host = self._make(spec.paradigm, self.profile)
             except NotImplementedError as exc:
                 await context.abort(grpc.StatusCode.UNIMPLEMENTED, str(exc))
             try:
@@ -264,16 +292,42 @@ async def serve(
         raise ValueError("a token is required: the agent refuses to run unauthenticated")
     if bool(tls_cert) != bool(tls_key) or (tls_client_ca and not tls_cert):
         raise ValueError("TLS needs a certificate and its key (and both for mutual TLS)")
-    server = grpc.aio.server(
-        interceptors=[GuardInterceptor(token)],
-        options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)],
-    )
     metrics, bound_metrics = None, 0
     if metrics_port is not None:
         metrics = AgentMetrics(profile)
         bound_metrics = metrics.serve(metrics_host, metrics_port)
         metrics.info(software_versions(AGENT_SOFTWARE))
     servicer = PhoneAgentServicer(profile, metrics, bound_metrics)
+    server, bound = await start_server(
+        servicer,
+        token=token,
+        phones=frozenset({profile.name}),
+        host=host,
+        port=port,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        tls_client_ca=tls_client_ca,
+    )
+    return server, servicer, bound
+
+
+async def start_server(
+    servicer: pb_grpc.PhoneAgentServiceServicer,
+    *,
+    token: str,
+    phones: frozenset[str],
+    host: str,
+    port: int,
+    tls_cert: bytes | None = None,
+    tls_key: bytes | None = None,
+    tls_client_ca: bytes | None = None,
+) -> tuple[grpc.aio.Server, int]:
+    """The agent's gRPC server around ``servicer``, with the guard, health and reflection,
+    started; returns it and its bound port."""
+    server = grpc.aio.server(
+        interceptors=[GuardInterceptor(token, phones)],
+        options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)],
+    )
     pb_grpc.add_PhoneAgentServiceServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -296,4 +350,4 @@ async def serve(
     await server.start()
     await health_servicer.set(SERVICE, health_pb2.HealthCheckResponse.SERVING)
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-    return server, servicer, bound
+    return server, bound

@@ -19,9 +19,7 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any, Protocol
 
-from agents.device_probe import DeviceProbe
 from agents.paradigms.base import Emitted, ParadigmHost
-from agents.probes import ProcessSampler
 from fleet.records import (
     NS_PER_S,
     DeviceReading,
@@ -122,8 +120,8 @@ class TrialRunner:
         put(event)
 
     def _sample_loop(self, put) -> None:
-        sampler = ProcessSampler()
-        device = DeviceProbe()
+        sampler = self.host.resource_sampler()
+        device = self.host.device_probe()
         device.lmk_kills()  # takes note of the kills logged before this trial
         next_device = 0.0
         while True:

@@ -34,6 +34,7 @@ MIN_SAMPLE_INTERVAL_S = 0.01
 MAX_SAMPLE_INTERVAL_S = 3_600.0
 MAX_REPETITIONS = 1_000
 MAX_TRIALS = 100_000  # trials of one experiment
+MAX_SIMULATED_PHONES = 10_000  # phones of one simulated-phone entry (count)
 MAX_TEXT = 1_000  # free text on the wire (reasons, details)
 
 

@@ -75,7 +75,7 @@ class ModelSpec:
 @dataclass(frozen=True)
 class PhoneProfile:
     name: str
-    kind: str = "virtual"  # virtual | android
+    kind: str = "virtual"  # virtual | android | simulated (replays a profile: agents/simulated)
     memory_budget_bytes: int = 0
     cpu_threads: int = 1
     host: str = ""

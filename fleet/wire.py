@@ -50,6 +50,10 @@ from fleet.v1 import slm_service_pb2 as spb
 
 E = TypeVar("E", bound=Enum)
 
+# gRPC metadata naming the phone a call is for: an agent refuses a call for another phone, and
+# one process serving many simulated phones routes by it
+PHONE_METADATA = "fleet-phone"
+
 _PARADIGM = {
     Paradigm.PER_APP: pb.PARADIGM_PER_APP,
     Paradigm.SLMAAS: pb.PARADIGM_SLMAAS,

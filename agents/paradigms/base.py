@@ -17,6 +17,7 @@ from __future__ import annotations
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from typing import Any
 
 from agents.modelservice.launch_spec import LaunchSpec
 from fleet.records import (
@@ -84,6 +85,18 @@ class ParadigmHost(ABC):
         """{pid: (weights bytes, KV bytes allocated, KV bytes used)} of the SLM processes, as they
         last reported (the rest of their PSS is runtime); empty when unknown."""
         return {}
+
+    def resource_sampler(self) -> Any:
+        """What samples the memory of ``processes()`` (``.sample(processes)``): the real one."""
+        from agents.probes import ProcessSampler
+
+        return ProcessSampler()
+
+    def device_probe(self) -> Any:
+        """What reads the phone's battery, thermal zones, clocks and kills: the real one."""
+        from agents.device_probe import DeviceProbe
+
+        return DeviceProbe()
 
     @abstractmethod
     def shutdown(self) -> int:

@@ -49,8 +49,12 @@ class AgentClient:
         root_cert: bytes | None = None,
         client_cert: bytes | None = None,
         client_key: bytes | None = None,
+        phone: str = "",
     ):
-        self.address = address
+        """``phone``: the phone the agent must be (sent as ``fleet-phone`` metadata: an agent
+        serving another phone refuses with NOT_FOUND; one process serving many simulated
+        phones routes by it). Empty for an agent whose name the experiment does not set."""
+        self.address = f"{address} ({phone})" if phone else address
         if root_cert:
             credentials = grpc.ssl_channel_credentials(
                 root_cert, private_key=client_key, certificate_chain=client_cert
@@ -60,7 +64,8 @@ class AgentClient:
             self._channel = grpc.insecure_channel(address)
         self._stub = pb_grpc.PhoneAgentServiceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
-        self._auth = (("authorization", f"Bearer {token}"),)
+        self._phone: tuple[tuple[str, str], ...] = ((wire.PHONE_METADATA, phone),) if phone else ()
+        self._auth = (("authorization", f"Bearer {token}"), *self._phone)
 
     def close(self) -> None:
         self._channel.close()
@@ -87,7 +92,9 @@ class AgentClient:
 
     def describe(self) -> AgentDescription:
         try:
-            resp = self._stub.Describe(pb.DescribeRequest(), timeout=CALL_TIMEOUT_S)
+            resp = self._stub.Describe(
+                pb.DescribeRequest(), timeout=CALL_TIMEOUT_S, metadata=self._phone
+            )
         except grpc.RpcError as err:
             raise AgentError.from_rpc(f"Describe {self.address}", err) from None
         return wire.describe_from_pb(resp)

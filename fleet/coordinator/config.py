@@ -35,6 +35,7 @@ from fleet.records import (
     ServiceOptions,
     TraceRequest,
 )
+from fleet.sim_profile import BUILTIN, ProfileError, load_profile
 from fleet.traces import TraceError, read_trace_file
 
 DEFAULT_EXPERIMENT = "default.yaml"
@@ -149,7 +150,59 @@ def _loopback(address: str) -> bool:
         return False
 
 
-Phone = Annotated[Union[VirtualPhone, RemotePhone, AndroidPhone], Field(discriminator="kind")]
+class SimulatedPhone(Strict):
+    """Phones that replay a measured profile instead of running models (agents/simulated): the
+    real coordinator, store and Prometheus drive them, but every figure they report is a
+    replay of the profile's measurements, and the results say ``simulated`` wherever they name
+    the phone. One process on the driver's host serves all of a run's simulated phones.
+
+    ``count: N`` makes N phones named ``<name>-0000`` to ``<name>-<N-1>``."""
+
+    kind: Literal["simulated"] = "simulated"
+    name: str = Field(pattern=NAME)
+    count: int = Field(1, ge=1, le=L.MAX_SIMULATED_PHONES)
+    memory_budget_mb: int = Field(4096, gt=0, le=1 << 24)
+    cpu_threads: int = Field(2, gt=0, le=L.MAX_THREADS)  # as its profile's phone had
+    # a profile captured by `fleet profile capture RUN_DIR`, or the embedded one
+    profile: str = BUILTIN
+
+    @model_validator(mode="after")
+    def _profile_loads(self, info: ValidationInfo):
+        if self.profile == BUILTIN:
+            return self
+        base = Path((info.context or {}).get("base_dir") or Path.cwd())
+        path = (base / self.profile).resolve()
+        try:
+            load_profile(str(path))
+        except ProfileError as exc:
+            raise ValueError(str(exc)) from None
+        object.__setattr__(self, "profile", str(path))  # the agent reads it from anywhere
+        return self
+
+
+Phone = Annotated[
+    Union[VirtualPhone, RemotePhone, AndroidPhone, SimulatedPhone], Field(discriminator="kind")
+]
+
+
+def _expand_counts(phones: object) -> object:
+    """``count: N`` simulated phones as N entries, named ``<name>-0000`` and on."""
+    if not isinstance(phones, list):
+        return phones
+    out: list[object] = []
+    for p in phones:
+        count = p.get("count", 1) if isinstance(p, dict) else 1
+        if not (isinstance(p, dict) and p.get("kind") == "simulated" and isinstance(count, int)):
+            out.append(p)
+            continue
+        if not 1 <= count <= L.MAX_SIMULATED_PHONES or count == 1:
+            out.append(p)  # the field's own check names a bad count
+            continue
+        width = max(4, len(str(count - 1)))
+        out.extend(
+            {**p, "name": f"{p.get('name', '')}-{i:0{width}d}", "count": 1} for i in range(count)
+        )
+    return out
 
 
 # -- paradigms -------------------------------------------------------------------------------
@@ -485,6 +538,13 @@ class Experiment(Strict):
     models: list[ModelConfig] = Field(min_length=1)
     paradigms: list[ParadigmConfig] = Field(min_length=1)
     workloads: list[WorkloadConfig] = Field(min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _simulated_counts(cls, data):
+        if isinstance(data, dict) and "phones" in data:
+            data = {**data, "phones": _expand_counts(data["phones"])}
+        return data
 
     @model_validator(mode="after")
     def _bounded_plan(self):

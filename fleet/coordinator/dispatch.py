@@ -55,10 +55,16 @@ class Dispatcher:
         self.stop = stop or threading.Event()
         self.stop_reason = "the run was stopped"
         self.trial_log = trial_log  # a progress.RunProgress: lines and the run log, or None
+        self._busy: set[str] = set()  # phones that have begun trials (a stop asks each to Stop)
+        self._busy_lock = threading.Lock()
 
     def run(self, domains: dict[str, list[Trial]]) -> dict[str, str]:
         """Run every phone's trials, phones in parallel; returns trial_id -> status."""
         statuses: dict[str, str] = {}
+        finished = threading.Event()
+        threading.Thread(
+            target=self._stop_when_asked, args=(finished,), daemon=True, name="stopper"
+        ).start()
         threads = [
             threading.Thread(
                 target=self._run_domain, args=(d, ts, statuses), name=f"domain-{d}", daemon=True
@@ -67,9 +73,12 @@ class Dispatcher:
         ]
         for th in threads:
             th.start()
-        for th in threads:
-            while th.is_alive():  # a timed join: a second signal can interrupt the wait
-                th.join(timeout=0.5)
+        try:
+            for th in threads:
+                while th.is_alive():  # a timed join: a second signal can interrupt the wait
+                    th.join(timeout=0.5)
+        finally:
+            finished.set()
         return statuses
 
     def _run_domain(self, domain: str, trials: list[Trial], statuses: dict[str, str]) -> None:
@@ -77,6 +86,8 @@ class Dispatcher:
         for i, trial in enumerate(trials):
             if i and self.cooldown_s:
                 self.stop.wait(self.cooldown_s)
+            with self._busy_lock:  # before the check: a stop after it sees this phone
+                self._busy.add(trial.phone)
             if self.stop.is_set():
                 break  # the rest stay pending: the coordinator marks them not_run
             self._advance(task, trial, 0)
@@ -110,10 +121,6 @@ class Dispatcher:
             return TrialStatus.FAILED.value
         n_records = 0
         status, reason, summary = TrialStatus.FAILED, "no result", None
-        done = threading.Event()
-        threading.Thread(
-            target=self._stop_when_asked, args=(trial.phone, done), daemon=True
-        ).start()
         try:
             stream = self.hosts[trial.phone].run_trial.remote(
                 trial.phone,
@@ -138,8 +145,6 @@ class Dispatcher:
                     status, reason = TrialStatus.FAILED, payload
         except Exception as exc:  # the host actor itself died: records stored so far stay
             status, reason = TrialStatus.FAILED, f"phone host died: {reason_of(exc)}"
-        finally:
-            done.set()
         if self.stop.is_set() and status is not TrialStatus.COMPLETED:
             status, reason = TrialStatus.INTERRUPTED, f"{self.stop_reason} ({reason})"
         self.store.finish_trial(trial.trial_id, status, reason, summary)
@@ -148,18 +153,23 @@ class Dispatcher:
             self.trial_log.finished(trial, status.value, n_records, reason)
         return status.value
 
-    def _stop_when_asked(self, phone: str, done: threading.Event) -> None:
-        """While the phone's trial runs: on a stop, ask its agent to Stop (it then ends the
-        workload, the stream ends with what was measured, and the trial is interrupted)."""
+    def _stop_when_asked(self, finished: threading.Event) -> None:
+        """On a stop, ask the agent of every phone running a trial to Stop (each then ends its
+        workload, its stream ends with what was measured, and its trial is interrupted); one
+        watcher for the whole fleet, the asks sent together."""
         import ray
 
-        while not done.is_set():
-            if self.stop.wait(0.2):
-                try:
-                    ray.get(self.hosts[phone].stop_trial.remote(phone), timeout=30)
-                except Exception:
-                    pass  # a dead agent or host has stopped already
+        while not self.stop.wait(0.2):
+            if finished.is_set():
                 return
+        with self._busy_lock:
+            phones = sorted(self._busy)
+        asks = {p: self.hosts[p].stop_trial.remote(p) for p in phones if p in self.hosts}
+        for ref in asks.values():
+            try:
+                ray.get(ref, timeout=30)
+            except Exception:
+                pass  # a dead agent or host has stopped already
 
     def _advance(self, task: Any, trial: Trial, n_records: int) -> None:
         if self.progress is not None and task is not None:

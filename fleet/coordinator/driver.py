@@ -32,7 +32,13 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from fleet.coordinator.config import AndroidPhone, Experiment, RemotePhone, VirtualPhone
+from fleet.coordinator.config import (
+    AndroidPhone,
+    Experiment,
+    RemotePhone,
+    SimulatedPhone,
+    VirtualPhone,
+)
 from fleet.coordinator.dispatch import Dispatcher, reason_of
 from fleet.coordinator.manifest import Manifest
 from fleet.coordinator.phone_host import PhoneHost, Secret
@@ -174,6 +180,7 @@ class Coordinator:
         self._phone_host: dict[str, str] = {}  # phone -> host key
         self._phone_error: dict[str, str] = {}
         self._cpus: dict[str, tuple[str, tuple[int, ...]]] = {}  # phone -> (host, its cores)
+        self._simulated: dict[str, dict | str] = {}  # simulated phone -> started, or why not
 
     # -- fleet -------------------------------------------------------------------------------
 
@@ -216,7 +223,9 @@ class Coordinator:
         node_id = self._node_id(host)
         actor = self._node_actors.get(node_id)
         if actor is None:  # one per node, whatever names it goes by
-            actor_cls = ray.remote(num_cpus=0, max_concurrency=64)(PhoneHost)  # type: ignore[call-overload]
+            # a thread per phone's running trial, and as many for health checks and stops
+            threads = 64 + 2 * len(self.exp.phones)
+            actor_cls = ray.remote(num_cpus=0, max_concurrency=threads)(PhoneHost)  # type: ignore[call-overload]
             actor = actor_cls.options(
                 name=f"phone-host:{self.run_id}:{node_id[:12]}",
                 scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
@@ -268,11 +277,35 @@ class Coordinator:
             f"no ready adb device with {wanted}; listed: {'; '.join(seen) or 'none'}"
         )
 
-    def _connect(self, phone: VirtualPhone | RemotePhone | AndroidPhone, actor: Any) -> dict:
+    def _start_simulated(self) -> None:
+        """One process per profile on the driver's host serves the run's simulated phones."""
+        import ray
+
+        groups: dict[str, list[SimulatedPhone]] = {}
+        for p in self.exp.phones:
+            if isinstance(p, SimulatedPhone):
+                groups.setdefault(p.profile, []).append(p)
+        for profile, phones in groups.items():
+            try:
+                actor = self._host_actor(LOCAL)
+                started = ray.get(actor.start_simulated_phones.remote(phones, profile))
+                self._simulated.update(started)
+            except Exception as exc:  # their trials fail with the reason; the rest go on
+                self._simulated.update({p.name: reason_of(exc) for p in phones})
+            log.info("%d simulated phones replaying profile %s", len(phones), profile)
+
+    def _connect(
+        self, phone: VirtualPhone | RemotePhone | AndroidPhone | SimulatedPhone, actor: Any
+    ) -> dict:
         """Start or reach the phone's agent through its host actor; returns its address and,
         for a virtual phone, its cores."""
         import ray
 
+        if isinstance(phone, SimulatedPhone):
+            started = self._simulated.get(phone.name, "its process was not started")
+            if isinstance(started, str):
+                raise RuntimeError(started)
+            return started
         if isinstance(phone, VirtualPhone):
             return dict(
                 ray.get(actor.start_virtual_phone.remote(phone, self.exp.allow_shared_cores))
@@ -296,7 +329,7 @@ class Coordinator:
         ray.get(actor.connect.remote(phone.name, phone.address, Secret(token), tls))
         return {"address": phone.address}
 
-    def _bring_up(self, phone: VirtualPhone | RemotePhone | AndroidPhone) -> None:
+    def _bring_up(self, phone: VirtualPhone | RemotePhone | AndroidPhone | SimulatedPhone) -> None:
         import ray
 
         host = phone.host if isinstance(phone, VirtualPhone) else LOCAL
@@ -328,7 +361,9 @@ class Coordinator:
         if started.get("metrics_port"):  # an Android phone's, forwarded to its host's loopback
             desc = replace(desc, metrics_port=started["metrics_port"])
         relay = host != LOCAL or isinstance(phone, AndroidPhone)  # its forward may move
-        if desc.metrics_port and relay and address.startswith("127."):
+        if started.get("metrics_path"):  # a simulated phone: its own path on a shared port
+            metrics_address, metrics_path = started["metrics_address"], started["metrics_path"]
+        elif desc.metrics_port and relay and address.startswith("127."):
             # on a host's loopback (another host's, or an adb forward that a rejoin renews):
             # scraped through that host's relay
             target = ray.get(actor.metrics_target.remote(phone.name, desc.metrics_port))
@@ -523,6 +558,7 @@ class Coordinator:
             observing = True
             self._start_ray()
             self._install_signal_handlers()  # after Ray's own
+            self._start_simulated()
             for phone in self.exp.phones:
                 if not self.stop.is_set():
                     self._bring_up(phone)

@@ -39,6 +39,9 @@ LOG_LINES = 5000  # of each agent's output, kept for the run's agents/<phone>.lo
 LOST_PHONE_WAIT_S = 60.0  # how long a trial waits for its unplugged Android phone to return
 BATCH_INTERVAL_S = 0.2  # ship at least this often while events flow
 BATCH_MAX = 256
+# a host ships about this many batches a second in all: with many phones running at once, each
+# ships less often (1,000 phones: every 10 s), so the coordinator's cost stays flat per record
+HOST_BATCHES_PER_S = 100.0
 
 
 class CoreError(RuntimeError):
@@ -109,6 +112,7 @@ class PhoneHost:
         self._relay: Any = None  # this host's /metrics relay, made on first use
         self._logs: dict[str, deque] = {}  # virtual phone -> its agent's last output lines
         self._stop_flags: dict[str, threading.Event] = {}  # phone -> a stop was asked for
+        self._streaming = 0  # trials of this host streaming now
 
     def node_ip(self) -> str:
         try:
@@ -180,16 +184,76 @@ class PhoneHost:
         address = f"127.0.0.1:{ready['port']}"
         with self._lock:
             self._procs[phone.name] = proc
-        self._connect(phone.name, address, self._token)
+        self._connect(phone.name, address, self._token, phone=phone.name)
         self._clients[phone.name].wait_healthy(timeout_s=AGENT_START_TIMEOUT_S)
         return {"address": address, "pid": proc.pid}
+
+    def start_simulated_phones(self, phones: list, profile: str) -> dict[str, dict]:
+        """Start one process serving every SimulatedPhone config of ``phones`` (replaying
+        ``profile``) and connect each phone; returns {phone: {address, pid, metrics_address,
+        metrics_path}}. Its output is every one of those phones' agent log."""
+        import json as _json
+
+        cmd = [
+            sys.executable,
+            "-m",
+            "agents.simulated.main",
+            "--profile",
+            profile,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--token-stdin",
+            "--exit-on-stdin-eof",
+        ]
+        env = {k: v for k, v in os.environ.items() if k != "FLEET_AGENT_TOKEN"}
+        proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            text=True,
+        )
+        logged: deque = deque(maxlen=LOG_LINES)
+        threading.Thread(
+            target=_keep_lines, args=(proc.stderr, logged), daemon=True, name="sim-stderr"
+        ).start()
+        assert proc.stdin is not None
+        listing = [
+            {"name": p.name, "memory_budget_mb": p.memory_budget_mb, "cpu_threads": p.cpu_threads}
+            for p in phones
+        ]
+        proc.stdin.write(self._token + "\n" + _json.dumps(listing) + "\n")
+        proc.stdin.flush()  # the pipe stays open: EOF tells it to exit
+        ready = _read_ready_line(proc, AGENT_START_TIMEOUT_S, logged)
+        address = f"127.0.0.1:{ready['port']}"
+        key = f"simulated:{proc.pid}"
+        with self._lock:
+            self._procs[key] = proc
+        self._logs[key] = logged
+        out = {}
+        for p in phones:
+            self._logs[p.name] = logged
+            self._connect(p.name, address, self._token, phone=p.name)
+            out[p.name] = {
+                "address": address,
+                "pid": proc.pid,
+                "metrics_address": f"127.0.0.1:{ready['metrics_port']}",
+                "metrics_path": f"/metrics/{p.name}",
+            }
+        self._clients[phones[0].name].wait_healthy(timeout_s=AGENT_START_TIMEOUT_S)
+        return out
 
     def connect(self, name: str, address: str, token: Secret, tls: dict | None = None) -> None:
         """Reach an agent started elsewhere; ``tls``: PEM bytes of "ca" (verify it) and, for
         mutual TLS, "cert" and "key" (this host's client certificate)."""
         self._connect(name, address, token.reveal(), tls)
 
-    def _connect(self, name: str, address: str, token: str, tls: dict | None = None) -> None:
+    def _connect(
+        self, name: str, address: str, token: str, tls: dict | None = None, phone: str = ""
+    ) -> None:
         tls = tls or {}
         client = AgentClient(
             address,
@@ -197,6 +261,7 @@ class PhoneHost:
             root_cert=tls.get("ca"),
             client_cert=tls.get("cert"),
             client_key=tls.get("key"),
+            phone=phone,
         )
         with self._lock:
             self._clients[name] = client
@@ -244,22 +309,27 @@ class PhoneHost:
         last = time.monotonic()
         summary: TrialSummary | None = None
         failed = ""
+        with self._lock:
+            self._streaming += 1
         try:
             for event in client.run_workload(workload_run):
                 if isinstance(event, TrialSummary):
                     summary = event
                 else:
                     batch.append(event)
+                every = max(BATCH_INTERVAL_S, self._streaming / HOST_BATCHES_PER_S)
                 if batch and (
                     len(batch) >= BATCH_MAX
                     or summary is not None
-                    or time.monotonic() - last >= BATCH_INTERVAL_S
+                    or time.monotonic() - last >= every
                 ):
                     yield "events", batch
                     batch, last = [], time.monotonic()
         except AgentError as err:
             failed = err.reason
         finally:
+            with self._lock:
+                self._streaming -= 1
             _reset_quietly(client)  # failed or not, free the phone's memory before the next trial
             self._stopping(name).clear()  # asked of this trial; it has ended
         if batch:

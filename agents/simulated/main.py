@@ -1,0 +1,118 @@
+"""``python -m agents.simulated.main``: serve many simulated phones from one process (started by
+the coordinator's host actor for a run's ``kind: simulated`` phones).
+
+    python -m agents.simulated.main --profile builtin --token-stdin --exit-on-stdin-eof
+
+stdin: the token on the first line, then one JSON line listing the phones
+(``[{"name": ..., "memory_budget_mb": ..., "cpu_threads": ...}, ...]``). Binds loopback on free
+ports and prints one ready line: ``{"event": "ready", "port": ..., "metrics_port": ...,
+"pid": ..., "phones": N}``; exits when stdin closes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+import threading
+
+from fleet.limits import valid_name
+from fleet.records import PhoneProfile
+from fleet.sim_profile import BUILTIN, ProfileError, load_profile
+
+MAX_PHONES = 10_000
+
+
+def parse_phones(line: str) -> list[PhoneProfile]:
+    """The phones of the JSON line; raises ValueError naming what is wrong."""
+    data = json.loads(line)
+    if not isinstance(data, list) or not 0 < len(data) <= MAX_PHONES:
+        raise ValueError(f"expected a list of 1 to {MAX_PHONES} phones")
+    out = []
+    for i, p in enumerate(data):
+        name = p.get("name", "") if isinstance(p, dict) else ""
+        budget, threads = p.get("memory_budget_mb"), p.get("cpu_threads")
+        if not valid_name(str(name)):
+            raise ValueError(f"phones.{i}.name: {name!r} is not a valid phone name")
+        if (
+            not isinstance(budget, int)
+            or budget <= 0
+            or not isinstance(threads, int)
+            or threads < 1
+        ):
+            raise ValueError(f"phones.{i}: memory_budget_mb and cpu_threads must be positive")
+        out.append(
+            PhoneProfile(
+                name=name,
+                kind="simulated",
+                memory_budget_bytes=budget * 1024 * 1024,
+                cpu_threads=threads,
+                host=os.uname().nodename,
+            )
+        )
+    if len({p.name for p in out}) != len(out):
+        raise ValueError("phone names must be unique")
+    return out
+
+
+async def _amain(ns: argparse.Namespace, token: str, phones: list[PhoneProfile], sim) -> None:
+    from agents.simulated.fleet_server import serve_fleet
+
+    server, router, port, metrics_port, exporter = await serve_fleet(
+        phones, sim, token=token, host=ns.host, port=ns.port
+    )
+    print(
+        json.dumps(
+            {
+                "event": "ready",
+                "port": port,
+                "metrics_port": metrics_port,
+                "pid": os.getpid(),
+                "phones": len(phones),
+            }
+        ),
+        flush=True,
+    )
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    if ns.exit_on_stdin_eof:
+
+        def watch_stdin() -> None:
+            sys.stdin.buffer.read()  # returns at EOF: the launcher is gone
+            loop.call_soon_threadsafe(stopping.set)
+
+        threading.Thread(target=watch_stdin, daemon=True).start()
+    await stopping.wait()
+    await router.close()
+    exporter.close()
+    await server.stop(grace=2.0)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="fleet-sim-agent", description=__doc__.split("\n")[0])
+    p.add_argument("--profile", default=BUILTIN, help="a captured profile file, or builtin")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (loopback only)")
+    p.add_argument("--port", type=int, default=0)
+    p.add_argument("--token-stdin", action="store_true", required=True)
+    p.add_argument("--exit-on-stdin-eof", action="store_true")
+    ns = p.parse_args(argv)
+    if ns.host not in ("127.0.0.1", "localhost", "::1"):
+        p.error("simulated phones serve loopback only")
+    token = sys.stdin.readline().strip()
+    if not token:
+        sys.exit("fleet-sim-agent: no token on stdin")
+    try:
+        sim = load_profile(ns.profile)
+        phones = parse_phones(sys.stdin.readline())
+    except (ProfileError, ValueError) as exc:
+        sys.exit(f"fleet-sim-agent: {exc}")
+    asyncio.run(_amain(ns, token, phones, sim))
+
+
+if __name__ == "__main__":
+    main()
