@@ -51,6 +51,15 @@ from fleet.results.run_state import RunLock
 from fleet.results.store import ResultStore
 
 LOCAL = "local"
+SCRAPES_PER_S = 100  # the run's Prometheus scrapes about this many phone targets a second
+
+
+def scrape_interval_s(phones: int) -> int:
+    """Each phone's scrape interval: 1 s up to 100 phones, then longer (1,000 phones: 10 s), so
+    the phones' exporters and Prometheus do the same work per second at any fleet size."""
+    return max(1, -(-phones // SCRAPES_PER_S))
+
+
 log = logging.getLogger("fleet.run")
 
 
@@ -370,7 +379,9 @@ class Coordinator:
             metrics_address, metrics_path = target["address"], target["path"]
         elif desc.metrics_port:
             metrics_address = f"{address.rsplit(':', 1)[0]}:{desc.metrics_port}"
-        self.observer.phone_up(phone.name, metrics_address, metrics_path, host)
+        self.observer.phone_up(
+            phone.name, metrics_address, metrics_path, host, scrape_interval_s(len(self.exp.phones))
+        )
         log.info(
             "phone %s up on %s at %s (agent pid %s)", phone.name, host, address, desc.agent_pid
         )
@@ -412,15 +423,21 @@ class Coordinator:
                     "(allow_shared_cores): its latencies include their contention"
                 )
 
-    def _health(self, phone: str) -> bool:
+    def _health(self, phones: list[str]) -> dict[str, bool]:
+        """{phone: up}: one call per host actor, each checking its phones."""
         import ray
 
-        return bool(
-            ray.get(
-                self._hosts[self._phone_host[phone]].health.remote(phone),
-                timeout=self.exp.heartbeat_s,
-            )
-        )
+        by_host: dict[str, list[str]] = {}
+        for p in phones:
+            by_host.setdefault(self._phone_host[p], []).append(p)
+        asks = {h: self._hosts[h].health_many.remote(names) for h, names in by_host.items()}
+        up: dict[str, bool] = {}
+        for host, ref in asks.items():
+            try:
+                up.update(ray.get(ref, timeout=self.exp.heartbeat_s))
+            except Exception:  # a dead or stuck host: its phones are down
+                up.update(dict.fromkeys(by_host[host], False))
+        return up
 
     def _live_phones(self) -> list[str]:
         return [

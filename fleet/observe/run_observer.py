@@ -7,7 +7,7 @@ callable for their health, so it needs neither Ray nor the agents.
     observer = RunObserver(run_dir, run_id=..., experiment=..., git=..., mode="embedded")
     observer.start(num_trials)                    # -> facts for the manifest
     observer.phone_up("phone-a", "127.0.0.1:9101")
-    observer.start_heartbeat(phones, health, interval_s)
+    observer.start_heartbeat(phones, health, interval_s)   # health(names) -> {name: up}
     observer.stop(phones)
 """
 
@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from fleet.observe.coordinator_metrics import FleetMetrics
-from fleet.observe.prometheus import EmbeddedPrometheus, PrometheusError
+from fleet.observe.prometheus import SCRAPE_INTERVAL_S, EmbeddedPrometheus, PrometheusError
 from fleet.observe.targets import SharedTargetsFile, TargetsFile
 
 
@@ -86,12 +86,20 @@ class RunObserver:
             self.announce(f"Prometheus: not started: {exc}")
 
     def phone_up(
-        self, phone: str, metrics_address: str = "", metrics_path: str = "", host: str = ""
+        self,
+        phone: str,
+        metrics_address: str = "",
+        metrics_path: str = "",
+        host: str = "",
+        scrape_interval_s: int = 0,
     ) -> None:
         """A phone came up; its /metrics address joins the targets when it has one (with the
-        path to it on its host's relay, when it is scraped through one)."""
+        path to it on its host's relay, when it is scraped through one, and its own scrape
+        interval when it is not the run's)."""
         if metrics_address:
             extra = {"__metrics_path__": metrics_path} if metrics_path else {}
+            if scrape_interval_s > SCRAPE_INTERVAL_S:
+                extra["__scrape_interval__"] = f"{scrape_interval_s}s"
             self._set_target(
                 phone,
                 metrics_address,
@@ -112,18 +120,23 @@ class RunObserver:
         self.metrics.phone_up(phone, False)
 
     def start_heartbeat(
-        self, phones: Callable[[], list[str]], health: Callable[[str], bool], interval_s: float
+        self,
+        phones: Callable[[], list[str]],
+        health: Callable[[list[str]], dict[str, bool]],
+        interval_s: float,
     ) -> None:
-        """Health-check every phone each interval: a silent phone shows as down, not a gap."""
+        """Health-check every phone each interval (``health`` answers for many phones at once):
+        a silent phone shows as down, not a gap."""
 
         def beat() -> None:
             while not self._stop_heartbeat.wait(interval_s):
-                for phone in phones():
-                    try:
-                        up = health(phone)
-                    except Exception:
-                        up = False
-                    self.metrics.phone_up(phone, bool(up))
+                names = phones()
+                try:
+                    up = health(names)
+                except Exception:
+                    up = {}
+                for phone in names:
+                    self.metrics.phone_up(phone, bool(up.get(phone)))
 
         threading.Thread(target=beat, name="heartbeat", daemon=True).start()
 

@@ -1,0 +1,279 @@
+"""How the coordinator grows with the fleet: 10, 100 and 1,000 simulated phones through the real
+coordinator (`fleet run`: Ray, the dispatcher, the SQLite store, an embedded Prometheus).
+
+Each size runs one experiment: N ``kind: simulated`` phones replaying the embedded profile
+(measured by the real engine; see fleet/sim_profile.py), one SLMaaS trial per phone, one
+Poisson app. Measured per size, from outside the run:
+
+- coordinator RSS: peak of the ``fleet run`` process plus its phone-host actor (Ray's own
+  daemons and the simulated phones' process are reported apart);
+- CPU seconds of the same, per trial;
+- dispatch overhead per trial: the coordinator's wall time of the trial less what the phone
+  itself spent (its deploy's load time and its workload's duration), p50 and p90;
+- Prometheus series per phone: the run's series of one phone, queried mid-run, and the total;
+- every trial completed, records stored per trial.
+
+Targets (issue 13): at 1,000 phones dispatch overhead p50 <= 10 ms, coordinator RSS <= 2 GB,
+no per-phone Ray actor (one per host: counted), series per phone bounded (stated). Writes
+bench/results/fleet_scale.json and a plot, bench/results/fleet_scale.svg.
+
+    python bench/fleet_scale.py [--phones 10,100,1000] [--duration 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import psutil
+import yaml
+
+RESULTS = Path(__file__).resolve().parent / "results"
+FLEET = Path(sys.executable).with_name("fleet")
+
+
+def experiment(n: int, duration_s: float) -> dict:
+    return {
+        "name": f"scale-{n}",
+        "seed": 0,
+        "drain_s": 5,
+        "sample_interval_s": 2.0,
+        "heartbeat_s": 10,
+        "contention": {"solo_baselines": False, "corun": True},
+        "phones": [{"name": "sim", "kind": "simulated", "count": n, "memory_budget_mb": 3072}],
+        "models": [{"preset": "smollm-135m"}],
+        "paradigms": [{"kind": "slmaas"}],
+        "workloads": [
+            {
+                "name": "keyboard",
+                "duration_s": duration_s,
+                "apps": [
+                    {
+                        "name": "keyboard",
+                        "arrival": {"kind": "poisson", "rate_per_s": 0.5},
+                        "prompt_tokens": 32,
+                        "output_tokens": 8,
+                    }
+                ],
+            }
+        ],
+    }
+
+
+class Watch:
+    """Polls the run's processes (RSS, CPU) and, once it serves, its Prometheus."""
+
+    def __init__(self, proc: subprocess.Popen, runs: Path):
+        self.root = psutil.Process(proc.pid)
+        self.runs = runs
+        self.peak = {"coordinator": 0, "ray": 0, "phones": 0, "prometheus": 0}
+        self.cpu: dict[int, tuple[str, float]] = {}
+        self.series: dict = {}
+        self.actors = 0
+        self.done = threading.Event()
+
+    def role(self, p: psutil.Process) -> str:
+        cmd = " ".join(p.cmdline())
+        if p.pid == self.root.pid or "PhoneHost" in p.name() or "PhoneHost" in cmd:
+            return "coordinator"
+        if "agents.simulated.main" in cmd:
+            return "phones"
+        if "prometheus" in p.name():
+            return "prometheus"
+        return "ray"
+
+    def poll(self) -> None:
+        last_query = 0.0
+        while not self.done.wait(0.5):
+            total = dict.fromkeys(self.peak, 0)
+            actors = 0
+            try:
+                procs = [self.root, *self.root.children(recursive=True)]
+            except psutil.Error:
+                continue
+            for p in procs:
+                try:
+                    with p.oneshot():
+                        role = self.role(p)
+                        total[role] += p.memory_info().rss
+                        t = p.cpu_times()
+                        self.cpu[p.pid] = (role, t.user + t.system)
+                        actors += "PhoneHost" in p.name()
+                except psutil.Error:
+                    pass
+            self.actors = max(self.actors, actors)
+            for k, v in total.items():
+                self.peak[k] = max(self.peak[k], v)
+            if time.monotonic() - last_query > 5:
+                last_query = time.monotonic()
+                self.query_series()
+
+    def query_series(self) -> None:
+        try:
+            manifest = next(self.runs.glob("*/manifest.json"))
+            data = json.loads(manifest.read_text())
+            url, run = data["prometheus"]["url"], data["run_id"]
+        except (StopIteration, KeyError, ValueError, OSError):
+            return
+        q = f'count by (phone) ({{run="{run}", job="phone-agent"}})'
+        try:
+            with urllib.request.urlopen(
+                f"{url}/api/v1/query?{urllib.parse.urlencode({'query': q})}", timeout=5
+            ) as resp:
+                result = json.load(resp)["data"]["result"]
+        except (OSError, ValueError, KeyError):
+            return
+        counts = [int(r["value"][1]) for r in result]
+        if counts and sum(counts) >= self.series.get("total", 0):
+            self.series = {
+                "phones_scraped": len(counts),
+                "per_phone_max": max(counts),
+                "per_phone_median": statistics.median(counts),
+                "total": sum(counts),
+            }
+
+
+def run_size(n: int, duration_s: float) -> dict:
+    with tempfile.TemporaryDirectory(prefix=f"scale-{n}-") as tmp:
+        exp = Path(tmp) / "exp.yaml"
+        exp.write_text(yaml.safe_dump(experiment(n, duration_s)))
+        runs = Path(tmp) / "runs"
+        t0 = time.monotonic()
+        proc = subprocess.Popen(
+            [str(FLEET), "run", str(exp), "--runs-dir", str(runs), "-q"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        watch = Watch(proc, runs)
+        poller = threading.Thread(target=watch.poll, daemon=True)
+        poller.start()
+        _, err = proc.communicate()
+        wall = time.monotonic() - t0
+        watch.done.set()
+        poller.join()
+        if proc.returncode != 0:
+            raise SystemExit(f"fleet run ({n} phones) failed:\n{err[-3000:]}")
+        db = sqlite3.connect(next(runs.glob("*/results.sqlite")))
+        db.row_factory = sqlite3.Row
+        trials = db.execute(
+            "SELECT status, started_at, ended_at, deploy_json, summary_json FROM trials"
+        ).fetchall()
+        records = db.execute("SELECT COUNT(*) FROM requests").fetchone()[0]
+        kinds = {r[0] for r in db.execute("SELECT DISTINCT kind FROM phones")}
+        db.close()
+    overhead = []
+    for t in trials:
+        deploy, summary = (
+            json.loads(t["deploy_json"] or "{}"),
+            json.loads(t["summary_json"] or "{}"),
+        )
+        load = max((a["cold_start_s"] for a in deploy.get("apps", [])), default=0.0)
+        overhead.append((t["ended_at"] - t["started_at"]) - load - summary.get("duration_s", 0.0))
+    cpu: dict[str, float] = {}
+    for role, seconds in watch.cpu.values():
+        cpu[role] = cpu.get(role, 0.0) + seconds
+    completed = sum(t["status"] == "completed" for t in trials)
+    return {
+        "phones": n,
+        "trials": len(trials),
+        "completed": completed,
+        "records": records,
+        "phone_kinds": sorted(kinds),
+        "wall_s": round(wall, 1),
+        "dispatch_overhead_ms_p50": round(statistics.median(overhead) * 1000, 1),
+        "dispatch_overhead_ms_p90": round(
+            sorted(overhead)[int(0.9 * (len(overhead) - 1))] * 1000, 1
+        ),
+        "coordinator_rss_mb": round(watch.peak["coordinator"] / 2**20),
+        "ray_daemons_rss_mb": round(watch.peak["ray"] / 2**20),
+        "phones_process_rss_mb": round(watch.peak["phones"] / 2**20),
+        "prometheus_rss_mb": round(watch.peak["prometheus"] / 2**20),
+        "coordinator_cpu_s": round(cpu.get("coordinator", 0.0), 1),
+        "coordinator_cpu_ms_per_trial": round(cpu.get("coordinator", 0.0) / len(trials) * 1000, 1),
+        "phone_host_actors": watch.actors,
+        "series": watch.series,
+    }
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = [r["phones"] for r in rows]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
+    for ax, key, label in (
+        (axes[0], "coordinator_rss_mb", "coordinator RSS (MB)"),
+        (axes[1], "coordinator_cpu_ms_per_trial", "coordinator CPU per trial (ms)"),
+        (axes[2], "dispatch_overhead_ms_p50", "dispatch overhead p50 (ms)"),
+    ):
+        ax.plot(n, [r[key] for r in rows], marker="o")
+        ax.set_xscale("log")
+        ax.set_xlabel("simulated phones")
+        ax.set_title(label, fontsize=10)
+        ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def text_plot(rows: list[dict], key: str, label: str) -> None:
+    top = max(r[key] for r in rows) or 1
+    print(f"\n{label}")
+    for r in rows:
+        bar = "#" * max(1, round(40 * r[key] / top))
+        print(f"  {r['phones']:>5} phones |{bar} {r[key]}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--phones", default="10,100,1000", help="fleet sizes, comma separated")
+    ap.add_argument("--duration", type=float, default=20.0, help="each trial's workload (s)")
+    ns = ap.parse_args()
+    rows = []
+    for n in (int(x) for x in ns.phones.split(",")):
+        print(f"running {n} simulated phones ...", flush=True)
+        rows.append(run_size(n, ns.duration))
+        print(json.dumps(rows[-1]), flush=True)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "fleet_scale.json").write_text(json.dumps(rows, indent=1) + "\n")
+    plot(rows, RESULTS / "fleet_scale.svg")
+    print("\nphones  trials  done  records  overhead p50/p90 ms  coord RSS MB  CPU ms/trial  "
+          "series/phone  actors")  # fmt: skip
+    for r in rows:
+        s = r["series"]
+        print(
+            f"{r['phones']:>6}  {r['trials']:>6}  {r['completed']:>4}  {r['records']:>7}  "
+            f"{r['dispatch_overhead_ms_p50']:>8} / {r['dispatch_overhead_ms_p90']:<8}  "
+            f"{r['coordinator_rss_mb']:>11}  {r['coordinator_cpu_ms_per_trial']:>12}  "
+            f"{s.get('per_phone_max', '?'):>12}  {r['phone_host_actors']:>6}"
+        )
+    text_plot(rows, "coordinator_rss_mb", "coordinator RSS (MB)")
+    text_plot(rows, "coordinator_cpu_ms_per_trial", "coordinator CPU per trial (ms)")
+    text_plot(rows, "dispatch_overhead_ms_p50", "dispatch overhead p50 (ms)")
+    big = rows[-1]
+    checks = [
+        ("dispatch overhead p50 <= 10 ms", big["dispatch_overhead_ms_p50"] <= 10),
+        ("coordinator RSS <= 2 GB", big["coordinator_rss_mb"] <= 2048),
+        ("no per-phone Ray actor", big["phone_host_actors"] <= 1),
+        ("every trial completed", big["completed"] == big["trials"]),
+    ]
+    print(f"\ntargets at {big['phones']} phones:")
+    for what, ok in checks:
+        print(f"  {'hit ' if ok else 'MISS'}  {what}")
+    print(f"plot: {RESULTS / 'fleet_scale.svg'}; figures: {RESULTS / 'fleet_scale.json'}")
+
+
+if __name__ == "__main__":
+    main()
