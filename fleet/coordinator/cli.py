@@ -8,6 +8,7 @@
     fleet dashboards build [--out dashboards]                         write the Grafana JSON
     fleet dashboards push --grafana-url URL [--token T]               create/update in Grafana
     fleet targets prune FILE                                          drop ended runs' targets
+    fleet profile capture RUN_DIR -o FILE [--name N] [--model M]     a simulated phone's profile
     fleet certs ca|issue ...                                          a lab CA, agent certificates
     fleet devices [--json] [--address auto] | prepare SERIAL | emulate N   adb phones
     fleet runs [--runs-dir runs] [--json]                             list runs, newest first
@@ -130,6 +131,15 @@ def _parser() -> argparse.ArgumentParser:
         "prune", help="remove the entries of runs that ended longer ago than their grace"
     )
     tprune.add_argument("file", type=Path, help="the file given to fleet run --targets-file")
+    profile = sub.add_parser("profile", help="profiles that kind: simulated phones replay")
+    psub = profile.add_subparsers(dest="action", required=True)
+    capture = psub.add_parser(
+        "capture", help="measure a profile from a run's completed trials (the real engine's)"
+    )
+    capture.add_argument("run_dir", type=Path, help="a finished run of real phones")
+    capture.add_argument("-o", "--out", type=Path, required=True, help="the profile JSON to write")
+    capture.add_argument("--name", default="", help="the profile's name (default: the file's)")
+    capture.add_argument("--model", default="", help="the model label (default: the run's first)")
     certs = sub.add_parser("certs", help="make a lab CA and TLS certificates (openssl)")
     csub = certs.add_subparsers(dest="action", required=True)
     ca = csub.add_parser("ca", help="a new lab CA: OUT/ca.pem and OUT/ca.key")
@@ -388,6 +398,7 @@ def _print_comparison(run_dir: Path, console) -> None:
     from rich.table import Table
 
     from fleet.results.report import comparison_rows, load, min_n_of, write_report
+    from fleet.results.summary import MAX_TABLE_ROWS, more_rows
 
     manifest, groups, _ = load(run_dir)
     rows = comparison_rows(groups, min_n_of(manifest))
@@ -403,9 +414,11 @@ def _print_comparison(run_dir: Path, console) -> None:
                 col,
                 justify="left" if col in ("phone", "paradigm", "model", "workload") else "right",
             )
-        for r in rows:
+        for r in rows[:MAX_TABLE_ROWS]:
             table.add_row(*(escape(v) for v in r.values()))
         console.print(table)
+        if more_rows(len(rows)):
+            console.print(more_rows(len(rows)))
     path = write_report(run_dir)
     console.print(f"report: {path}")
 
@@ -461,6 +474,29 @@ def cmd_targets(ns) -> int:
         print(f"fleet: {ns.file}: no such targets file", file=sys.stderr)
         return EXIT_BAD_INPUT
     print(f"{ns.file}: removed {prune(ns.file)} target group(s) of ended runs")
+    return 0
+
+
+def cmd_profile(ns) -> int:
+    from fleet.results.profile_capture import capture_profile
+    from fleet.sim_profile import ProfileError
+
+    if not (ns.run_dir / "results.sqlite").is_file():
+        print(f"fleet: {ns.run_dir}: not a run directory (no results.sqlite)", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    try:
+        profile = capture_profile(ns.run_dir, name=ns.name or ns.out.stem, model=ns.model)
+    except ProfileError as err:
+        print(f"fleet: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    ns.out.write_text(profile.to_json())
+    for kind, p in sorted(profile.paradigms.items()):
+        print(
+            f"{kind}: prefill {p.prefill_s_per_token.median * 1000:.2f} ms/token, "
+            f"ITL p50 {p.itl_s.median * 1000:.1f} ms (n={p.itl_s.n}), load p50 "
+            f"{p.load_s.median:.1f} s, runtime {p.runtime_bytes / 2**20:.0f} MiB per process"
+        )
+    print(f"wrote {ns.out} ({profile.label}); use it as  profile: {ns.out}")
     return 0
 
 
@@ -574,6 +610,7 @@ def main(argv: list[str] | None = None) -> None:
         "report": cmd_report,
         "dashboards": cmd_dashboards,
         "targets": cmd_targets,
+        "profile": cmd_profile,
         "certs": cmd_certs,
         "devices": cmd_devices,
         "runs": cmd_runs,

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+from grpc import _common as _grpc_common
 
 from fleet.coordinator.agent_client import AgentClient, AgentError
 from fleet.records import AgentDescription, TrialSummary
@@ -44,6 +45,13 @@ BATCH_MAX = 256
 # a host ships about this many batches a second in all: with many phones running at once, each
 # ships less often (1,000 phones: every 10 s), so the coordinator's cost stays flat per record
 HOST_BATCHES_PER_S = 100.0
+
+
+# grpc's blocking client wakes every thread waiting on a stream each 0.1 s (so that Ctrl-C is seen,
+# grpc/_common.py); a host reading a thousand workload streams then spends most of a core waking.
+# The host actor takes no signals on those threads, and a message or the stream's end still wakes
+# its reader at once: once a second is plenty.
+_grpc_common.MAXIMUM_WAIT_TIMEOUT = max(_grpc_common.MAXIMUM_WAIT_TIMEOUT, 1.0)
 
 
 class CoreError(RuntimeError):

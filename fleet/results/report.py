@@ -484,11 +484,28 @@ SLM processes. Models use <b>random weights</b> of the named shape unless a loca
 latency and memory depend on shapes and dtype, not on weight values."""
 
 
+MAX_SECTIONS = 24  # (phone, model, workload) sections with plots; a larger fleet's rest is counted
+
+
+def _simulated_banner(manifest: dict) -> str:
+    """Simulated phones replay a profile: their figures measure the testbed, not a paradigm."""
+    labels = [w for w in manifest.get("weights", []) if w.startswith("simulated:")]
+    if not labels:
+        return ""
+    return (
+        "<p class='simulated'><b>Simulated phones.</b> Figures of these phones are replays of a "
+        "profile measured by the real engine in an earlier run, not new measurements: "
+        f"{html.escape('; '.join(labels))}. Use them to size and test the fleet, not to compare "
+        "paradigms.</p>"
+    )
+
+
 def render_html(manifest: dict, groups: list[GroupResult], failed: list[dict] | None = None) -> str:
     exp = manifest["experiment"]
     min_n = min_n_of(manifest)
     sections = []
-    for phone, model, workload in sorted({(g.phone, g.model, g.workload) for g in groups}):
+    keys = sorted({(g.phone, g.model, g.workload) for g in groups})
+    for phone, model, workload in keys[:MAX_SECTIONS]:
         gs = [g for g in groups if (g.phone, g.model, g.workload) == (phone, model, workload)]
         plots = "".join(
             f"<figure><figcaption>{html.escape(t)}</figcaption>{svg}</figure>"
@@ -501,6 +518,12 @@ def render_html(manifest: dict, groups: list[GroupResult], failed: list[dict] | 
             f"<h3>Per app</h3>{_table(app_rows(gs, min_n))}"
             f"<h3>By app count</h3>{_table(count_rows(gs, min_n))}"
             f"<div class='plots'>{plots}</div>"
+        )
+    if len(keys) > MAX_SECTIONS:
+        sections.append(
+            f"<p class='note'>{len(keys) - MAX_SECTIONS:,} more (phone, model, workload) "
+            f"groups are not shown (the first {MAX_SECTIONS} are): <code>fleet export</code> "
+            "writes every record of every phone.</p>"
         )
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in manifest.get("notes", []))
     thermal = manifest.get("thermal_rows", [])
@@ -519,10 +542,12 @@ table.facts td, table.facts th {{ text-align: left; }}
 .plots {{ display: flex; flex-wrap: wrap; gap: 1.5em; }}
 figure {{ margin: 0; }} figcaption {{ font-weight: 600; margin-bottom: .3em; }}
 .note {{ color: #555; max-width: 60em; }}
+.simulated {{ background: #fff3cd; border: 1px solid #e0c060; padding: .6em; max-width: 60em; }}
 </style></head><body>
 <h1>Paradigm comparison: {html.escape(exp["name"])}</h1>
 <p class="note">{html.escape(exp.get("description", ""))} {exp["repetitions"]} repetition(s).</p>
 <p class="note">{METHOD_NOTE.format(min_n=min_n)}</p>
+{_simulated_banner(manifest)}
 {"".join(sections) or "<p>No completed trials.</p>"}
 <h2>Trials not completed</h2>{_table(failed_rows, "Every trial completed.")}
 <h2>Phone temperatures</h2>{_table(thermal, "No battery readings (virtual phones).")}

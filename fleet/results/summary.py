@@ -74,6 +74,16 @@ def slo_text(slo: Estimate, min_n: int) -> str:
     return text + "%" if text[0].isdigit() else text
 
 
+MAX_TABLE_ROWS = 60  # a terminal table of a large fleet shows this many rows and says how many more
+
+
+def more_rows(total: int) -> str:
+    """The line under a table cut at MAX_TABLE_ROWS ("" when nothing was cut)."""
+    if total <= MAX_TABLE_ROWS:
+        return ""
+    return f"... {total - MAX_TABLE_ROWS:,} more rows not shown: fleet export RUN_DIR has every one"
+
+
 def render(
     rows: list[SummaryRow], trials: list, console, weights_label: str = "", min_n: int = 20
 ) -> None:
@@ -110,7 +120,7 @@ def render(
         table.add_column(
             col, justify="left" if col in ("phone", "paradigm", "model", "app") else "right"
         )
-    for r in rows:
+    for r in rows[:MAX_TABLE_ROWS]:
         extra = [v for (name, shown), v in zip(varied, (r.paradigm, r.model)) if shown]
         table.add_row(
             r.phone,
@@ -133,11 +143,15 @@ def render(
         f"share of all arrivals within the TTFT target; n<{min_n}: too few requests to quote"
     )
     console.print(table)
+    if more_rows(len(rows)):
+        console.print(more_rows(len(rows)))
     bad = [t for t in trials if t["status"] != "completed"]
     if bad:
         failed = Table(title="Trials not completed")
         for col in ("trial", "status", "reason"):
             failed.add_column(col, overflow="fold")
-        for t in bad:
+        for t in bad[:MAX_TABLE_ROWS]:
             failed.add_row(t["trial_id"], t["status"], t["reason"] or "")
         console.print(failed)
+        if more_rows(len(bad)):
+            console.print(more_rows(len(bad)))
