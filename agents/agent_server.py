@@ -326,7 +326,10 @@ async def start_server(
     started; returns it and its bound port."""
     server = grpc.aio.server(
         interceptors=[GuardInterceptor(token, phones)],
-        options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)],
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.http2.bdp_probe", 0),  # see fleet/coordinator/agent_client.py
+        ],
     )
     pb_grpc.add_PhoneAgentServiceServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()

@@ -122,6 +122,12 @@ COORDINATOR_METRICS: MetricTable = {
     "phone_up": ("gauge", "1 when the phone's agent answered its last health check.", ("phone",)),
     "trials": ("gauge", "Trials of the run by state.", ("state",)),
     "records_stored_total": ("counter", "Request records committed to the store.", ("phone",)),
+    "trial_dispatch_seconds": (
+        "histogram",
+        "The coordinator's own time per trial: deciding to run it until its Deploy is sent, and "
+        "its summary's arrival until the trial is stored.",
+        (),
+    ),
     "run": ("info", "The running experiment.", ()),
 }
 

@@ -16,6 +16,7 @@ records kept), one never started stays ``pending`` for the coordinator to mark `
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 from fleet.coordinator.plan import Trial
@@ -121,6 +122,7 @@ class Dispatcher:
             return TrialStatus.FAILED.value
         n_records = 0
         status, reason, summary = TrialStatus.FAILED, "no result", None
+        started, timing = time.time(), None
         try:
             stream = self.hosts[trial.phone].run_trial.remote(
                 trial.phone,
@@ -138,6 +140,8 @@ class Dispatcher:
                     self._advance(task, trial, n_records)
                 elif kind == "thermal":
                     self.store.note_thermal(trial.trial_id, *payload)
+                elif kind == "timing":
+                    timing = payload
                 elif kind == "summary":
                     summary = payload
                     status, reason = summary.status, summary.reason
@@ -148,6 +152,12 @@ class Dispatcher:
         if self.stop.is_set() and status is not TrialStatus.COMPLETED:
             status, reason = TrialStatus.INTERRUPTED, f"{self.stop_reason} ({reason})"
         self.store.finish_trial(trial.trial_id, status, reason, summary)
+        if timing is not None and timing["summary_got"]:  # a trial that ran to its summary
+            dispatch_s = (timing["deploy_sent"] - started) + (
+                time.time() - timing["summary_got"] - timing["reset_s"]
+            )
+            self.store.note_dispatch(trial.trial_id, dispatch_s)
+            metrics.trial_dispatched(dispatch_s)
         metrics.trial_state("running", status.value)
         if self.trial_log is not None:
             self.trial_log.finished(trial, status.value, n_records, reason)

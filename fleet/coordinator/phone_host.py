@@ -318,6 +318,7 @@ class PhoneHost:
             self._stopping(name).clear()
             yield "failed", "the run was stopped before the trial deployed"
             return
+        timing = {"deploy_sent": time.time(), "summary_got": 0.0, "reset_s": 0.0}
         try:
             try:
                 deployed = client.deploy(deploy_spec)
@@ -340,6 +341,7 @@ class PhoneHost:
             for event in client.run_workload(workload_run):
                 if isinstance(event, TrialSummary):
                     summary = event
+                    timing["summary_got"] = time.time()
                 else:
                     batch.append(event)
                 every = max(BATCH_INTERVAL_S, self._streaming / HOST_BATCHES_PER_S)
@@ -355,12 +357,15 @@ class PhoneHost:
         finally:
             with self._lock:
                 self._streaming -= 1
+            t = time.monotonic()
             _reset_quietly(client)  # failed or not, free the phone's memory before the next trial
+            timing["reset_s"] = time.monotonic() - t
             self._stopping(name).clear()  # asked of this trial; it has ended
         if batch:
             yield "events", batch
         if (thermal := self._thermal(name, "end")) is not None:
             yield "thermal", thermal
+        yield "timing", timing
         if failed:
             yield "failed", failed
         elif summary is None:

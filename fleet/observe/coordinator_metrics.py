@@ -45,6 +45,9 @@ class FleetMetrics(Exporter):
             self._trials[new] += 1
             self.m["trials"].labels(new).set(self._trials[new])
 
+    def trial_dispatched(self, seconds: float) -> None:
+        self.m["trial_dispatch_seconds"].observe(seconds)
+
     def records_stored(self, phone: str, n: int) -> None:
         if n:
             self.m["records_stored_total"].labels(phone).inc(n)

@@ -100,6 +100,7 @@ class RunObserver:
             extra = {"__metrics_path__": metrics_path} if metrics_path else {}
             if scrape_interval_s > SCRAPE_INTERVAL_S:
                 extra["__scrape_interval__"] = f"{scrape_interval_s}s"
+                extra["__scrape_timeout__"] = f"{scrape_interval_s}s"  # a busy host answers late
             self._set_target(
                 phone,
                 metrics_address,
@@ -142,9 +143,7 @@ class RunObserver:
 
     def stop(self, phones: list[str]) -> None:
         self._stop_heartbeat.set()
-        for phone in phones:
-            self.targets.remove(phone)
-        self.targets.remove("coordinator")  # its endpoint closes with this run
+        self.targets.remove(*phones, "coordinator")  # the coordinator's closes with this run
         if self.shared is not None:  # a standing Prometheus keeps them for the grace period
             self.shared.retire()
         if self._prometheus is not None and self._prometheus.proc is not None:

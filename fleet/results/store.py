@@ -52,7 +52,7 @@ from fleet.records import (
 STATS_COLUMNS = tuple(f.name for f in fields(ServiceStats))
 # 7: device readings, battery at trial start/end; 6: attempts, trial events, rejected rows;
 # 5: KV used; 4: memory split; 3: promotions; 2: traces; 0/1: before
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 # A trial's app mix (the ``mix`` column): one app alone, every app together, or the first k.
 CORUN = "corun"
@@ -76,7 +76,7 @@ CREATE TABLE IF NOT EXISTS trials (
     repetition INTEGER, mix TEXT, num_apps INTEGER, status TEXT, reason TEXT, shared_cores INTEGER,
     started_at REAL, ended_at REAL, deploy_json TEXT, summary_json TEXT, seq INTEGER,
     attempt INTEGER NOT NULL DEFAULT 0,
-    battery_start_c REAL, battery_end_c REAL, cooldown_s REAL
+    battery_start_c REAL, battery_end_c REAL, cooldown_s REAL, dispatch_s REAL
 );
 CREATE TABLE IF NOT EXISTS trial_events (
     trial_id TEXT, attempt INTEGER, t REAL, status TEXT, reason TEXT
@@ -406,6 +406,13 @@ class ResultStore:
                 db.execute(
                     "UPDATE trials SET cooldown_s=? WHERE trial_id=?", (cooldown_s, trial_id)
                 )
+
+    def note_dispatch(self, trial_id: str, seconds: float) -> None:
+        """The coordinator's own time on the trial: from deciding to run it to its Deploy
+        being sent, and from its summary's arrival to the trial stored (the phone's Reset
+        excluded)."""
+        with self._transaction() as db:
+            db.execute("UPDATE trials SET dispatch_s=? WHERE trial_id=?", (seconds, trial_id))
 
     def finish_trial(
         self,
