@@ -37,6 +37,7 @@ test-long: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/engine_speed.py
 	$(BIN)/python bench/overhead.py
+	$(BIN)/python bench/fleet_scale.py
 
 protos: $(STAMP)
 	$(BIN)/python scripts/gen_protos.py

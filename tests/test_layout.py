@@ -155,11 +155,13 @@ def test_the_cycle_finder_finds_a_cycle():
 
 
 def test_only_the_wire_and_the_servers_touch_protobuf_messages():
-    """*_pb2 message types stay at the edges: the wire module, the two gRPC servers and the
-    clients that hold stubs (agent client, app process, model process launcher)."""
+    """*_pb2 message types stay at the edges: the wire module, the gRPC servers (the agent's,
+    the model service's, the simulated phones' router) and the clients that hold stubs (agent
+    client, app process, model process launcher)."""
     edges = {
         "fleet.wire",
         "agents.agent_server",
+        "agents.simulated.fleet_server",
         "agents.modelservice.slm_server",
         "fleet.coordinator.agent_client",
         "agents.apps.app_process",

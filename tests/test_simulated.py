@@ -150,7 +150,7 @@ def test_one_process_serves_many_phones_over_grpc():
         desc = host.describe("sim-1")
         assert desc.profile.name == "sim-1" and desc.profile.kind == "simulated"
         assert desc.host_facts["simulated"] == SIM.label
-        app = _app("kb", pattern=ArrivalPattern.POISSON)
+        app = _app("kb", pattern=ArrivalPattern.POISSON, rate_per_s=2.0)
         run = WorkloadRun("t", 2.0, seed=1, sample_interval_s=0.5, trace=_open_trace("kb", 4, 0.5))
         events = list(host.run_trial("sim-1", _spec(Paradigm.SLMAAS, app), run))
         kinds = [k for k, _ in events]

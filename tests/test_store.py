@@ -25,7 +25,7 @@ from fleet.records import (
     TrialStatus,
     TrialSummary,
 )
-from fleet.results.store import CORUN, ResultStore, solo_mix
+from fleet.results.store import CORUN, SCHEMA_VERSION, ResultStore, solo_mix
 
 
 @pytest.fixture
@@ -221,7 +221,7 @@ def test_a_store_from_another_schema_version_is_refused_with_a_reason(tmp_path):
     old = tmp_path / "old.sqlite"
     with sqlite3.connect(old) as db:  # what an earlier version left: tables, user_version 0
         db.execute("CREATE TABLE trials (trial_id TEXT PRIMARY KEY)")
-    with pytest.raises(StoreError, match="results schema 0, this version reads 7"):
+    with pytest.raises(StoreError, match=f"results schema 0, this version reads {SCHEMA_VERSION}"):
         ResultStore(old)
     fresh = ResultStore(tmp_path / "new.sqlite")
     fresh.close()
