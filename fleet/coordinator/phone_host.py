@@ -45,6 +45,9 @@ BATCH_MAX = 256
 # a host ships about this many batches a second in all: with many phones running at once, each
 # ships less often (1,000 phones: every 10 s), so the coordinator's cost stays flat per record
 HOST_BATCHES_PER_S = 100.0
+# simulated phones one process serves: a process is one interpreter (one GIL, one event loop), so
+# a thousand phones are served by four, side by side on the host's cores
+SIM_PHONES_PER_PROCESS = 250
 
 
 # grpc's blocking client wakes every thread waiting on a stream each 0.1 s (so that Ctrl-C is seen,
@@ -199,11 +202,16 @@ class PhoneHost:
         return {"address": address, "pid": proc.pid}
 
     def start_simulated_phones(self, phones: list, profile: str) -> dict[str, dict]:
-        """Start one process serving every SimulatedPhone config of ``phones`` (replaying
-        ``profile``) and connect each phone; returns {phone: {address, pid, metrics_address,
-        metrics_path}}. Its output is every one of those phones' agent log."""
-        import json as _json
+        """Serve the SimulatedPhone configs ``phones`` (replaying ``profile``) from processes of
+        up to SIM_PHONES_PER_PROCESS phones each, and connect each phone; returns {phone:
+        {address, pid, metrics_address, metrics_path}}. A process's output is the agent log of
+        each of its phones."""
+        out: dict[str, dict] = {}
+        for i in range(0, len(phones), SIM_PHONES_PER_PROCESS):
+            out |= self._start_simulated(phones[i : i + SIM_PHONES_PER_PROCESS], profile)
+        return out
 
+    def _start_simulated(self, phones: list, profile: str) -> dict[str, dict]:
         cmd = [
             sys.executable,
             "-m",
@@ -235,14 +243,12 @@ class PhoneHost:
             {"name": p.name, "memory_budget_mb": p.memory_budget_mb, "cpu_threads": p.cpu_threads}
             for p in phones
         ]
-        proc.stdin.write(self._token + "\n" + _json.dumps(listing) + "\n")
+        proc.stdin.write(self._token + "\n" + json.dumps(listing) + "\n")
         proc.stdin.flush()  # the pipe stays open: EOF tells it to exit
         ready = _read_ready_line(proc, AGENT_START_TIMEOUT_S, logged)
         address = f"127.0.0.1:{ready['port']}"
-        key = f"simulated:{proc.pid}"
         with self._lock:
-            self._procs[key] = proc
-        self._logs[key] = logged
+            self._procs[f"simulated:{proc.pid}"] = proc
         out = {}
         for p in phones:
             self._logs[p.name] = logged
