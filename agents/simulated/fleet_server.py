@@ -1,14 +1,14 @@
-"""One process serving many simulated phones: a PhoneAgentService per phone behind one gRPC
-port, each call routed by its ``fleet-phone`` metadata, and each phone's /metrics at
-``/metrics/<phone>`` on one HTTP port.
+"""A process serving many simulated phones (up to 250 each; a host starts as many as it
+needs): a PhoneAgentService per phone behind one gRPC port, each call routed by its
+``fleet-phone`` metadata, and each phone's /metrics at ``/metrics/<phone>`` on one HTTP port.
 
 Each phone is the real agent's servicer (the same Deploy, RunWorkload, Stop and Reset, the same
 checks and the same metrics exporter), with its paradigms replayed from a profile
-(agents/simulated/replay.py) instead of run. So a thousand phones cost one process and a few
+(agents/simulated/replay.py) instead of run. So a thousand phones cost four processes and a few
 hundred kilobytes each, and the coordinator reaches them by exactly the code that reaches a real
 agent (one AgentClient per phone; gRPC shares the connection).
 
-    server, router, port, metrics_port = await serve_fleet(phones, sim, token="...")
+    server, router, port, metrics_port, exporter = await serve_fleet(phones, sim, token="...")
 """
 
 from __future__ import annotations

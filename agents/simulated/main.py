@@ -1,5 +1,5 @@
 """``python -m agents.simulated.main``: serve many simulated phones from one process (started by
-the coordinator's host actor for a run's ``kind: simulated`` phones).
+the coordinator's host actor for a run's ``kind: simulated`` phones, up to 250 per process).
 
     python -m agents.simulated.main --profile builtin --token-stdin --exit-on-stdin-eof
 

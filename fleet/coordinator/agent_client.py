@@ -25,10 +25,9 @@ from fleet.v1 import agent_pb2_grpc as pb_grpc
 DEPLOY_TIMEOUT_S = 600.0
 CALL_TIMEOUT_S = 30.0
 STREAM_MARGIN_S = 120.0  # a workload stream may outlive its duration and drain by this much
-# No bandwidth-delay probing: it grows each stream's receive window to megabytes, and a host with
-# a thousand workload streams open then reads as memory pressure to gRPC, whose reclaimer cancels
-# streams at random (seen as CANCELLED trials at 1,000 simulated phones). The streams carry small
-# messages; the default 64 KiB window is plenty.
+# No bandwidth-delay probing: it may grow each stream's receive window to megabytes, which a host
+# with a thousand workload streams open does not need; the streams carry small messages and the
+# default 64 KiB window is plenty.
 CHANNEL_OPTIONS = [("grpc.http2.bdp_probe", 0)]
 
 

@@ -154,7 +154,7 @@ class SimulatedPhone(Strict):
     """Phones that replay a measured profile instead of running models (agents/simulated): the
     real coordinator, store and Prometheus drive them, but every figure they report is a
     replay of the profile's measurements, and the results say ``simulated`` wherever they name
-    the phone. One process on the driver's host serves all of a run's simulated phones.
+    the phone. Processes on the driver's host serve them, up to 250 phones each.
 
     ``count: N`` makes N phones named ``<name>-0000`` to ``<name>-<N-1>``."""
 
