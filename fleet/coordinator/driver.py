@@ -287,7 +287,8 @@ class Coordinator:
         )
 
     def _start_simulated(self) -> None:
-        """One process per profile on the driver's host serves the run's simulated phones."""
+        """Processes on the driver's host serve the run's simulated phones (per profile, up to
+        250 phones a process: PhoneHost.start_simulated_phones)."""
         import ray
 
         groups: dict[str, list[SimulatedPhone]] = {}
@@ -299,9 +300,10 @@ class Coordinator:
                 actor = self._host_actor(LOCAL)
                 started = ray.get(actor.start_simulated_phones.remote(phones, profile))
                 self._simulated.update(started)
+                log.info("%d simulated phones replaying profile %s", len(phones), profile)
             except Exception as exc:  # their trials fail with the reason; the rest go on
                 self._simulated.update({p.name: reason_of(exc) for p in phones})
-            log.info("%d simulated phones replaying profile %s", len(phones), profile)
+                log.error("simulated phones of profile %s: %s", profile, reason_of(exc))
 
     def _connect(
         self, phone: VirtualPhone | RemotePhone | AndroidPhone | SimulatedPhone, actor: Any

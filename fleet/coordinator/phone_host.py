@@ -177,23 +177,8 @@ class PhoneHost:
             "--exit-on-stdin-eof",
             "--token-stdin",
         ]
-        env = {k: v for k, v in os.environ.items() if k != "FLEET_AGENT_TOKEN"}
-        proc = subprocess.Popen(
-            cmd,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=env,
-            text=True,
-        )
         logged = self._logs[phone.name] = deque(maxlen=LOG_LINES)
-        threading.Thread(
-            target=_keep_lines, args=(proc.stderr, logged), daemon=True, name="agent-stderr"
-        ).start()
-        assert proc.stdin is not None
-        proc.stdin.write(self._token + "\n")  # the pipe stays open: EOF tells it to exit
-        proc.stdin.flush()
-        ready = _read_ready_line(proc, AGENT_START_TIMEOUT_S, logged)
+        proc, ready = _spawn(cmd, [self._token], logged)
         address = f"127.0.0.1:{ready['port']}"
         with self._lock:
             self._procs[phone.name] = proc
@@ -225,27 +210,12 @@ class PhoneHost:
             "--token-stdin",
             "--exit-on-stdin-eof",
         ]
-        env = {k: v for k, v in os.environ.items() if k != "FLEET_AGENT_TOKEN"}
-        proc = subprocess.Popen(
-            cmd,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=env,
-            text=True,
-        )
-        logged: deque = deque(maxlen=LOG_LINES)
-        threading.Thread(
-            target=_keep_lines, args=(proc.stderr, logged), daemon=True, name="sim-stderr"
-        ).start()
-        assert proc.stdin is not None
         listing = [
             {"name": p.name, "memory_budget_mb": p.memory_budget_mb, "cpu_threads": p.cpu_threads}
             for p in phones
         ]
-        proc.stdin.write(self._token + "\n" + json.dumps(listing) + "\n")
-        proc.stdin.flush()  # the pipe stays open: EOF tells it to exit
-        ready = _read_ready_line(proc, AGENT_START_TIMEOUT_S, logged)
+        logged: deque = deque(maxlen=LOG_LINES)
+        proc, ready = _spawn(cmd, [self._token, json.dumps(listing)], logged)
         address = f"127.0.0.1:{ready['port']}"
         with self._lock:
             self._procs[f"simulated:{proc.pid}"] = proc
@@ -571,6 +541,28 @@ def _reset_quietly(client: AgentClient) -> None:
         client.reset()
     except AgentError:
         pass  # a dead agent has nothing loaded; a live one resets on the next Deploy anyway
+
+
+def _spawn(cmd: list[str], stdin_lines: list[str], logged: deque) -> tuple[subprocess.Popen, dict]:
+    """Start an agent process (without the token in its environment), write ``stdin_lines``
+    (the token first) and keep its stdin open (EOF tells it to exit); its output goes to
+    ``logged``. Returns the process and its ready line."""
+    env = {k: v for k, v in os.environ.items() if k != "FLEET_AGENT_TOKEN"}
+    proc = subprocess.Popen(
+        cmd,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        text=True,
+    )
+    threading.Thread(
+        target=_keep_lines, args=(proc.stderr, logged), daemon=True, name="agent-stderr"
+    ).start()
+    assert proc.stdin is not None
+    proc.stdin.write("".join(f"{line}\n" for line in stdin_lines))
+    proc.stdin.flush()
+    return proc, _read_ready_line(proc, AGENT_START_TIMEOUT_S, logged)
 
 
 def _keep_lines(stream, lines: deque) -> None:
