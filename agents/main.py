@@ -217,20 +217,26 @@ async def _amain(ns: argparse.Namespace, token: str) -> None:
         ),
         flush=True,
     )
+    await until_stopped(ns.exit_on_stdin_eof)
+    await servicer.close()
+    await server.stop(grace=2.0)
+
+
+async def until_stopped(exit_on_stdin_eof: bool) -> None:
+    """Until SIGTERM or SIGINT, or (``exit_on_stdin_eof``) until stdin closes: the launcher is
+    gone."""
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
-    if ns.exit_on_stdin_eof:
+    if exit_on_stdin_eof:
 
         def watch_stdin() -> None:
-            sys.stdin.buffer.read()  # returns at EOF: the launcher is gone
+            sys.stdin.buffer.read()  # returns at EOF
             loop.call_soon_threadsafe(stopping.set)
 
         threading.Thread(target=watch_stdin, daemon=True).start()
     await stopping.wait()
-    await servicer.close()
-    await server.stop(grace=2.0)
 
 
 def main(argv: list[str] | None = None) -> None:

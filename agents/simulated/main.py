@@ -15,9 +15,7 @@ import argparse
 import asyncio
 import json
 import os
-import signal
 import sys
-import threading
 
 from fleet.limits import valid_name
 from fleet.records import PhoneProfile
@@ -59,6 +57,7 @@ def parse_phones(line: str) -> list[PhoneProfile]:
 
 
 async def _amain(ns: argparse.Namespace, token: str, phones: list[PhoneProfile], sim) -> None:
+    from agents.main import until_stopped
     from agents.simulated.fleet_server import serve_fleet
 
     server, router, port, metrics_port, exporter = await serve_fleet(
@@ -76,18 +75,7 @@ async def _amain(ns: argparse.Namespace, token: str, phones: list[PhoneProfile],
         ),
         flush=True,
     )
-    loop = asyncio.get_running_loop()
-    stopping = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stopping.set)
-    if ns.exit_on_stdin_eof:
-
-        def watch_stdin() -> None:
-            sys.stdin.buffer.read()  # returns at EOF: the launcher is gone
-            loop.call_soon_threadsafe(stopping.set)
-
-        threading.Thread(target=watch_stdin, daemon=True).start()
-    await stopping.wait()
+    await until_stopped(ns.exit_on_stdin_eof)
     await router.close()
     exporter.close()
     await server.stop(grace=2.0)
