@@ -690,7 +690,7 @@ def event_from_pb(m: pb.RunWorkloadResponse) -> StreamEvent:
     raise WireError("empty workload event")
 
 
-# -- on-phone model service (fleet.v1.SlmService) --------------------------------------------
+# -- on-phone model service (fleet.v1 SlmCall / SlmReply) -----------------------------------
 
 
 def serve_call_to_pb(c: ServeCall) -> spb.GenerateRequest:
@@ -721,10 +721,8 @@ def serve_call_from_pb(m: spb.GenerateRequest) -> ServeCall:
     )
 
 
-def completion_to_pb(scheduled_ns: int, facts: ServiceFacts) -> spb.GenerateResponse:
-    return spb.GenerateResponse(
-        completion=spb.Completion(scheduled_ns=scheduled_ns, service=facts_to_pb(facts))
-    )
+def completion_to_pb(scheduled_ns: int, facts: ServiceFacts) -> spb.Completion:
+    return spb.Completion(scheduled_ns=scheduled_ns, service=facts_to_pb(facts))
 
 
 def completion_from_pb(m: spb.Completion) -> tuple[int, ServiceFacts]:

@@ -155,17 +155,16 @@ def test_the_cycle_finder_finds_a_cycle():
 
 
 def test_only_the_wire_and_the_servers_touch_protobuf_messages():
-    """*_pb2 message types stay at the edges: the wire module, the gRPC servers (the agent's,
-    the model service's, the simulated phones' router) and the clients that hold stubs (agent
-    client, app process, model process launcher)."""
+    """*_pb2 message types stay at the edges: the wire module, the servers (the agent's, the
+    simulated phones' router, the model service's), the framing of the app <-> model IPC and
+    the agent client that holds stubs."""
     edges = {
         "fleet.wire",
         "agents.agent_server",
         "agents.simulated.fleet_server",
         "agents.modelservice.slm_server",
+        "agents.modelservice.slm_ipc",
         "fleet.coordinator.agent_client",
-        "agents.apps.app_process",
-        "agents.modelservice.model_process",
     }
     users = {
         m

@@ -162,7 +162,7 @@ def test_describe_and_deploy_result_round_trip():
 def test_model_service_messages_round_trip():
     call = ServeCall("r", "a", [1, 2, 3], 4, True, "a", 2)
     assert wire.serve_call_from_pb(wire.serve_call_to_pb(call)) == call
-    assert wire.completion_from_pb(wire.completion_to_pb(99, FACTS).completion) == (99, FACTS)
+    assert wire.completion_from_pb(wire.completion_to_pb(99, FACTS)) == (99, FACTS)
     events = [PhoneEvent(1, "swap_out", "a", "", 10, 0.1)]
     assert wire.stats_response_from_pb(wire.stats_response_to_pb(STATS, events)) == (STATS, events)
 

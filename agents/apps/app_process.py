@@ -1,7 +1,7 @@
 """One app as its own OS process: it runs the app's workload and reaches a model over local IPC.
 
 Started by the app supervisor with the multiprocessing "spawn" method; talks to it over two
-pipes (commands in, events out) and to a model over fleet.v1.SlmService on a Unix socket:
+pipes (commands in, events out) and to a model over a Unix socket (``slm_ipc``):
 
 - ``own`` model (per-app): the app launches its own model process and is its only user. When the
   low-memory killer has killed that process, the app's next request launches it again and pays
@@ -28,11 +28,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
 
 from agents.apps.workload import ServeResult
 from agents.modelservice.launch_spec import LaunchSpec
 from agents.modelservice.model_process import ModelProcess, ModelReady
+from agents.modelservice.slm_ipc import SlmCallError, SlmClient
 from fleet.records import AppWorkload, PhoneEvent, ServeCall, WorkloadRun
 
 REQUEST_TIMEOUT_S = 600.0
@@ -56,44 +56,31 @@ class ModelLink:
     """The app's connection to its model, relaunching an own model that was killed."""
 
     def __init__(self, endpoint: ModelEndpoint, send: Callable[[tuple], None], app: str):
-        import grpc
-
-        self.grpc = grpc
         self.app = app
         self.endpoint = endpoint
         self.send = send
         self.proc = ModelProcess(Path(endpoint.socket), endpoint.own) if endpoint.own else None
-        self.channel: Any = None
-        self.stub: Any = None
+        self.client = SlmClient(endpoint.socket)
         self._launch_lock = threading.Lock()  # concurrent requests relaunch a killed model once
 
-    def connect(self) -> None:
-        from fleet.v1 import slm_service_pb2_grpc as spb_grpc
-
-        if self.channel is not None:
-            self.channel.close()
-        self.channel = self.grpc.insecure_channel(f"unix:{self.endpoint.socket}")
-        self.stub = spb_grpc.SlmServiceStub(self.channel)
-
     def open(self) -> ModelReady | None:
-        """Launch an own model, or connect to the shared one."""
+        """Launch an own model (the shared one is up already)."""
         if self.proc is None:
-            self.connect()
-            return None
+            return None  # each request connects on its own
         return self._launch()
 
     def _launch(self) -> ModelReady:
         assert self.proc is not None
+        self.client.close()  # connections to a killed predecessor are dead
         ready = self.proc.start(on_spawn=lambda pid: self.send(("model_pid", pid)))
         self.send(("model_ready", ready.pid))
-        self.connect()  # a fresh channel: the old one may be backing off from the dead socket
         return ready
 
     def ensure_running(self) -> float:
         """Relaunch a killed own model; returns the cold start paid (0 when it was running)."""
         if self.proc is None:
             return 0.0
-        with self._launch_lock:  # held until a relaunched model serves and is connected
+        with self._launch_lock:  # held until a relaunched model serves
             if self.proc.alive():
                 return 0.0  # running, or relaunched by another request (which paid for it)
             ready = self._launch()
@@ -113,7 +100,7 @@ class ModelLink:
             )
         return ready.cold_start_s
 
-    def describe_failure(self, err: Any) -> str:
+    def describe_failure(self, err: SlmCallError) -> str:
         if self.proc is not None and self.proc.proc is not None:
             try:  # a socket closes a moment before the kill is visible: let it show
                 self.proc.proc.wait(timeout=1.0)
@@ -121,9 +108,10 @@ class ModelLink:
                 pass
         if self.proc is not None and not self.proc.alive():
             return f"its model process was killed (exit code {self.proc.returncode})"
-        return f"model service: {err.code().name}: {err.details()}"
+        return f"model service: {err.code}: {err.details}"
 
     def close(self) -> None:
+        self.client.close()
         if self.proc is not None:
             self.proc.stop()
 
@@ -135,32 +123,23 @@ class ModelLink:
 
         cold_start_s = self.ensure_running()
         result = ServeResult([], cold_start_s=cold_start_s)
-        stream = self.stub.Generate(wire.serve_call_to_pb(call), timeout=REQUEST_TIMEOUT_S)
-        finished = threading.Event()
 
-        def cancel_on_stop() -> None:  # a request still queued at the model gets no token to
-            while not finished.wait(0.1):  # check should_stop on: cancel it from here
-                if should_stop():
-                    stream.cancel()
-                    return
+        def on_tokens(ids: list[int]) -> None:
+            for tok in ids:
+                result.tokens.append(tok)
+                on_token(tok)
 
-        threading.Thread(target=cancel_on_stop, daemon=True).start()
         try:
-            for msg in stream:
-                if msg.HasField("completion"):
-                    result.scheduled_ns, result.service = wire.completion_from_pb(msg.completion)
-                    continue
-                for tok in msg.tokens.ids:
-                    result.tokens.append(tok)
-                    on_token(tok)
-                if should_stop() and len(result.tokens) < call.output_tokens:
-                    stream.cancel()
-                    break
-        except self.grpc.RpcError as err:
-            if err.code() != self.grpc.StatusCode.CANCELLED or not should_stop():
-                raise ServeError(self.describe_failure(err), cold_start_s) from None
-        finally:
-            finished.set()
+            completion = self.client.generate(
+                wire.serve_call_to_pb(call),
+                on_tokens,
+                lambda: should_stop() and len(result.tokens) < call.output_tokens,
+                REQUEST_TIMEOUT_S,
+            )
+        except SlmCallError as err:
+            raise ServeError(self.describe_failure(err), cold_start_s) from None
+        if completion is not None:  # None: stopped, the service cancels it
+            result.scheduled_ns, result.service = wire.completion_from_pb(completion)
         return result
 
 

@@ -6,7 +6,7 @@
     proc.stop()
 
 The process exits by itself when this side's stdin pipe closes (its parent died), so none
-outlive their launcher. Statistics come over the process's own gRPC socket (SlmService.Stats).
+outlive their launcher. Statistics come over the process's own socket (a stats call, slm_ipc).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from agents.modelservice.launch_spec import LaunchSpec, encode
+from agents.modelservice.slm_ipc import SlmCallError, SlmClient
 from fleet.records import PhoneEvent, ServiceStats
 
 READY_TIMEOUT_S = 300.0
@@ -46,31 +47,25 @@ class ModelReady:
 
 
 class StatsReader:
-    """Reads a model process's statistics over its socket (SlmService.Stats), e.g. an app's own
-    model, which its launcher is not: the agent's paradigm reads it for the memory split."""
+    """Reads a model process's statistics over its socket (a stats call, ``slm_ipc``), e.g. an
+    app's own model, which its launcher is not: the agent's paradigm reads it for the memory
+    split."""
 
     def __init__(self, socket_path: Path):
-        import grpc
-
-        from fleet.v1 import slm_service_pb2_grpc as spb_grpc
-
-        self._grpc = grpc
-        self._channel = grpc.insecure_channel(f"unix:{socket_path}")
-        self._stub = spb_grpc.SlmServiceStub(self._channel)
+        self._client = SlmClient(str(socket_path))
 
     def read(self, timeout_s: float = 2.0) -> tuple[ServiceStats, list[PhoneEvent]] | None:
+        """The statistics and the context events since the last read; None when the process
+        is gone or does not answer in time."""
         from fleet import wire
-        from fleet.v1 import slm_service_pb2 as spb
 
         try:
-            return wire.stats_response_from_pb(
-                self._stub.Stats(spb.StatsRequest(), timeout=timeout_s)
-            )
-        except self._grpc.RpcError:
+            return wire.stats_response_from_pb(self._client.stats(timeout_s))
+        except SlmCallError:
             return None
 
     def close(self) -> None:
-        self._channel.close()
+        self._client.close()
 
 
 class ModelProcess:
@@ -81,8 +76,7 @@ class ModelProcess:
         self.spec = spec
         self.proc: subprocess.Popen[str] | None = None
         self._lines: queue.Queue[dict[str, Any]] = queue.Queue()
-        self._channel: Any = None
-        self._stub: Any = None
+        self._stats: StatsReader | None = None
 
     @property
     def pid(self) -> int:
@@ -104,7 +98,7 @@ class ModelProcess:
         is watched (sampler, low-memory killer) from the first page it touches."""
         if self.socket_path.exists():
             self.socket_path.unlink()
-        self._close_channel()
+        self._close_stats()
         t0 = time.perf_counter()
         self._lines = queue.Queue()  # per launch: a dead predecessor's "exit" must not leak in
         self.proc = subprocess.Popen(
@@ -174,31 +168,19 @@ class ModelProcess:
     def stats(self, timeout_s: float = 10.0) -> tuple[ServiceStats, list[PhoneEvent]] | None:
         """The engine's statistics and the context events since the last call; None when the
         process is gone or does not answer in time."""
-        import grpc
-
-        from fleet import wire
-        from fleet.v1 import slm_service_pb2 as spb
-        from fleet.v1 import slm_service_pb2_grpc as spb_grpc
-
         if not self.alive():
             return None
-        if self._stub is None:
-            self._channel = grpc.insecure_channel(self.address)
-            self._stub = spb_grpc.SlmServiceStub(self._channel)
-        try:
-            return wire.stats_response_from_pb(
-                self._stub.Stats(spb.StatsRequest(), timeout=timeout_s)
-            )
-        except grpc.RpcError:
-            return None
+        if self._stats is None:
+            self._stats = StatsReader(self.socket_path)
+        return self._stats.read(timeout_s)
 
-    def _close_channel(self) -> None:
-        if self._channel is not None:
-            self._channel.close()
-        self._channel = self._stub = None
+    def _close_stats(self) -> None:
+        if self._stats is not None:
+            self._stats.close()
+        self._stats = None
 
     def stop(self, timeout_s: float = 10.0) -> None:
-        self._close_channel()
+        self._close_stats()
         if self.proc is None or not self.alive():
             return
         try:

@@ -1,9 +1,9 @@
-"""An SLM process: one model behind fleet.v1.SlmService on a Unix domain socket.
+"""An SLM process: one model served to apps on a Unix domain socket (``slm_ipc`` framing).
 
 The same program is a per-app app's own model process (batch of one, nothing shared) and the
 shared system service of SLMaaS and agent-OS; ``ServiceOptions`` make the difference. The engine
-runs in its own thread; the gRPC handlers only queue requests, stream tokens back and read the
-engine's statistics (``Stats``). Messages are converted by ``fleet.wire`` only.
+runs in its own thread; the connection handlers on the asyncio loop only queue requests, stream
+tokens back and read the engine's statistics. Messages are converted by ``fleet.wire`` only.
 
     python -m agents.modelservice.slm_server --socket /tmp/x.sock --spec <launch spec> \\
         --exit-on-stdin-eof
@@ -22,24 +22,23 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator
 from pathlib import Path
 
-import grpc
-
-from agents.modelservice import launch_spec
+from agents.modelservice import launch_spec, slm_ipc
 from agents.modelservice.scheduler import RequestState, ServiceRequest
 from agents.modelservice.serving_engine import ServingEngine
 from agents.storage import PhoneStorage
 from fleet import wire
 from fleet.storage_models import storage_model
 from fleet.v1 import slm_service_pb2 as spb
-from fleet.v1 import slm_service_pb2_grpc as spb_grpc
 
 STATS_RETRIES = 5
 
 
-class SlmServicer(spb_grpc.SlmServiceServicer):
+class SlmServicer:
+    """Answers the calls of one connection (``slm_ipc``): a generate call streams its tokens and
+    its completion; a stats call the engine's counters. A caller that goes away cancels."""
+
     def __init__(self, engine: ServingEngine, max_position: int, vocab_size: int):
         self.engine = engine
         self.max_position = max_position
@@ -55,16 +54,48 @@ class SlmServicer(spb_grpc.SlmServiceServicer):
             )
         return ""
 
-    async def Generate(
-        self, request: spb.GenerateRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[spb.GenerateResponse]:
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """One caller's connection: its calls, one after another, until it closes."""
+        try:
+            while True:
+                try:
+                    call = await slm_ipc.read_call(reader)
+                except slm_ipc.CallerGone:
+                    return
+                except slm_ipc.FrameError as exc:
+                    writer.write(slm_ipc.error_frame("INVALID_ARGUMENT", str(exc)))
+                    await writer.drain()
+                    return
+                if call.WhichOneof("call") == "stats":
+                    writer.write(await self.stats())
+                elif not await self.generate(call.generate, reader, writer):
+                    await writer.drain()
+                    return  # an error went back, or the caller cancelled by closing
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass  # the caller went away; a generate call was cancelled on the way
+        except asyncio.CancelledError:
+            pass  # the process is ending: its callers see the connection close
+        finally:
+            writer.close()
+
+    async def generate(
+        self,
+        request: spb.GenerateRequest,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> bool:
+        """Serve one generate call; False when the connection should close (an error reply,
+        or the caller closed it to cancel)."""
         try:
             call = wire.serve_call_from_pb(request)
         except wire.WireError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            writer.write(slm_ipc.error_frame("INVALID_ARGUMENT", str(exc)))
+            return False
         problem = self._check(call.prompt, call.output_tokens)
         if problem:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+            writer.write(slm_ipc.error_frame("INVALID_ARGUMENT", problem))
+            return False
         pending: deque[int | ServiceRequest] = deque()  # token ids, then the finished request
         arrived = asyncio.Event()
         req = ServiceRequest.from_call(call)
@@ -73,8 +104,15 @@ class SlmServicer(spb_grpc.SlmServiceServicer):
             pending.append(item)
             arrived.set()
 
+        def caller_gone(_: asyncio.Future) -> None:  # EOF (or a byte mid-call): cancel
+            if not req.done:
+                self.engine.cancel(req)
+
         req.sink = sink
         self.engine.submit(req)
+        # the caller says nothing during a call: anything it sends, EOF included, cancels it
+        watch = asyncio.ensure_future(reader.read(1))
+        watch.add_done_callback(caller_gone)
         try:
             while True:
                 await arrived.wait()
@@ -82,25 +120,31 @@ class SlmServicer(spb_grpc.SlmServiceServicer):
                 items = list(pending)
                 pending.clear()
                 ids = [i for i in items if isinstance(i, int)]
+                out = b""
                 if ids:  # several when the app fell behind the model: sent together
-                    yield spb.GenerateResponse(tokens=spb.TokenChunk(ids=ids))
-                if not items or not isinstance(items[-1], ServiceRequest):
-                    continue
-                if items[-1].state != RequestState.FINISHED:
-                    await context.abort(
-                        grpc.StatusCode.ABORTED,
-                        f"request {req.state.name}"
-                        + (f": {self.engine.error}" if self.engine.error else ""),
-                    )
-                yield wire.completion_to_pb(req.scheduled_ns, req.facts())
-                return
+                    out = slm_ipc.reply_frame(tokens=spb.TokenChunk(ids=ids))
+                if items and isinstance(items[-1], ServiceRequest):
+                    if req.state == RequestState.FINISHED and not watch.done():
+                        completion = wire.completion_to_pb(req.scheduled_ns, req.facts())
+                        writer.write(out + slm_ipc.reply_frame(completion=completion))
+                        return True
+                    reason = f"request {req.state.name}"
+                    if self.engine.error:
+                        reason += f": {self.engine.error}"
+                    writer.write(out + slm_ipc.error_frame("ABORTED", reason))
+                    return False
+                if out:
+                    writer.write(out)
+                    await writer.drain()
         finally:
+            watch.remove_done_callback(caller_gone)
+            if not watch.done():
+                watch.cancel()  # the reader is free for the next call once it has unwound
+                await asyncio.gather(watch, return_exceptions=True)
             if not req.done:
                 self.engine.cancel(req)  # the app went away: free its place in the batch
 
-    async def Stats(
-        self, request: spb.StatsRequest, context: grpc.aio.ServicerContext
-    ) -> spb.StatsResponse:
+    async def stats(self) -> bytes:
         for _ in range(STATS_RETRIES):  # the engine thread may be mid-update: read again
             try:
                 stats = self.engine.stats()
@@ -108,8 +152,9 @@ class SlmServicer(spb_grpc.SlmServiceServicer):
             except RuntimeError:
                 await asyncio.sleep(0.01)
         else:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "engine busy, no stats")
-        return wire.stats_response_to_pb(stats, self.engine.contexts.take_events())
+            return slm_ipc.error_frame("UNAVAILABLE", "engine busy, no stats")
+        events = self.engine.contexts.take_events()
+        return slm_ipc.reply_frame(stats=wire.stats_response_to_pb(stats, events))
 
 
 class _Lifeline:
@@ -203,19 +248,17 @@ async def _amain(ns: argparse.Namespace, lifeline: _Lifeline | None) -> None:
     stop = threading.Event()
     worker = threading.Thread(target=engine.run_forever, args=(stop,), name="engine", daemon=True)
     worker.start()
-    server = grpc.aio.server()
     args = loaded.model.args
-    spb_grpc.add_SlmServiceServicer_to_server(
-        SlmServicer(engine, args.max_position, args.vocab_size), server
-    )
+    servicer = SlmServicer(engine, args.max_position, args.vocab_size)
+    umask = os.umask(0o177)  # the socket is 0600 from birth: only this user's apps may talk
     try:
-        bound = server.add_insecure_port(f"unix:{ns.socket}")
-    except RuntimeError:
-        bound = 0
-    if bound == 0:
-        raise SystemExit(f"slm-service: cannot bind unix:{ns.socket}")
-    await server.start()
-    os.chmod(ns.socket, 0o600)  # only this user's apps may talk to the model
+        server = await asyncio.start_unix_server(
+            servicer.handle, ns.socket, limit=slm_ipc.MAX_FRAME_BYTES
+        )
+    except OSError as exc:
+        raise SystemExit(f"slm-service: cannot bind {ns.socket}: {exc}") from None
+    finally:
+        os.umask(umask)
     print(
         json.dumps(
             {
@@ -247,7 +290,7 @@ async def _amain(ns: argparse.Namespace, lifeline: _Lifeline | None) -> None:
     await stopping.wait()
     watcher.cancel()
     stop.set()
-    await server.stop(grace=1.0)
+    server.close()  # calls in flight end with the process: their apps see the connection close
     if storage is not None:
         shutil.rmtree(swap_dir, ignore_errors=True)  # this process's swapped contexts
 

@@ -25,25 +25,27 @@ _sym_db = _symbol_database.Default()
 from fleet.v1 import agent_pb2 as fleet_dot_v1_dot_agent__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x66leet/v1/slm_service.proto\x12\x08\x66leet.v1\x1a\x14\x66leet/v1/agent.proto\"\xa4\x01\n\x0fGenerateRequest\x12\x0b\n\x03\x61pp\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x15\n\rprompt_tokens\x18\x03 \x03(\x05\x12\x16\n\x0emax_new_tokens\x18\x04 \x01(\r\x12\x12\n\nforeground\x18\x05 \x01(\x08\x12\x0f\n\x07session\x18\x06 \x01(\t\x12\x1c\n\x14shared_prefix_tokens\x18\x07 \x01(\r\"o\n\x10GenerateResponse\x12&\n\x06tokens\x18\x01 \x01(\x0b\x32\x14.fleet.v1.TokenChunkH\x00\x12*\n\ncompletion\x18\x02 \x01(\x0b\x32\x14.fleet.v1.CompletionH\x00\x42\x07\n\x05\x65vent\"\x19\n\nTokenChunk\x12\x0b\n\x03ids\x18\x01 \x03(\x05\"Q\n\nCompletion\x12\x14\n\x0cscheduled_ns\x18\x01 \x01(\x03\x12\'\n\x07service\x18\x08 \x01(\x0b\x32\x16.fleet.v1.ServiceFactsJ\x04\x08\x02\x10\x08\"\x0e\n\x0cStatsRequest\"\\\n\rStatsResponse\x12%\n\x05stats\x18\x01 \x01(\x0b\x32\x16.fleet.v1.ServiceStats\x12$\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x14.fleet.v1.PhoneEvent2\x8b\x01\n\nSlmService\x12\x43\n\x08Generate\x12\x19.fleet.v1.GenerateRequest\x1a\x1a.fleet.v1.GenerateResponse0\x01\x12\x38\n\x05Stats\x12\x16.fleet.v1.StatsRequest\x1a\x17.fleet.v1.StatsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x66leet/v1/slm_service.proto\x12\x08\x66leet.v1\x1a\x14\x66leet/v1/agent.proto\"i\n\x07SlmCall\x12-\n\x08generate\x18\x01 \x01(\x0b\x32\x19.fleet.v1.GenerateRequestH\x00\x12\'\n\x05stats\x18\x02 \x01(\x0b\x32\x16.fleet.v1.StatsRequestH\x00\x42\x06\n\x04\x63\x61ll\"\xb7\x01\n\x08SlmReply\x12&\n\x06tokens\x18\x01 \x01(\x0b\x32\x14.fleet.v1.TokenChunkH\x00\x12*\n\ncompletion\x18\x02 \x01(\x0b\x32\x14.fleet.v1.CompletionH\x00\x12(\n\x05stats\x18\x03 \x01(\x0b\x32\x17.fleet.v1.StatsResponseH\x00\x12$\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x13.fleet.v1.CallErrorH\x00\x42\x07\n\x05reply\"*\n\tCallError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x65tails\x18\x02 \x01(\t\"\xa4\x01\n\x0fGenerateRequest\x12\x0b\n\x03\x61pp\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x15\n\rprompt_tokens\x18\x03 \x03(\x05\x12\x16\n\x0emax_new_tokens\x18\x04 \x01(\r\x12\x12\n\nforeground\x18\x05 \x01(\x08\x12\x0f\n\x07session\x18\x06 \x01(\t\x12\x1c\n\x14shared_prefix_tokens\x18\x07 \x01(\r\"\x19\n\nTokenChunk\x12\x0b\n\x03ids\x18\x01 \x03(\x05\"Q\n\nCompletion\x12\x14\n\x0cscheduled_ns\x18\x01 \x01(\x03\x12\'\n\x07service\x18\x08 \x01(\x0b\x32\x16.fleet.v1.ServiceFactsJ\x04\x08\x02\x10\x08\"\x0e\n\x0cStatsRequest\"\\\n\rStatsResponse\x12%\n\x05stats\x18\x01 \x01(\x0b\x32\x16.fleet.v1.ServiceStats\x12$\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x14.fleet.v1.PhoneEventb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'fleet.v1.slm_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_GENERATEREQUEST']._serialized_start=63
-  _globals['_GENERATEREQUEST']._serialized_end=227
-  _globals['_GENERATERESPONSE']._serialized_start=229
-  _globals['_GENERATERESPONSE']._serialized_end=340
-  _globals['_TOKENCHUNK']._serialized_start=342
-  _globals['_TOKENCHUNK']._serialized_end=367
-  _globals['_COMPLETION']._serialized_start=369
-  _globals['_COMPLETION']._serialized_end=450
-  _globals['_STATSREQUEST']._serialized_start=452
-  _globals['_STATSREQUEST']._serialized_end=466
-  _globals['_STATSRESPONSE']._serialized_start=468
-  _globals['_STATSRESPONSE']._serialized_end=560
-  _globals['_SLMSERVICE']._serialized_start=563
-  _globals['_SLMSERVICE']._serialized_end=702
+  _globals['_SLMCALL']._serialized_start=62
+  _globals['_SLMCALL']._serialized_end=167
+  _globals['_SLMREPLY']._serialized_start=170
+  _globals['_SLMREPLY']._serialized_end=353
+  _globals['_CALLERROR']._serialized_start=355
+  _globals['_CALLERROR']._serialized_end=397
+  _globals['_GENERATEREQUEST']._serialized_start=400
+  _globals['_GENERATEREQUEST']._serialized_end=564
+  _globals['_TOKENCHUNK']._serialized_start=566
+  _globals['_TOKENCHUNK']._serialized_end=591
+  _globals['_COMPLETION']._serialized_start=593
+  _globals['_COMPLETION']._serialized_end=674
+  _globals['_STATSREQUEST']._serialized_start=676
+  _globals['_STATSREQUEST']._serialized_end=690
+  _globals['_STATSRESPONSE']._serialized_start=692
+  _globals['_STATSRESPONSE']._serialized_end=784
 # @@protoc_insertion_point(module_scope)

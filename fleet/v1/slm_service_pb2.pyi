@@ -7,6 +7,34 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class SlmCall(_message.Message):
+    __slots__ = ("generate", "stats")
+    GENERATE_FIELD_NUMBER: _ClassVar[int]
+    STATS_FIELD_NUMBER: _ClassVar[int]
+    generate: GenerateRequest
+    stats: StatsRequest
+    def __init__(self, generate: _Optional[_Union[GenerateRequest, _Mapping]] = ..., stats: _Optional[_Union[StatsRequest, _Mapping]] = ...) -> None: ...
+
+class SlmReply(_message.Message):
+    __slots__ = ("tokens", "completion", "stats", "error")
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    COMPLETION_FIELD_NUMBER: _ClassVar[int]
+    STATS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    tokens: TokenChunk
+    completion: Completion
+    stats: StatsResponse
+    error: CallError
+    def __init__(self, tokens: _Optional[_Union[TokenChunk, _Mapping]] = ..., completion: _Optional[_Union[Completion, _Mapping]] = ..., stats: _Optional[_Union[StatsResponse, _Mapping]] = ..., error: _Optional[_Union[CallError, _Mapping]] = ...) -> None: ...
+
+class CallError(_message.Message):
+    __slots__ = ("code", "details")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    DETAILS_FIELD_NUMBER: _ClassVar[int]
+    code: str
+    details: str
+    def __init__(self, code: _Optional[str] = ..., details: _Optional[str] = ...) -> None: ...
+
 class GenerateRequest(_message.Message):
     __slots__ = ("app", "request_id", "prompt_tokens", "max_new_tokens", "foreground", "session", "shared_prefix_tokens")
     APP_FIELD_NUMBER: _ClassVar[int]
@@ -24,14 +52,6 @@ class GenerateRequest(_message.Message):
     session: str
     shared_prefix_tokens: int
     def __init__(self, app: _Optional[str] = ..., request_id: _Optional[str] = ..., prompt_tokens: _Optional[_Iterable[int]] = ..., max_new_tokens: _Optional[int] = ..., foreground: _Optional[bool] = ..., session: _Optional[str] = ..., shared_prefix_tokens: _Optional[int] = ...) -> None: ...
-
-class GenerateResponse(_message.Message):
-    __slots__ = ("tokens", "completion")
-    TOKENS_FIELD_NUMBER: _ClassVar[int]
-    COMPLETION_FIELD_NUMBER: _ClassVar[int]
-    tokens: TokenChunk
-    completion: Completion
-    def __init__(self, tokens: _Optional[_Union[TokenChunk, _Mapping]] = ..., completion: _Optional[_Union[Completion, _Mapping]] = ...) -> None: ...
 
 class TokenChunk(_message.Message):
     __slots__ = ("ids",)
