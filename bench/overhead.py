@@ -104,15 +104,27 @@ def one_trial(client: AgentClient, agent: psutil.Process, seconds: float) -> dic
     used = {pid: after[pid] - before.get(pid, 0.0) for pid in after}
     model = sum(v for pid, v in used.items() if pid in model_pids)
     testbed = sum(v for pid, v in used.items() if pid not in model_pids)
+    served = [r for r in records if r.status is RequestStatus.OK and r.service.slices]
     outside = sorted(
         (r.end_ns - r.sent_ns - sum(s.end_ns - s.start_ns for s in r.service.slices)) / 1e6
-        for r in records
-        if r.status is RequestStatus.OK and r.service.slices
+        for r in served
     )
+    # where it goes: sent -> first slice; between slices; last slice -> last token -> end
+    to_model = [(r.service.slices[0].start_ns - r.sent_ns) / 1e6 for r in served]
+    between = [
+        sum(b.start_ns - a.end_ns for a, b in zip(r.service.slices, r.service.slices[1:])) / 1e6
+        for r in served
+    ]
+    to_token = [(r.token_ns[-1] - r.service.slices[-1].end_ns) / 1e6 for r in served]
+    to_end = [(r.end_ns - r.token_ns[-1]) / 1e6 for r in served]
     return {
         "requests": len(outside),
         "outside_model_ms_p50": statistics.median(outside),
         "outside_model_ms_p90": outside[int(0.9 * (len(outside) - 1))],
+        "sent_to_model_ms_p50": statistics.median(to_model),
+        "between_slices_ms_p50": statistics.median(between),
+        "last_slice_to_last_token_ms_p50": statistics.median(to_token),
+        "last_token_to_end_ms_p50": statistics.median(to_end),
         "sampler_tick_ms": tick_s * 1e3,
         "sampler_core_share_at_100ms": tick_s / 0.1,
         "testbed_cpu_s": testbed,
@@ -149,6 +161,17 @@ def main() -> None:
             f"time outside the model per request, p50 (n={med['requests']:.0f})",
             f"{med['outside_model_ms_p50']:.2f} ms (p90 {med['outside_model_ms_p90']:.2f})",
             med["outside_model_ms_p50"] <= 0.5,
+        ),
+        (
+            "  of which: sent -> on the model, between slices,",
+            f"{med['sent_to_model_ms_p50']:.2f}, {med['between_slices_ms_p50']:.2f},",
+            None,
+        ),
+        (
+            "  last slice -> its token at the app -> end (p50s)",
+            f"{med['last_slice_to_last_token_ms_p50']:.2f}, "
+            f"{med['last_token_to_end_ms_p50']:.2f} ms",
+            None,
         ),
         (
             "resource sampler at 100 ms",

@@ -12,9 +12,11 @@ Timestamps are taken here, at the app's side of the IPC boundary. When the super
 command pipe closes and this process exits (and with it an own model process, whose stdin closes).
 
 Events: ("ready", ModelReady | None), ("model_pid", pid) at an own model's spawn,
-("model_ready", pid) once it serves, ("busy", bool),
-("record", RequestRecord), ("phone_event", PhoneEvent), ("done", n), ("error", message).
-Commands: ("run", WorkloadRun), ("stop",), ("exit",).
+("model_ready", pid) once it serves, ("record", RequestRecord), ("phone_event", PhoneEvent),
+("done", n), ("error", message). Commands: ("run", WorkloadRun), ("stop",), ("exit",).
+Whether the app is busy (requests in flight) and when it last started or ended one live in a
+shared array that the supervisor reads for the low-memory killer's choice: written here on every
+request, without a message.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Any
 
 from agents.apps.workload import ServeResult
 from agents.modelservice.launch_spec import LaunchSpec
@@ -150,17 +153,17 @@ class AppProcess:
         self,
         cmd_conn: Connection,
         evt_conn: Connection,
+        activity: Any,
         app: AppWorkload,
         endpoint: ModelEndpoint,
         vocab_size: int,
         max_context: int,
     ):
-        self.cmd_conn, self.evt_conn = cmd_conn, evt_conn
+        self.cmd_conn, self.evt_conn, self.activity = cmd_conn, evt_conn, activity
         self.app, self.vocab_size, self.max_context = app, vocab_size, max_context
         self.commands: queue.Queue[tuple] = queue.Queue()
         self.stop = threading.Event()
         self._send_lock = threading.Lock()
-        self._outstanding = 0  # requests in flight (open-loop apps have several)
         self.link = ModelLink(endpoint, self.send, app.name)
 
     def send(self, msg: tuple) -> None:
@@ -185,17 +188,16 @@ class AppProcess:
     def serve(
         self, call: ServeCall, on_token: Callable[[int], None], should_stop: Callable[[], bool]
     ) -> ServeResult:
-        with self._send_lock:  # before a relaunch, so the LMK sees this app in use
-            self._outstanding += 1
-            if self._outstanding == 1:
-                self.evt_conn.send(("busy", True))
+        self._in_use(+1)  # before a relaunch, so the LMK sees this app in use
         try:
             return self.link.serve(call, on_token, should_stop)
         finally:
-            with self._send_lock:
-                self._outstanding -= 1
-                if self._outstanding == 0:
-                    self.evt_conn.send(("busy", False))
+            self._in_use(-1)
+
+    def _in_use(self, delta: int) -> None:
+        with self._send_lock:
+            self.activity[0] += delta
+            self.activity[1] = time.monotonic_ns()
 
     def run_workload(self, run: WorkloadRun) -> None:
         from agents.apps.workload import run_app
@@ -231,10 +233,11 @@ class AppProcess:
 def client_main(
     cmd_conn: Connection,
     evt_conn: Connection,
+    activity: Any,
     app: AppWorkload,
     endpoint: ModelEndpoint,
     vocab_size: int,
     max_context: int,
 ) -> None:
     """Entry point of the spawned app process."""
-    AppProcess(cmd_conn, evt_conn, app, endpoint, vocab_size, max_context).main()
+    AppProcess(cmd_conn, evt_conn, activity, app, endpoint, vocab_size, max_context).main()

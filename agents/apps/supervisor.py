@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
-from typing import cast
+from typing import Any, cast
 
 from agents.apps.app_process import ModelEndpoint, client_main
 from agents.errors import DeployError
@@ -30,8 +30,19 @@ class AppProc:
     ready: ModelReady | None = None  # an own model's launch (per-app), None for shared
     model_pid: int = 0  # own model process (per-app), 0 for shared
     model_starting: bool = False  # spawned, not serving yet (its memory counts already)
-    busy: bool = False
-    last_used_ns: int = 0  # when its last request started or ended (for LRU choices)
+    # shared with the app process, which updates it on every request without a message:
+    # [requests in flight, when its last request started or ended (monotonic ns)]
+    activity: Any = None
+    spawned_ns: int = 0  # when its own model was last spawned
+
+    @property
+    def busy(self) -> bool:
+        return self.activity is not None and self.activity[0] > 0
+
+    @property
+    def last_used_ns(self) -> int:
+        """When it last started or ended a request, or spawned its model (for LRU choices)."""
+        return max(self.activity[1] if self.activity is not None else 0, self.spawned_ns)
 
 
 class AppSupervisor:
@@ -51,16 +62,25 @@ class AppSupervisor:
         for app in apps:
             cmd_r, cmd_w = ctx.Pipe(duplex=False)
             evt_r, evt_w = ctx.Pipe(duplex=False)
+            activity = ctx.RawArray("q", 2)  # no lock: one writer (the app), word-sized values
             proc = ctx.Process(
                 target=client_main,
                 name=f"app-{app.name}",
                 daemon=True,
-                args=(cmd_r, evt_w, app, endpoint_of(app), vocab_of(app), max_context_of(app)),
+                args=(
+                    cmd_r,
+                    evt_w,
+                    activity,
+                    app,
+                    endpoint_of(app),
+                    vocab_of(app),
+                    max_context_of(app),
+                ),
             )
             proc.start()
             cmd_r.close()
             evt_w.close()  # keep only our ends, so a dead app reads as EOF
-            self.apps.append(AppProc(app, proc, cmd_w, evt_r))
+            self.apps.append(AppProc(app, proc, cmd_w, evt_r, activity=activity))
         pending = {a.evt: a for a in self.apps}
         deadline = time.monotonic() + READY_TIMEOUT_S
         while pending:
@@ -125,10 +145,8 @@ class AppSupervisor:
                     emit(payload)
                 elif kind == "phone_event":
                     emit(payload)
-                elif kind == "busy":
-                    a.busy, a.last_used_ns = payload, time.monotonic_ns()
                 elif kind == "model_pid":
-                    a.model_pid, a.last_used_ns = payload, time.monotonic_ns()
+                    a.model_pid, a.spawned_ns = payload, time.monotonic_ns()
                     a.model_starting = True
                 elif kind == "model_ready":
                     a.model_starting = False

@@ -142,11 +142,12 @@ class ServingEngine:
             if not r.done:
                 r.end_slice(now, RequestState.PREEMPTED)
                 self.num_preemptions += 1
-        for r in batch:
+        scheduled_ns = time.monotonic_ns()  # a slice starts once scheduled: readying its
+        for r in batch:  # context (KV allocation, cached prefix) is the model's work
             if r not in self._running:
+                r.start_slice(scheduled_ns)
                 if r.ctx is None:
                     r.ctx = self.contexts.acquire(r)
-                r.start_slice(time.monotonic_ns())
         self._running = chosen
         if not batch:
             self._flush()

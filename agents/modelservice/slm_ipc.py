@@ -17,12 +17,11 @@ a Unix socket costs ~0.1 ms and keeps the same messages (``protos/fleet/v1/slm_s
     stats = client.stats(timeout_s)                                  # fleet.v1 StatsResponse
     client.close()                                                   # its idle connections
 
-The server side (``read_call``, ``reply_frame``) is driven by ``slm_server``'s asyncio loop.
+The server side (``recv_call``, ``reply_frame``) runs in ``slm_server``'s connection threads.
 """
 
 from __future__ import annotations
 
-import asyncio
 import socket
 import struct
 import threading
@@ -67,25 +66,36 @@ def error_frame(code: str, details: str) -> bytes:
     return reply_frame(error=spb.CallError(code=code, details=details))
 
 
-# -- server side (asyncio) ---------------------------------------------------------------------
+# -- server side (a thread per connection) ----------------------------------------------------
 
 
-async def read_call(reader: asyncio.StreamReader) -> spb.SlmCall:
-    """The caller's next call; CallerGone at a clean end of the connection, FrameError when
-    what came is not a well-formed SlmCall."""
-    try:
-        header = await reader.readexactly(HEADER.size)
-    except asyncio.IncompleteReadError as exc:
-        if not exc.partial:
-            raise CallerGone() from None
-        raise FrameError("the connection closed within a call's header") from None
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        try:
+            data = sock.recv(n - len(buf))
+        except OSError:
+            data = b""  # reset, or shut down by the engine thread: the same as a close
+        if not data:
+            break
+        buf += data
+    return bytes(buf)
+
+
+def recv_call(sock: socket.socket) -> spb.SlmCall:
+    """The caller's next call (blocking); CallerGone at a clean end of the connection,
+    FrameError when what came is not a well-formed SlmCall."""
+    header = _recv_exact(sock, HEADER.size)
+    if not header:
+        raise CallerGone()
+    if len(header) < HEADER.size:
+        raise FrameError("the connection closed within a call's header")
     (size,) = HEADER.unpack(header)
-    try:
-        if size > MAX_FRAME_BYTES:
-            raise FrameError(f"a call of {size} B exceeds {MAX_FRAME_BYTES} B")
-        body = await reader.readexactly(size)
-    except asyncio.IncompleteReadError:
-        raise FrameError("the connection closed before a whole call arrived") from None
+    if size > MAX_FRAME_BYTES:
+        raise FrameError(f"a call of {size} B exceeds {MAX_FRAME_BYTES} B")
+    body = _recv_exact(sock, size)
+    if len(body) < size:
+        raise FrameError("the connection closed before a whole call arrived")
     call = spb.SlmCall()
     try:
         call.ParseFromString(body)

@@ -2,8 +2,9 @@
 
 The same program is a per-app app's own model process (batch of one, nothing shared) and the
 shared system service of SLMaaS and agent-OS; ``ServiceOptions`` make the difference. The engine
-runs in its own thread; the connection handlers on the asyncio loop only queue requests, stream
-tokens back and read the engine's statistics. Messages are converted by ``fleet.wire`` only.
+runs in its own thread and writes each step's tokens straight onto the callers' sockets; a
+thread per connection reads the calls, queues requests and answers statistics. Messages are
+converted by ``fleet.wire`` only.
 
     python -m agents.modelservice.slm_server --socket /tmp/x.sock --spec <launch spec> \\
         --exit-on-stdin-eof
@@ -13,15 +14,15 @@ prints ``{"event": "ready", "pid": ..., "load_s": ..., "weight_bytes": ...}`` on
 from __future__ import annotations
 
 import argparse
-import asyncio
+import contextlib
 import json
 import os
 import shutil
 import signal
+import socket
 import sys
 import threading
 import time
-from collections import deque
 from pathlib import Path
 
 from agents.modelservice import launch_spec, slm_ipc
@@ -33,16 +34,93 @@ from fleet.storage_models import storage_model
 from fleet.v1 import slm_service_pb2 as spb
 
 STATS_RETRIES = 5
+CANCEL_WAIT_S = 5.0  # how long a closed connection waits for its cancelled call's end
+
+
+class _Connection:
+    """One caller's socket. The connection's thread reads calls from it; the engine thread
+    writes a generate call's replies onto it. Sends never block: a caller that stopped reading
+    is cut off instead of stalling the engine."""
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        self._lock = threading.Lock()  # a send and the close never overlap (fd reuse)
+        self._closed = False
+
+    def send(self, data: bytes) -> bool:
+        with self._lock:
+            if self._closed:
+                return False
+            try:
+                self.sock.sendall(data, socket.MSG_DONTWAIT)
+                return True
+            except OSError:  # gone, or its buffer is full: the stream is cut, end it
+                with contextlib.suppress(OSError):
+                    self.sock.shutdown(socket.SHUT_RDWR)  # its thread's read ends
+                return False
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self.sock.close()
+
+
+class _Generation:
+    """A generate call in flight: the engine's sink for its request. The engine hands it the
+    step's tokens (and at the end the request itself); ``flush`` sends them as one write, from
+    the engine thread, with no hop through another thread."""
+
+    def __init__(self, conn: _Connection, req: ServiceRequest):
+        self.conn, self.req = conn, req
+        self.ids: list[int] = []
+        self.final = False
+        self.ended = threading.Event()  # the request is over (its last reply sent or lost)
+
+    def __call__(self, item: int | ServiceRequest) -> None:
+        if isinstance(item, int):
+            self.ids.append(item)
+        else:
+            self.final = True
+
+    def flush(self, engine_error: str) -> None:
+        if self.ids:  # several when the caller fell behind: sent together, and first, so the
+            ids, self.ids = self.ids, []  # last token is not held up by the completion
+            self._send(slm_ipc.reply_frame(tokens=spb.TokenChunk(ids=ids)))
+        if not self.final:
+            return
+        req = self.req
+        if req.state == RequestState.FINISHED:
+            completion = wire.completion_to_pb(req.scheduled_ns, req.facts())
+            last = slm_ipc.reply_frame(completion=completion)
+        else:
+            reason = f"request {req.state.name}" + (f": {engine_error}" if engine_error else "")
+            last = slm_ipc.error_frame("ABORTED", reason)
+        self.ended.set()  # before the send: the caller's next call may follow at once
+        self._send(last)
+
+    def _send(self, data: bytes) -> None:
+        if not self.conn.send(data) and not self.req.done:
+            self.req.cancelled = True  # nobody to send to: the engine drops it next step
 
 
 class SlmServicer:
-    """Answers the calls of one connection (``slm_ipc``): a generate call streams its tokens and
-    its completion; a stats call the engine's counters. A caller that goes away cancels."""
+    """Answers the calls on each connection (``slm_ipc``), one thread per connection: a generate
+    call streams its tokens and its completion; a stats call the engine's counters. A caller
+    that closes its connection (or sends anything) during a call cancels it."""
 
     def __init__(self, engine: ServingEngine, max_position: int, vocab_size: int):
         self.engine = engine
         self.max_position = max_position
         self.vocab_size = vocab_size
+
+    def deliver(self, items: list) -> None:
+        """The engine's deliver hook: a step's (sink, item) pairs, one write per call."""
+        calls: dict[int, _Generation] = {}
+        for sink, item in items:
+            sink(item)
+            calls[id(sink)] = sink
+        for call in calls.values():
+            call.flush(self.engine.error)
 
     def _check(self, prompt: list[int], max_new_tokens: int) -> str:
         if max(prompt) >= self.vocab_size or min(prompt) < 0:
@@ -54,103 +132,54 @@ class SlmServicer:
             )
         return ""
 
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def serve_connection(self, sock: socket.socket) -> None:
         """One caller's connection: its calls, one after another, until it closes."""
+        conn = _Connection(sock)
+        call: _Generation | None = None  # the generate call in flight
         try:
             while True:
                 try:
-                    call = await slm_ipc.read_call(reader)
+                    msg = slm_ipc.recv_call(sock)
                 except slm_ipc.CallerGone:
                     return
                 except slm_ipc.FrameError as exc:
-                    writer.write(slm_ipc.error_frame("INVALID_ARGUMENT", str(exc)))
-                    await writer.drain()
+                    if call is None or call.ended.is_set():
+                        conn.send(slm_ipc.error_frame("INVALID_ARGUMENT", str(exc)))
                     return
-                if call.WhichOneof("call") == "stats":
-                    writer.write(await self.stats())
-                elif not await self.generate(call.generate, reader, writer):
-                    await writer.drain()
-                    return  # an error went back, or the caller cancelled by closing
-                await writer.drain()
-        except (ConnectionError, OSError):
-            pass  # the caller went away; a generate call was cancelled on the way
-        except asyncio.CancelledError:
-            pass  # the process is ending: its callers see the connection close
+                if call is not None and not call.ended.is_set():
+                    return  # a call during a call: the caller broke off (the first is cancelled)
+                call = None
+                if msg.WhichOneof("call") == "stats":
+                    conn.send(self.stats())
+                    continue
+                try:
+                    req = self.request(msg.generate)
+                except wire.WireError as exc:
+                    conn.send(slm_ipc.error_frame("INVALID_ARGUMENT", str(exc)))
+                    return
+                req.sink = call = _Generation(conn, req)
+                self.engine.submit(req)
         finally:
-            writer.close()
+            if call is not None and not call.ended.is_set():
+                self.engine.cancel(call.req)  # the app went away: free its place in the batch
+                call.ended.wait(CANCEL_WAIT_S)  # its last send comes before the close
+            conn.close()
 
-    async def generate(
-        self,
-        request: spb.GenerateRequest,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-    ) -> bool:
-        """Serve one generate call; False when the connection should close (an error reply,
-        or the caller closed it to cancel)."""
-        try:
-            call = wire.serve_call_from_pb(request)
-        except wire.WireError as exc:
-            writer.write(slm_ipc.error_frame("INVALID_ARGUMENT", str(exc)))
-            return False
+    def request(self, request: spb.GenerateRequest) -> ServiceRequest:
+        """The engine's request for a generate call; WireError says why it cannot be served."""
+        call = wire.serve_call_from_pb(request)
         problem = self._check(call.prompt, call.output_tokens)
         if problem:
-            writer.write(slm_ipc.error_frame("INVALID_ARGUMENT", problem))
-            return False
-        pending: deque[int | ServiceRequest] = deque()  # token ids, then the finished request
-        arrived = asyncio.Event()
-        req = ServiceRequest.from_call(call)
+            raise wire.WireError(problem)
+        return ServiceRequest.from_call(call)
 
-        def sink(item: int | ServiceRequest) -> None:  # on this loop, via the engine's deliver()
-            pending.append(item)
-            arrived.set()
-
-        def caller_gone(_: asyncio.Future) -> None:  # EOF (or a byte mid-call): cancel
-            if not req.done:
-                self.engine.cancel(req)
-
-        req.sink = sink
-        self.engine.submit(req)
-        # the caller says nothing during a call: anything it sends, EOF included, cancels it
-        watch = asyncio.ensure_future(reader.read(1))
-        watch.add_done_callback(caller_gone)
-        try:
-            while True:
-                await arrived.wait()
-                arrived.clear()
-                items = list(pending)
-                pending.clear()
-                ids = [i for i in items if isinstance(i, int)]
-                out = b""
-                if ids:  # several when the app fell behind the model: sent together
-                    out = slm_ipc.reply_frame(tokens=spb.TokenChunk(ids=ids))
-                if items and isinstance(items[-1], ServiceRequest):
-                    if req.state == RequestState.FINISHED and not watch.done():
-                        completion = wire.completion_to_pb(req.scheduled_ns, req.facts())
-                        writer.write(out + slm_ipc.reply_frame(completion=completion))
-                        return True
-                    reason = f"request {req.state.name}"
-                    if self.engine.error:
-                        reason += f": {self.engine.error}"
-                    writer.write(out + slm_ipc.error_frame("ABORTED", reason))
-                    return False
-                if out:
-                    writer.write(out)
-                    await writer.drain()
-        finally:
-            watch.remove_done_callback(caller_gone)
-            if not watch.done():
-                watch.cancel()  # the reader is free for the next call once it has unwound
-                await asyncio.gather(watch, return_exceptions=True)
-            if not req.done:
-                self.engine.cancel(req)  # the app went away: free its place in the batch
-
-    async def stats(self) -> bytes:
+    def stats(self) -> bytes:
         for _ in range(STATS_RETRIES):  # the engine thread may be mid-update: read again
             try:
                 stats = self.engine.stats()
                 break
             except RuntimeError:
-                await asyncio.sleep(0.01)
+                time.sleep(0.01)
         else:
             return slm_ipc.error_frame("UNAVAILABLE", "engine busy, no stats")
         events = self.engine.contexts.take_events()
@@ -165,7 +194,7 @@ class _Lifeline:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._stop: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None = None
+        self._stop: threading.Event | None = None
         self._gone = False
         threading.Thread(target=self._watch, daemon=True, name="stdin-lifeline").start()
 
@@ -178,12 +207,11 @@ class _Lifeline:
             self._gone = True
             if self._stop is None:
                 os._exit(0)  # nothing served yet, nothing to clean up
-            loop, stopping = self._stop
-        loop.call_soon_threadsafe(stopping.set)
+            self._stop.set()
 
-    def serving(self, loop: asyncio.AbstractEventLoop, stopping: asyncio.Event) -> None:
+    def serving(self, stopping: threading.Event) -> None:
         with self._lock:
-            self._stop = (loop, stopping)
+            self._stop = stopping
             if self._gone:
                 stopping.set()
 
@@ -206,7 +234,7 @@ def _clear_dead_swaps(folder: Path) -> None:
             pass  # alive, someone else's
 
 
-async def _amain(ns: argparse.Namespace, lifeline: _Lifeline | None) -> None:
+def _serve(ns: argparse.Namespace, lifeline: _Lifeline | None) -> None:
     import torch
 
     from agents.llm.weights import load_model
@@ -235,30 +263,22 @@ async def _amain(ns: argparse.Namespace, lifeline: _Lifeline | None) -> None:
     engine = ServingEngine(
         loaded.model, spec.options, swap_dir, kv_budget_bytes=kv_budget, storage=storage
     )
-    loop = asyncio.get_running_loop()
-
-    def dispatch(items: list) -> None:
-        for sink, item in items:
-            sink(item)
-
-    def deliver(items: list) -> None:  # one event-loop wake-up per engine step
-        loop.call_soon_threadsafe(dispatch, items)
-
-    engine.deliver = deliver
+    args = loaded.model.args
+    servicer = SlmServicer(engine, args.max_position, args.vocab_size)
+    engine.deliver = servicer.deliver
     stop = threading.Event()
     worker = threading.Thread(target=engine.run_forever, args=(stop,), name="engine", daemon=True)
     worker.start()
-    args = loaded.model.args
-    servicer = SlmServicer(engine, args.max_position, args.vocab_size)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     umask = os.umask(0o177)  # the socket is 0600 from birth: only this user's apps may talk
     try:
-        server = await asyncio.start_unix_server(
-            servicer.handle, ns.socket, limit=slm_ipc.MAX_FRAME_BYTES
-        )
+        listener.bind(ns.socket)
+        listener.listen(128)
     except OSError as exc:
         raise SystemExit(f"slm-service: cannot bind {ns.socket}: {exc}") from None
     finally:
         os.umask(umask)
+    threading.Thread(target=_accept, args=(listener, servicer), name="accept", daemon=True).start()
     print(
         json.dumps(
             {
@@ -275,24 +295,29 @@ async def _amain(ns: argparse.Namespace, lifeline: _Lifeline | None) -> None:
         ),
         flush=True,
     )
-    stopping = asyncio.Event()
+    stopping = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stopping.set)
+        signal.signal(sig, lambda *_: stopping.set())
     if lifeline is not None:
-        lifeline.serving(loop, stopping)
-
-    async def engine_watch() -> None:  # a failed engine ends the process: the host sees it die
-        while not stop.is_set():
-            await asyncio.sleep(0.1)
-        stopping.set()
-
-    watcher = asyncio.ensure_future(engine_watch())
-    await stopping.wait()
-    watcher.cancel()
+        lifeline.serving(stopping)
+    while not stopping.wait(0.1):
+        if stop.is_set():  # a failed engine ends the process: the host sees it die
+            break
     stop.set()
-    server.close()  # calls in flight end with the process: their apps see the connection close
+    listener.close()  # calls in flight end with the process: their apps see the connection close
     if storage is not None:
         shutil.rmtree(swap_dir, ignore_errors=True)  # this process's swapped contexts
+
+
+def _accept(listener: socket.socket, servicer: SlmServicer) -> None:
+    while True:
+        try:
+            sock, _ = listener.accept()
+        except OSError:
+            return  # closed: the process is ending
+        threading.Thread(
+            target=servicer.serve_connection, args=(sock,), name="connection", daemon=True
+        ).start()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -303,7 +328,7 @@ def main(argv: list[str] | None = None) -> None:
         "--exit-on-stdin-eof", action="store_true", help="exit when stdin closes (set by launchers)"
     )
     ns = p.parse_args(argv)
-    asyncio.run(_amain(ns, _Lifeline() if ns.exit_on_stdin_eof else None))
+    _serve(ns, _Lifeline() if ns.exit_on_stdin_eof else None)
 
 
 if __name__ == "__main__":
