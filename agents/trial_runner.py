@@ -71,6 +71,7 @@ class TrialRunner:
 
     def stop(self) -> None:
         self._stop.set()
+        self.host.interrupt()  # the apps hear it now: none starts a request after the Stop
 
     @property
     def stopped(self) -> bool:

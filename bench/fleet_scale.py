@@ -1,9 +1,11 @@
 """How the coordinator grows with the fleet: 10, 100 and 1,000 simulated phones through the real
 coordinator (`fleet run`: Ray, the dispatcher, the SQLite store, an embedded Prometheus).
 
-Each size runs one experiment: N ``kind: simulated`` phones replaying the embedded profile
-(measured by the real engine; see fleet/sim_profile.py), one SLMaaS trial per phone, one
-Poisson app. Measured per size, from outside the run:
+Each size runs one experiment ``--runs`` times (medians shown, every run kept in the JSON): N
+``kind: simulated`` phones replaying the embedded profile (measured by the real engine; see
+fleet/sim_profile.py), one SLMaaS trial per phone, one Poisson app; trials start at the
+experiment's default ``start_rate_per_s`` (50 a second: 1,000 phones over 20 s, the start
+spread is reported). Measured per size, from outside the run:
 
 - coordinator RSS: peak of the ``fleet run`` process plus its phone-host actor (Ray's own
   daemons and the simulated phones' process are reported apart);
@@ -20,7 +22,7 @@ Targets (issue 13): at 1,000 phones dispatch overhead p50 <= 10 ms, coordinator 
 no per-phone Ray actor (one per host: counted), series per phone bounded (stated). Writes
 bench/results/fleet_scale.json and a plot, bench/results/fleet_scale.svg.
 
-    python bench/fleet_scale.py [--phones 10,100,1000] [--duration 20]
+    python bench/fleet_scale.py [--phones 10,100,1000] [--duration 20] [--runs 3]
 """
 
 from __future__ import annotations
@@ -177,6 +179,7 @@ def run_size(n: int, duration_s: float) -> dict:
         kinds = {r[0] for r in db.execute("SELECT DISTINCT kind FROM phones")}
         db.close()
     dispatch, beyond, workload = [], [], []
+    starts = [t["started_at"] for t in trials if t["started_at"]]
     for t in trials:
         if t["status"] != "completed":
             continue
@@ -205,6 +208,7 @@ def run_size(n: int, duration_s: float) -> dict:
         "records": records,
         "phone_kinds": sorted(kinds),
         "wall_s": round(wall, 1),
+        "start_spread_s": round(max(starts) - min(starts), 1) if starts else None,
         "dispatch_overhead_ms_p50": _ms(dispatch, 0.5),
         "dispatch_overhead_ms_p90": _ms(dispatch, 0.9),
         "beyond_phone_ms_p50": _ms(beyond, 0.5),
@@ -218,6 +222,17 @@ def run_size(n: int, duration_s: float) -> dict:
         "phone_host_actors": watch.actors,
         "series": watch.series,
     }
+
+
+def median_row(runs: list[dict]) -> dict:
+    """One row for a fleet size: the median of each figure over its runs (each run kept)."""
+    row = dict(runs[-1])
+    for key, value in runs[-1].items():
+        values = [r[key] for r in runs if isinstance(r.get(key), (int, float))]
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and values:
+            row[key] = statistics.median(values)
+    row["runs"] = runs
+    return row
 
 
 def _ms(values: list[float], q: float) -> float | None:
@@ -261,17 +276,22 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--phones", default="10,100,1000", help="fleet sizes, comma separated")
     ap.add_argument("--duration", type=float, default=20.0, help="each trial's workload (s)")
+    ap.add_argument("--runs", type=int, default=3, help="runs per size; medians are shown")
     ns = ap.parse_args()
     rows = []
     for n in (int(x) for x in ns.phones.split(",")):
-        print(f"running {n} simulated phones ...", flush=True)
-        rows.append(run_size(n, ns.duration))
-        print(json.dumps(rows[-1]), flush=True)
+        runs = []
+        for i in range(ns.runs):
+            print(f"running {n} simulated phones ({i + 1}/{ns.runs}) ...", flush=True)
+            runs.append(run_size(n, ns.duration))
+            print(json.dumps(runs[-1]), flush=True)
+        rows.append(median_row(runs))
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "fleet_scale.json").write_text(json.dumps(rows, indent=1) + "\n")
     plot(rows, RESULTS / "fleet_scale.svg")
+    print(f"\nmedians of {ns.runs} runs per size")
     print("\nphones  trials  done  records  dispatch p50/p90 ms  beyond phone p50 ms  workload s  "
-          "coord RSS MB  CPU ms/trial  series/phone  actors")  # fmt: skip
+          "coord RSS MB  CPU ms/trial  series/phone  actors  start spread s")  # fmt: skip
     for r in rows:
         s = r["series"]
         print(
@@ -279,7 +299,8 @@ def main() -> None:
             f"{r['dispatch_overhead_ms_p50']!s:>8} / {r['dispatch_overhead_ms_p90']!s:<8}  "
             f"{r['beyond_phone_ms_p50']!s:>19}  {r['phone_workload_s_p50']!s:>10}  "
             f"{r['coordinator_rss_mb']:>12}  {r['coordinator_cpu_ms_per_trial']:>12}  "
-            f"{s.get('per_phone_max', '?'):>12}  {r['phone_host_actors']:>6}"
+            f"{s.get('per_phone_max', '?'):>12}  {r['phone_host_actors']:>6}  "
+            f"{r['start_spread_s']!s:>14}"
         )
     text_plot(rows, "coordinator_rss_mb", "coordinator RSS (MB)")
     text_plot(rows, "coordinator_cpu_ms_per_trial", "coordinator CPU per trial (ms)")
@@ -289,7 +310,7 @@ def main() -> None:
         ("dispatch overhead p50 <= 10 ms", (big["dispatch_overhead_ms_p50"] or 1e9) <= 10),
         ("coordinator RSS <= 2 GB", big["coordinator_rss_mb"] <= 2048),
         ("no per-phone Ray actor", big["phone_host_actors"] <= 1),
-        ("every trial completed", big["completed"] == big["trials"]),
+        ("every trial completed", all(r["completed"] == r["trials"] for r in big["runs"])),
     ]
     print(f"\ntargets at {big['phones']} phones:")
     for what, ok in checks:

@@ -228,7 +228,8 @@ def test_stop_ends_a_running_workload(agent):
     assert isinstance(summary, TrialSummary) and summary.status is TrialStatus.STOPPED
     assert summary.duration_s < 30
     later = [e for e in rest if isinstance(e, RequestRecord)]
-    assert all(r.submit_ns < stopped_ns for r in later)  # nothing new after the stop
+    new = [(r.request_id, r.status, r.submit_ns - stopped_ns) for r in later]
+    assert all(r.submit_ns < stopped_ns for r in later), new  # nothing new after the stop
     # a request caught mid-generation ends as cancelled, with the tokens it had
     assert all(
         r.status is RequestStatus.CANCELLED and r.output_tokens < 480

@@ -285,3 +285,57 @@ def test_trace_files_are_replayed_and_bad_lines_are_named(tmp_path):
             raw_experiment(workloads=[{"name": "w", "duration_s": 5, "apps": [app]}]),
             base_dir=tmp_path,
         )
+
+
+def test_trial_starts_are_paced_fleet_wide():
+    """Starts asked at once from many threads get slots 1/rate apart, in one queue; a stop
+    releases the waiting ones without starting them."""
+    import threading
+    import time
+
+    from fleet.coordinator.dispatch import StartPacer
+
+    pacer, stop = StartPacer(rate_per_s=50.0), threading.Event()
+    started: list[float] = []
+    lock = threading.Lock()
+
+    def start() -> None:
+        if pacer.wait(stop):
+            with lock:
+                started.append(time.monotonic())
+
+    threads = [threading.Thread(target=start) for _ in range(11)]
+    t0 = time.monotonic()
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert len(started) == 11
+    assert max(started) - t0 >= 10 / 50.0 - 0.005  # the last slot is 10 intervals on
+    late = StartPacer(rate_per_s=0.1)
+    assert late.wait(stop)  # the first slot is now
+    stop.set()
+    t = time.monotonic()
+    assert not late.wait(stop) and time.monotonic() - t < 1.0  # the next, 10 s on: stopped
+
+
+def test_a_stream_batch_is_due_at_its_interval_when_full_or_at_the_summary():
+    """The host's stream pump wakes a trial's reader once a batch is due, not per message."""
+    import threading
+    import time
+
+    from fleet.coordinator.stream_pump import BATCH_MAX, _Batches
+
+    b = _Batches()
+    b.put("r1", force=False)
+    t0 = time.monotonic()
+    assert b.take(0.2) == (["r1"], False) and time.monotonic() - t0 >= 0.19  # its interval
+    for i in range(BATCH_MAX):
+        b.put(i, force=False)
+    t0 = time.monotonic()
+    assert len(b.take(30.0)[0]) == BATCH_MAX and time.monotonic() - t0 < 1.0  # full: at once
+    threading.Timer(0.05, b.put, args=("summary",), kwargs={"force": True}).start()
+    t0 = time.monotonic()
+    assert b.take(30.0) == (["summary"], False) and time.monotonic() - t0 < 5.0  # at once
+    threading.Timer(0.05, b.end, args=(None,)).start()
+    assert b.take(30.0) == ([], True)  # the end wakes it too

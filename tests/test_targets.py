@@ -99,3 +99,22 @@ def test_prune_command_and_bad_flags(tmp_path):
         proc = fleet("run", "--runs-dir", str(tmp_path / "runs"), *flags)
         assert proc.returncode == 2, proc.stderr
         assert reason in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_changes_in_a_deferred_block_are_written_once_at_its_end(tmp_path, monkeypatch):
+    from fleet.observe import targets
+
+    writes = []
+    real = targets._write_atomically
+    monkeypatch.setattr(
+        targets, "_write_atomically", lambda p, g: (writes.append(len(g)), real(p, g))
+    )
+    sd = targets.TargetsFile(tmp_path / "t.json")
+    writes.clear()
+    with sd.deferred():
+        for i in range(50):
+            sd.set(f"p{i}", f"127.0.0.1:{9000 + i}", job="phone-agent")
+        assert writes == [] and read_groups(sd.path) == []  # nothing yet
+    assert writes == [50] and len(read_groups(sd.path)) == 50
+    sd.remove("p0")  # outside a block: at once
+    assert writes == [50, 49]

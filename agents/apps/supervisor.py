@@ -48,6 +48,8 @@ class AppProc:
 class AppSupervisor:
     def __init__(self) -> None:
         self.apps: list[AppProc] = []
+        self._stop_lock = threading.Lock()
+        self._stop_sent = False  # this run's apps were told to stop
 
     def start(
         self,
@@ -119,17 +121,16 @@ class AppSupervisor:
         """Run every app's workload; ``on_tick`` is called about every 0.1 s meanwhile."""
         problems: list[str] = []
         pending = {}
-        for a in self.apps:
-            if self.send(a, ("run", run)):
-                pending[a.evt] = a
-            else:
-                problems.append(f"app {a.app.name} process {a.proc.pid} was dead at the start")
-        stop_sent = False
+        with self._stop_lock:  # a stop_all now comes after every "run" on each pipe
+            self._stop_sent = False
+            for a in self.apps:
+                if self.send(a, ("run", run)):
+                    pending[a.evt] = a
+                else:
+                    problems.append(f"app {a.app.name} process {a.proc.pid} was dead at the start")
         while pending:
-            if stop.is_set() and not stop_sent:
-                for a in pending.values():
-                    self.send(a, ("stop",))
-                stop_sent = True
+            if stop.is_set():
+                self.stop_all()  # once: a Stop usually told them already (interrupt)
             for conn in cast(list[Connection], wait(list(pending), timeout=0.1)):
                 a = pending[conn]
                 try:
@@ -158,6 +159,15 @@ class AppSupervisor:
             if on_tick is not None:
                 on_tick()
         return problems
+
+    def stop_all(self) -> None:
+        """Tell every app to stop its workload now (any thread; once a run)."""
+        with self._stop_lock:
+            if self._stop_sent:
+                return
+            self._stop_sent = True
+            for a in self.apps:
+                self.send(a, ("stop",))
 
     @staticmethod
     def send(a: AppProc, cmd: tuple) -> bool:

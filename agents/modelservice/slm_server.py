@@ -67,8 +67,8 @@ class _Connection:
 
 class _Generation:
     """A generate call in flight: the engine's sink for its request. The engine hands it the
-    step's tokens (and at the end the request itself); ``flush`` sends them as one write, from
-    the engine thread, with no hop through another thread."""
+    step's tokens (and at the end the request itself); ``flush`` sends them from the engine
+    thread, with no hop through another thread: the tokens first, then the completion."""
 
     def __init__(self, conn: _Connection, req: ServiceRequest):
         self.conn, self.req = conn, req

@@ -77,6 +77,11 @@ class ParadigmHost(ABC):
         starts) and service statistics as they happen; returns problems seen (e.g. a process
         that died)."""
 
+    def interrupt(self) -> None:
+        """A Stop arrived (any thread): tell the apps now, not at the run loop's next turn.
+        The run's stop event is set as well; a host with nothing to tell ignores this."""
+        return None
+
     @abstractmethod
     def processes(self) -> dict[int, str]:
         """The phone's SLM processes now, {pid: component}, for the memory sampler."""

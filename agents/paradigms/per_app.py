@@ -105,6 +105,9 @@ class PerAppParadigm(ParadigmHost):
             memory_budget_bytes=self.profile.memory_budget_bytes,
         )
 
+    def interrupt(self) -> None:
+        self.apps.stop_all()
+
     def run(self, run: WorkloadRun, emit: Emit, stop: threading.Event) -> list[str]:
         def tick() -> None:
             self._low_memory_killer(emit)

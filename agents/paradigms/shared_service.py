@@ -102,6 +102,9 @@ class SharedServiceParadigm(ParadigmHost):
             memory_budget_bytes=budget,
         )
 
+    def interrupt(self) -> None:
+        self.apps.stop_all()
+
     def run(self, run: WorkloadRun, emit: Emit, stop: threading.Event) -> list[str]:
         next_stats = time.monotonic() + STATS_INTERVAL_S
 

@@ -12,12 +12,14 @@ Every call has a deadline; errors surface as ``AgentError`` carrying the gRPC st
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from fleet import wire
+from fleet.coordinator.stream_pump import ChannelArgs, close_channel, pump_stream
 from fleet.records import AgentDescription, DeployResult, DeploySpec, RejectedEvent, WorkloadRun
 from fleet.v1 import agent_pb2 as pb
 from fleet.v1 import agent_pb2_grpc as pb_grpc
@@ -59,6 +61,9 @@ class AgentClient:
         serving another phone refuses with NOT_FOUND; one process serving many simulated
         phones routes by it). Empty for an agent whose name the experiment does not set."""
         self.address = f"{address} ({phone})" if phone else address
+        self._channel_args = ChannelArgs(
+            address, root_cert, client_cert, client_key, tuple(CHANNEL_OPTIONS)
+        )
         if root_cert:
             credentials = grpc.ssl_channel_credentials(
                 root_cert, private_key=client_key, certificate_chain=client_cert
@@ -73,6 +78,7 @@ class AgentClient:
 
     def close(self) -> None:
         self._channel.close()
+        close_channel(self._channel_args)
 
     def wait_healthy(self, timeout_s: float = 30.0) -> None:
         deadline = time.monotonic() + timeout_s
@@ -129,6 +135,28 @@ class AgentClient:
             raise AgentError.from_rpc(f"RunWorkload {self.address}", err) from None
         finally:
             stream.cancel()
+
+    def run_workload_batches(
+        self, run: WorkloadRun, interval_s: Callable[[], float]
+    ) -> Iterator[list[wire.StreamEvent | RejectedEvent]]:
+        """The workload's events in batches, read with the process's other streams on one event
+        loop (``stream_pump``): a batch each ``interval_s()`` while events flow, a full one
+        sooner, the summary's at once. Raises AgentError as ``run_workload`` does."""
+        request = wire.run_to_pb(run)
+        timeout_s = run.duration_s + run.drain_s + STREAM_MARGIN_S
+
+        def open_call(channel: Any) -> Any:
+            stub = pb_grpc.PhoneAgentServiceStub(channel)
+            return stub.RunWorkload(request, metadata=self._auth, timeout=timeout_s)
+
+        for events, error in pump_stream(self._channel_args, open_call, interval_s):
+            if events:
+                yield events
+            if isinstance(error, grpc.RpcError):
+                raise AgentError.from_rpc(f"RunWorkload {self.address}", error)
+            if error is not None:
+                what = f"{type(error).__name__}: {error}"
+                raise AgentError(None, f"RunWorkload {self.address}: {what}")
 
     def stop(self, reason: str = "") -> bool:
         try:

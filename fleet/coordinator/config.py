@@ -521,6 +521,9 @@ class Experiment(Strict):
     # paradigm in turn); sequential (paradigm by paradigm, as listed)
     trial_order: Literal["shuffled", "interleaved", "sequential"] = "shuffled"
     cooldown_s: float = Field(0.0, ge=0, le=600)  # idle pause between a phone's trials
+    # most trial starts a second across the fleet: a large fleet's trials start over
+    # phones / rate seconds instead of in one burst that the coordinator would queue
+    start_rate_per_s: float = Field(50.0, gt=0, le=10_000)
     drain_s: float = Field(
         30.0, gt=0, le=L.MAX_DRAIN_S
     )  # in-flight requests' time to finish after the end

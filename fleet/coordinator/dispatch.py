@@ -2,9 +2,10 @@
 
 One thread per phone (each phone has cores of its own), its trials in the plan's order with an
 optional cooldown between them; each trial a Ray streaming generator of event batches, each batch
-committed as it arrives. A phone
-that never came up, an agent fault or a dead host actor fails that trial with the reason and the
-records already stored stay; the other trials go on.
+committed as it arrives. Trial starts are paced fleet-wide (``start_rate_per_s``): a thousand
+phones start over seconds, not in one burst that the store and the host actors would queue, and
+their trials end as spread out. A phone that never came up, an agent fault or a dead host actor
+fails that trial with the reason and the records already stored stay; the other trials go on.
 
 A stop (``stop.set()``, from the coordinator's signal handler) starts no further trial, asks the
 agents running one to Stop, and lets them end: a trial cut short is marked ``interrupted`` (its
@@ -15,6 +16,7 @@ records kept), one never started stays ``pending`` for the coordinator to mark `
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from typing import Any
@@ -23,6 +25,28 @@ from fleet.coordinator.plan import Trial
 from fleet.observe.run_observer import RunObserver
 from fleet.records import TrialStatus
 from fleet.results.store import ResultStore
+
+log = logging.getLogger("fleet.run")
+
+log = logging.getLogger("fleet.run")
+
+
+class StartPacer:
+    """Admits trial starts at most ``rate_per_s`` a second, in the order asked, from any
+    thread: each start gets the next free slot."""
+
+    def __init__(self, rate_per_s: float):
+        self.interval_s = 1.0 / rate_per_s
+        self._next = time.monotonic()
+        self._lock = threading.Lock()
+
+    def wait(self, stop: threading.Event) -> bool:
+        """Wait for this start's slot; False when stopped first."""
+        with self._lock:
+            now = time.monotonic()
+            slot = max(now, self._next)
+            self._next = slot + self.interval_s
+        return not stop.wait(slot - now) if slot > now else not stop.is_set()
 
 
 def reason_of(exc: BaseException) -> str:
@@ -41,6 +65,7 @@ class Dispatcher:
         progress: Any = None,
         *,
         cooldown_s: float = 0.0,
+        start_rate_per_s: float = 50.0,
         drain_s: float = 30.0,
         stop: threading.Event | None = None,
         trial_log: Any = None,
@@ -52,6 +77,7 @@ class Dispatcher:
         self.sample_interval_s = sample_interval_s
         self.progress = progress  # a rich Progress, or None
         self.cooldown_s = cooldown_s  # idle pause before each of a phone's trials but the first
+        self.pacer = StartPacer(start_rate_per_s)
         self.drain_s = drain_s
         self.stop = stop or threading.Event()
         self.stop_reason = "the run was stopped"
@@ -89,7 +115,7 @@ class Dispatcher:
                 self.stop.wait(self.cooldown_s)
             with self._busy_lock:  # before the check: a stop after it sees this phone
                 self._busy.add(trial.phone)
-            if self.stop.is_set():
+            if not self.pacer.wait(self.stop):
                 break  # the rest stay pending: the coordinator marks them not_run
             self._advance(task, trial, 0)
             try:
@@ -122,46 +148,74 @@ class Dispatcher:
             return TrialStatus.FAILED.value
         n_records = 0
         status, reason, summary = TrialStatus.FAILED, "no result", None
-        started, timing = time.time(), None
+        started, timing, stored = time.time(), None, False
         try:
             stream = self.hosts[trial.phone].run_trial.remote(
                 trial.phone,
                 trial.deploy_spec(),
                 trial.workload_run(self.sample_interval_s, self.drain_s),
             )
-            for ref in stream:
+            for ref in stream:  # to its end: the host resets the phone after the last item
                 kind, payload = ray.get(ref)
                 if kind == "deployed":
                     self.store.set_deploy(trial.trial_id, payload)
                 elif kind == "events":
-                    stored = self.store.add_events(trial.trial_id, payload)[0]
-                    n_records += stored
-                    metrics.records_stored(trial.phone, stored)
+                    got = self.store.add_events(trial.trial_id, payload)[0]
+                    n_records += got
+                    metrics.records_stored(trial.phone, got)
                     self._advance(task, trial, n_records)
                 elif kind == "thermal":
                     self.store.note_thermal(trial.trial_id, *payload)
                 elif kind == "timing":
                     timing = payload
-                elif kind == "summary":
-                    summary = payload
-                    status, reason = summary.status, summary.reason
-                elif kind == "failed":
-                    status, reason = TrialStatus.FAILED, payload
+                elif kind in ("summary", "failed"):  # the trial's last item: stored at once
+                    if kind == "summary":
+                        summary = payload
+                        status, reason = summary.status, summary.reason
+                    else:
+                        status, reason = TrialStatus.FAILED, payload
+                    status, reason = self._finish(trial, status, reason, summary, started, timing)
+                    stored = True
         except Exception as exc:  # the host actor itself died: records stored so far stay
-            status, reason = TrialStatus.FAILED, f"phone host died: {reason_of(exc)}"
-        if self.stop.is_set() and status is not TrialStatus.COMPLETED:
-            status, reason = TrialStatus.INTERRUPTED, f"{self.stop_reason} ({reason})"
-        self.store.finish_trial(trial.trial_id, status, reason, summary)
-        if timing is not None and timing["summary_got"]:  # a trial that ran to its summary
-            dispatch_s = (timing["deploy_sent"] - started) + (
-                time.time() - timing["summary_got"] - timing["reset_s"]
-            )
-            self.store.note_dispatch(trial.trial_id, dispatch_s)
-            metrics.trial_dispatched(dispatch_s)
-        metrics.trial_state("running", status.value)
+            if stored:
+                log.warning("trial %s: its phone host failed after it: %s", trial.trial_id, exc)
+            else:
+                status, reason = TrialStatus.FAILED, f"phone host died: {reason_of(exc)}"
+        if not stored:
+            status, reason = self._finish(trial, status, reason, summary, started, None)
         if self.trial_log is not None:
             self.trial_log.finished(trial, status.value, n_records, reason)
         return status.value
+
+    def _finish(
+        self,
+        trial: Trial,
+        status: TrialStatus,
+        reason: str,
+        summary: Any,
+        started: float,
+        timing: dict | None,
+    ) -> tuple[TrialStatus, str]:
+        """Store the trial's end (interrupted when the run is stopping) and, for a trial that ran
+        to its summary, the coordinator's own time on it (``dispatch_s``): from deciding to run
+        it until its Deploy was sent, and from its summary's arrival at the host until it is
+        stored. Returns the status and reason stored."""
+        if self.stop.is_set() and status is not TrialStatus.COMPLETED:
+            status, reason = TrialStatus.INTERRUPTED, f"{self.stop_reason} ({reason})"
+        self.store.finish_trial(trial.trial_id, status, reason, summary)
+        if timing is not None and timing["summary_got"]:
+            to_deploy = timing["deploy_sent"] - started
+            to_store = time.time() - timing["summary_got"]
+            log.debug(
+                "trial %s: dispatch %.1f ms to its Deploy, %.1f ms from its summary to stored",
+                trial.trial_id,
+                to_deploy * 1e3,
+                to_store * 1e3,
+            )
+            self.store.note_dispatch(trial.trial_id, to_deploy + to_store)
+            self.observer.metrics.trial_dispatched(to_deploy + to_store)
+        self.observer.metrics.trial_state("running", status.value)
+        return status, reason
 
     def _stop_when_asked(self, finished: threading.Event) -> None:
         """On a stop, ask the agent of every phone running a trial to Stop (each then ends its

@@ -578,9 +578,10 @@ class Coordinator:
             self._start_ray()
             self._install_signal_handlers()  # after Ray's own
             self._start_simulated()
-            for phone in self.exp.phones:
-                if not self.stop.is_set():
-                    self._bring_up(phone)
+            with self.observer.targets_deferred():  # one targets write for the whole fleet
+                for phone in self.exp.phones:
+                    if not self.stop.is_set():
+                        self._bring_up(phone)
             self._mark_shared_cores()
             self.manifest.write()
             self.observer.start_heartbeat(self._live_phones, self._health, self.exp.heartbeat_s)
@@ -596,6 +597,7 @@ class Coordinator:
                 self.exp.sample_interval_s,
                 self.progress,
                 cooldown_s=self.exp.cooldown_s,
+                start_rate_per_s=self.exp.start_rate_per_s,
                 drain_s=self.exp.drain_s,
                 stop=self.stop,
                 trial_log=RunProgress(trials, self.exp.drain_s, say=self.say, lines=self.lines),

@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
-from grpc import _common as _grpc_common
 
 from fleet.coordinator.agent_client import AgentClient, AgentError
 from fleet.records import AgentDescription, TrialSummary
@@ -40,21 +39,13 @@ REJOIN_EVERY_S = 5.0  # how often a lost Android phone is looked for again
 COOLDOWN_POLL_S = 5.0
 LOG_LINES = 5000  # of each agent's output, kept for the run's agents/<phone>.log
 LOST_PHONE_WAIT_S = 60.0  # how long a trial waits for its unplugged Android phone to return
-BATCH_INTERVAL_S = 0.2  # ship at least this often while events flow
-BATCH_MAX = 256
+BATCH_INTERVAL_S = 0.2  # ship at least this often while events flow (a full batch ships sooner)
 # a host ships about this many batches a second in all: with many phones running at once, each
 # ships less often (1,000 phones: every 10 s), so the coordinator's cost stays flat per record
 HOST_BATCHES_PER_S = 100.0
 # simulated phones one process serves: a process is one interpreter (one GIL, one event loop), so
 # a thousand phones are served by four, side by side on the host's cores
 SIM_PHONES_PER_PROCESS = 250
-
-
-# grpc's blocking client wakes every thread waiting on a stream each 0.1 s (so that Ctrl-C is seen,
-# grpc/_common.py); a host reading a thousand workload streams then spends most of a core waking.
-# The host actor takes no signals on those threads, and a message or the stream's end still wakes
-# its reader at once: once a second is plenty.
-_grpc_common.MAXIMUM_WAIT_TIMEOUT = max(_grpc_common.MAXIMUM_WAIT_TIMEOUT, 1.0)
 
 
 class CoreError(RuntimeError):
@@ -294,7 +285,7 @@ class PhoneHost:
             self._stopping(name).clear()
             yield "failed", "the run was stopped before the trial deployed"
             return
-        timing = {"deploy_sent": time.time(), "summary_got": 0.0, "reset_s": 0.0}
+        timing = {"deploy_sent": time.time(), "summary_got": 0.0}
         try:
             try:
                 deployed = client.deploy(deploy_spec)
@@ -307,47 +298,41 @@ class PhoneHost:
             yield "failed", err.reason
             return
         yield "deployed", deployed
-        batch: list = []
-        last = time.monotonic()
         summary: TrialSummary | None = None
         failed = ""
         with self._lock:
             self._streaming += 1
         try:
-            for event in client.run_workload(workload_run):
-                if isinstance(event, TrialSummary):
-                    summary = event
-                    timing["summary_got"] = time.time()
-                else:
-                    batch.append(event)
-                every = max(BATCH_INTERVAL_S, self._streaming / HOST_BATCHES_PER_S)
-                if batch and (
-                    len(batch) >= BATCH_MAX
-                    or summary is not None
-                    or time.monotonic() - last >= every
-                ):
-                    yield "events", batch
-                    batch, last = [], time.monotonic()
-        except AgentError as err:
-            failed = err.reason
-        finally:
-            with self._lock:
-                self._streaming -= 1
-            t = time.monotonic()
-            _reset_quietly(client)  # failed or not, free the phone's memory before the next trial
-            timing["reset_s"] = time.monotonic() - t
+            try:
+                for events in client.run_workload_batches(workload_run, self._batch_interval):
+                    if isinstance(last := events[-1], TrialSummary):
+                        summary = last
+                        events.pop()
+                        timing["summary_got"] = time.time()
+                    if events:
+                        yield "events", events
+            except AgentError as err:
+                failed = err.reason
+            finally:
+                with self._lock:
+                    self._streaming -= 1
+            if (thermal := self._thermal(name, "end")) is not None:
+                yield "thermal", thermal
+            yield "timing", timing
+            if failed:
+                yield "failed", failed
+            elif summary is None:
+                yield "failed", f"phone {name}: workload stream ended without a summary"
+            else:
+                yield "summary", summary
+        finally:  # after the trial's last item: the coordinator stores it meanwhile, and starts
+            _reset_quietly(client)  # the phone's next trial once this stream has ended
             self._stopping(name).clear()  # asked of this trial; it has ended
-        if batch:
-            yield "events", batch
-        if (thermal := self._thermal(name, "end")) is not None:
-            yield "thermal", thermal
-        yield "timing", timing
-        if failed:
-            yield "failed", failed
-        elif summary is None:
-            yield "failed", f"phone {name}: workload stream ended without a summary"
-        else:
-            yield "summary", summary
+
+    def _batch_interval(self) -> float:
+        """How long a trial's events gather before they ship: the host ships about
+        HOST_BATCHES_PER_S batches a second in all."""
+        return max(BATCH_INTERVAL_S, self._streaming / HOST_BATCHES_PER_S)
 
     # -- Android phones over this host's adb server --------------------------------------------
     def _adb(self):

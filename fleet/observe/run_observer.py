@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 
 from fleet.observe.coordinator_metrics import FleetMetrics
@@ -111,6 +112,16 @@ class RunObserver:
                 **extra,
             )
         self.metrics.phone_up(phone, True)
+
+    @contextmanager
+    def targets_deferred(self):
+        """Phones coming up inside write the targets files once, at the end."""
+        with self.targets.deferred():
+            if self.shared is None:
+                yield
+            else:
+                with self.shared.deferred():
+                    yield
 
     def _set_target(self, name: str, address: str, *, job: str, **labels: str) -> None:
         self.targets.set(name, address, job=job, **labels)

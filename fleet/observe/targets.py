@@ -43,18 +43,41 @@ class TargetsFile:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._targets: dict[str, dict] = {}
         self._lock = threading.Lock()
+        self._deferred = 0  # open deferred() blocks
+        self._dirty = False  # changed inside one, not written yet
         self._write()
 
     def set(self, name: str, address: str, *, job: str, **labels: str) -> None:
         with self._lock:
             self._targets[name] = {"targets": [address], "labels": {"job": job, **labels}}
-            self._write()
+            self._changed()
 
     def remove(self, *names: str) -> None:
         """Drop these endpoints' groups; one rewrite for all of them."""
         with self._lock:
             if [n for n in names if self._targets.pop(n, None) is not None]:
-                self._write()
+                self._changed()
+
+    @contextmanager
+    def deferred(self):
+        """Changes inside are written once, at the end: a thousand phones coming up rewrite the
+        file (and Prometheus rereads it) once, not once each."""
+        with self._lock:
+            self._deferred += 1
+        try:
+            yield self
+        finally:
+            with self._lock:
+                self._deferred -= 1
+                if not self._deferred and self._dirty:
+                    self._dirty = False
+                    self._write()
+
+    def _changed(self) -> None:  # under the lock
+        if self._deferred:
+            self._dirty = True
+        else:
+            self._write()
 
     def _write(self) -> None:
         _write_atomically(self.path, list(self._targets.values()))

@@ -1,0 +1,163 @@
+"""Workload streams of many phones read by one event loop, handed over in batches.
+
+A host reading a thousand phones' workload streams with grpc's blocking client keeps a thousand
+threads, each woken by every message it reads (and by grpc's own polling), all fighting for one
+interpreter lock. Here one asyncio loop (one thread per process, started on first use) reads
+every stream with ``grpc.aio`` and converts its messages; the thread that asked for a stream
+wakes once a batch is due (its interval passed, it is full, or the stream ended), not per
+message.
+
+    for events in pump_stream(channel_args, request, metadata, timeout_s, interval_s):
+        ...   # a list of events (records, samples, ...); the last list holds the summary
+
+Errors surface as ``AgentError`` from the iterator, as from ``AgentClient``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+from fleet import wire
+from fleet.records import RejectedEvent, TrialSummary
+
+BATCH_MAX = 256  # a batch is due once it holds this many events
+
+
+@dataclass(frozen=True)
+class ChannelArgs:
+    """How to reach one agent: its address and, with TLS, the PEM bytes."""
+
+    address: str
+    root_cert: bytes | None = None
+    client_cert: bytes | None = None
+    client_key: bytes | None = None
+    options: tuple = ()
+
+
+class _Loop:
+    """The process's stream loop: a daemon thread running asyncio, and each agent's channel."""
+
+    _lock = threading.Lock()
+    _instance: _Loop | None = None
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.channels: dict[ChannelArgs, Any] = {}
+        threading.Thread(target=self.loop.run_forever, name="stream-pump", daemon=True).start()
+
+    @classmethod
+    def get(cls) -> _Loop:
+        with cls._lock:
+            if cls._instance is None:
+                cls._instance = cls()
+            return cls._instance
+
+    def channel(self, args: ChannelArgs) -> Any:  # on the loop
+        ch = self.channels.get(args)
+        if ch is None:
+            if args.root_cert:
+                creds = grpc.ssl_channel_credentials(
+                    args.root_cert, private_key=args.client_key, certificate_chain=args.client_cert
+                )
+                ch = grpc.aio.secure_channel(args.address, creds, options=list(args.options))
+            else:
+                ch = grpc.aio.insecure_channel(args.address, options=list(args.options))
+            self.channels[args] = ch
+        return ch
+
+
+def close_channel(channel: ChannelArgs) -> None:
+    """Close the loop's channel to this agent, if it has one (its client is closing)."""
+    pump = _Loop._instance
+    if pump is None:
+        return
+
+    def close() -> None:  # on the loop
+        ch = pump.channels.pop(channel, None)
+        if ch is not None:
+            pump.loop.create_task(ch.close())
+
+    pump.loop.call_soon_threadsafe(close)
+
+
+@dataclass
+class _Batches:
+    """One stream's events between the loop (appends) and its reader's thread (takes)."""
+
+    events: list = field(default_factory=list)
+    done: bool = False
+    error: BaseException | None = None
+    due: threading.Condition = field(default_factory=threading.Condition)
+
+    def put(self, event: Any, force: bool) -> None:
+        with self.due:
+            self.events.append(event)
+            if force or len(self.events) >= BATCH_MAX:
+                self.due.notify()
+
+    def end(self, error: BaseException | None) -> None:
+        with self.due:
+            self.done, self.error = True, error
+            self.due.notify()
+
+    def take(self, wait_s: float) -> tuple[list, bool]:
+        """(events so far, ended) once a batch is due or ``wait_s`` has passed."""
+        with self.due:
+            if not self.done and len(self.events) < BATCH_MAX:
+                self.due.wait(wait_s)
+            out, self.events = self.events, []
+            return out, self.done
+
+
+async def _read(stub_call: Any, batches: _Batches) -> None:
+    error: BaseException | None = None
+    try:
+        async for msg in stub_call:
+            try:
+                event: Any = wire.event_from_pb(msg)
+            except wire.WireError as exc:  # this one message is refused, noted, not fatal
+                kind, ident = wire.event_ident(msg)
+                event = RejectedEvent(kind, ident, str(exc))
+            batches.put(event, force=isinstance(event, TrialSummary))
+    except grpc.RpcError as err:
+        error = err
+    except asyncio.CancelledError:
+        error = None
+    except Exception as exc:  # a bug here must end the reader, not leave it waiting
+        error = exc
+    batches.end(error)
+
+
+def pump_stream(
+    channel: ChannelArgs, open_call: Callable[[Any], Any], interval_s: Callable[[], float]
+) -> Iterator[tuple[list, BaseException | None]]:
+    """Read one server stream on the process's loop (``open_call(aio_channel)`` starts it);
+    yields (events, error) batches: each due batch, then a last one with the stream's error
+    (None when it ended cleanly)."""
+    pump = _Loop.get()
+    batches = _Batches()
+    calls: list[Any] = []
+
+    def start() -> None:  # on the loop
+        call = open_call(pump.channel(channel))
+        calls.append(call)
+        pump.loop.create_task(_read(call, batches))
+
+    pump.loop.call_soon_threadsafe(start)
+    try:
+        while True:
+            events, ended = batches.take(interval_s())
+            if ended:
+                yield events, batches.error
+                return
+            if events:
+                yield events, None
+    finally:
+        if not batches.done:  # the reader went away early: cancel the call (after its start)
+            pump.loop.call_soon_threadsafe(lambda: [c.cancel() for c in calls])
