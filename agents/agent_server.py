@@ -249,7 +249,7 @@ class PhoneAgentServicer(pb_grpc.PhoneAgentServiceServicer):
     async def Stop(self, request, context):
         runner = self._runner
         if runner is not None:
-            runner.stop()
+            await asyncio.to_thread(runner.stop)  # it tells the apps through their pipes
         return pb.StopResponse(was_running=runner is not None)
 
     async def Reset(self, request, context):

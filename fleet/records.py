@@ -239,7 +239,7 @@ class WorkloadRun:
 
 @dataclass(frozen=True)
 class ServeCall:
-    """One request as an app hands it to its model (fleet.v1.SlmService Generate)."""
+    """One request as an app hands it to its model (a fleet.v1 SlmCall's GenerateRequest)."""
 
     request_id: str
     app: str

@@ -74,7 +74,8 @@ class ModelLink:
 
     def _launch(self) -> ModelReady:
         assert self.proc is not None
-        self.client.close()  # connections to a killed predecessor are dead
+        old, self.client = self.client, SlmClient(self.endpoint.socket)
+        old.close()  # its connections went to a killed predecessor
         ready = self.proc.start(on_spawn=lambda pid: self.send(("model_pid", pid)))
         self.send(("model_ready", ready.pid))
         return ready

@@ -3,7 +3,7 @@
 ``step()`` = schedule -> execute -> update, as in vLLM. New requests join between steps; each
 step runs prefill chunks and decode tokens of every scheduled sequence in one forward pass over
 their own KV contexts. Tokens go to each request's ``sink`` as soon as they are sampled.
-Plain Python and torch: the gRPC server (server.py) drives it from a thread.
+Plain Python and torch: the model process (slm_server.py) drives it from a thread.
 
     engine = ServingEngine(model, options, swap_dir)
     engine.submit(request); engine.run_forever(stop_event)   # or step() in tests
@@ -112,11 +112,13 @@ class ServingEngine:
                 with self._cond:
                     self.active.extend(self._incoming)
                     self._incoming.clear()
-                now = time.monotonic_ns()
-                for r in list(self.active):
-                    self._finish(r, RequestState.FAILED, now)
-                self._flush()
-                stop.set()
+                try:
+                    now = time.monotonic_ns()
+                    for r in list(self.active):
+                        self._finish(r, RequestState.FAILED, now)
+                    self._flush()
+                finally:
+                    stop.set()  # whatever the failure left, the process ends and is seen to
 
     @torch.inference_mode()
     def step(self) -> None:

@@ -3,9 +3,10 @@
 Every message is framed as a 4-byte little-endian length and the serialized message. On a
 connection, calls follow one another: the caller sends one ``SlmCall``, the model process
 answers with ``SlmReply`` frames (a generate call: token chunks, then a completion; a stats
-call: one statistics message; either: a ``CallError`` instead, after which the service closes
-the connection). A caller that closes the connection during a call cancels it. Callers keep
-idle connections for their next calls, as a Binder client keeps its service handle.
+call: one statistics message; either: a ``CallError`` instead, after which the connection is
+not reused: the service closes it after a malformed or refused call, the caller after any
+error). A caller that closes the connection during a call cancels it. Callers keep idle
+connections for their next calls, as a Binder client keeps its service handle.
 
 Why not gRPC: a gRPC stream costs ~0.6 ms of Python per request on a 2-core machine even with no
 work behind it, more than the instrument's whole per-request budget, while an app on a phone
@@ -160,6 +161,7 @@ class SlmClient:
         self.path = path
         self._idle: list[socket.socket] = []
         self._lock = threading.Lock()
+        self._closed = False  # calls still in flight then close their connections
 
     def _connect(self) -> socket.socket:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -190,11 +192,11 @@ class SlmClient:
         return sock
 
     def _release(self, sock: socket.socket, replies: _Replies, clean: bool) -> None:
-        if clean and not replies.buf:
-            with self._lock:
+        with self._lock:
+            if clean and not replies.buf and not self._closed:
                 self._idle.append(sock)
-        else:
-            sock.close()
+                return
+        sock.close()
 
     def generate(
         self,
@@ -242,8 +244,10 @@ class SlmClient:
         return msg.stats
 
     def close(self) -> None:
-        """Close the idle connections (calls in flight keep theirs)."""
+        """Close the idle connections; calls in flight close theirs when they end, and any
+        later call uses a connection of its own, closed after it."""
         with self._lock:
+            self._closed = True
             idle, self._idle = self._idle, []
         for sock in idle:
             sock.close()

@@ -17,12 +17,14 @@ import argparse
 import contextlib
 import json
 import os
+import select
 import shutil
 import signal
 import socket
 import sys
 import threading
 import time
+import traceback
 from pathlib import Path
 
 from agents.modelservice import launch_spec, slm_ipc
@@ -35,31 +37,83 @@ from fleet.v1 import slm_service_pb2 as spb
 
 STATS_RETRIES = 5
 CANCEL_WAIT_S = 5.0  # how long a closed connection waits for its cancelled call's end
+STALL_S = 30.0  # a caller that reads nothing this long while replies wait is cut off
 
 
 class _Connection:
     """One caller's socket. The connection's thread reads calls from it; the engine thread
-    writes a generate call's replies onto it. Sends never block: a caller that stopped reading
-    is cut off instead of stalling the engine."""
+    writes a generate call's replies onto it without ever blocking: what the socket cannot take
+    now waits in a backlog that a writer thread of this connection drains, in order. A caller
+    that reads nothing for STALL_S is cut off (its call fails) rather than held forever."""
 
     def __init__(self, sock: socket.socket):
         self.sock = sock
         self._lock = threading.Lock()  # a send and the close never overlap (fd reuse)
         self._closed = False
+        self._backlog = bytearray()  # bytes the socket could not take yet
+        self._writer: threading.Thread | None = None
 
     def send(self, data: bytes) -> bool:
+        """Queue ``data`` behind what is pending; False when the caller is gone or cut off."""
         with self._lock:
             if self._closed:
                 return False
-            try:
-                self.sock.sendall(data, socket.MSG_DONTWAIT)
-                return True
-            except OSError:  # gone, or its buffer is full: the stream is cut, end it
-                with contextlib.suppress(OSError):
-                    self.sock.shutdown(socket.SHUT_RDWR)  # its thread's read ends
-                return False
+            if not self._backlog:
+                try:
+                    data = data[self.sock.send(data, socket.MSG_DONTWAIT) :]
+                except BlockingIOError:
+                    pass
+                except OSError:
+                    self._cut()
+                    return False
+                if not data:
+                    return True
+            self._backlog += data
+            if self._writer is None:
+                self._writer = threading.Thread(target=self._drain, name="writer", daemon=True)
+                self._writer.start()
+            return True
+
+    def _drain(self) -> None:
+        while True:
+            with self._lock:
+                if self._closed or not self._backlog:
+                    self._writer = None
+                    return
+                try:
+                    del self._backlog[: self.sock.send(self._backlog, socket.MSG_DONTWAIT)]
+                except BlockingIOError:
+                    pass
+                except OSError:
+                    self._cut()
+                    self._writer = None
+                    return
+                if not self._backlog:
+                    self._writer = None
+                    return
+                fd = self.sock.fileno()  # open: close() waits for this thread
+            if not select.select([], [fd], [], STALL_S)[1]:
+                with self._lock:
+                    self._cut()
+                    self._writer = None
+                return
+
+    def cut(self) -> None:
+        """End the stream now (any thread): the connection's thread sees it and closes."""
+        with self._lock:
+            if not self._closed:
+                self._cut()
+
+    def _cut(self) -> None:  # under the lock: the stream is broken, end it
+        self._backlog.clear()
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)  # the connection's thread sees the end
 
     def close(self) -> None:
+        """Close once the backlog has gone out (or the caller was cut off)."""
+        writer = self._writer
+        if writer is not None:
+            writer.join(STALL_S + 1.0)
         with self._lock:
             self._closed = True
             self.sock.close()
@@ -106,7 +160,7 @@ class _Generation:
 class SlmServicer:
     """Answers the calls on each connection (``slm_ipc``), one thread per connection: a generate
     call streams its tokens and its completion; a stats call the engine's counters. A caller
-    that closes its connection (or sends anything) during a call cancels it."""
+    that closes its connection during a call (or sends a second call) cancels it."""
 
     def __init__(self, engine: ServingEngine, max_position: int, vocab_size: int):
         self.engine = engine
@@ -114,13 +168,20 @@ class SlmServicer:
         self.vocab_size = vocab_size
 
     def deliver(self, items: list) -> None:
-        """The engine's deliver hook: a step's (sink, item) pairs, one write per call."""
+        """The engine's deliver hook: a step's (sink, item) pairs, sent per call. A reply that
+        cannot be built fails its own call, not the engine."""
         calls: dict[int, _Generation] = {}
         for sink, item in items:
             sink(item)
             calls[id(sink)] = sink
         for call in calls.values():
-            call.flush(self.engine.error)
+            try:
+                call.flush(self.engine.error)
+            except Exception:
+                traceback.print_exc()
+                call.req.cancelled = True
+                call.ended.set()
+                call.conn.cut()  # the caller sees the connection end: its request fails
 
     def _check(self, prompt: list[int], max_new_tokens: int) -> str:
         if max(prompt) >= self.vocab_size or min(prompt) < 0:
@@ -296,11 +357,12 @@ def _serve(ns: argparse.Namespace, lifeline: _Lifeline | None) -> None:
         flush=True,
     )
     stopping = threading.Event()
+    signalled: list[int] = []  # a handler only appends: taking a lock there could deadlock
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stopping.set())
+        signal.signal(sig, lambda signum, _frame: signalled.append(signum))
     if lifeline is not None:
         lifeline.serving(stopping)
-    while not stopping.wait(0.1):
+    while not stopping.wait(0.1) and not signalled:
         if stop.is_set():  # a failed engine ends the process: the host sees it die
             break
     stop.set()

@@ -19,7 +19,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from fleet import wire
-from fleet.coordinator.stream_pump import ChannelArgs, close_channel, pump_stream
+from fleet.coordinator.stream_pump import ChannelArgs, close_channel, pump_stream, retain_channel
 from fleet.records import AgentDescription, DeployResult, DeploySpec, RejectedEvent, WorkloadRun
 from fleet.v1 import agent_pb2 as pb
 from fleet.v1 import agent_pb2_grpc as pb_grpc
@@ -64,6 +64,8 @@ class AgentClient:
         self._channel_args = ChannelArgs(
             address, root_cert, client_cert, client_key, tuple(CHANNEL_OPTIONS)
         )
+        retain_channel(self._channel_args)
+        self._closed = False
         if root_cert:
             credentials = grpc.ssl_channel_credentials(
                 root_cert, private_key=client_key, certificate_chain=client_cert
@@ -78,7 +80,9 @@ class AgentClient:
 
     def close(self) -> None:
         self._channel.close()
-        close_channel(self._channel_args)
+        if not self._closed:
+            self._closed = True
+            close_channel(self._channel_args)
 
     def wait_healthy(self, timeout_s: float = 30.0) -> None:
         deadline = time.monotonic() + timeout_s

@@ -28,8 +28,6 @@ from fleet.results.store import ResultStore
 
 log = logging.getLogger("fleet.run")
 
-log = logging.getLogger("fleet.run")
-
 
 class StartPacer:
     """Admits trial starts at most ``rate_per_s`` a second, in the order asked, from any

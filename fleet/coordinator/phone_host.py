@@ -304,6 +304,8 @@ class PhoneHost:
             self._streaming += 1
         try:
             try:
+                if self._stopping(name).is_set():  # asked while it deployed: the agent had no
+                    raise AgentError(None, "the run was stopped before the workload started")
                 for events in client.run_workload_batches(workload_run, self._batch_interval):
                     if isinstance(last := events[-1], TrialSummary):
                         summary = last

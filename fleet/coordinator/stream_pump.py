@@ -7,10 +7,11 @@ every stream with ``grpc.aio`` and converts its messages; the thread that asked 
 wakes once a batch is due (its interval passed, it is full, or the stream ended), not per
 message.
 
-    for events in pump_stream(channel_args, request, metadata, timeout_s, interval_s):
-        ...   # a list of events (records, samples, ...); the last list holds the summary
+    for events, error in pump_stream(channel_args, open_call, interval_s):
+        ...   # a list of events (records, samples, ...); the stream's error with the last
 
-Errors surface as ``AgentError`` from the iterator, as from ``AgentClient``.
+``AgentClient.run_workload_batches`` turns the error into an ``AgentError``. Channels are
+shared by the clients of one agent address and closed with the last of them.
 """
 
 from __future__ import annotations
@@ -38,6 +39,16 @@ class ChannelArgs:
     client_cert: bytes | None = None
     client_key: bytes | None = None
     options: tuple = ()
+
+
+_users: dict[ChannelArgs, int] = {}  # clients holding each address's channel
+_users_lock = threading.Lock()
+
+
+def retain_channel(channel: ChannelArgs) -> None:
+    """A client of this agent exists (its channel is opened on first use)."""
+    with _users_lock:
+        _users[channel] = _users.get(channel, 0) + 1
 
 
 class _Loop:
@@ -73,7 +84,13 @@ class _Loop:
 
 
 def close_channel(channel: ChannelArgs) -> None:
-    """Close the loop's channel to this agent, if it has one (its client is closing)."""
+    """A client of this agent is closing: the last one closes the loop's channel to it."""
+    with _users_lock:
+        left = _users.get(channel, 1) - 1
+        if left > 0:
+            _users[channel] = left
+            return
+        _users.pop(channel, None)
     pump = _Loop._instance
     if pump is None:
         return
@@ -93,12 +110,14 @@ class _Batches:
     events: list = field(default_factory=list)
     done: bool = False
     error: BaseException | None = None
+    forced: bool = False  # a batch is due now (a summary), whether or not the reader waits
     due: threading.Condition = field(default_factory=threading.Condition)
 
     def put(self, event: Any, force: bool) -> None:
         with self.due:
             self.events.append(event)
-            if force or len(self.events) >= BATCH_MAX:
+            self.forced |= force
+            if self._is_due():
                 self.due.notify()
 
     def end(self, error: BaseException | None) -> None:
@@ -106,12 +125,15 @@ class _Batches:
             self.done, self.error = True, error
             self.due.notify()
 
+    def _is_due(self) -> bool:
+        return self.done or self.forced or len(self.events) >= BATCH_MAX
+
     def take(self, wait_s: float) -> tuple[list, bool]:
         """(events so far, ended) once a batch is due or ``wait_s`` has passed."""
         with self.due:
-            if not self.done and len(self.events) < BATCH_MAX:
+            if not self._is_due():
                 self.due.wait(wait_s)
-            out, self.events = self.events, []
+            out, self.events, self.forced = self.events, [], False
             return out, self.done
 
 
@@ -145,7 +167,11 @@ def pump_stream(
     calls: list[Any] = []
 
     def start() -> None:  # on the loop
-        call = open_call(pump.channel(channel))
+        try:
+            call = open_call(pump.channel(channel))
+        except Exception as exc:  # the stream never started: its reader must not wait on
+            batches.end(exc)
+            return
         calls.append(call)
         pump.loop.create_task(_read(call, batches))
 
