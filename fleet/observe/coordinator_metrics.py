@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry
 from fleet.exporter import Exporter
 from fleet.metric_names import COORDINATOR_METRICS
 
-TRIAL_STATES = ("pending", "running", "completed", "failed", "stopped")
+TRIAL_STATES = ("pending", "running", "completed", "failed", "stopped", "interrupted")
 
 
 class FleetMetrics(Exporter):
@@ -40,9 +40,9 @@ class FleetMetrics(Exporter):
     def trial_state(self, old: str | None, new: str) -> None:
         with self._lock:
             if old is not None:
-                self._trials[old] -= 1
+                self._trials[old] = self._trials.get(old, 0) - 1
                 self.m["trials"].labels(old).set(self._trials[old])
-            self._trials[new] += 1
+            self._trials[new] = self._trials.get(new, 0) + 1  # a new state must not fail a trial
             self.m["trials"].labels(new).set(self._trials[new])
 
     def trial_dispatched(self, seconds: float) -> None:
