@@ -66,10 +66,8 @@ class AgentClient:
         )
         retain_channel(self._channel_args)
         self._closed = False
-        if root_cert:
-            credentials = grpc.ssl_channel_credentials(
-                root_cert, private_key=client_key, certificate_chain=client_cert
-            )
+        credentials = self._channel_args.credentials()
+        if credentials is not None:
             self._channel = grpc.secure_channel(address, credentials, options=CHANNEL_OPTIONS)
         else:
             self._channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)

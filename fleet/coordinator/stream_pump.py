@@ -40,6 +40,14 @@ class ChannelArgs:
     client_key: bytes | None = None
     options: tuple = ()
 
+    def credentials(self) -> grpc.ChannelCredentials | None:
+        """TLS credentials (mutual when a client certificate is given); None: plaintext."""
+        if not self.root_cert:
+            return None
+        return grpc.ssl_channel_credentials(
+            self.root_cert, private_key=self.client_key, certificate_chain=self.client_cert
+        )
+
 
 _users: dict[ChannelArgs, int] = {}  # clients holding each address's channel
 _users_lock = threading.Lock()
@@ -72,13 +80,11 @@ class _Loop:
     def channel(self, args: ChannelArgs) -> Any:  # on the loop
         ch = self.channels.get(args)
         if ch is None:
-            if args.root_cert:
-                creds = grpc.ssl_channel_credentials(
-                    args.root_cert, private_key=args.client_key, certificate_chain=args.client_cert
-                )
-                ch = grpc.aio.secure_channel(args.address, creds, options=list(args.options))
+            creds, options = args.credentials(), list(args.options)
+            if creds is not None:
+                ch = grpc.aio.secure_channel(args.address, creds, options=options)
             else:
-                ch = grpc.aio.insecure_channel(args.address, options=list(args.options))
+                ch = grpc.aio.insecure_channel(args.address, options=options)
             self.channels[args] = ch
         return ch
 
