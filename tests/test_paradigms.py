@@ -147,12 +147,26 @@ def _fg_ttft_s(trial) -> list[float]:
     return [r.ttft_s if r.token_ns else float("inf") for r in fg]
 
 
+def _fg_facts(name: str, trial) -> str:
+    """A run's foreground at a glance: p50 TTFT, p50 wait to be scheduled, p50 of the rest."""
+    fg = [r for r in trial["records"] if r.app == "keyboard" and r.token_ns and r.scheduled_ns]
+    if not fg:
+        return f"{name}: no foreground request served"
+    wait = statistics.median((r.scheduled_ns - r.submit_ns) / 1e9 for r in fg)
+    rest = statistics.median((r.first_token_ns - r.scheduled_ns) / 1e9 for r in fg)
+    ttft = statistics.median(r.ttft_s for r in fg)
+    return f"{name} n={len(fg)} ttft {ttft:.3f} s (wait {wait:.3f} + rest {rest:.3f})"
+
+
 def test_agent_os_keeps_foreground_ttft_below_slmaas_under_background_load(client):
     """Priority scheduling protects a foreground app from background prefill that FCFS batches it
     with, at the same prefill chunk (64, both paradigms' default): the scheduler alone. Judged on
     paired runs (FCFS then priority, twice, so drift of a busy machine hits both alike) over every
     foreground arrival of each paradigm, with a margin: priority must cut the p50 TTFT by a
-    third."""
+    third. One thread a model: a two-thread step waits for its slower thread at every operator,
+    which a neighbour on the other core (or a VM's steal) stretches most in the small steps
+    priority runs the foreground in, not in FCFS's batched ones; one thread keeps the comparison
+    about the scheduler (here: 0.27-0.45 of FCFS on one thread, 0.35-0.53 on two)."""
     apps = [
         AppWorkload(
             "keyboard",
@@ -168,6 +182,7 @@ def test_agent_os_keeps_foreground_ttft_below_slmaas_under_background_load(clien
     fcfs: list[float] = []
     prio: list[float] = []
     preempted = []
+    runs: list[str] = []  # what each run's foreground saw, printed with the verdict
     for seed in (3, 4):
         trials = {
             name: run_trial(
@@ -177,7 +192,7 @@ def test_agent_os_keeps_foreground_ttft_below_slmaas_under_background_load(clien
                 model="smollm-135m",
                 duration=6,
                 service=service,
-                threads=2,
+                threads=1,
                 seed=seed,
             )
             for name, paradigm, service in (
@@ -188,9 +203,13 @@ def test_agent_os_keeps_foreground_ttft_below_slmaas_under_background_load(clien
         fcfs += _fg_ttft_s(trials["fcfs"])  # the same keyboard requests in both (same seed)
         prio += _fg_ttft_s(trials["prio"])
         preempted += [r for r in trials["prio"]["records"] if len(r.service.slices) > 1]
+        runs += [f"seed {seed}: " + ", ".join(_fg_facts(name, t) for name, t in trials.items())]
     p50_fcfs, p50_prio = statistics.median(fcfs), statistics.median(prio)
     print(f"fg p50 TTFT: priority {p50_prio:.3f} s, FCFS {p50_fcfs:.3f} s, n={len(prio)}")
-    assert p50_prio < 0.67 * p50_fcfs, f"fg p50 TTFT priority {p50_prio} vs FCFS {p50_fcfs}"
+    print("\n".join(runs))
+    assert p50_prio < 0.67 * p50_fcfs, (
+        f"fg p50 TTFT priority {p50_prio} vs FCFS {p50_fcfs}; " + "; ".join(runs)
+    )
     # background requests were preempted, and every slice of them was recorded
     assert preempted
     for r in preempted:
