@@ -188,6 +188,21 @@ class Transformer(nn.Module):
         model, whose matrices are int8: agents/llm/quant.py)."""
         return self.norm.weight.dtype
 
+    @torch.no_grad()
+    def lay_out_matrices(self) -> Transformer:
+        """Keep every fp32 matrix (in, out) in memory, column-major as its (out, in) parameter
+        sees it: same shape, names and values, so ``F.linear`` runs as ``x @ W`` over a
+        row-major W, which this CPU's fp32 GEMM does faster than ``x @ W^T`` (measured with
+        SmolLM-135M's matrices: the same at one row, 1.4-2.3x faster at eight, 1.2-1.3x on the
+        tied 49152-row head). A tied embedding looks its rows up through the strided view.
+        bf16 keeps rows (its decode row runs in ``torch.mv``, which wants them)."""
+        for m in self.modules():
+            w = getattr(m, "weight", None)
+            if isinstance(m, Linear) and w is not None and w.dtype == torch.float32:
+                if w.dim() == 2 and w.is_contiguous():
+                    w.data = w.data.t().contiguous().t()
+        return self
+
     def weight_bytes(self) -> int:
         """Bytes of every weight, scale and bias, a shared (tied) tensor counted once."""
         tensors = {id(t): t for t in (*self.parameters(), *self.buffers())}

@@ -120,7 +120,7 @@ def random_model(args: ModelArgs, dtype: torch.dtype, seed: int) -> Transformer:
             for start in range(0, flat.numel(), RANDOM_POOL):
                 n = min(RANDOM_POOL, flat.numel() - start)
                 flat[start : start + n] = pool[offset : offset + n]
-    return model.eval()
+    return model.lay_out_matrices().eval()
 
 
 def _load_local(path: Path, dtype_name: str, storage: PhoneStorage | None = None) -> LoadedModel:
@@ -173,6 +173,7 @@ def _load_local(path: Path, dtype_name: str, storage: PhoneStorage | None = None
         model.lm_head.weight = model.embed_tokens.weight
     if dtype_name == "int8" and not quant:  # real weights, quantized as they load
         quantize_model(model)
+    model.lay_out_matrices()
     tokenizer = None
     if (path / "tokenizer.json").is_file():
         from tokenizers import Tokenizer
