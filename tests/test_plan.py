@@ -339,3 +339,47 @@ def test_a_stream_batch_is_due_at_its_interval_when_full_or_at_the_summary():
     assert b.take(30.0) == (["summary"], False) and time.monotonic() - t0 < 5.0  # at once
     threading.Timer(0.05, b.end, args=(None,)).start()
     assert b.take(30.0) == ([], True)  # the end wakes it too
+
+
+def test_a_streams_summary_ends_its_batches_without_waiting_for_the_stream_to_close():
+    """The summary is a workload stream's last message: its reader goes on at once (at a
+    thousand phones the agents' teardown held the end of every trial a third of a second), and
+    the call is left to end by itself, not cancelled."""
+    import asyncio
+    import threading
+    import time
+
+    from fleet import wire
+    from fleet.coordinator.stream_pump import ChannelArgs, _Loop, pump_stream
+    from fleet.records import RequestRecord, RequestStatus, TrialStatus, TrialSummary
+
+    closed, cancelled = asyncio.Event(), []
+
+    class Call:  # a grpc.aio stream: two messages, then no end until it is let go
+        def __aiter__(self):
+            return self._messages()
+
+        async def _messages(self):
+            yield wire.event_to_pb(RequestRecord("kb/0", "kb", RequestStatus.OK, 8, 1, 2, [3]))
+            yield wire.event_to_pb(TrialSummary(TrialStatus.COMPLETED, num_requests=1))
+            await closed.wait()
+
+        def cancel(self):
+            cancelled.append(True)
+
+    got: list = []
+    reader = threading.Thread(
+        target=lambda: got.extend(
+            pump_stream(ChannelArgs("127.0.0.1:1"), lambda _channel: Call(), lambda: 30.0)
+        ),
+        daemon=True,
+    )
+    t0 = time.monotonic()
+    reader.start()
+    reader.join(10.0)  # not its 30 s interval, not the stream's end (never, here)
+    assert not reader.is_alive() and time.monotonic() - t0 < 10.0
+    assert all(error is None for _, error in got), got
+    events = [e for batch, _ in got for e in batch]
+    assert [type(e) for e in events] == [RequestRecord, TrialSummary]
+    assert not cancelled
+    _Loop.get().loop.call_soon_threadsafe(closed.set)  # the stream may end now
