@@ -369,7 +369,9 @@ def _complete(run: Path) -> None:
 
 
 @pytest.mark.ray
-@pytest.mark.parametrize("how", ["SIGINT", "SIGTERM", "SIGKILL"])
+@pytest.mark.parametrize(  # SIGTERM takes SIGINT's path: it runs with the long suites
+    "how", ["SIGINT", pytest.param("SIGTERM", marks=pytest.mark.long), "SIGKILL"]
+)
 def test_a_stopped_or_killed_coordinator_is_resumed_to_the_end(tmp_path, how, runtime_root):
     (tmp_path / "exp.yaml").write_text(yaml.safe_dump(_experiment()))
     run = tmp_path / "runs" / "r"
