@@ -4,7 +4,11 @@ and the host's own adb server.
 A plain class; ``fleet devices`` and the run's phone hosts place one per Ray node (never one per
 phone). Every adb call has a timeout. The device list follows the adb server's
 ``track-devices`` feed in a thread that re-subscribes with back-off when the server restarts; a
-phone that leaves the feed is kept as ``gone`` for ``SILENT_S`` and then forgotten.
+phone that leaves the feed is kept as ``gone`` for ``SILENT_S`` and then forgotten. The feed is
+also checked against the server's full device list every ``RECONCILE_S``: Debian's adb server
+sometimes lists a TCP-attached phone offline after its connection drops without telling the
+feed (seen about once in ten unplugs of an emulated phone), and a wireless-adb phone would be
+followed the same way. A difference that two lists in a row agree on is taken.
 
     provider = DeviceProvider(host="lab-3")
     for d in provider.devices(): print(d.serial, d.state, d.model, d.battery_c)
@@ -24,6 +28,7 @@ import adbutils
 
 ADB_TIMEOUT_S = 10.0
 SILENT_S = 30.0
+RECONCILE_S = 2.0
 BACKOFF_S = (0.5, 1.0, 2.0, 4.0, 8.0)
 FACTS_COMMAND = (
     "getprop ro.product.model; getprop ro.build.version.release; getprop ro.product.cpu.abi; "
@@ -166,6 +171,7 @@ class DeviceProvider:
                 self._states = self.serials()
             self._tracker = threading.Thread(target=self._follow, daemon=True, name="adb-track")
             self._tracker.start()
+            threading.Thread(target=self._reconcile, daemon=True, name="adb-reconcile").start()
 
     def tracked(self) -> dict[str, str]:
         now = time.monotonic()
@@ -208,6 +214,25 @@ class DeviceProvider:
                 self._changed.notify_all()
             self._stop.wait(BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)])
             attempt += 1
+
+    def _reconcile(self) -> None:
+        """Take what the feed missed: a state that the server's list has shown twice in a row
+        (the second look spares a change that the feed is just delivering)."""
+        pending: dict[str, str] = {}
+        while not self._stop.wait(RECONCILE_S):
+            try:
+                listed = self.serials()
+            except DeviceError:
+                continue  # no server: the feed's thread marks its devices gone
+            with self._lock:
+                now = {s: listed.get(s, "gone") for s in set(listed) | set(self._states)}
+                differ = {s: st for s, st in now.items() if self._states.get(s, "gone") != st}
+                confirmed = {s: st for s, st in differ.items() if pending.get(s) == st}
+                for serial, state in confirmed.items():
+                    self._mark(serial, state)
+                if confirmed:
+                    self._changed.notify_all()
+                pending = differ
 
     def _note(self, serial: str, state: str) -> None:
         with self._lock:
