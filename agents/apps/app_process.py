@@ -147,6 +147,21 @@ class ModelLink:
         return result
 
 
+class _StopSignal(threading.Event):
+    """The app's stop: set by the stop command, and shown at once by the supervisor's flag in
+    shared memory (the command reaches this process a thread wake-up later)."""
+
+    def __init__(self, activity: Any):
+        super().__init__()
+        self._activity = activity
+
+    def is_set(self) -> bool:
+        return super().is_set() or (self._activity is not None and self._activity[2] != 0)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return super().wait(timeout) or self.is_set()
+
+
 class AppProcess:
     """The app's side of its two pipes: commands in, events out, the workload in between."""
 
@@ -163,7 +178,7 @@ class AppProcess:
         self.cmd_conn, self.evt_conn, self.activity = cmd_conn, evt_conn, activity
         self.app, self.vocab_size, self.max_context = app, vocab_size, max_context
         self.commands: queue.Queue[tuple] = queue.Queue()
-        self.stop = threading.Event()
+        self.stop = _StopSignal(activity)
         self._send_lock = threading.Lock()
         self.link = ModelLink(endpoint, self.send, app.name)
 

@@ -30,8 +30,9 @@ class AppProc:
     ready: ModelReady | None = None  # an own model's launch (per-app), None for shared
     model_pid: int = 0  # own model process (per-app), 0 for shared
     model_starting: bool = False  # spawned, not serving yet (its memory counts already)
-    # shared with the app process, which updates it on every request without a message:
-    # [requests in flight, when its last request started or ended (monotonic ns)]
+    # shared with the app process, which updates the first two on every request without a
+    # message: [requests in flight, when its last request started or ended (monotonic ns),
+    # stop asked (written by the supervisor: the app sees it before the stop command arrives)]
     activity: Any = None
     spawned_ns: int = 0  # when its own model was last spawned
 
@@ -64,7 +65,7 @@ class AppSupervisor:
         for app in apps:
             cmd_r, cmd_w = ctx.Pipe(duplex=False)
             evt_r, evt_w = ctx.Pipe(duplex=False)
-            activity = ctx.RawArray("q", 2)  # no lock: one writer (the app), word-sized values
+            activity = ctx.RawArray("q", 3)  # no lock: one writer a slot, word-sized values
             proc = ctx.Process(
                 target=client_main,
                 name=f"app-{app.name}",
@@ -124,6 +125,7 @@ class AppSupervisor:
         with self._stop_lock:  # a stop_all now comes after every "run" on each pipe
             self._stop_sent = False
             for a in self.apps:
+                a.activity[2] = 0
                 if self.send(a, ("run", run)):
                     pending[a.evt] = a
                 else:
@@ -161,12 +163,15 @@ class AppSupervisor:
         return problems
 
     def stop_all(self) -> None:
-        """Tell every app to stop its workload now (any thread; once a run)."""
+        """Tell every app to stop its workload now (any thread; once a run): once this returns,
+        no app starts a request (the shared flag is read before each), and the stop command
+        wakes the ones waiting."""
         with self._stop_lock:
             if self._stop_sent:
                 return
             self._stop_sent = True
             for a in self.apps:
+                a.activity[2] = 1
                 self.send(a, ("stop",))
 
     @staticmethod
