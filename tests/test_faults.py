@@ -371,11 +371,11 @@ def _complete(run: Path) -> None:
 @pytest.mark.ray
 @pytest.mark.parametrize(  # SIGTERM takes SIGINT's path: it runs with the long suites
     "how", ["SIGINT", pytest.param("SIGTERM", marks=pytest.mark.long), "SIGKILL"]
-)
+)  # SIGINT's run has its own Prometheus: make test checks that a stop ends it too
 def test_a_stopped_or_killed_coordinator_is_resumed_to_the_end(tmp_path, how, runtime_root):
     (tmp_path / "exp.yaml").write_text(yaml.safe_dump(_experiment()))
     run = tmp_path / "runs" / "r"
-    prometheus = {"SIGINT": "--no-prometheus", "SIGTERM": "", "SIGKILL": "--keep-prometheus"}
+    prometheus = {"SIGINT": "", "SIGTERM": "--no-prometheus", "SIGKILL": "--keep-prometheus"}
     proc = _fleet(tmp_path, runtime_root, "run", "exp.yaml", "--runs-dir", "runs", "--run-id", "r",
                   *filter(None, [prometheus[how]]))  # fmt: skip
     seen: dict[int, float] = {}

@@ -350,7 +350,7 @@ def test_a_streams_summary_ends_its_batches_without_waiting_for_the_stream_to_cl
     import time
 
     from fleet import wire
-    from fleet.coordinator.stream_pump import ChannelArgs, _Loop, pump_stream
+    from fleet.coordinator.stream_pump import ChannelArgs, _Loop, close_channel, pump_stream
     from fleet.records import RequestRecord, RequestStatus, TrialStatus, TrialSummary
 
     closed, cancelled = asyncio.Event(), []
@@ -376,10 +376,13 @@ def test_a_streams_summary_ends_its_batches_without_waiting_for_the_stream_to_cl
     )
     t0 = time.monotonic()
     reader.start()
-    reader.join(10.0)  # not its 30 s interval, not the stream's end (never, here)
-    assert not reader.is_alive() and time.monotonic() - t0 < 10.0
-    assert all(error is None for _, error in got), got
-    events = [e for batch, _ in got for e in batch]
-    assert [type(e) for e in events] == [RequestRecord, TrialSummary]
-    assert not cancelled
-    _Loop.get().loop.call_soon_threadsafe(closed.set)  # the stream may end now
+    try:
+        reader.join(10.0)  # not its 30 s interval, not the stream's end (never, here)
+        assert not reader.is_alive() and time.monotonic() - t0 < 10.0
+        assert all(error is None for _, error in got), got
+        events = [e for batch, _ in got for e in batch]
+        assert [type(e) for e in events] == [RequestRecord, TrialSummary]
+        assert not cancelled
+    finally:
+        _Loop.get().loop.call_soon_threadsafe(closed.set)  # the stream may end now
+        close_channel(ChannelArgs("127.0.0.1:1"))

@@ -163,9 +163,9 @@ class AppSupervisor:
         return problems
 
     def stop_all(self) -> None:
-        """Tell every app to stop its workload now (any thread; once a run): once this returns,
-        no app starts a request (the shared flag is read before each), and the stop command
-        wakes the ones waiting."""
+        """Tell every app to stop its workload now (any thread; once a run): an app reads the
+        shared flag just before it sends each request, so none decides to send one after this
+        returns; the stop command wakes the apps that wait (think time, open-loop arrivals)."""
         with self._stop_lock:
             if self._stop_sent:
                 return

@@ -222,8 +222,8 @@ class DeviceProvider:
         while not self._stop.wait(RECONCILE_S):
             try:
                 listed = self.serials()
-            except DeviceError:
-                continue  # no server: the feed's thread marks its devices gone
+            except Exception:  # no server (the feed's thread marks its devices gone), or a
+                continue  # garbled answer: the next look
             with self._lock:
                 now = {s: listed.get(s, "gone") for s in set(listed) | set(self._states)}
                 differ = {s: st for s, st in now.items() if self._states.get(s, "gone") != st}
