@@ -57,6 +57,21 @@ class Linear(nn.Linear):
         return F.linear(x, self.weight, self.bias)
 
 
+def column_major(w: torch.Tensor) -> torch.Tensor:
+    """A copy of a 2-D matrix with its values stored (in, out): the same (out, in) view."""
+    return w.t().contiguous().t()
+
+
+def is_linear_matrix(name: str, tied: bool) -> bool:
+    """Whether a parameter name (Hugging Face layout, no leading ``model.``) is a matrix that a
+    ``Linear`` reads: every projection, the head, and a tied embedding (which is the head)."""
+    return (
+        name.endswith("_proj.weight")
+        or name == "lm_head.weight"
+        or (tied and name == "embed_tokens.weight")
+    )
+
+
 def rope_tables(args: ModelArgs, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
     """cos/sin tables (S, D) in the Hugging Face "rotate half" layout."""
     hd = args.head_dim
@@ -195,12 +210,13 @@ class Transformer(nn.Module):
         row-major W, which this CPU's fp32 GEMM does faster than ``x @ W^T`` (measured with
         SmolLM-135M's matrices: the same at one row, 1.4-2.3x faster at eight, 1.2-1.3x on the
         tied 49152-row head). A tied embedding looks its rows up through the strided view.
-        bf16 keeps rows (its decode row runs in ``torch.mv``, which wants them)."""
+        bf16 keeps rows (its decode row runs in ``torch.mv``, which wants them). A load from
+        a checkpoint makes its private copies in this layout already (``column_major``)."""
         for m in self.modules():
             w = getattr(m, "weight", None)
             if isinstance(m, Linear) and w is not None and w.dtype == torch.float32:
                 if w.dim() == 2 and w.is_contiguous():
-                    w.data = w.data.t().contiguous().t()
+                    w.data = column_major(w.data)
         return self
 
     def weight_bytes(self) -> int:

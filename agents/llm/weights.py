@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from agents.llm.quant import COMPUTE_DTYPE, QUANT_METHOD, quantize_model, retie
-from agents.llm.transformer import Transformer
+from agents.llm.transformer import Transformer, column_major, is_linear_matrix
 from agents.storage import IoCount, PhoneStorage
 from fleet.records import ModelSpec
 from fleet.shapes import ModelArgs, args_from_hf_config, model_args, read_hf_config
@@ -149,8 +149,12 @@ def _load_local(path: Path, dtype_name: str, storage: PhoneStorage | None = None
                     # a private copy, never the file's mapped pages: an app's model is its own
                     # memory (shared page-cache pages would split its PSS among processes)
                     tensor = st.get_tensor(key)
-                    keep = tensor.dtype == torch.int8  # a quantized matrix stays int8
-                    state[name] = tensor.to(torch.int8 if keep else dtype, copy=True)
+                    if tensor.dtype == torch.int8:  # a quantized matrix stays int8
+                        state[name] = tensor.to(torch.int8, copy=True)
+                    elif dtype == torch.float32 and is_linear_matrix(name, args.tie_embeddings):
+                        state[name] = column_major(tensor.to(dtype))  # the copy, laid out
+                    else:
+                        state[name] = tensor.to(dtype, copy=True)
     if args.tie_embeddings:
         state = {k: v for k, v in state.items() if not k.startswith("lm_head.")}
     with torch.device("meta"):
