@@ -76,6 +76,41 @@ def test_batched_step_over_ragged_sequences_equals_each_alone():
     assert [c.length for c in ctxs] == [len(p) for p in prompts]
 
 
+@pytest.mark.parametrize(
+    "dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 5e-2)], ids=["fp32", "bf16"]
+)
+def test_a_decode_step_of_many_sequences_equals_each_ones_full_forward(dtype, tol):
+    """A step where every sequence adds one token runs the flat path (decode_step.py); each
+    sequence's logits equal the module path's full forward over its whole sequence, from a
+    context of one position to one near the model's limit, with and without grouped heads."""
+    for overrides in ({"tie_embeddings": False}, {"n_kv_head": 1}):
+        model = tiny(dtype, **overrides)
+        gen = torch.Generator().manual_seed(5)
+        seqs = [torch.randint(0, 256, (n,), generator=gen).tolist() for n in (1, 2, 33, 300)]
+        with torch.inference_mode():
+            ctxs = [KVContext(model) for _ in seqs]
+            for ctx, seq in zip(ctxs, seqs):
+                if len(seq) > 1:
+                    prefill(model, ctx, seq[:-1])
+            step = model([(ctx, seq[-1:]) for ctx, seq in zip(ctxs, seqs)])
+            for i, seq in enumerate(seqs):
+                full = model([(KVContext(model), seq)], all_logits=True)[-1]
+                torch.testing.assert_close(step[i], full, rtol=tol, atol=tol)
+        assert [c.length for c in ctxs] == [len(s) for s in seqs]
+
+
+def test_rope_as_a_matrix_equals_rotate_half():
+    from agents.llm.rope import apply_rope, rope_matrices, rope_signs, rope_tables
+
+    args = ModelArgs.from_name("smollm-135m")
+    cos, sin = rope_tables(args, 2048)
+    positions = torch.tensor([0, 1, 700, 2047])
+    x = torch.randn(4, 9, args.head_dim, generator=torch.Generator().manual_seed(6))
+    want = apply_rope(x, cos[positions][:, None], sin[positions][:, None])
+    rot = rope_matrices(cos[positions], sin[positions], rope_signs(args.head_dim, torch.float32))
+    torch.testing.assert_close(x @ rot, want, rtol=1e-5, atol=1e-5)
+
+
 def test_context_swap_and_recompute_restore_exact_greedy_tokens(tmp_path):
     model = tiny(tie_embeddings=False)
     prompt = list(range(3, 40))

@@ -18,13 +18,13 @@ layer runs once over all their new tokens, and attention runs per sequence over 
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from agents.llm import decode_step
 from agents.llm.kv_context import KVContext
+from agents.llm.rope import apply_rope, rope_signs, rope_tables
 from fleet.shapes import ModelArgs
 
 
@@ -70,48 +70,6 @@ def is_linear_matrix(name: str, tied: bool) -> bool:
         or name == "lm_head.weight"
         or (tied and name == "embed_tokens.weight")
     )
-
-
-def rope_tables(args: ModelArgs, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin tables (S, D) in the Hugging Face "rotate half" layout."""
-    hd = args.head_dim
-    inv_freq = scaled_inv_freq(
-        args, 1.0 / (args.rope_base ** (torch.arange(0, hd, 2, dtype=torch.float64) / hd))
-    )
-    t = torch.arange(seq_len, dtype=torch.float64)
-    freqs = torch.outer(t, inv_freq)  # (S, D/2)
-    emb = torch.cat([freqs, freqs], dim=-1)  # (S, D)
-    return emb.cos().float(), emb.sin().float()
-
-
-def scaled_inv_freq(args: ModelArgs, inv_freq: torch.Tensor) -> torch.Tensor:
-    """RoPE frequencies after the model's context scaling (``linear``: every frequency divided
-    by the factor; ``llama3``: low frequencies divided, high kept, the band between blended)."""
-    if args.rope_type == "linear":
-        return inv_freq / args.rope_factor
-    if args.rope_type != "llama3":
-        return inv_freq
-    old = args.rope_original_max_position
-    low_wavelen = old / args.rope_low_freq_factor
-    high_wavelen = old / args.rope_high_freq_factor
-    wavelen = 2 * math.pi / inv_freq
-    out = torch.where(wavelen > low_wavelen, inv_freq / args.rope_factor, inv_freq)
-    smooth = (old / wavelen - args.rope_low_freq_factor) / (
-        args.rope_high_freq_factor - args.rope_low_freq_factor
-    )
-    blended = (1 - smooth) * out / args.rope_factor + smooth * out
-    medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
-    return torch.where(medium, blended, out)
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat([-x2, x1], dim=-1)
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    # x: (B, H, T, D); cos/sin: (T, D)
-    return x * cos + _rotate_half(x) * sin
 
 
 class Attention(nn.Module):
@@ -196,6 +154,7 @@ class Transformer(nn.Module):
             self.lm_head.weight = self.embed_tokens.weight
         self._cos: torch.Tensor | None = None  # RoPE tables, grown on demand
         self._sin: torch.Tensor | None = None
+        self._signs: torch.Tensor | None = None  # RoPE's rotate-half as a matrix (decode_step)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -224,6 +183,12 @@ class Transformer(nn.Module):
         tensors = {id(t): t for t in (*self.parameters(), *self.buffers())}
         return sum(t.numel() * t.element_size() for t in tensors.values())
 
+    def rope_signs(self) -> torch.Tensor:
+        """(D, D) in the compute dtype: x @ S == rotate_half(x) (rope.rope_signs)."""
+        if self._signs is None or self._signs.dtype != self.dtype:
+            self._signs = rope_signs(self.args.head_dim, self.dtype)
+        return self._signs
+
     def _rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         needed = int(positions.max()) + 1
         if self._cos is None or self._cos.shape[0] < needed:
@@ -251,6 +216,10 @@ class Transformer(nn.Module):
                     f"{self.args.max_position} positions"
                 )
             ctx.reserve(ctx.length + n)
+        if max(counts) == 1:  # a decode step: the same arithmetic in fewer operators
+            return decode_step.decode_step(
+                self, [ctx for ctx, _ in batch], [toks[0] for _, toks in batch]
+            )
         ids = torch.tensor([t for _, toks in batch for t in toks], dtype=torch.long)
         positions = torch.cat(
             [torch.arange(ctx.length, ctx.length + n) for (ctx, _), n in zip(batch, counts)]
