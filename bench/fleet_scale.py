@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sqlite3
 import statistics
 import subprocess
@@ -198,7 +199,7 @@ def run_size(n: int, duration_s: float) -> dict:
     reasons: dict[str, int] = {}
     for t in trials:
         if t["status"] != "completed":
-            why = (t["reason"] or "").split(": ", 2)[-1][:80]
+            why = re.sub(r"\bsim-\d+", "sim-*", t["reason"] or "no reason given")[:300]
             reasons[why] = reasons.get(why, 0) + 1
     return {
         "phones": n,
