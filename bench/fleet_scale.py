@@ -17,6 +17,8 @@ spread is reported). Measured per size, from outside the run:
   the phones' workload time against its nominal duration (a saturated host stretches it);
 - Prometheus series per phone: the run's series of one phone, queried mid-run, and the total; a
   size's row states the most over its runs (a bound);
+- trials completed: a size's row gives the fewest of its runs and every run's reasons for the
+  others (each reason's first 300 characters, phone names folded);
 - every trial completed, records stored per trial.
 
 Targets (issue 13): at 1,000 phones dispatch overhead p50 <= 10 ms, coordinator RSS <= 2 GB,
@@ -234,8 +236,17 @@ def median_row(runs: list[dict]) -> dict:
         if isinstance(value, (int, float)) and not isinstance(value, bool) and values:
             row[key] = statistics.median(values)
     # series per phone: the most any run saw (a bound; a saturated run's queries can miss the
-    # trials' series and see only the agents' own)
-    row["series"] = max((r["series"] for r in runs), key=lambda s: s.get("per_phone_max", 0))
+    # trials' series and see only the agents' own), the fullest snapshot of those
+    row["series"] = max(
+        (r["series"] for r in runs),
+        key=lambda s: (s.get("per_phone_max", 0), s.get("phones_scraped", 0), s.get("total", 0)),
+    )
+    row["completed"] = min(r["completed"] for r in runs)  # a failure in any run shows
+    reasons: dict[str, int] = {}
+    for r in runs:
+        for why, count in r["not_completed_reasons"].items():
+            reasons[why] = reasons.get(why, 0) + count
+    row["not_completed_reasons"] = reasons
     row["runs"] = runs
     return row
 

@@ -81,20 +81,20 @@ def test_batched_step_over_ragged_sequences_equals_each_alone():
 )
 def test_a_decode_step_of_many_sequences_equals_each_ones_full_forward(dtype, tol):
     """A step where every sequence adds one token runs the flat path (decode_step.py); each
-    sequence's logits equal the module path's full forward over its whole sequence, from a
-    context of one position to one near the model's limit, with and without grouped heads."""
+    sequence's logits equal the module path's full forward over its whole sequence, from an
+    empty context to one near the model's 512 positions, with and without grouped heads."""
     for overrides in ({"tie_embeddings": False}, {"n_kv_head": 1}):
         model = tiny(dtype, **overrides)
         gen = torch.Generator().manual_seed(5)
-        seqs = [torch.randint(0, 256, (n,), generator=gen).tolist() for n in (1, 2, 33, 300)]
+        seqs = [torch.randint(0, 256, (n,), generator=gen).tolist() for n in (1, 2, 33, 510)]
         with torch.inference_mode():
             ctxs = [KVContext(model) for _ in seqs]
             for ctx, seq in zip(ctxs, seqs):
                 if len(seq) > 1:
                     prefill(model, ctx, seq[:-1])
             step = model([(ctx, seq[-1:]) for ctx, seq in zip(ctxs, seqs)])
-            for i, seq in enumerate(seqs):
-                full = model([(KVContext(model), seq)], all_logits=True)[-1]
+            for i, seq in enumerate(seqs):  # one token more: the module path, even for one
+                full = model([(KVContext(model), [*seq, 0])], all_logits=True)[len(seq) - 1]
                 torch.testing.assert_close(step[i], full, rtol=tol, atol=tol)
         assert [c.length for c in ctxs] == [len(s) for s in seqs]
 

@@ -55,8 +55,9 @@ def decode_step(model: Any, contexts: list[KVContext], tokens: list[int]) -> tor
     else:  # bf16 products of these shapes are slow on CPUs: the elementwise form
         cos, sin = cos[:, None], sin[:, None]
     gqa = n_kv != n_head
-    x = model.embed_tokens.forward(torch.tensor(tokens))  # (S, C)
-    y = x.new_empty(n, n_kv, group, hd)  # each sequence's fp32 attention output, in place
+    x = model.embed_tokens.forward(torch.tensor(tokens, dtype=torch.long))  # (S, C)
+    if fp32:
+        y = x.new_empty(n, n_kv, group, hd)  # each sequence's attention output, in place
     for i, layer in enumerate(model.layers):
         att, mlp = layer.self_attn, layer.mlp
         h = layer.input_layernorm.forward(x)
