@@ -2,9 +2,9 @@
 
 ``Transformer.forward`` serves any mix of prefill chunks and decode steps through its modules.
 A step in which every sequence adds exactly one token, most of what generation runs, comes here
-instead: the same parameters and the same operations, in fewer of them. A decode token runs
-about a thousand small operators beside its matrix products, and on a CPU each costs a few
-microseconds of Python and dispatch, so their count is what this trims:
+instead: the same parameters and the same results (fp32 to rounding) from fewer operators. A
+decode token runs about a thousand small operators beside its matrix products, and on a CPU
+each costs a few microseconds of Python and dispatch, so their count is what this trims:
 
 - no ``nn.Module`` calls: each projection's own ``forward`` is called directly, so a bf16 row
   still goes through ``torch.mv`` and an int8 matrix through its kernel;

@@ -8,7 +8,9 @@ tokenization or time, only token ids.
 Sequences keep their KV cache in a ``KVContext`` of their own (kv_context.py), so one forward pass
 can serve sequences of different lengths, prefill chunks and decode steps together: every linear
 layer runs once over all their new tokens, and attention runs per sequence over its own cache
-(Orca's selective batching). One sequence is the special case of a batch of one.
+(Orca's selective batching). One sequence is the special case of a batch of one. A step in
+which every sequence adds exactly one token, most of generation, runs as one flat loop over
+the same parameters (decode_step.py: the same results, fp32 to rounding).
 
     args = ModelArgs.from_name("smollm-135m")     # fleet.shapes: the shape, without torch
     model = Transformer(args)                     # see weights.py for random / local weights
@@ -216,7 +218,7 @@ class Transformer(nn.Module):
                     f"{self.args.max_position} positions"
                 )
             ctx.reserve(ctx.length + n)
-        if max(counts) == 1:  # a decode step: the same arithmetic in fewer operators
+        if max(counts) == 1:  # a decode step: the same results in fewer operators
             return decode_step.decode_step(
                 self, [ctx for ctx, _ in batch], [toks[0] for _, toks in batch]
             )
