@@ -407,7 +407,8 @@ class PhoneHost:
                     a.serial, name, self._token, a.phone.memory_budget_mb, a.phone.cpu_threads,
                     log=a.log,
                 )  # fmt: skip
-            except Exception:
+            except Exception as exc:  # tried again in REJOIN_EVERY_S; said, for the run's log
+                print(f"phone {name}: its agent did not start again: {exc}", file=sys.stderr)
                 return False
             old = self._clients.pop(name, None)
             if old is not None:
