@@ -204,6 +204,7 @@ def test_random_kills_on_the_phone_lose_no_record(tmp_path, monkeypatch, runtime
             )
             th.start()
             received, summary, status, reason = 0, None, TrialStatus.FAILED, "no result"
+            last: list = []
             for kind, payload in host.run_trial("victim", spec, run):
                 if kind == "events":
                     got = sum(isinstance(e, RequestRecord) for e in payload)
@@ -211,14 +212,19 @@ def test_random_kills_on_the_phone_lose_no_record(tmp_path, monkeypatch, runtime
                     if got:
                         measuring.set()
                     store.add_events(tid, payload)
-                elif kind == "summary":
-                    summary = payload
-                    status, reason = payload.status, payload.reason
+                elif kind == "end":  # with the summary's batch, stored with the end
+                    last = payload.events
+                    received += sum(isinstance(e, RequestRecord) for e in last)
+                    summary = payload.summary
+                    if summary is not None:
+                        status, reason = summary.status, summary.reason
+                    else:
+                        reason = payload.failed
                 elif kind == "failed":
                     reason = payload
             done.set()
             th.join()
-            store.finish_trial(tid, status, reason, summary)
+            store.finish_trial(tid, status, reason, summary, events=last)
             stored = store.query("SELECT COUNT(*) FROM requests WHERE trial_id=?", (tid,))[0][0]
             assert stored == received, (tid, stored, received)  # everything that arrived
             if isinstance(summary, TrialSummary):

@@ -154,10 +154,11 @@ def test_one_process_serves_many_phones_over_grpc():
         run = WorkloadRun("t", 2.0, seed=1, sample_interval_s=0.5, trace=_open_trace("kb", 4, 0.5))
         events = list(host.run_trial("sim-1", _spec(Paradigm.SLMAAS, app), run))
         kinds = [k for k, _ in events]
-        assert kinds[0] == "deployed" and kinds[-1] == "summary", events[-1]
-        summary = events[-1][1]
+        assert kinds[0] == "deployed" and kinds[-1] == "end", events[-1]
+        end = events[-1][1]
+        summary = end.summary
         assert isinstance(summary, TrialSummary) and summary.weights_label == SIM.label
-        stream = [e for k, p in events if k == "events" for e in p]
+        stream = [e for k, p in events if k == "events" for e in p] + end.events
         records = [e for e in stream if isinstance(e, RequestRecord)]
         assert sorted(r.request_id for r in records) == [f"kb/{i}" for i in range(4)]
         samples = [e for e in stream if isinstance(e, ResourceSample)]

@@ -123,6 +123,26 @@ def test_trials_keep_their_apps_deploy_and_summary(store):
     assert json.loads(t["summary_json"])["duration_s"] == 2.0
 
 
+def test_a_trial_ends_with_its_last_events_and_battery_in_one_write(store):
+    _trial(store)
+    store.add_events("t1", [RequestRecord("t1/kb/0", "kb", RequestStatus.OK, 1, 0, 1, [2])])
+    last = [
+        RequestRecord("t1/kb/1", "kb", RequestStatus.OK, 1, 0, 1, [2]),
+        RequestRecord("t1/kb/0", "kb", RequestStatus.FAILED, 1, 0),  # a duplicate: set aside
+    ]
+    summary = TrialSummary(TrialStatus.COMPLETED, num_requests=2, duration_s=2.0)
+    got = store.finish_trial(
+        "t1", TrialStatus.COMPLETED, "", summary, events=last, thermal=("end", 36.5, 0.0)
+    )
+    assert got == 1  # the refused row does not cost the trial its end
+    t = store.query("SELECT status, battery_end_c, summary_json FROM trials")[0]
+    assert t["status"] == "completed" and t["battery_end_c"] == 36.5
+    assert json.loads(t["summary_json"])["num_requests"] == 2
+    ids = [r[0] for r in store.query("SELECT request_id FROM requests ORDER BY request_id")]
+    assert ids == ["t1/kb/0", "t1/kb/1"]
+    assert [r[0] for r in store.query("SELECT ident FROM rejected")] == ["t1/kb/0"]
+
+
 def test_phones_keep_their_description(store):
     desc = AgentDescription(
         PhoneProfile("p", memory_budget_bytes=1 << 30),

@@ -145,8 +145,8 @@ class Dispatcher:
                 self.trial_log.finished(trial, "failed", 0, self.phone_errors[trial.phone])
             return TrialStatus.FAILED.value
         n_records = 0
-        status, reason, summary = TrialStatus.FAILED, "no result", None
-        started, timing, stored = time.time(), None, False
+        status, reason = TrialStatus.FAILED, "no result"
+        started, stored = time.time(), False
         try:
             stream = self.hosts[trial.phone].run_trial.remote(
                 trial.phone,
@@ -164,15 +164,12 @@ class Dispatcher:
                     self._advance(task, trial, n_records)
                 elif kind == "thermal":
                     self.store.note_thermal(trial.trial_id, *payload)
-                elif kind == "timing":
-                    timing = payload
-                elif kind in ("summary", "failed"):  # the trial's last item: stored at once
-                    if kind == "summary":
-                        summary = payload
-                        status, reason = summary.status, summary.reason
-                    else:
-                        status, reason = TrialStatus.FAILED, payload
-                    status, reason = self._finish(trial, status, reason, summary, started, timing)
+                elif kind == "end":  # the trial's last item: stored at once, in one go
+                    status, reason, got = self._end(trial, payload, started)
+                    n_records += got
+                    stored = True
+                elif kind == "failed":  # it never deployed
+                    status, reason = self._finish(trial, TrialStatus.FAILED, payload)
                     stored = True
         except Exception as exc:  # the host actor itself died: records stored so far stay
             if stored:
@@ -180,30 +177,30 @@ class Dispatcher:
             else:
                 status, reason = TrialStatus.FAILED, f"phone host died: {reason_of(exc)}"
         if not stored:
-            status, reason = self._finish(trial, status, reason, summary, started, None)
+            status, reason = self._finish(trial, status, reason)
         if self.trial_log is not None:
             self.trial_log.finished(trial, status.value, n_records, reason)
         return status.value
 
-    def _finish(
-        self,
-        trial: Trial,
-        status: TrialStatus,
-        reason: str,
-        summary: Any,
-        started: float,
-        timing: dict | None,
-    ) -> tuple[TrialStatus, str]:
-        """Store the trial's end (interrupted when the run is stopping) and, for a trial that ran
-        to its summary, the coordinator's own time on it (``dispatch_s``): from deciding to run
-        it until its Deploy was sent, and from its summary's arrival at the host until it is
-        stored. Returns the status and reason stored."""
-        if self.stop.is_set() and status is not TrialStatus.COMPLETED:
-            status, reason = TrialStatus.INTERRUPTED, f"{self.stop_reason} ({reason})"
-        self.store.finish_trial(trial.trial_id, status, reason, summary)
-        if timing is not None and timing["summary_got"]:
-            to_deploy = timing["deploy_sent"] - started
-            to_store = time.time() - timing["summary_got"]
+    def _end(self, trial: Trial, end: Any, started: float) -> tuple[TrialStatus, str, int]:
+        """Store a trial's end (a phone_host.TrialEnd): its last events, its summary or why it
+        failed, in one transaction; then, for a trial that ran to its summary, the coordinator's
+        own time on it (``dispatch_s``): from deciding to run it until its Deploy was sent, and
+        from its summary's arrival at the host until it is stored. Returns the status and
+        reason stored and the records stored with them."""
+        summary = end.summary
+        if summary is not None:
+            status, reason = summary.status, summary.reason
+        else:
+            status, reason = TrialStatus.FAILED, end.failed
+        status, reason = self._interrupted(status, reason)
+        got = self.store.finish_trial(
+            trial.trial_id, status, reason, summary, events=end.events, thermal=end.thermal
+        )
+        self.observer.metrics.records_stored(trial.phone, got)
+        if end.summary_got:
+            to_deploy = end.deploy_sent - started
+            to_store = time.time() - end.summary_got
             log.debug(
                 "trial %s: dispatch %.1f ms to its Deploy, %.1f ms from its summary to stored",
                 trial.trial_id,
@@ -213,6 +210,19 @@ class Dispatcher:
             self.store.note_dispatch(trial.trial_id, to_deploy + to_store)
             self.observer.metrics.trial_dispatched(to_deploy + to_store)
         self.observer.metrics.trial_state("running", status.value)
+        return status, reason, got
+
+    def _finish(self, trial: Trial, status: TrialStatus, reason: str) -> tuple[TrialStatus, str]:
+        """Store the end of a trial that has no TrialEnd (it never deployed, or its host died)."""
+        status, reason = self._interrupted(status, reason)
+        self.store.finish_trial(trial.trial_id, status, reason)
+        self.observer.metrics.trial_state("running", status.value)
+        return status, reason
+
+    def _interrupted(self, status: TrialStatus, reason: str) -> tuple[TrialStatus, str]:
+        """A trial that did not complete while the run is stopping was cut short by the stop."""
+        if self.stop.is_set() and status is not TrialStatus.COMPLETED:
+            return TrialStatus.INTERRUPTED, f"{self.stop_reason} ({reason})"
         return status, reason
 
     def _stop_when_asked(self, finished: threading.Event) -> None:

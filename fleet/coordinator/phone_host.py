@@ -48,6 +48,20 @@ HOST_BATCHES_PER_S = 100.0
 SIM_PHONES_PER_PROCESS = 250
 
 
+@dataclass(frozen=True)
+class TrialEnd:
+    """A trial's last item from its host, one Ray hop after the summary arrives: the coordinator
+    stores it all in one transaction (at a thousand phones, each further hop and commit after the
+    summary cost milliseconds of the coordinator's time on every trial)."""
+
+    summary: TrialSummary | None  # None: the workload failed
+    failed: str  # why the workload failed ("" with a summary)
+    events: list  # the events that came in the summary's batch, not yet shipped
+    thermal: tuple[str, float, float] | None  # ("end", battery C, 0.0): Android phones only
+    deploy_sent: float  # wall clock when the Deploy was sent
+    summary_got: float  # wall clock when the summary reached the host (0.0: it never did)
+
+
 class CoreError(RuntimeError):
     """A phone asked for more cores than its host has left."""
 
@@ -269,10 +283,11 @@ class PhoneHost:
         return self._clients[name].describe()
 
     def run_trial(self, name: str, deploy_spec, workload_run) -> Iterator[tuple[str, object]]:
-        """Deploy, run the workload, reset; yields ("deployed", DeployResult), ("events", [..]),
-        then ("summary", TrialSummary) or ("failed", reason); an Android phone also yields
-        ("thermal", (start|end, battery C, cooldown s)) before and after. Never raises for agent
-        faults."""
+        """Deploy, run the workload, reset; yields ("deployed", DeployResult), ("events", [..])
+        while the workload runs, then ("end", TrialEnd): the summary (or why the workload
+        failed) with the events that came with it, in one item. A trial that never deployed
+        yields ("failed", reason) instead. An Android phone also yields ("thermal", ("start",
+        battery C, cooldown s)) before deploying. Never raises for agent faults."""
         if name in self._android:
             self._await_phone(name, LOST_PHONE_WAIT_S)
         client = self._clients.get(name)
@@ -285,7 +300,7 @@ class PhoneHost:
             self._stopping(name).clear()
             yield "failed", "the run was stopped before the trial deployed"
             return
-        timing = {"deploy_sent": time.time(), "summary_got": 0.0}
+        deploy_sent = time.time()
         try:
             try:
                 deployed = client.deploy(deploy_spec)
@@ -299,7 +314,8 @@ class PhoneHost:
             return
         yield "deployed", deployed
         summary: TrialSummary | None = None
-        failed = ""
+        last: list = []  # the summary's batch: it travels with the end
+        summary_got, failed = 0.0, ""
         with self._lock:
             self._streaming += 1
         try:
@@ -307,26 +323,28 @@ class PhoneHost:
                 if self._stopping(name).is_set():  # asked while it deployed: the agent had no
                     raise AgentError(None, "the run was stopped before the workload started")
                 for events in client.run_workload_batches(workload_run, self._batch_interval):
-                    if isinstance(last := events[-1], TrialSummary):
-                        summary = last
-                        events.pop()
-                        timing["summary_got"] = time.time()
-                    if events:
+                    if isinstance(end := events[-1], TrialSummary):
+                        summary, last, summary_got = end, events[:-1], time.time()
+                    elif events:
                         yield "events", events
             except AgentError as err:
                 failed = err.reason
             finally:
                 with self._lock:
                     self._streaming -= 1
-            if (thermal := self._thermal(name, "end")) is not None:
-                yield "thermal", thermal
-            yield "timing", timing
-            if failed:
-                yield "failed", failed
-            elif summary is None:
-                yield "failed", f"phone {name}: workload stream ended without a summary"
-            else:
-                yield "summary", summary
+            if not failed and summary is None:
+                failed = f"phone {name}: workload stream ended without a summary"
+            yield (
+                "end",
+                TrialEnd(
+                    summary=None if failed else summary,
+                    failed=failed,
+                    events=last,
+                    thermal=self._thermal(name, "end"),
+                    deploy_sent=deploy_sent,
+                    summary_got=summary_got,
+                ),
+            )
         finally:  # after the trial's last item: the coordinator stores it meanwhile, and starts
             _reset_quietly(client)  # the phone's next trial once this stream has ended
             self._stopping(name).clear()  # asked of this trial; it has ended

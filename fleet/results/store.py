@@ -399,13 +399,16 @@ class ResultStore:
     def note_thermal(self, trial_id: str, when: str, celsius: float, cooldown_s: float) -> None:
         """A real phone's battery temperature at the trial's start (after ``cooldown_s`` of
         waiting for it to cool) or end."""
-        column = {"start": "battery_start_c", "end": "battery_end_c"}[when]
         with self._transaction() as db:
-            db.execute(f"UPDATE trials SET {column}=? WHERE trial_id=?", (celsius, trial_id))
-            if when == "start":
-                db.execute(
-                    "UPDATE trials SET cooldown_s=? WHERE trial_id=?", (cooldown_s, trial_id)
-                )
+            self._note_thermal(db, trial_id, when, celsius, cooldown_s)
+
+    def _note_thermal(
+        self, db: sqlite3.Connection, trial_id: str, when: str, celsius: float, cooldown_s: float
+    ) -> None:
+        column = {"start": "battery_start_c", "end": "battery_end_c"}[when]
+        db.execute(f"UPDATE trials SET {column}=? WHERE trial_id=?", (celsius, trial_id))
+        if when == "start":
+            db.execute("UPDATE trials SET cooldown_s=? WHERE trial_id=?", (cooldown_s, trial_id))
 
     def note_dispatch(self, trial_id: str, seconds: float) -> None:
         """The coordinator's own time on the trial: from deciding to run it to its Deploy
@@ -420,8 +423,16 @@ class ResultStore:
         status: TrialStatus,
         reason: str = "",
         summary: TrialSummary | None = None,
-    ) -> None:
+        events: Iterable[object] = (),
+        thermal: tuple[str, float, float] | None = None,
+    ) -> int:
+        """The trial's end, in one transaction with the last events that came with its summary
+        and, for a real phone, its battery temperature at the end; returns the records stored."""
+        rows = self._event_rows(trial_id, events)
         with self._transaction() as db:
+            records = self._insert_events(db, trial_id, rows)[0]
+            if thermal is not None:
+                self._note_thermal(db, trial_id, *thermal)
             self._set_status(db, trial_id, status, reason)
             db.execute(
                 "UPDATE trials SET ended_at=?, summary_json=? WHERE trial_id=?",
@@ -431,6 +442,7 @@ class ResultStore:
                     trial_id,
                 ),
             )
+        return records
 
     def mark_trials(self, trial_ids: Iterable[str], status: TrialStatus, reason: str) -> None:
         """Set many trials' status at once (a stopped run's never-started or cut-short ones)."""
@@ -448,6 +460,15 @@ class ResultStore:
     def add_events(self, trial_id: str, events: Iterable[object]) -> tuple[int, int]:
         """Commit a batch of streamed events; returns (records, samples) stored. A row SQLite
         refuses is set aside in ``rejected`` with the reason; the rest of the batch lands."""
+        rows = self._event_rows(trial_id, events)
+        with self._transaction() as db:
+            return self._insert_events(db, trial_id, rows)
+
+    def _event_rows(
+        self, trial_id: str, events: Iterable[object]
+    ) -> list[tuple[str, str, str, tuple[Any, ...]]]:
+        """Each event as (kind, ident, INSERT statement, row); no statement: refused already,
+        the row holds the reason."""
         attempt = self.attempt(trial_id)
         rows: list[tuple[str, str, str, tuple[Any, ...]]] = []  # (kind, ident, sql, row)
         for e in events:
@@ -507,25 +528,32 @@ class ResultStore:
                 rows.append((e.kind, e.ident, "", (e.reason,)))
             else:
                 rows.append(("unknown", type(e).__name__, "", ("not a record the store knows",)))
+        return rows
+
+    def _insert_events(
+        self, db: sqlite3.Connection, trial_id: str, rows: list[tuple[str, str, str, tuple]]
+    ) -> tuple[int, int]:
+        """Insert event rows inside the caller's transaction, each under a savepoint: a row
+        SQLite refuses goes to ``rejected``. Returns (records, samples) stored."""
+        attempt = self.attempt(trial_id, db)
         stored: dict[str, int] = {}
-        with self._transaction() as db:
-            for kind, ident, sql, row in rows:
-                reason = str(row[0]) if not sql else _out_of_range(row)
-                if not reason:
-                    db.execute("SAVEPOINT row")
-                    try:
-                        db.execute(sql, row)
-                        db.execute("RELEASE row")
-                        stored[kind] = stored.get(kind, 0) + 1
-                        continue
-                    except (sqlite3.Error, OverflowError, ValueError, TypeError) as exc:
-                        db.execute("ROLLBACK TO row")
-                        db.execute("RELEASE row")
-                        reason = f"{type(exc).__name__}: {exc}"
-                db.execute(
-                    "INSERT INTO rejected VALUES (?,?,?,?,?,?)",
-                    (trial_id, attempt, time.time(), kind, ident, reason[:500]),
-                )
+        for kind, ident, sql, row in rows:
+            reason = str(row[0]) if not sql else _out_of_range(row)
+            if not reason:
+                db.execute("SAVEPOINT row")
+                try:
+                    db.execute(sql, row)
+                    db.execute("RELEASE row")
+                    stored[kind] = stored.get(kind, 0) + 1
+                    continue
+                except (sqlite3.Error, OverflowError, ValueError, TypeError) as exc:
+                    db.execute("ROLLBACK TO row")
+                    db.execute("RELEASE row")
+                    reason = f"{type(exc).__name__}: {exc}"
+            db.execute(
+                "INSERT INTO rejected VALUES (?,?,?,?,?,?)",
+                (trial_id, attempt, time.time(), kind, ident, reason[:500]),
+            )
         return stored.get("record", 0), stored.get("sample", 0)
 
     def query(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
