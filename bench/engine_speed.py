@@ -5,7 +5,9 @@ Decode on a CPU is memory-bound: every generated token reads all the weights onc
 For each dtype (fp32, bf16, int8 weight-only) and thread count it prints prefill (256 tokens)
 and batch-1 decode tokens/s, the ceiling and the ratio to it, Hugging Face ``transformers``
 ``LlamaForCausalLM.generate`` on the same shape, weights, dtype and threads (int8 beside HF
-bf16), and the aggregate decode rate of a batch of 8. Every figure is the median of --runs runs;
+bf16), and the aggregate decode rate of a batch of 8. The engine's and HF's repetitions
+alternate, so a shared machine's slow moments fall on both; every figure is the median of --runs
+runs, and each ratio to HF is also printed as the range of the repetitions' own ratios;
 the targets are printed with hit or miss, and everything goes to bench/results/engine_speed.json.
 transformers is a dev-only dependency (``pip install .[dev]``), never needed by the agent.
 
@@ -49,43 +51,72 @@ def read_bandwidth_bytes_per_s(threads: int, runs: int, size_mib: int = 512) -> 
     return buf.numel() * 4 / statistics.median(times)
 
 
-def _median_time(fn, runs: int) -> float:
-    times = []
-    for _ in range(runs):
+def engine_repetition(model: Transformer, prompt: list[int], decode_tokens: int) -> tuple:
+    """One repetition of the engine: seconds of a prefill, of ``decode_tokens`` batch-1 decode
+    steps after it, and of as many steps of a batch of BATCH."""
+    ctx = KVContext(model, capacity=PROMPT + decode_tokens)
+    t0 = time.perf_counter()
+    logits = prefill(model, ctx, prompt)
+    prefill_s = time.perf_counter() - t0
+    tok = int(logits.argmax())
+    t0 = time.perf_counter()
+    for _ in range(decode_tokens):
+        tok = int(decode_one_token(model, ctx, tok).argmax())
+    decode_s = time.perf_counter() - t0
+    contexts = [KVContext(model, capacity=32 + decode_tokens) for _ in range(BATCH)]
+    toks = [int(model([(c, prompt[i : i + 32])])[0].argmax()) for i, c in enumerate(contexts)]
+    t0 = time.perf_counter()
+    for _ in range(decode_tokens):
+        toks = model([(c, [t]) for c, t in zip(contexts, toks)]).argmax(-1).tolist()
+    return prefill_s, decode_s, time.perf_counter() - t0
+
+
+def hf_repetition(hf, ids: torch.Tensor, decode_tokens: int) -> tuple[float, float]:
+    """One repetition of Hugging Face: seconds of generate() of one token (the prefill) and the
+    extra seconds of ``decode_tokens`` more."""
+
+    def run(n: int) -> float:
         t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        hf.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0,
+                    eos_token_id=None)  # fmt: skip
+        return time.perf_counter() - t0
+
+    first = run(1)
+    return first, run(1 + decode_tokens) - first
 
 
 @torch.inference_mode()
-def engine_speed(model: Transformer, runs: int, decode_tokens: int) -> dict[str, float]:
-    """Prefill and batch-1 decode tokens/s, and the aggregate decode tokens/s of BATCH."""
+def speed(model: Transformer, hf, runs: int, decode_tokens: int) -> dict:
+    """Prefill and batch-1 decode tokens/s, the aggregate decode tokens/s of BATCH and, with
+    ``hf``, the same prefill and decode of Hugging Face. The repetitions alternate (engine, HF,
+    engine, HF, ...), so both meet the same moments of a shared machine; each figure is the
+    median of its repetitions, and each ratio to HF also comes with the range of the
+    repetitions' own ratios."""
     gen = torch.Generator().manual_seed(0)
     prompt = torch.randint(0, model.args.vocab_size, (PROMPT,), generator=gen).tolist()
+    ids = torch.tensor([prompt])
     prefill(model, KVContext(model), prompt[:32])  # warm-up
-    prefill_s, decode_s, batch_s = [], [], []
+    if hf is not None:
+        hf_repetition(hf, ids, 1)  # warm-up
+    ours, theirs = [], []
     for _ in range(runs):
-        ctx = KVContext(model, capacity=PROMPT + decode_tokens)
-        t0 = time.perf_counter()
-        logits = prefill(model, ctx, prompt)
-        prefill_s.append(time.perf_counter() - t0)
-        tok = int(logits.argmax())
-        t0 = time.perf_counter()
-        for _ in range(decode_tokens):
-            tok = int(decode_one_token(model, ctx, tok).argmax())
-        decode_s.append(time.perf_counter() - t0)
-        contexts = [KVContext(model, capacity=32 + decode_tokens) for _ in range(BATCH)]
-        toks = [int(model([(c, prompt[i : i + 32])])[0].argmax()) for i, c in enumerate(contexts)]
-        t0 = time.perf_counter()
-        for _ in range(decode_tokens):
-            toks = model([(c, [t]) for c, t in zip(contexts, toks)]).argmax(-1).tolist()
-        batch_s.append(time.perf_counter() - t0)
-    return {
-        "prefill_tok_s": PROMPT / statistics.median(prefill_s),
-        "decode_tok_s": decode_tokens / statistics.median(decode_s),
-        "batch8_tok_s": BATCH * decode_tokens / statistics.median(batch_s),
+        ours.append(engine_repetition(model, prompt, decode_tokens))
+        if hf is not None:
+            theirs.append(hf_repetition(hf, ids, decode_tokens))
+    med = [statistics.median(x) for x in zip(*ours)]
+    row = {
+        "prefill_tok_s": PROMPT / med[0],
+        "decode_tok_s": decode_tokens / med[1],
+        "batch8_tok_s": BATCH * decode_tokens / med[2],
     }
+    if theirs:
+        hf_prefill, hf_decode = (statistics.median(x) for x in zip(*theirs))
+        row["hf_prefill_tok_s"] = PROMPT / hf_prefill
+        row["hf_decode_tok_s"] = decode_tokens / hf_decode
+        for i, name in ((0, "prefill"), (1, "decode")):
+            ratios = [h[i] / o[i] for o, h in zip(ours, theirs)]  # the engine's speed over HF's
+            row[f"{name}_x_hf_range"] = [min(ratios), max(ratios)]
+    return row
 
 
 def hf_model(model: Transformer, dtype: torch.dtype):
@@ -114,22 +145,6 @@ def hf_model(model: Transformer, dtype: torch.dtype):
     if a.tie_embeddings:
         hf.tie_weights()
     return hf
-
-
-@torch.inference_mode()
-def hf_speed(hf, vocab: int, runs: int, decode_tokens: int) -> dict[str, float]:
-    """Prefill as generate() of one token; decode as the extra time of ``decode_tokens`` more."""
-    gen = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, vocab, (1, PROMPT), generator=gen)
-    kw = dict(do_sample=False, pad_token_id=0, eos_token_id=None)
-
-    def run(n: int):
-        return lambda: hf.generate(ids, max_new_tokens=n, min_new_tokens=n, **kw)
-
-    run(2)()  # warm-up
-    first = _median_time(run(1), runs)
-    full = _median_time(run(1 + decode_tokens), runs)
-    return {"prefill_tok_s": PROMPT / first, "decode_tok_s": decode_tokens / (full - first)}
 
 
 def greedy_agreement(preset: str, tokens: int = 16) -> dict[str, float]:
@@ -186,15 +201,9 @@ def main() -> None:
         for t in ns.threads:
             torch.set_num_threads(t)
             row = {"dtype": dtype_name, "threads": t, "weight_bytes": weight_bytes}
-            row.update(engine_speed(model, ns.runs, ns.decode_tokens))
+            row.update(speed(model, hf, ns.runs, ns.decode_tokens))
             row["ceiling_tok_s"] = bandwidth[t] / weight_bytes
             row["decode_vs_ceiling"] = row["decode_tok_s"] / row["ceiling_tok_s"]
-            if hf is not None:
-                base = hf_speed(hf, args.vocab_size, ns.runs, ns.decode_tokens)
-                row["hf_prefill_tok_s"], row["hf_decode_tok_s"] = (
-                    base["prefill_tok_s"],
-                    base["decode_tok_s"],
-                )
             rows.append(row)
         del model, hf
     report(rows, args, ns)
@@ -245,6 +254,13 @@ def report(rows: list[dict], args: ModelArgs, ns) -> None:
             f"{r['ceiling_tok_s']:>9.1f}{r['decode_vs_ceiling']:>7.2f}"
             f"{r['batch8_tok_s']:>8.1f}{r['batch8_tok_s'] / r['decode_tok_s']:>6.2f}"
         )
+    ranged = [r for r in rows if "decode_x_hf_range" in r]
+    if ranged:
+        print("x HF in each repetition (min-max; engine and HF repetitions alternate):")
+        for r in ranged:
+            (p0, p1), (d0, d1) = r["prefill_x_hf_range"], r["decode_x_hf_range"]
+            key = f"{r['dtype']} {r['threads']}t"
+            print(f"  {key:<9} prefill {p0:.2f}-{p1:.2f}   decode {d0:.2f}-{d1:.2f}")
     print("targets (hit/miss):")
     by = {(r["dtype"], r["threads"]): r for r in rows}
     for r in rows:

@@ -15,8 +15,9 @@ spread is reported). Measured per size, from outside the run:
   trial is stored, p50 and p90; beside it, everything beyond the phone's own load and workload
   time (``beyond phone``: the RPCs and the one simulated-phone process's queueing included) and
   the phones' workload time against its nominal duration (a saturated host stretches it);
-- Prometheus series per phone: the run's series of one phone, queried mid-run, and the total; a
-  size's row states the most over its runs (a bound);
+- Prometheus series per phone: the series of ten phones, queried mid-run every 5 s, and the
+  series the run's Prometheus holds in all (its TSDB head); a size's row states the most over
+  its runs (a bound);
 - trials completed: a size's row gives the fewest of its runs and every run's reasons for the
   others (each reason's first 300 characters, phone names folded);
 - every trial completed, records stored per trial.
@@ -128,27 +129,34 @@ class Watch:
                 self.query_series()
 
     def query_series(self) -> None:
+        """Series of ten phones (``sim-0`` to ``sim-9`` in any zero padding), counted by phone,
+        and every series the run's Prometheus holds (its TSDB head): both cheap to answer. A
+        count by phone over the whole fleet touches every series (226,000 at 1,000 phones),
+        and every 5 s it took as much of the two cores as the coordinator being measured
+        (one pair of 1,000-phone runs: dispatch p50 42 ms with it, 20 ms without)."""
         try:
             manifest = next(self.runs.glob("*/manifest.json"))
             data = json.loads(manifest.read_text())
             url, run = data["prometheus"]["url"], data["run_id"]
         except (StopIteration, KeyError, ValueError, OSError):
             return
-        q = f'count by (phone) ({{run="{run}", job="phone-agent"}})'
+        q = f'count by (phone) ({{run="{run}", job="phone-agent", phone=~"sim-0*[0-9]"}})'
         try:
             with urllib.request.urlopen(
                 f"{url}/api/v1/query?{urllib.parse.urlencode({'query': q})}", timeout=5
             ) as resp:
                 result = json.load(resp)["data"]["result"]
-        except (OSError, ValueError, KeyError):
+            with urllib.request.urlopen(f"{url}/api/v1/status/tsdb", timeout=5) as resp:
+                head = int(json.load(resp)["data"]["headStats"]["numSeries"])
+        except (OSError, ValueError, KeyError, TypeError):
             return
         counts = [int(r["value"][1]) for r in result]
-        if counts and sum(counts) >= self.series.get("total", 0):
+        if counts and head >= self.series.get("head_series", 0):
             self.series = {
-                "phones_scraped": len(counts),
+                "phones_sampled": len(counts),
                 "per_phone_max": max(counts),
                 "per_phone_median": statistics.median(counts),
-                "total": sum(counts),
+                "head_series": head,
             }
 
 
@@ -239,7 +247,7 @@ def median_row(runs: list[dict]) -> dict:
     # trials' series and see only the agents' own), the fullest snapshot of those
     row["series"] = max(
         (r["series"] for r in runs),
-        key=lambda s: (s.get("per_phone_max", 0), s.get("phones_scraped", 0), s.get("total", 0)),
+        key=lambda s: (s.get("per_phone_max", 0), s.get("head_series", 0)),
     )
     row["completed"] = min(r["completed"] for r in runs)  # a failure in any run shows
     reasons: dict[str, int] = {}
