@@ -213,6 +213,8 @@ def test_random_kills_on_the_phone_lose_no_record(tmp_path, monkeypatch, runtime
                         measuring.set()
                     store.add_events(tid, payload)
                 elif kind == "end":  # with the summary's batch, stored with the end
+                    done.set()  # the workload has ended: a killer still waiting gives up
+                    measuring.set()
                     last = payload.events
                     received += sum(isinstance(e, RequestRecord) for e in last)
                     summary = payload.summary

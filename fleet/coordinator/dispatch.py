@@ -168,6 +168,7 @@ class Dispatcher:
                     status, reason, got = self._end(trial, payload, started)
                     n_records += got
                     stored = True
+                    self._advance(task, trial, n_records)
                 elif kind == "failed":  # it never deployed
                     status, reason = self._finish(trial, TrialStatus.FAILED, payload)
                     stored = True
@@ -197,19 +198,22 @@ class Dispatcher:
         got = self.store.finish_trial(
             trial.trial_id, status, reason, summary, events=end.events, thermal=end.thermal
         )
-        self.observer.metrics.records_stored(trial.phone, got)
-        if end.summary_got:
-            to_deploy = end.deploy_sent - started
-            to_store = time.time() - end.summary_got
-            log.debug(
-                "trial %s: dispatch %.1f ms to its Deploy, %.1f ms from its summary to stored",
-                trial.trial_id,
-                to_deploy * 1e3,
-                to_store * 1e3,
-            )
-            self.store.note_dispatch(trial.trial_id, to_deploy + to_store)
-            self.observer.metrics.trial_dispatched(to_deploy + to_store)
-        self.observer.metrics.trial_state("running", status.value)
+        try:  # the trial is stored: a failure from here on must not store it again as failed
+            self.observer.metrics.records_stored(trial.phone, got)
+            if end.summary_got:
+                to_deploy = end.deploy_sent - started
+                to_store = time.time() - end.summary_got
+                log.debug(
+                    "trial %s: dispatch %.1f ms to its Deploy, %.1f ms from its summary to stored",
+                    trial.trial_id,
+                    to_deploy * 1e3,
+                    to_store * 1e3,
+                )
+                self.store.note_dispatch(trial.trial_id, to_deploy + to_store)
+                self.observer.metrics.trial_dispatched(to_deploy + to_store)
+            self.observer.metrics.trial_state("running", status.value)
+        except Exception as exc:
+            log.warning("trial %s: stored, but noting its dispatch failed: %s", trial.trial_id, exc)
         return status, reason, got
 
     def _finish(self, trial: Trial, status: TrialStatus, reason: str) -> tuple[TrialStatus, str]:

@@ -428,7 +428,7 @@ class ResultStore:
     ) -> int:
         """The trial's end, in one transaction with the last events that came with its summary
         and, for a real phone, its battery temperature at the end; returns the records stored."""
-        rows = self._event_rows(trial_id, events)
+        rows = self._event_rows(trial_id, events) if events else []
         with self._transaction() as db:
             records = self._insert_events(db, trial_id, rows)[0]
             if thermal is not None:
