@@ -1,0 +1,96 @@
+"""The dispatcher's handling of one trial's items, from a stand-in phone host: the items a real
+host yields, handed over as plain values (``ray.get`` is the identity on them here), into a real
+store and real coordinator metrics. The path through Ray is covered by test_fleet_run."""
+
+from __future__ import annotations
+
+import time
+import types
+
+import pytest
+import ray
+from prometheus_client import CollectorRegistry
+
+from fleet.coordinator.dispatch import Dispatcher
+from fleet.coordinator.phone_host import TrialEnd
+from fleet.observe.coordinator_metrics import FleetMetrics
+from fleet.records import DeployResult, RequestRecord, RequestStatus, TrialStatus, TrialSummary
+from fleet.results.store import ResultStore
+
+
+def _record(i: int) -> RequestRecord:
+    return RequestRecord(f"t1/kb/{i}", "kb", RequestStatus.OK, 1, 0, 1, [2])
+
+
+def _end(summary: TrialSummary | None, failed: str = "") -> TrialEnd:
+    now = time.time()  # the Deploy is sent 0.5 s after the dispatcher starts the trial
+    return TrialEnd(summary, failed, [_record(1)], ("end", 36.5, 0.0), now + 0.5, now)
+
+
+@pytest.fixture
+def dispatch(tmp_path, monkeypatch):
+    """Run one trial whose host yields ``items``; returns (status, store, registry, dispatcher)."""
+    monkeypatch.setattr(ray, "get", lambda ref, **_: ref)
+    store = ResultStore(tmp_path / "results.sqlite")
+    store.add_trial("t1", phone="p", paradigm="slmaas", workload="w", model="tiny", repetition=0,
+                    shared_cores=False)  # fmt: skip
+    registry = CollectorRegistry()
+    metrics = FleetMetrics(run_id="r", experiment="e", registry=registry)
+    trial = types.SimpleNamespace(
+        trial_id="t1", phone="p", deploy_spec=lambda: None, workload_run=lambda *_: None
+    )
+
+    def run(items: list, stop: bool = False) -> tuple[str, ResultStore, CollectorRegistry]:
+        host = types.SimpleNamespace(run_trial=types.SimpleNamespace(remote=lambda *_: iter(items)))
+        d = Dispatcher(store, types.SimpleNamespace(metrics=metrics), {"p": host}, {}, 1.0)
+        if stop:
+            d.stop.set()
+        return d.run_trial(trial), store, registry
+
+    yield run
+    store.close()
+
+
+def _items(end: TrialEnd) -> list:
+    return [
+        ("thermal", ("start", 35.0, 4.0)),
+        ("deployed", DeployResult((), "random weights", 10, 20)),
+        ("events", [_record(0)]),
+        ("end", end),
+    ]
+
+
+def test_a_trial_end_is_stored_once_with_its_events_battery_and_dispatch_time(dispatch):
+    summary = TrialSummary(TrialStatus.COMPLETED, num_requests=2, duration_s=2.0)
+    status, store, registry = dispatch(_items(_end(summary)))
+    assert status == "completed"
+    t = store.query("SELECT status, battery_start_c, battery_end_c, dispatch_s FROM trials")[0]
+    assert (t["status"], t["battery_start_c"], t["battery_end_c"]) == ("completed", 35.0, 36.5)
+    assert 0.5 <= t["dispatch_s"] < 30.0  # 0.5 s to the Deploy, then from the summary to stored
+    ids = [r[0] for r in store.query("SELECT request_id FROM requests ORDER BY request_id")]
+    assert ids == ["t1/kb/0", "t1/kb/1"]
+    stored = registry.get_sample_value("slmfleet_records_stored_total", {"phone": "p"})
+    assert stored == 2  # the streamed batch and the end's, each counted once
+    ends = store.query("SELECT status FROM trial_events WHERE status NOT IN ('pending', 'running')")
+    assert [r[0] for r in ends] == ["completed"]  # one end, not stored again
+
+
+def test_a_failed_end_keeps_its_records_and_a_stop_makes_it_interrupted(dispatch):
+    status, store, _ = dispatch(_items(_end(None, "RunWorkload: UNAVAILABLE")), stop=True)
+    assert status == "interrupted"
+    t = store.query("SELECT status, reason, battery_end_c FROM trials")[0]
+    assert t["reason"] == "the run was stopped (RunWorkload: UNAVAILABLE)"
+    assert t["battery_end_c"] == 36.5
+    assert store.query("SELECT COUNT(*) FROM requests")[0][0] == 2
+
+
+def test_a_failure_after_the_end_is_stored_does_not_store_it_again(dispatch, monkeypatch):
+    def broken(*_):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ResultStore, "note_dispatch", broken)
+    summary = TrialSummary(TrialStatus.COMPLETED, num_requests=2, duration_s=2.0)
+    status, store, _ = dispatch(_items(_end(summary)))
+    assert status == "completed"
+    assert store.query("SELECT status FROM trials")[0][0] == "completed"
+    assert store.query("SELECT COUNT(*) FROM requests")[0][0] == 2
