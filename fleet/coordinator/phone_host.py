@@ -334,13 +334,19 @@ class PhoneHost:
                     self._streaming -= 1
             if not failed and summary is None:
                 failed = f"phone {name}: workload stream ended without a summary"
+            thermal = None
+            if name in self._android:  # its battery is read over adb first: what arrived ships
+                if last:  # now, lest the read outlast this host
+                    yield "events", last
+                    last = []
+                thermal = self._thermal(name, "end")
             yield (
                 "end",
                 TrialEnd(
                     summary=None if failed else summary,
                     failed=failed,
                     events=last,
-                    thermal=self._thermal(name, "end"),
+                    thermal=thermal,
                     deploy_sent=deploy_sent,
                     summary_got=summary_got,
                 ),
