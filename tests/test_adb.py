@@ -245,6 +245,12 @@ def test_a_trial_on_an_emulated_phone_survives_an_unplug_and_the_phone_rejoins(
         failed = [p for k, p in kinds if k == "failed"]
         assert failed and records > 0, kinds  # the cut trial fails, with what it measured
         assert not host.health("px")
+        with pytest.MonkeyPatch.context() as mp:  # still unplugged: the next trial says why
+            mp.setattr("fleet.coordinator.phone_host.LOST_PHONE_WAIT_S", 2.0)
+            kinds, records = trial("t1b", 1.0)
+        ((kind, why),) = kinds
+        assert kind == "failed" and records == 0, kinds
+        assert "px did not come back within 2 s: " in why, why  # and why not
         dev.replug()
         deadline = time.monotonic() + 60
         while not host.health("px") and time.monotonic() < deadline:

@@ -125,7 +125,8 @@ def test_an_experiment_spans_emulated_phones_on_two_hosts(tmp_path):
             "FROM trials t LEFT JOIN requests r ON r.trial_id = t.trial_id GROUP BY t.trial_id "
             "ORDER BY t.seq"
         ):
-            assert n > 0 and start_c is not None, (phone, n, status)  # nothing measured is lost
+            tail = log.read_text()[-3000:]
+            assert n > 0 and start_c is not None, (phone, n, status, reason, tail)  # none lost
             outcomes.setdefault(phone, []).append((status, reason))
         assert [s for s, _ in outcomes["ph-hub-a"]] == ["completed", "completed"]  # untouched
         (failed, why), (after, _) = outcomes["ph-hub-b"]  # cut, then back for the next one

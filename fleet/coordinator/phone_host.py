@@ -46,6 +46,10 @@ HOST_BATCHES_PER_S = 100.0
 # simulated phones one process serves: a process is one interpreter (one GIL, one event loop), so
 # a thousand phones are served by four, side by side on the host's cores
 SIM_PHONES_PER_PROCESS = 250
+# how much lower the simulated phones' processes run than the host's: they stand in for phones,
+# whose CPUs are not the coordinator's, so the coordinator's own time is measured as a lab would
+# see it; what they lose shows in their workload time against its nominal duration
+SIM_NICE = 10
 
 
 @dataclass(frozen=True)
@@ -113,6 +117,7 @@ class AndroidAgent:
     agent: Any  # devices.launcher.AgentOnPhone
     log: deque  # every agent's output on this phone, across rejoins
     next_rejoin: float = 0.0
+    why_lost: str = ""  # why the last rejoin did not bring it back
     rejoining: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -214,6 +219,8 @@ class PhoneHost:
             "0",
             "--token-stdin",
             "--exit-on-stdin-eof",
+            "--nice",
+            str(SIM_NICE),
         ]
         listing = [
             {"name": p.name, "memory_budget_mb": p.memory_budget_mb, "cpu_threads": p.cpu_threads}
@@ -288,8 +295,9 @@ class PhoneHost:
         failed) with the events that came with it, in one item. A trial that never deployed
         yields ("failed", reason) instead. An Android phone also yields ("thermal", ("start",
         battery C, cooldown s)) before deploying. Never raises for agent faults."""
-        if name in self._android:
-            self._await_phone(name, LOST_PHONE_WAIT_S)
+        if name in self._android and (lost := self._await_phone(name, LOST_PHONE_WAIT_S)):
+            yield "failed", lost
+            return
         client = self._clients.get(name)
         if client is None:
             yield "failed", f"phone {name} has no agent"
@@ -423,7 +431,9 @@ class PhoneHost:
         try:
             if a.agent.alive():
                 return True
-            if self._adb().tracked().get(a.serial) != "device":
+            state = self._adb().tracked().get(a.serial)
+            if state != "device":
+                a.why_lost = f"adb lists it as {state}" if state else "adb does not list it"
                 return False
             a.launcher.stop(a.agent)
             try:
@@ -432,7 +442,8 @@ class PhoneHost:
                     log=a.log,
                 )  # fmt: skip
             except Exception as exc:  # tried again in REJOIN_EVERY_S; said, for the run's log
-                print(f"phone {name}: its agent did not start again: {exc}", file=sys.stderr)
+                a.why_lost = f"its agent did not start again: {exc}"
+                print(f"phone {name}: {a.why_lost}", file=sys.stderr)
                 return False
             old = self._clients.pop(name, None)
             if old is not None:
@@ -440,18 +451,24 @@ class PhoneHost:
             self._connect(name, a.agent.address, self._token)
             if self._relay is not None and a.agent.metrics_port:
                 self._relay.add(name, a.agent.metrics_port)  # its new forward
+            a.why_lost = ""
             return True
         finally:
             a.next_rejoin = time.monotonic() + REJOIN_EVERY_S
             a.rejoining.release()
 
-    def _await_phone(self, name: str, timeout_s: float) -> None:
+    def _await_phone(self, name: str, timeout_s: float) -> str:
         """Before a trial, give a lost Android phone a bounded while to come back, so that one
-        pulled cable costs the trial it cut, not every trial queued behind it."""
+        pulled cable costs the trial it cut, not every trial queued behind it; "" when it is
+        back (or a stop was asked for), else why the trial cannot run on it."""
         deadline = time.monotonic() + timeout_s
-        while not self._rejoin(name) and time.monotonic() < deadline:
+        while not self._rejoin(name):
+            if time.monotonic() >= deadline:
+                why = self._android[name].why_lost or "its agent is not running"
+                return f"phone {name} did not come back within {timeout_s:.0f} s: {why}"
             if self._stopping(name).wait(1.0):
-                return
+                return ""
+        return ""
 
     def _stopping(self, name: str) -> threading.Event:
         with self._lock:

@@ -30,6 +30,7 @@ import os
 import socket
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 from fleet.devices.emulator import services
@@ -153,14 +154,24 @@ class EmulatedDevice:
         self._servers.add(port)
         _adb(port, "connect", self.serial)
 
-    def replug(self) -> None:
+    def replug(self, timeout_s: float = 30.0) -> None:
         """Plug the cable back: answer again, and be found again by the adb servers it was
-        attached to (a TCP device that adb gave up on is forgotten; USB re-enumerates it)."""
+        attached to (a TCP device that adb gave up on is forgotten; USB re-enumerates it). As a
+        re-enumerated phone is, it is listed again before this returns: the connect is repeated
+        (up to ``timeout_s``) while a server still lists it offline or not at all."""
         if self._listener is None:
             self.start_listening()
+        want = "device" if self.authorized else "unauthorized"
+        deadline = time.monotonic() + timeout_s
         for port in self._servers:
-            _adb(port, "disconnect", self.serial)
-            _adb(port, "connect", self.serial)
+            while True:
+                _adb(port, "disconnect", self.serial)
+                _adb(port, "connect", self.serial)
+                again = min(deadline, time.monotonic() + 5.0)
+                while _listed(port, self.serial) != want and time.monotonic() < again:
+                    time.sleep(0.2)
+                if _listed(port, self.serial) == want or time.monotonic() >= deadline:
+                    break
 
     @property
     def plugged(self) -> bool:
@@ -186,6 +197,21 @@ class EmulatedDevice:
         self._level = max(1.0, self._level - dt * load / 120.0)
         self.sandbox.write_sensors(self._battery_c, self._cpu_c, round(self._level), load)
         return prev
+
+
+def _listed(port: int, serial: str) -> str:
+    """``serial``'s state in the adb server's list ("" when not listed or no answer)."""
+    try:
+        out = subprocess.run(
+            ["adb", "-P", str(port), "devices"], capture_output=True, text=True, timeout=30
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0] == serial:
+            return parts[1]
+    return ""
 
 
 def _adb(port: int, *args: str) -> None:
