@@ -46,10 +46,6 @@ HOST_BATCHES_PER_S = 100.0
 # simulated phones one process serves: a process is one interpreter (one GIL, one event loop), so
 # a thousand phones are served by four, side by side on the host's cores
 SIM_PHONES_PER_PROCESS = 250
-# how much lower the simulated phones' processes run than the host's: they stand in for phones,
-# whose CPUs are not the coordinator's, so the coordinator's own time is measured as a lab would
-# see it; what they lose shows in their workload time against its nominal duration
-SIM_NICE = 10
 
 
 @dataclass(frozen=True)
@@ -219,8 +215,6 @@ class PhoneHost:
             "0",
             "--token-stdin",
             "--exit-on-stdin-eof",
-            "--nice",
-            str(SIM_NICE),
         ]
         listing = [
             {"name": p.name, "memory_budget_mb": p.memory_budget_mb, "cpu_threads": p.cpu_threads}
