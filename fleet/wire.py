@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from enum import Enum
 from typing import TypeVar
 
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from fleet import limits as L
@@ -130,17 +131,31 @@ INT64_MAX = 2**63 - 1
 
 def check_numbers(m: Message, what: str) -> None:
     """Every number of a decoded message finite and storable (integers fit 64 signed bits);
-    raises WireError naming the field. The coordinator runs it on everything a phone sends."""
+    raises WireError naming the field. The coordinator runs it on everything a phone sends, so
+    only the fields that can fail are looked at (floats; unsigned 64-bit integers) and a
+    field's name is only spelled out for a failure."""
     for fd, value in m.ListFields():
-        values = value if fd.is_repeated else (value,)
-        for i, v in enumerate(values):
-            where = f"{what}.{fd.name}" + (f"[{i}]" if fd.is_repeated else "")
-            if fd.message_type is not None:
-                check_numbers(v, where)
-            elif isinstance(v, float) and not math.isfinite(v):
-                raise WireError(f"{where} is {v}, not a finite number")
-            elif isinstance(v, int) and not isinstance(v, bool) and v > INT64_MAX:
-                raise WireError(f"{where} = {v} does not fit 64 signed bits")
+        cpp = fd.cpp_type
+        if cpp == _MESSAGE:
+            for i, v in enumerate(value if fd.is_repeated else (value,)):
+                check_numbers(v, _where(what, fd, i))
+        elif cpp in _FLOATS:
+            for i, v in enumerate(value if fd.is_repeated else (value,)):
+                if not math.isfinite(v):
+                    raise WireError(f"{_where(what, fd, i)} is {v}, not a finite number")
+        elif cpp == _UINT64:
+            for i, v in enumerate(value if fd.is_repeated else (value,)):
+                if v > INT64_MAX:
+                    raise WireError(f"{_where(what, fd, i)} = {v} does not fit 64 signed bits")
+
+
+_MESSAGE = FieldDescriptor.CPPTYPE_MESSAGE
+_FLOATS = (FieldDescriptor.CPPTYPE_DOUBLE, FieldDescriptor.CPPTYPE_FLOAT)
+_UINT64 = FieldDescriptor.CPPTYPE_UINT64
+
+
+def _where(what: str, fd: FieldDescriptor, i: int) -> str:
+    return f"{what}.{fd.name}" + (f"[{i}]" if fd.is_repeated else "")
 
 
 def paradigm_from_pb(value: int) -> Paradigm:
