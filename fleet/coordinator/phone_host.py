@@ -458,7 +458,8 @@ class PhoneHost:
         deadline = time.monotonic() + timeout_s
         while not self._rejoin(name):
             if time.monotonic() >= deadline:
-                why = self._android[name].why_lost or "its agent is not running"
+                a = self._android.get(name)  # None: the phone was stopped meanwhile
+                why = (a.why_lost if a else "") or "its agent is not running"
                 return f"phone {name} did not come back within {timeout_s:.0f} s: {why}"
             if self._stopping(name).wait(1.0):
                 return ""
