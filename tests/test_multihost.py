@@ -120,12 +120,12 @@ def test_an_experiment_spans_emulated_phones_on_two_hosts(tmp_path):
         hosts = dict(db.execute("SELECT name, host FROM phones"))
         assert hosts == {"ph-hub-a": "hub-a", "ph-hub-b": "hub-b"}
         outcomes: dict[str, list] = {}
+        tail = log.read_text()[-3000:]
         for phone, n, status, reason, start_c in db.execute(
             "SELECT t.phone, COUNT(r.request_id), t.status, t.reason, t.battery_start_c "
             "FROM trials t LEFT JOIN requests r ON r.trial_id = t.trial_id GROUP BY t.trial_id "
             "ORDER BY t.seq"
         ):
-            tail = log.read_text()[-3000:]
             assert n > 0 and start_c is not None, (phone, n, status, reason, tail)  # none lost
             outcomes.setdefault(phone, []).append((status, reason))
         assert [s for s, _ in outcomes["ph-hub-a"]] == ["completed", "completed"]  # untouched

@@ -33,6 +33,8 @@ import threading
 import time
 from pathlib import Path
 
+import adbutils
+
 from fleet.devices.emulator import services
 from fleet.devices.emulator.sandbox import Facts, Sandbox
 from fleet.devices.emulator.transport import Connection, Service, Stream
@@ -168,9 +170,9 @@ class EmulatedDevice:
                 _adb(port, "disconnect", self.serial)
                 _adb(port, "connect", self.serial)
                 again = min(deadline, time.monotonic() + 5.0)
-                while _listed(port, self.serial) != want and time.monotonic() < again:
+                while (listed := _listed(port, self.serial)) != want and time.monotonic() < again:
                     time.sleep(0.2)
-                if _listed(port, self.serial) == want or time.monotonic() >= deadline:
+                if listed == want or time.monotonic() >= deadline:
                     break
 
     @property
@@ -202,16 +204,10 @@ class EmulatedDevice:
 def _listed(port: int, serial: str) -> str:
     """``serial``'s state in the adb server's list ("" when not listed or no answer)."""
     try:
-        out = subprocess.run(
-            ["adb", "-P", str(port), "devices"], capture_output=True, text=True, timeout=30
-        ).stdout
-    except (OSError, subprocess.TimeoutExpired):
+        listing = adbutils.AdbClient(port=port, socket_timeout=30).list()
+    except (adbutils.AdbError, OSError):
         return ""
-    for line in out.splitlines():
-        parts = line.split()
-        if len(parts) == 2 and parts[0] == serial:
-            return parts[1]
-    return ""
+    return next((d.state for d in listing if d.serial == serial), "")
 
 
 def _adb(port: int, *args: str) -> None:
