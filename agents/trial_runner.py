@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from typing import Any, Protocol
 
@@ -68,10 +68,17 @@ class TrialRunner:
         self._stop = threading.Event()
         self._sampling_done = threading.Event()
         self._tally = _Tally()
+        # a host run on the event loop: the loop and its own stop and sampling-done events
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop_on_loop = asyncio.Event()
+        self._sampled_on_loop = asyncio.Event()
 
     def stop(self) -> None:
         self._stop.set()
         self.host.interrupt()  # the apps hear it now: none starts a request after the Stop
+        if self._loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop has closed: nothing waits
+                self._loop.call_soon_threadsafe(self._stop_on_loop.set)
 
     @property
     def stopped(self) -> bool:
@@ -79,26 +86,42 @@ class TrialRunner:
 
     async def events(self) -> AsyncIterator[TrialEvent]:
         loop = asyncio.get_running_loop()
+        loop_thread = threading.get_ident()
         queue: asyncio.Queue[TrialEvent] = asyncio.Queue()
 
         def put(event: TrialEvent) -> None:
-            loop.call_soon_threadsafe(queue.put_nowait, event)
+            if threading.get_ident() == loop_thread:
+                queue.put_nowait(event)
+            else:
+                loop.call_soon_threadsafe(queue.put_nowait, event)
 
         start_ns = time.monotonic_ns()
         if self.observer is not None:
             self.observer.running(True)
-        sampler = threading.Thread(
-            target=self._sample_loop, args=(put,), name="sampler", daemon=True
-        )
-        sampler.start()
-        work = asyncio.ensure_future(
-            asyncio.to_thread(self.host.run, self.run, lambda e: self._emit(e, put), self._stop)
-        )
+        emit = lambda e: self._emit(e, put)  # noqa: E731
+        sampled: Callable[[], Awaitable[None]]  # the sampler's end, once told to end
+        if self.host.on_loop:
+            self._loop = loop
+            if self._stop.is_set():  # stopped before it began
+                self._stop_on_loop.set()
+            sampler = asyncio.ensure_future(self._sample_on_loop(put))
+            sampled = lambda: sampler  # noqa: E731
+            work = asyncio.ensure_future(self.host.run_on_loop(self.run, emit, self._stop_on_loop))
+        else:
+            thread = threading.Thread(
+                target=self._sample_loop, args=(put,), name="sampler", daemon=True
+            )
+            thread.start()
+            sampled = lambda: asyncio.to_thread(thread.join)  # noqa: E731
+            work = asyncio.ensure_future(
+                asyncio.to_thread(self.host.run, self.run, emit, self._stop)
+            )
         try:
             async for event in _drain(queue, work):
                 yield event
             self._sampling_done.set()
-            await asyncio.to_thread(sampler.join)
+            self._sampled_on_loop.set()
+            await sampled()
             while not queue.empty():
                 yield queue.get_nowait()
             yield self._summary(work, start_ns)
@@ -107,7 +130,9 @@ class TrialRunner:
             # running, and this returns only once the paradigm has: no second trial can read
             # its processes' pipes while this one still does.
             self._stop.set()
+            self._stop_on_loop.set()
             self._sampling_done.set()
+            self._sampled_on_loop.set()
             with contextlib.suppress(BaseException):
                 await asyncio.shield(work)
             if self.observer is not None:
@@ -120,40 +145,66 @@ class TrialRunner:
             self._tally.record(event)
         put(event)
 
-    def _sample_loop(self, put) -> None:
+    def _sample_loop(self, put) -> None:  # on a thread of its own
+        sampler, device = self._probes()
+        next_device = 0.0
+        while True:
+            next_device = self._tick(sampler, device, put, next_device)
+            if self._sampling_done.wait(self.run.sample_interval_s):
+                self._last_readings(device, put)
+                return
+
+    async def _sample_on_loop(self, put) -> None:  # the same, for a host on the event loop
+        sampler, device = self._probes()
+        next_device = 0.0
+        while True:
+            next_device = self._tick(sampler, device, put, next_device)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.run.sample_interval_s):
+                    await self._sampled_on_loop.wait()
+            if self._sampled_on_loop.is_set():
+                self._last_readings(device, put)
+                return
+
+    def _probes(self) -> tuple[Any, Any]:
         sampler = self.host.resource_sampler()
         device = self.host.device_probe()
         device.lmk_kills()  # takes note of the kills logged before this trial
-        next_device = 0.0
-        while True:
-            if time.monotonic() >= next_device:
-                next_device = time.monotonic() + max(DEVICE_INTERVAL_S, self.run.sample_interval_s)
-                for reading in device.read():
-                    put(reading)
-            tick = sampler.sample(self.host.processes())
-            split = self.host.memory_split()
-            tick = [
-                replace(
-                    s,
-                    weights_bytes=split[s.pid][0],
-                    kv_bytes=split[s.pid][1],
-                    kv_used_bytes=split[s.pid][2],
-                )
-                if s.pid in split
-                else s
-                for s in tick
-            ]
-            if self.observer is not None:
-                self.observer.observe_tick(tick)
-            self._tally.tick(tick)
-            for s in tick:
-                put(s)
-            if self._sampling_done.wait(self.run.sample_interval_s):
-                for reading in device.read():  # the phone as the trial leaves it
-                    put(reading)
-                for event in device.lmk_kills():  # the system's own, next to the emulated ones
-                    put(event)
-                return
+        return sampler, device
+
+    def _tick(self, sampler, device, put, next_device: float) -> float:
+        """One memory sample of the phone's processes (and its device readings when due);
+        returns when the device is next due."""
+        if time.monotonic() >= next_device:
+            next_device = time.monotonic() + max(DEVICE_INTERVAL_S, self.run.sample_interval_s)
+            for reading in device.read():
+                put(reading)
+        tick = sampler.sample(self.host.processes())
+        split = self.host.memory_split()
+        tick = [
+            replace(
+                s,
+                weights_bytes=split[s.pid][0],
+                kv_bytes=split[s.pid][1],
+                kv_used_bytes=split[s.pid][2],
+            )
+            if s.pid in split
+            else s
+            for s in tick
+        ]
+        if self.observer is not None:
+            self.observer.observe_tick(tick)
+        self._tally.tick(tick)
+        for s in tick:
+            put(s)
+        return next_device
+
+    @staticmethod
+    def _last_readings(device, put) -> None:
+        for reading in device.read():  # the phone as the trial leaves it
+            put(reading)
+        for event in device.lmk_kills():  # the system's own, next to the emulated ones
+            put(event)
 
     def _summary(self, work: asyncio.Future[list[str]], start_ns: int) -> TrialSummary:
         try:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
+import time
 import urllib.request
 from dataclasses import replace
 
@@ -26,6 +28,7 @@ from fleet.records import (
     ResourceSample,
     ServiceOptions,
     TraceRequest,
+    TrialStatus,
     TrialSummary,
     WorkloadRun,
 )
@@ -177,6 +180,48 @@ def test_one_process_serves_many_phones_over_grpc():
                 client.describe()
             assert err.value.code is grpc.StatusCode.NOT_FOUND and "phone" in err.value.reason
             client.close()
+    finally:
+        host.shutdown()
+
+
+def test_a_stop_ends_a_simulated_trial_and_cuts_what_was_in_flight():
+    """The replay runs on the agent's event loop: a Stop wakes it (not its next record), the
+    summary says stopped, requests waiting or running at the stop end cancelled, and no request
+    ends after the stop."""
+    host = PhoneHost()
+    try:
+        host.start_simulated_phones(
+            [SimulatedPhone(name="sim-0", memory_budget_mb=2048)], "builtin"
+        )
+        app = _app("kb", pattern=ArrivalPattern.POISSON, rate_per_s=10.0)
+        trace = _open_trace("kb", 600, 0.1)  # one server, a request every 0.1 s: a queue grows
+        run = WorkloadRun("t", 60.0, seed=1, sample_interval_s=0.5, trace=trace)
+        events: list = []
+        deployed = threading.Event()
+
+        def trial() -> None:
+            for kind, payload in host.run_trial("sim-0", _spec(Paradigm.SLMAAS, app, batch=1), run):
+                events.append((kind, payload))
+                deployed.set()
+
+        runner = threading.Thread(target=trial, daemon=True)
+        runner.start()
+        assert deployed.wait(60), "the trial did not deploy"
+        time.sleep(2.0)
+        asked_ns = time.monotonic_ns()
+        assert host.stop_trial("sim-0")
+        runner.join(45)
+        assert not runner.is_alive(), "the stopped trial ran on"
+        end = events[-1][1]
+        assert end.summary is not None and end.summary.status is TrialStatus.STOPPED, end
+        stream = [e for k, p in events if k == "events" for e in p] + end.events
+        records = [e for e in stream if isinstance(e, RequestRecord)]
+        done = [r for r in records if r.status is RequestStatus.OK]
+        cut = [r for r in records if r.status is RequestStatus.CANCELLED]
+        assert done and cut and len(records) < len(trace)
+        assert max(r.end_ns for r in records) <= time.monotonic_ns()
+        assert min(r.end_ns for r in cut) >= asked_ns  # cut at the stop, not before it
+        assert max(r.end_ns for r in done) <= min(r.end_ns for r in cut)
     finally:
         host.shutdown()
 

@@ -14,6 +14,7 @@ Implementations are chosen by name in ``registry.py``; this module imports none 
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -40,6 +41,10 @@ Emit = Callable[[Emitted], None]
 
 class ParadigmHost(ABC):
     paradigm: Paradigm
+    # True: ``run_on_loop`` and the resource sampler never block, and the trial runner runs
+    # both on the agent's event loop, not on threads of their own (a simulated phone: one
+    # process serves 250, and two threads each cost more than their replay)
+    on_loop: bool = False
 
     def __init__(self, profile: PhoneProfile):
         self.profile = profile
@@ -76,6 +81,10 @@ class ParadigmHost(ABC):
         """Run every app's workload, emitting records, phone events (kills, swaps, cold
         starts) and service statistics as they happen; returns problems seen (e.g. a process
         that died)."""
+
+    async def run_on_loop(self, run: WorkloadRun, emit: Emit, stop: asyncio.Event) -> list[str]:
+        """``run`` on the agent's event loop, for a host whose ``on_loop`` is True."""
+        raise NotImplementedError(f"{type(self).__name__} runs on a thread of its own")
 
     def interrupt(self) -> None:
         """A Stop arrived (any thread): tell the apps now, not at the run loop's next turn.

@@ -22,12 +22,15 @@ the same way twice. Records are emitted in real time, as each request ends.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import heapq
 import itertools
 import random
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from agents.paradigms.base import Emit, ParadigmHost
@@ -200,30 +203,42 @@ class SimulatedParadigm(ParadigmHost):
             memory_budget_bytes=self.profile.memory_budget_bytes,
         )
 
+    on_loop = True  # the replay and its sampler only compute: no thread of their own
+
     def run(self, run: WorkloadRun, emit: Emit, stop: threading.Event) -> list[str]:
+        """The replay on a thread of the caller's (the trial runner uses ``run_on_loop``)."""
+        replay = self._replay(run)
+        if replay is None:
+            return ["nothing is deployed"]
+        for life, wait in replay:
+            if wait > 0 and stop.wait(wait) or stop.is_set():
+                break
+            emit(replay.record(life))
+        if stop.is_set():
+            replay.cut(emit)
+        return []
+
+    async def run_on_loop(self, run: WorkloadRun, emit: Emit, stop: asyncio.Event) -> list[str]:
+        replay = self._replay(run)
+        if replay is None:
+            return ["nothing is deployed"]
+        for life, wait in replay:
+            if wait > 0:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(wait):
+                        await stop.wait()
+            if stop.is_set():
+                break
+            emit(replay.record(life))
+        if stop.is_set():
+            replay.cut(emit)
+        return []
+
+    def _replay(self, run: WorkloadRun) -> _Replay | None:
         spec = self._spec
         if spec is None:
-            return ["nothing is deployed"]
-        schedule = replay_schedule(spec, run, self.sim, self.profile.name)
-        per_app = spec.paradigm is Paradigm.PER_APP
-        apps = {a.name: a for a in spec.apps}
-        t0_ns = time.monotonic_ns()
-        for life in schedule:
-            wait = t0_ns / NS + life.end - time.monotonic()
-            if wait > 0 and stop.wait(wait):
-                break
-            prefill = life.req.prompt_tokens + (
-                apps[life.req.app].system_prompt_tokens if per_app else 0
-            )
-            emit(life.record(t0_ns, prefill))
-        if stop.is_set():  # what had arrived by now ends unserved, as a stopped phone's would
-            now = (time.monotonic_ns() - t0_ns) / NS
-            for life in schedule:
-                if life.submit <= now < life.end:
-                    life.tokens = [t for t in life.tokens if t <= now]
-                    life.status, life.end = RequestStatus.CANCELLED, now
-                    emit(life.record(t0_ns, life.req.prompt_tokens))
-        return []
+            return None
+        return _Replay(spec, replay_schedule(spec, run, self.sim, self.profile.name))
 
     def processes(self) -> dict[int, str]:
         return {pid: name for pid, (name, _w, _kv) in self._memory.items()}
@@ -241,6 +256,37 @@ class SimulatedParadigm(ParadigmHost):
         n = len(self._memory)
         self._memory, self._spec = {}, None
         return n
+
+
+class _Replay:
+    """A trial's replay from its start: iterated, (each request's life, seconds until its
+    record is due), in the order of their ends."""
+
+    def __init__(self, spec: DeploySpec, schedule: list[Replayed]):
+        self.schedule = schedule
+        self.per_app = spec.paradigm is Paradigm.PER_APP
+        self.apps = {a.name: a for a in spec.apps}
+        self.t0_ns = time.monotonic_ns()
+
+    def __iter__(self) -> Iterator[tuple[Replayed, float]]:
+        for life in self.schedule:
+            yield life, self.t0_ns / NS + life.end - time.monotonic()
+
+    def record(self, life: Replayed) -> RequestRecord:
+        prefill = life.req.prompt_tokens + (
+            self.apps[life.req.app].system_prompt_tokens if self.per_app else 0
+        )
+        return life.record(self.t0_ns, prefill)
+
+    def cut(self, emit: Emit) -> None:
+        """A stop: what had arrived by now and not ended ends unserved, as a stopped phone's
+        would."""
+        now = (time.monotonic_ns() - self.t0_ns) / NS
+        for life in self.schedule:
+            if life.submit <= now < life.end:
+                life.tokens = [t for t in life.tokens if t <= now]
+                life.status, life.end = RequestStatus.CANCELLED, now
+                emit(life.record(self.t0_ns, life.req.prompt_tokens))
 
 
 class ReplaySampler:
