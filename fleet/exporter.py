@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
-from prometheus_client.exposition import start_http_server
+from prometheus_client.exposition import make_wsgi_app, start_http_server
 
 from fleet.metric_names import LATENCY_BUCKETS_S, NAMESPACE, MetricTable
 
@@ -27,6 +27,23 @@ def build(registry: CollectorRegistry, table: MetricTable) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"buckets": LATENCY_BUCKETS_S} if kind == "histogram" else {}
         out[name] = cls(metric_name, doc, labels, namespace=NAMESPACE, registry=registry, **kwargs)
     return out
+
+
+def text_app(registry: CollectorRegistry) -> Any:
+    """The WSGI app of a registry's /metrics in Prometheus's text format, uncompressed, whatever
+    the scraper prefers: Prometheus asks for OpenMetrics and gzip, which prometheus_client
+    writes about twice as slowly for the same series (no exemplars are exported here), and a
+    scrape over loopback does not need. For the simulated phones' processes: at 1,000 phones,
+    scraped 100 times a second, expositions were a third of their CPU."""
+    app = make_wsgi_app(registry)
+
+    def text(environ: dict[str, Any], start_response: Any) -> Any:
+        environ = {
+            k: v for k, v in environ.items() if k not in ("HTTP_ACCEPT", "HTTP_ACCEPT_ENCODING")
+        }
+        return app(environ, start_response)
+
+    return text
 
 
 class Exporter:

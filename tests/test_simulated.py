@@ -184,6 +184,27 @@ def test_one_process_serves_many_phones_over_grpc():
         host.shutdown()
 
 
+def test_the_heartbeat_checks_a_process_of_simulated_phones_once_for_all(monkeypatch):
+    """Phones behind one agent server share its health: one check for the process, its answer
+    for each of them, and all of them down once the process is gone."""
+    host = PhoneHost()
+    try:
+        phones = [SimulatedPhone(name=f"sim-{i}", memory_budget_mb=2048) for i in range(3)]
+        started = host.start_simulated_phones(phones, "builtin")
+        checked: list[str] = []
+        health = host.health
+        monkeypatch.setattr(host, "health", lambda n, t=2.0: checked.append(n) or health(n, t))
+        names = [p.name for p in phones]
+        assert host.health_many(names) == dict.fromkeys(names, True)
+        assert len(checked) == 1
+        host._procs[f"simulated:{started['sim-0']['pid']}"].kill()
+        host._procs[f"simulated:{started['sim-0']['pid']}"].wait(10)
+        assert host.health_many(names, timeout_s=1.0) == dict.fromkeys(names, False)
+        assert len(checked) == 2
+    finally:
+        host.shutdown()
+
+
 def test_a_stop_ends_a_simulated_trial_and_cuts_what_was_in_flight():
     """The replay runs on the agent's event loop: a Stop wakes it (not its next record), the
     summary says stopped, requests waiting or running at the stop end cancelled, and no request

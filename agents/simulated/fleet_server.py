@@ -20,11 +20,12 @@ from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import grpc
-from prometheus_client import CollectorRegistry, make_wsgi_app
+from prometheus_client import CollectorRegistry
 
 from agents.agent_metrics import AgentMetrics
 from agents.agent_server import AGENT_SOFTWARE, PHONE_METADATA, PhoneAgentServicer, start_server
 from agents.simulated.replay import SimulatedParadigm
+from fleet.exporter import text_app
 from fleet.hostinfo import software_versions
 from fleet.records import Paradigm, PhoneProfile
 from fleet.sim_profile import SimProfile
@@ -87,7 +88,7 @@ class MetricsByPhone:
     """/metrics/<phone>: that phone's own registry (as its own agent would serve it)."""
 
     def __init__(self, registries: dict[str, CollectorRegistry]):
-        self.apps = {name: make_wsgi_app(r) for name, r in registries.items()}
+        self.apps = {name: text_app(r) for name, r in registries.items()}
         self._server: WSGIServer | None = None
 
     def __call__(self, environ: dict, start_response: Any) -> Any:

@@ -76,6 +76,11 @@ class AgentClient:
         self._phone: tuple[tuple[str, str], ...] = ((wire.PHONE_METADATA, phone),) if phone else ()
         self._auth = (("authorization", f"Bearer {token}"), *self._phone)
 
+    @property
+    def endpoint(self) -> ChannelArgs:
+        """The agent's server as its channel reaches it (many simulated phones share one)."""
+        return self._channel_args
+
     def close(self) -> None:
         self._channel.close()
         if not self._closed:

@@ -573,7 +573,9 @@ class Coordinator:
         final: dict[str, str] = {}
         observing = False
         try:
-            self.manifest.data["prometheus"] = self.observer.start(total)
+            self.manifest.data["prometheus"] = self.observer.start(
+                total, scrape_interval_s(len(self.exp.phones))
+            )
             observing = True
             self._start_ray()
             self._install_signal_handlers()  # after Ray's own

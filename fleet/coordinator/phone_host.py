@@ -272,13 +272,26 @@ class PhoneHost:
 
     def health_many(self, names: list[str], timeout_s: float = 2.0) -> dict[str, bool]:
         """{phone: up} for the heartbeat: one actor call for all of this host's phones, checked
-        side by side (a silent phone costs its timeout once, not once per phone after it)."""
+        side by side (a silent phone costs its timeout once, not once per phone after it).
+        Phones served by one agent server (the simulated phones of one process) share its
+        health: it is checked once for all of them (at 1,000 phones, 4 calls, not 1,000, every
+        heartbeat: the thousand took a tenth of this actor's interpreter and stalled trial
+        starts behind them)."""
         from concurrent.futures import ThreadPoolExecutor
 
         if not names:
             return {}
-        with ThreadPoolExecutor(max_workers=min(32, len(names))) as pool:
-            return dict(zip(names, pool.map(lambda n: self.health(n, timeout_s), names)))
+        by_server: dict[object, list[str]] = {}
+        for name in names:
+            client = self._clients.get(name)
+            server: object = name  # an Android phone is checked (and rejoined) on its own
+            if client is not None and name not in self._android:
+                server = client.endpoint
+            by_server.setdefault(server, []).append(name)
+        firsts = [phones[0] for phones in by_server.values()]
+        with ThreadPoolExecutor(max_workers=min(32, len(firsts))) as pool:
+            up = dict(zip(firsts, pool.map(lambda n: self.health(n, timeout_s), firsts)))
+        return {name: up[phones[0]] for phones in by_server.values() for name in phones}
 
     def describe(self, name: str) -> AgentDescription:
         return self._clients[name].describe()
