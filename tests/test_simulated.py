@@ -218,17 +218,18 @@ def test_a_stop_ends_a_simulated_trial_and_cuts_what_was_in_flight():
         trace = _open_trace("kb", 600, 0.1)  # one server, a request every 0.1 s: a queue grows
         run = WorkloadRun("t", 60.0, seed=1, sample_interval_s=0.5, trace=trace)
         events: list = []
-        deployed = threading.Event()
+        streaming = threading.Event()
 
         def trial() -> None:
             for kind, payload in host.run_trial("sim-0", _spec(Paradigm.SLMAAS, app, batch=1), run):
                 events.append((kind, payload))
-                deployed.set()
+                if kind == "events":  # the workload runs on the phone
+                    streaming.set()
 
         runner = threading.Thread(target=trial, daemon=True)
         runner.start()
-        assert deployed.wait(60), "the trial did not deploy"
-        time.sleep(2.0)
+        assert streaming.wait(60), f"the workload did not start: {events}"
+        time.sleep(2.0)  # requests end, and more wait
         asked_ns = time.monotonic_ns()
         assert host.stop_trial("sim-0")
         runner.join(45)
