@@ -153,7 +153,7 @@ def test_wire_fuzz_fast(tiny_agent):
     _fuzz_agent(tiny_agent, 300)
 
 
-@pytest.mark.slow
+@pytest.mark.long  # 300 cases run in `make test` (above); 10,000 in `make test-long` and CI
 def test_wire_fuzz_10k(tiny_agent):
     _fuzz_agent(tiny_agent, 10_000)
 
@@ -220,6 +220,6 @@ def test_experiment_fuzz_fast():
     _fuzz_experiments(300)
 
 
-@pytest.mark.slow
+@pytest.mark.long  # 300 cases run in `make test` (above); 10,000 in `make test-long` and CI
 def test_experiment_fuzz_10k():
     _fuzz_experiments(10_000)

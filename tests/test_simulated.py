@@ -3,6 +3,7 @@ phones over real gRPC, and a real coordinator run on a simulated fleet."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import threading
@@ -13,7 +14,7 @@ from dataclasses import replace
 import grpc
 import pytest
 
-from agents.simulated.replay import replay_schedule
+from agents.simulated.replay import SimulatedParadigm, replay_schedule
 from fleet.coordinator.agent_client import AgentClient, AgentError
 from fleet.coordinator.config import ConfigError, SimulatedPhone, load_experiment, parse_experiment
 from fleet.coordinator.phone_host import PhoneHost
@@ -23,6 +24,7 @@ from fleet.records import (
     DeploySpec,
     ModelSpec,
     Paradigm,
+    PhoneProfile,
     RequestRecord,
     RequestStatus,
     ResourceSample,
@@ -124,6 +126,24 @@ def test_max_outstanding_drops_open_loop_arrivals():
     dropped = [r for r in got if r.status is RequestStatus.DROPPED]
     assert dropped and not any(r.scheduled >= 0 for r in dropped)
     assert len(got) == 10
+
+
+def test_the_replay_on_a_thread_and_on_the_event_loop_emit_the_same_records():
+    """The trial runner runs a simulated phone's replay on the agent's event loop; the replay on
+    a thread (the paradigm host's ``run``) is the same replay."""
+    phone = PhoneProfile(name="p", kind="simulated", memory_budget_bytes=2 << 30)
+    host = SimulatedParadigm(Paradigm.SLMAAS, phone, SIM)
+    host.deploy(_spec(Paradigm.SLMAAS, _app("kb", pattern=ArrivalPattern.POISSON), batch=1))
+    run = WorkloadRun("t", duration_s=1.0, seed=1, trace=_open_trace("kb", 6, 0.1), drain_s=5)
+    on_thread: list = []
+    assert host.run(run, on_thread.append, threading.Event()) == []
+    on_loop: list = []
+    assert asyncio.run(host.run_on_loop(run, on_loop.append, asyncio.Event())) == []
+
+    def shape(r: RequestRecord) -> tuple:
+        return r.request_id, r.status, [t - r.submit_ns for t in r.token_ns], r.end_ns - r.submit_ns
+
+    assert len(on_thread) == 6 and [shape(r) for r in on_thread] == [shape(r) for r in on_loop]
 
 
 def test_config_expands_counts_and_checks_the_profile(tmp_path):
