@@ -377,9 +377,14 @@ def _complete(run: Path) -> None:
 
 
 @pytest.mark.ray
-@pytest.mark.parametrize(  # SIGTERM takes SIGINT's path: it runs with the long suites
-    "how", ["SIGINT", pytest.param("SIGTERM", marks=pytest.mark.long), "SIGKILL"]
-)  # SIGINT's run has its own Prometheus: make test checks that a stop ends it too
+@pytest.mark.parametrize(  # a minute or more each: SIGINT and SIGTERM (SIGINT's path, without
+    "how",  # Prometheus) run with the long suites, SIGKILL (the reaper's path) in make test
+    [
+        pytest.param("SIGINT", marks=pytest.mark.long),
+        pytest.param("SIGTERM", marks=pytest.mark.long),
+        "SIGKILL",
+    ],
+)  # SIGINT's run has its own Prometheus: a stop must end it too
 def test_a_stopped_or_killed_coordinator_is_resumed_to_the_end(tmp_path, how, runtime_root):
     (tmp_path / "exp.yaml").write_text(yaml.safe_dump(_experiment()))
     run = tmp_path / "runs" / "r"

@@ -140,6 +140,7 @@ def substitute(expr: str, **values: str) -> str:
     return out
 
 
+@pytest.mark.long  # two runs and every panel's query: about two minutes, with the long suites
 def test_dashboards_show_one_runs_phases_from_a_standing_prometheus(tmp_path):
     """Two runs share a standing Prometheus through `fleet run --targets-file`: every panel
     and annotation of every dashboard returns series for the first, and the paradigm board's
