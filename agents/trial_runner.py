@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any, Protocol
 
@@ -45,6 +46,46 @@ class Observer(Protocol):
     def running(self, on: bool) -> None: ...
 
 
+class _Flag:
+    """A fact set once, from any thread (a Stop, the end of sampling). Threads wait on it as
+    a ``threading.Event``; once ``bind`` has given it the trial's event loop, coroutines on that
+    loop wait on ``on_loop``, an ``asyncio.Event`` set with it."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self.on_loop = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = 0
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Called on ``loop``: from now on ``set`` also sets ``on_loop``."""
+        self._loop, self._loop_thread = loop, threading.get_ident()
+        if self._event.is_set():  # set before the trial began
+            self.on_loop.set()
+
+    def set(self) -> None:
+        self._event.set()
+        if self._loop is None:
+            return
+        if threading.get_ident() == self._loop_thread:
+            self.on_loop.set()
+        else:
+            with contextlib.suppress(RuntimeError):  # the loop has closed: nothing waits
+                self._loop.call_soon_threadsafe(self.on_loop.set)
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    def wait(self, timeout_s: float) -> bool:
+        """On a thread: True once set, False after ``timeout_s``."""
+        return self._event.wait(timeout_s)
+
+    @property
+    def event(self) -> threading.Event:
+        """The thread side, for a paradigm host's blocking ``run``."""
+        return self._event
+
+
 class _Tally:
     def __init__(self) -> None:
         self.requests = self.failed = self.tokens = 0
@@ -65,20 +106,13 @@ class TrialRunner:
         self.host = host
         self.run = run
         self.observer = observer
-        self._stop = threading.Event()
-        self._sampling_done = threading.Event()
+        self._stop = _Flag()
+        self._sampling_done = _Flag()
         self._tally = _Tally()
-        # a host run on the event loop: the loop and its own stop and sampling-done events
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop_on_loop = asyncio.Event()
-        self._sampled_on_loop = asyncio.Event()
 
     def stop(self) -> None:
         self._stop.set()
         self.host.interrupt()  # the apps hear it now: none starts a request after the Stop
-        if self._loop is not None:
-            with contextlib.suppress(RuntimeError):  # the loop has closed: nothing waits
-                self._loop.call_soon_threadsafe(self._stop_on_loop.set)
 
     @property
     def stopped(self) -> bool:
@@ -98,30 +132,26 @@ class TrialRunner:
         start_ns = time.monotonic_ns()
         if self.observer is not None:
             self.observer.running(True)
-        emit = lambda e: self._emit(e, put)  # noqa: E731
-        sampled: Callable[[], Awaitable[None]]  # the sampler's end, once told to end
-        if self.host.on_loop:
-            self._loop = loop
-            if self._stop.is_set():  # stopped before it began
-                self._stop_on_loop.set()
+        emit = functools.partial(self._emit, put=put)
+        sampler: threading.Thread | asyncio.Future[None]
+        if self.host.on_loop:  # the paradigm and the sampler run as tasks on this loop
+            self._stop.bind(loop)
+            self._sampling_done.bind(loop)
             sampler = asyncio.ensure_future(self._sample_on_loop(put))
-            sampled = lambda: sampler  # noqa: E731
-            work = asyncio.ensure_future(self.host.run_on_loop(self.run, emit, self._stop_on_loop))
-        else:
-            thread = threading.Thread(
+            work = asyncio.ensure_future(self.host.run_on_loop(self.run, emit, self._stop.on_loop))
+        else:  # each on a thread of its own (both block)
+            sampler = threading.Thread(
                 target=self._sample_loop, args=(put,), name="sampler", daemon=True
             )
-            thread.start()
-            sampled = lambda: asyncio.to_thread(thread.join)  # noqa: E731
+            sampler.start()
             work = asyncio.ensure_future(
-                asyncio.to_thread(self.host.run, self.run, emit, self._stop)
+                asyncio.to_thread(self.host.run, self.run, emit, self._stop.event)
             )
         try:
             async for event in _drain(queue, work):
                 yield event
             self._sampling_done.set()
-            self._sampled_on_loop.set()
-            await sampled()
+            await _ended(sampler)
             while not queue.empty():
                 yield queue.get_nowait()
             yield self._summary(work, start_ns)
@@ -130,15 +160,13 @@ class TrialRunner:
             # running, and this returns only once the paradigm has: no second trial can read
             # its processes' pipes while this one still does.
             self._stop.set()
-            self._stop_on_loop.set()
             self._sampling_done.set()
-            self._sampled_on_loop.set()
             with contextlib.suppress(BaseException):
                 await asyncio.shield(work)
             if self.observer is not None:
                 self.observer.running(False)
 
-    def _emit(self, event: Emitted, put) -> None:  # on the paradigm's threads
+    def _emit(self, event: Emitted, put) -> None:  # on the paradigm's threads (or its loop)
         if self.observer is not None:
             self.observer.observe(event)
         if isinstance(event, RequestRecord):
@@ -161,8 +189,8 @@ class TrialRunner:
             next_device = self._tick(sampler, device, put, next_device)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.run.sample_interval_s):
-                    await self._sampled_on_loop.wait()
-            if self._sampled_on_loop.is_set():
+                    await self._sampling_done.on_loop.wait()
+            if self._sampling_done.is_set():
                 self._last_readings(device, put)
                 return
 
@@ -228,6 +256,14 @@ class TrialRunner:
             peak_rss_bytes=t.peak_rss,
             weights_label=self.host.weights_label,
         )
+
+
+async def _ended(sampler: threading.Thread | asyncio.Future[None]) -> None:
+    """Wait, without blocking the loop, for the sampler (a thread or a task) to end."""
+    if isinstance(sampler, threading.Thread):
+        await asyncio.to_thread(sampler.join)
+    else:
+        await sampler
 
 
 async def _drain(
