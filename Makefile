@@ -30,10 +30,10 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow"
 
 # the suites of several minutes, which `make test` leaves out: the 100-kill fault campaign, an
-# experiment across a two-host Ray cluster of emulated adb phones, the SIGTERM case of the
-# coordinator's resume (SIGINT's path; SIGINT and SIGKILL stay in `make test`) and the
-# 10,000-case fuzzers of the wire and of experiment files (`make test` runs 300 cases of each).
-# CI runs them all.
+# experiment across a two-host Ray cluster of emulated adb phones, the SIGINT and SIGTERM cases of
+# the coordinator's resume (SIGKILL stays in `make test`), two runs read by every dashboard panel
+# through a standing Prometheus, and the 10,000-case fuzzers of the wire and of experiment files
+# (`make test` runs 300 cases of each). CI runs them all.
 test-long: $(STAMP)
 	$(BIN)/python -m pytest -s -m long
 
