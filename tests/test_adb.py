@@ -19,6 +19,7 @@ from pathlib import Path
 
 import adbutils
 import pytest
+from blocking import blocking_iter
 
 from fleet.devices.emulator.device import EmulatedDevice, Facts
 from fleet.devices.provider import DeviceError, DeviceProvider
@@ -218,7 +219,8 @@ def test_a_trial_on_an_emulated_phone_survives_an_unplug_and_the_phone_rejoins(
 
         def trial(tid: str, duration_s: float, unplug_after: float | None = None):
             kinds, records, pull = [], 0, None
-            for kind, payload in host.run_trial("px", spec, WorkloadRun(tid, duration_s, 1, 0.2)):
+            run = WorkloadRun(tid, duration_s, 1, 0.2)
+            for kind, payload in blocking_iter(host.run_trial("px", spec, run)):
                 kinds.append((kind, payload if kind in ("failed", "thermal") else None))
                 if kind == "events":
                     records += sum(isinstance(e, RequestRecord) for e in payload)

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+from blocking import blocking_iter
 
 from fleet.coordinator.config import VirtualPhone
 from fleet.coordinator.phone_host import CoreError, PhoneHost
@@ -55,7 +56,7 @@ def test_two_phones_get_disjoint_cores_and_every_process_stays_on_them():
             "kb", ArrivalPattern.CLOSED_LOOP, prompt_tokens=4, output_tokens=2, max_requests=2
         )
         spec = DeploySpec(Paradigm.PER_APP, ModelSpec("tiny"), (app,), max_context_tokens=64)
-        events = list(host.run_trial("a", spec, WorkloadRun("t", 5.0)))
+        events = list(blocking_iter(host.run_trial("a", spec, WorkloadRun("t", 5.0))))
         assert events[-1][0] == "end" and isinstance(events[-1][1].summary, TrialSummary), events
         # the model process is gone after the trial's reset; deploy again to look at it live
         client = host._clients["a"]

@@ -24,6 +24,7 @@ from pathlib import Path
 import psutil
 import pytest
 import yaml
+from blocking import blocking_iter
 
 from fleet.coordinator.config import VirtualPhone
 from fleet.coordinator.phone_host import PhoneHost
@@ -205,7 +206,7 @@ def test_random_kills_on_the_phone_lose_no_record(tmp_path, monkeypatch, runtime
             th.start()
             received, summary, status, reason = 0, None, TrialStatus.FAILED, "no result"
             last: list = []
-            for kind, payload in host.run_trial("victim", spec, run):
+            for kind, payload in blocking_iter(host.run_trial("victim", spec, run)):
                 if kind == "events":
                     got = sum(isinstance(e, RequestRecord) for e in payload)
                     received += got

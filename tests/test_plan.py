@@ -320,69 +320,83 @@ def test_trial_starts_are_paced_fleet_wide():
 
 
 def test_a_stream_batch_is_due_at_its_interval_when_full_or_at_the_summary():
-    """The host's stream pump wakes a trial's reader once a batch is due, not per message."""
-    import threading
+    """The host wakes a trial once a batch of its stream is due, not per message."""
+    import asyncio
     import time
 
     from fleet.coordinator.stream_pump import BATCH_MAX, _Batches
 
-    b = _Batches()
-    b.put("r1", force=False)
-    t0 = time.monotonic()
-    assert b.take(0.2) == (["r1"], False) and time.monotonic() - t0 >= 0.19  # its interval
-    for i in range(BATCH_MAX):
-        b.put(i, force=False)
-    t0 = time.monotonic()
-    assert len(b.take(30.0)[0]) == BATCH_MAX and time.monotonic() - t0 < 1.0  # full: at once
-    threading.Timer(0.05, b.put, args=("summary",), kwargs={"force": True}).start()
-    t0 = time.monotonic()
-    assert b.take(30.0) == (["summary"], False) and time.monotonic() - t0 < 5.0  # at once
-    threading.Timer(0.05, b.end, args=(None,)).start()
-    assert b.take(30.0) == ([], True)  # the end wakes it too
+    async def check() -> None:
+        loop = asyncio.get_running_loop()
+        b = _Batches()
+        b.put("r1", force=False)
+        t0 = time.monotonic()
+        assert await b.take(0.2) == (["r1"], False) and time.monotonic() - t0 >= 0.19  # interval
+        for i in range(BATCH_MAX):
+            b.put(i, force=False)
+        t0 = time.monotonic()
+        assert len((await b.take(30.0))[0]) == BATCH_MAX and time.monotonic() - t0 < 1.0  # full
+        loop.call_later(0.05, lambda: b.put("summary", force=True))
+        t0 = time.monotonic()
+        assert await b.take(30.0) == (["summary"], False) and time.monotonic() - t0 < 5.0
+        loop.call_later(0.05, b.end, None)
+        assert await b.take(30.0) == ([], True)  # the end wakes it too
+        assert await b.take(30.0) == ([], True)  # and stays due
+
+    asyncio.run(check())
 
 
 def test_a_streams_summary_ends_its_batches_without_waiting_for_the_stream_to_close():
-    """The summary is a workload stream's last message: its reader goes on at once (at a
+    """The summary is a workload stream's last message: its trial goes on at once (at a
     thousand phones the agents' teardown held the end of every trial a third of a second), and
     the call is left to end by itself, not cancelled."""
     import asyncio
-    import threading
     import time
 
     from fleet import wire
-    from fleet.coordinator.stream_pump import ChannelArgs, _Loop, close_channel, pump_stream
+    from fleet.coordinator.stream_pump import (
+        ChannelArgs,
+        close_channel,
+        retain_channel,
+        stream_batches,
+    )
     from fleet.records import RequestRecord, RequestStatus, TrialStatus, TrialSummary
 
-    closed, cancelled = asyncio.Event(), []
+    cancelled: list = []
 
     class Call:  # a grpc.aio stream: two messages, then no end until it is let go
+        def __init__(self, closed: asyncio.Event):
+            self.closed = closed
+
         def __aiter__(self):
             return self._messages()
 
         async def _messages(self):
             yield wire.event_to_pb(RequestRecord("kb/0", "kb", RequestStatus.OK, 8, 1, 2, [3]))
             yield wire.event_to_pb(TrialSummary(TrialStatus.COMPLETED, num_requests=1))
-            await closed.wait()
+            await self.closed.wait()
 
         def cancel(self):
             cancelled.append(True)
 
-    got: list = []
-    reader = threading.Thread(
-        target=lambda: got.extend(
-            pump_stream(ChannelArgs("127.0.0.1:1"), lambda _channel: Call(), lambda: 30.0)
-        ),
-        daemon=True,
-    )
+    async def read() -> list:
+        closed = asyncio.Event()
+        got = []
+        args = ChannelArgs("127.0.0.1:1")
+        retain_channel(args)
+        try:
+            async with asyncio.timeout(10.0):  # not its 30 s interval, nor the stream's end
+                async for batch in stream_batches(args, lambda _ch: Call(closed), lambda: 30.0):
+                    got.append(batch)
+        finally:
+            closed.set()  # the stream may end now
+            close_channel(args)
+        return got
+
     t0 = time.monotonic()
-    reader.start()
-    try:
-        reader.join(10.0)  # not its 30 s interval, not the stream's end (never, here)
-        assert not reader.is_alive() and time.monotonic() - t0 < 10.0
-        assert all(error is None for _, error in got), got
-        events = [e for batch, _ in got for e in batch]
-        assert [type(e) for e in events] == [RequestRecord, TrialSummary]
-        assert not cancelled
-    finally:
-        _Loop.get().loop.call_soon_threadsafe(closed.set)  # the stream may end now
-        close_channel(ChannelArgs("127.0.0.1:1"))
+    got = asyncio.run(read())
+    assert time.monotonic() - t0 < 10.0
+    assert all(error is None for _, error in got), got
+    events = [e for batch, _ in got for e in batch]
+    assert [type(e) for e in events] == [RequestRecord, TrialSummary]
+    assert not cancelled

@@ -13,6 +13,7 @@ from dataclasses import replace
 
 import grpc
 import pytest
+from blocking import blocking, blocking_iter
 
 from agents.simulated.replay import SimulatedParadigm, replay_schedule
 from fleet.coordinator.agent_client import AgentClient, AgentError
@@ -175,7 +176,7 @@ def test_one_process_serves_many_phones_over_grpc():
         assert desc.host_facts["simulated"] == SIM.label
         app = _app("kb", pattern=ArrivalPattern.POISSON, rate_per_s=2.0)
         run = WorkloadRun("t", 2.0, seed=1, sample_interval_s=0.5, trace=_open_trace("kb", 4, 0.5))
-        events = list(host.run_trial("sim-1", _spec(Paradigm.SLMAAS, app), run))
+        events = list(blocking_iter(host.run_trial("sim-1", _spec(Paradigm.SLMAAS, app), run)))
         kinds = [k for k, _ in events]
         assert kinds[0] == "deployed" and kinds[-1] == "end", events[-1]
         end = events[-1][1]
@@ -212,14 +213,19 @@ def test_the_heartbeat_checks_a_process_of_simulated_phones_once_for_all(monkeyp
         phones = [SimulatedPhone(name=f"sim-{i}", memory_budget_mb=2048) for i in range(3)]
         started = host.start_simulated_phones(phones, "builtin")
         checked: list[str] = []
-        health = host.health
-        monkeypatch.setattr(host, "health", lambda n, t=2.0: checked.append(n) or health(n, t))
+        health = host._health_async
+
+        async def counted(name: str, timeout_s: float) -> bool:
+            checked.append(name)
+            return await health(name, timeout_s)
+
+        monkeypatch.setattr(host, "_health_async", counted)
         names = [p.name for p in phones]
-        assert host.health_many(names) == dict.fromkeys(names, True)
+        assert blocking(host.health_many(names)) == dict.fromkeys(names, True)
         assert len(checked) == 1
         host._procs[f"simulated:{started['sim-0']['pid']}"].kill()
         host._procs[f"simulated:{started['sim-0']['pid']}"].wait(10)
-        assert host.health_many(names, timeout_s=1.0) == dict.fromkeys(names, False)
+        assert blocking(host.health_many(names, timeout_s=1.0)) == dict.fromkeys(names, False)
         assert len(checked) == 2
     finally:
         host.shutdown()
@@ -241,7 +247,8 @@ def test_a_stop_ends_a_simulated_trial_and_cuts_what_was_in_flight():
         streaming = threading.Event()
 
         def trial() -> None:
-            for kind, payload in host.run_trial("sim-0", _spec(Paradigm.SLMAAS, app, batch=1), run):
+            trial = host.run_trial("sim-0", _spec(Paradigm.SLMAAS, app, batch=1), run)
+            for kind, payload in blocking_iter(trial):
                 events.append((kind, payload))
                 if kind == "events":  # the workload runs on the phone
                     streaming.set()
@@ -251,7 +258,7 @@ def test_a_stop_ends_a_simulated_trial_and_cuts_what_was_in_flight():
         assert streaming.wait(60), f"the workload did not start: {events}"
         time.sleep(2.0)  # requests end, and more wait
         asked_ns = time.monotonic_ns()
-        assert host.stop_trial("sim-0")
+        assert blocking(host.stop_trial("sim-0"))
         runner.join(45)
         assert not runner.is_alive(), "the stopped trial ran on"
         end = events[-1][1]

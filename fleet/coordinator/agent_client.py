@@ -1,25 +1,37 @@
-"""A blocking client for one phone agent: the coordinator's side of fleet.v1.
+"""A client for one phone agent: the coordinator's side of fleet.v1.
 
-Every call has a deadline; errors surface as ``AgentError`` carrying the gRPC status and a reason.
+Blocking calls for setup, tools and tests; the same calls from an event loop (``*_async``, over
+``grpc.aio``) for the phone-host actor, which runs every trial of its host as a coroutine on
+one loop. Every call has a deadline; errors surface as ``AgentError`` carrying the gRPC status
+and a reason.
 
     client = AgentClient("127.0.0.1:50123", token="...")
     client.wait_healthy(timeout_s=30)
-    result = client.deploy(spec)
+    result = client.deploy(spec)            # or: await client.deploy_async(spec)
     for event in client.run_workload(run):   # records, samples, events, stats; then a summary
+        ...
+    async for batch in client.workload_batches(run, lambda: 0.2):  # the same, batched
         ...
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from fleet import wire
-from fleet.coordinator.stream_pump import ChannelArgs, close_channel, pump_stream, retain_channel
+from fleet.coordinator.stream_pump import (
+    ChannelArgs,
+    aio_channel,
+    close_channel,
+    retain_channel,
+    stream_batches,
+)
 from fleet.records import AgentDescription, DeployResult, DeploySpec, RejectedEvent, WorkloadRun
 from fleet.v1 import agent_pb2 as pb
 from fleet.v1 import agent_pb2_grpc as pb_grpc
@@ -31,6 +43,7 @@ STREAM_MARGIN_S = 120.0  # a workload stream may outlive its duration and drain 
 # with a thousand workload streams open does not need; the streams carry small messages and the
 # default 64 KiB window is plenty.
 CHANNEL_OPTIONS = [("grpc.http2.bdp_probe", 0)]
+HEALTH_REQUEST = health_pb2.HealthCheckRequest(service="fleet.v1.PhoneAgentService")
 
 
 class AgentError(Exception):
@@ -92,17 +105,31 @@ class AgentClient:
         last = "no answer"
         while time.monotonic() < deadline:
             try:
-                resp = self._health.Check(
-                    health_pb2.HealthCheckRequest(service="fleet.v1.PhoneAgentService"),
-                    timeout=min(2.0, max(0.1, deadline - time.monotonic())),
-                )
-                if resp.status == health_pb2.HealthCheckResponse.SERVING:
+                resp = self._health.Check(HEALTH_REQUEST, timeout=_check_timeout(deadline))
+                if (last := _not_serving(resp)) == "":
                     return
-                last = health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
             except grpc.RpcError as err:
                 last = f"{err.code().name}: {err.details()}"
             time.sleep(0.2)
-        raise AgentError(
+        raise self._unhealthy(timeout_s, last)
+
+    async def wait_healthy_async(self, timeout_s: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        last = "no answer"
+        while time.monotonic() < deadline:
+            try:
+                resp = await self._aio_health().Check(
+                    HEALTH_REQUEST, timeout=_check_timeout(deadline)
+                )
+                if (last := _not_serving(resp)) == "":
+                    return
+            except grpc.RpcError as err:
+                last = f"{err.code().name}: {err.details()}"
+            await asyncio.sleep(0.2)
+        raise self._unhealthy(timeout_s, last)
+
+    def _unhealthy(self, timeout_s: float, last: str) -> AgentError:
+        return AgentError(
             grpc.StatusCode.UNAVAILABLE,
             f"agent at {self.address} not healthy after {timeout_s:.0f} s ({last})",
         )
@@ -143,12 +170,12 @@ class AgentClient:
         finally:
             stream.cancel()
 
-    def run_workload_batches(
+    async def workload_batches(
         self, run: WorkloadRun, interval_s: Callable[[], float]
-    ) -> Iterator[list[wire.StreamEvent | RejectedEvent]]:
-        """The workload's events in batches, read with the process's other streams on one event
-        loop (``stream_pump``): a batch each ``interval_s()`` while events flow, a full one
-        sooner, the summary's at once. Raises AgentError as ``run_workload`` does."""
+    ) -> AsyncIterator[list[wire.StreamEvent | RejectedEvent]]:
+        """The workload's events in batches, read on the running loop with its other streams
+        (``stream_pump``): a batch each ``interval_s()`` while events flow, a full one sooner,
+        the summary's at once. Raises AgentError as ``run_workload`` does."""
         request = wire.run_to_pb(run)
         timeout_s = run.duration_s + run.drain_s + STREAM_MARGIN_S
 
@@ -156,7 +183,7 @@ class AgentClient:
             stub = pb_grpc.PhoneAgentServiceStub(channel)
             return stub.RunWorkload(request, metadata=self._auth, timeout=timeout_s)
 
-        for events, error in pump_stream(self._channel_args, open_call, interval_s):
+        async for events, error in stream_batches(self._channel_args, open_call, interval_s):
             if events:
                 yield events
             if isinstance(error, grpc.RpcError):
@@ -180,3 +207,48 @@ class AgentClient:
             ).processes_stopped
         except grpc.RpcError as err:
             raise AgentError.from_rpc(f"Reset {self.address}", err) from None
+
+    # -- the same calls from an event loop, over grpc.aio ----------------------------------------
+    def _aio_stub(self) -> Any:
+        return pb_grpc.PhoneAgentServiceStub(aio_channel(self._channel_args))
+
+    def _aio_health(self) -> Any:
+        return health_pb2_grpc.HealthStub(aio_channel(self._channel_args))
+
+    async def deploy_async(self, spec: DeploySpec) -> DeployResult:
+        try:
+            resp = await self._aio_stub().Deploy(
+                wire.deploy_to_pb(spec), timeout=DEPLOY_TIMEOUT_S, metadata=self._auth
+            )
+        except grpc.RpcError as err:
+            raise AgentError.from_rpc(f"Deploy {self.address}", err) from None
+        return wire.deploy_result_from_pb(resp)
+
+    async def stop_async(self, reason: str = "") -> bool:
+        try:
+            resp = await self._aio_stub().Stop(
+                pb.StopRequest(reason=reason), timeout=CALL_TIMEOUT_S, metadata=self._auth
+            )
+        except grpc.RpcError as err:
+            raise AgentError.from_rpc(f"Stop {self.address}", err) from None
+        return resp.was_running
+
+    async def reset_async(self) -> int:
+        try:
+            resp = await self._aio_stub().Reset(
+                pb.ResetRequest(), timeout=CALL_TIMEOUT_S, metadata=self._auth
+            )
+        except grpc.RpcError as err:
+            raise AgentError.from_rpc(f"Reset {self.address}", err) from None
+        return resp.processes_stopped
+
+
+def _check_timeout(deadline: float) -> float:
+    return min(2.0, max(0.1, deadline - time.monotonic()))
+
+
+def _not_serving(resp: Any) -> str:
+    """ "" when the agent serves, else its status's name."""
+    if resp.status == health_pb2.HealthCheckResponse.SERVING:
+        return ""
+    return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)

@@ -232,9 +232,10 @@ class Coordinator:
         node_id = self._node_id(host)
         actor = self._node_actors.get(node_id)
         if actor is None:  # one per node, whatever names it goes by
-            # a thread per phone's running trial, and as many for health checks and stops
-            threads = 64 + 2 * len(self.exp.phones)
-            actor_cls = ray.remote(num_cpus=0, max_concurrency=threads)(PhoneHost)  # type: ignore[call-overload]
+            # an asyncio actor: a coroutine per phone's running trial, as many for health
+            # checks and stops
+            calls = 64 + 2 * len(self.exp.phones)
+            actor_cls = ray.remote(num_cpus=0, max_concurrency=calls)(PhoneHost)  # type: ignore[call-overload]
             actor = actor_cls.options(
                 name=f"phone-host:{self.run_id}:{node_id[:12]}",
                 scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),

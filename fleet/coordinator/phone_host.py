@@ -2,7 +2,13 @@
 client, and runs trials on them as streams of event batches.
 
 A plain class: the coordinator wraps it with ``ray.remote`` at the edge and places one per host,
-so a lab host's actor runs next to the phones plugged into it, and unit tests need no Ray.
+so a lab host's actor runs next to the phones plugged into it, and unit tests need no Ray. The
+calls made while trials run (``run_trial``, ``health_many``, ``stop_trial``) are coroutines,
+which makes the actor an asyncio actor: every trial of the host is a coroutine on one loop,
+talking to its agent over ``grpc.aio``. A thousand trials cost no thread each, and wake no
+herd of threads for one interpreter lock. What blocks (adb, a cooldown, waiting for an
+unplugged phone) runs in a thread of its own. The other calls set up or tear down; they run
+on the loop while no trial runs.
 Virtual phones are real ``fleet-agent`` processes; each is started with a pipe on its stdin and
 exits when the pipe closes, so no agent outlives the host that started it. Each gets cores of its
 own: the host hands out disjoint sets of its cores (``cpu_threads`` each) and the agent pins
@@ -12,11 +18,12 @@ numbers, unless the experiment allows sharing (then it gets cores already given,
 
     host = PhoneHost()
     host.start_virtual_phone(VirtualPhone(name="phone-a"))  # -> {"address", "pid", "cpus", ...}
-    for kind, payload in host.run_trial("phone-a", deploy_spec, workload_run): ...
+    async for kind, payload in host.run_trial("phone-a", deploy_spec, workload_run): ...
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import secrets
@@ -25,7 +32,8 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +54,7 @@ HOST_BATCHES_PER_S = 100.0
 # simulated phones one process serves: a process is one interpreter (one GIL, one event loop), so
 # a thousand phones are served by four, side by side on the host's cores
 SIM_PHONES_PER_PROCESS = 250
+BLOCKING_THREADS = 256  # at most this many phones of a host in adb waits or cooldowns at once
 
 
 @dataclass(frozen=True)
@@ -132,6 +141,7 @@ class PhoneHost:
         self._logs: dict[str, deque] = {}  # virtual phone -> its agent's last output lines
         self._stop_flags: dict[str, threading.Event] = {}  # phone -> a stop was asked for
         self._streaming = 0  # trials of this host streaming now
+        self._blocking: ThreadPoolExecutor | None = None  # for adb and waits, made on first use
 
     def node_ip(self) -> str:
         try:
@@ -270,15 +280,13 @@ class PhoneHost:
         except AgentError:
             return False
 
-    def health_many(self, names: list[str], timeout_s: float = 2.0) -> dict[str, bool]:
+    async def health_many(self, names: list[str], timeout_s: float = 2.0) -> dict[str, bool]:
         """{phone: up} for the heartbeat: one actor call for all of this host's phones, checked
         side by side (a silent phone costs its timeout once, not once per phone after it).
         Phones served by one agent server (the simulated phones of one process) share its
         health: it is checked once for all of them (at 1,000 phones, 4 calls, not 1,000, every
         heartbeat: the thousand took a tenth of this actor's interpreter and stalled trial
         starts behind them)."""
-        from concurrent.futures import ThreadPoolExecutor
-
         if not names:
             return {}
         by_server: dict[object, list[str]] = {}
@@ -289,27 +297,49 @@ class PhoneHost:
                 server = client.endpoint
             by_server.setdefault(server, []).append(name)
         firsts = [phones[0] for phones in by_server.values()]
-        with ThreadPoolExecutor(max_workers=min(32, len(firsts))) as pool:
-            up = dict(zip(firsts, pool.map(lambda n: self.health(n, timeout_s), firsts)))
+        answers = await asyncio.gather(*(self._health_async(n, timeout_s) for n in firsts))
+        up = dict(zip(firsts, answers))
         return {name: up[phones[0]] for phones in by_server.values() for name in phones}
+
+    async def _health_async(self, name: str, timeout_s: float) -> bool:
+        if name in self._android:  # a rejoin talks to adb: in a thread
+            return await self._in_thread(self.health, name, timeout_s)
+        client = self._clients.get(name)
+        if client is None:
+            return False
+        try:
+            await client.wait_healthy_async(timeout_s=timeout_s)
+            return True
+        except AgentError:
+            return False
+
+    async def _in_thread(self, fn: Callable, *args: Any) -> Any:
+        """``fn(*args)`` in a thread of this host's own pool: a blocking wait (adb, a cooldown,
+        an unplugged phone) holds a thread, not the loop every trial runs on."""
+        if self._blocking is None:
+            self._blocking = ThreadPoolExecutor(BLOCKING_THREADS, thread_name_prefix="phone")
+        return await asyncio.get_running_loop().run_in_executor(self._blocking, fn, *args)
 
     def describe(self, name: str) -> AgentDescription:
         return self._clients[name].describe()
 
-    def run_trial(self, name: str, deploy_spec, workload_run) -> Iterator[tuple[str, object]]:
+    async def run_trial(
+        self, name: str, deploy_spec, workload_run
+    ) -> AsyncIterator[tuple[str, object]]:
         """Deploy, run the workload, reset; yields ("deployed", DeployResult), ("events", [..])
         while the workload runs, then ("end", TrialEnd): the summary (or why the workload
         failed) with the events that came with it, in one item. A trial that never deployed
         yields ("failed", reason) instead. An Android phone also yields ("thermal", ("start",
         battery C, cooldown s)) before deploying. Never raises for agent faults."""
-        if name in self._android and (lost := self._await_phone(name, LOST_PHONE_WAIT_S)):
+        android = name in self._android
+        if android and (lost := await self._in_thread(self._await_phone, name, LOST_PHONE_WAIT_S)):
             yield "failed", lost
             return
         client = self._clients.get(name)
         if client is None:
             yield "failed", f"phone {name} has no agent"
             return
-        if (thermal := self._thermal(name, "start")) is not None:
+        if android and (thermal := await self._in_thread(self._thermal, name, "start")):
             yield "thermal", thermal
         if self._stopping(name).is_set():
             self._stopping(name).clear()
@@ -318,12 +348,12 @@ class PhoneHost:
         deploy_sent = time.time()
         try:
             try:
-                deployed = client.deploy(deploy_spec)
+                deployed = await client.deploy_async(deploy_spec)
             except AgentError as err:  # unreachable: a moment to come back, then "not healthy"
                 if err.code is not grpc.StatusCode.UNAVAILABLE:
                     raise
-                client.wait_healthy(timeout_s=5.0)
-                deployed = client.deploy(deploy_spec)
+                await client.wait_healthy_async(timeout_s=5.0)
+                deployed = await client.deploy_async(deploy_spec)
         except AgentError as err:
             yield "failed", err.reason
             return
@@ -331,13 +361,12 @@ class PhoneHost:
         summary: TrialSummary | None = None
         last: list = []  # the summary's batch: it travels with the end
         summary_got, failed = 0.0, ""
-        with self._lock:
-            self._streaming += 1
+        self._streaming += 1
         try:
             try:
                 if self._stopping(name).is_set():  # asked while it deployed: the agent had no
                     raise AgentError(None, "the run was stopped before the workload started")
-                for events in client.run_workload_batches(workload_run, self._batch_interval):
+                async for events in client.workload_batches(workload_run, self._batch_interval):
                     if isinstance(end := events[-1], TrialSummary):
                         summary, last, summary_got = end, events[:-1], time.time()
                     elif events:
@@ -345,16 +374,15 @@ class PhoneHost:
             except AgentError as err:
                 failed = err.reason
             finally:
-                with self._lock:
-                    self._streaming -= 1
+                self._streaming -= 1
             if not failed and summary is None:
                 failed = f"phone {name}: workload stream ended without a summary"
             thermal = None
-            if name in self._android:  # its battery is read over adb first: what arrived ships
-                if last:  # now, lest the read outlast this host
+            if android:  # its battery is read over adb first: what arrived ships now, lest
+                if last:  # the read outlast this host
                     yield "events", last
                     last = []
-                thermal = self._thermal(name, "end")
+                thermal = await self._in_thread(self._thermal, name, "end")
             yield (
                 "end",
                 TrialEnd(
@@ -367,7 +395,7 @@ class PhoneHost:
                 ),
             )
         finally:  # after the trial's last item: the coordinator stores it meanwhile, and starts
-            _reset_quietly(client)  # the phone's next trial once this stream has ended
+            await _reset_quietly(client)  # the phone's next trial once this stream has ended
             self._stopping(name).clear()  # asked of this trial; it has ended
 
     def _batch_interval(self) -> float:
@@ -533,7 +561,7 @@ class PhoneHost:
             return None
         return when, temp, time.monotonic() - t0 if limit else 0.0
 
-    def stop_trial(self, name: str) -> bool:
+    async def stop_trial(self, name: str) -> bool:
         """Ask the phone's agent to end its running workload early; True if one was running. A
         trial still cooling down or waiting for its phone does not deploy."""
         self._stopping(name).set()
@@ -541,7 +569,7 @@ class PhoneHost:
         if client is None:
             return False
         try:
-            return client.stop("the coordinator is stopping the run")
+            return await client.stop_async("the coordinator is stopping the run")
         except AgentError:
             return False
 
@@ -571,11 +599,13 @@ class PhoneHost:
             self._provider.close()
         if self._relay is not None:
             self._relay.close()
+        if self._blocking is not None:
+            self._blocking.shutdown(wait=False, cancel_futures=True)
 
 
-def _reset_quietly(client: AgentClient) -> None:
+async def _reset_quietly(client: AgentClient) -> None:
     try:
-        client.reset()
+        await client.reset_async()
     except AgentError:
         pass  # a dead agent has nothing loaded; a live one resets on the next Deploy anyway
 
