@@ -215,32 +215,24 @@ class AgentClient:
     def _aio_health(self) -> Any:
         return health_pb2_grpc.HealthStub(aio_channel(self._channel_args))
 
-    async def deploy_async(self, spec: DeploySpec) -> DeployResult:
+    async def _aio_unary(self, rpc: str, request: Any, timeout_s: float) -> Any:
         try:
-            resp = await self._aio_stub().Deploy(
-                wire.deploy_to_pb(spec), timeout=DEPLOY_TIMEOUT_S, metadata=self._auth
-            )
+            call = getattr(self._aio_stub(), rpc)
+            return await call(request, timeout=timeout_s, metadata=self._auth)
         except grpc.RpcError as err:
-            raise AgentError.from_rpc(f"Deploy {self.address}", err) from None
+            raise AgentError.from_rpc(f"{rpc} {self.address}", err) from None
+
+    async def deploy_async(self, spec: DeploySpec) -> DeployResult:
+        resp = await self._aio_unary("Deploy", wire.deploy_to_pb(spec), DEPLOY_TIMEOUT_S)
         return wire.deploy_result_from_pb(resp)
 
     async def stop_async(self, reason: str = "") -> bool:
-        try:
-            resp = await self._aio_stub().Stop(
-                pb.StopRequest(reason=reason), timeout=CALL_TIMEOUT_S, metadata=self._auth
-            )
-        except grpc.RpcError as err:
-            raise AgentError.from_rpc(f"Stop {self.address}", err) from None
-        return resp.was_running
+        resp = await self._aio_unary("Stop", pb.StopRequest(reason=reason), CALL_TIMEOUT_S)
+        return bool(resp.was_running)
 
     async def reset_async(self) -> int:
-        try:
-            resp = await self._aio_stub().Reset(
-                pb.ResetRequest(), timeout=CALL_TIMEOUT_S, metadata=self._auth
-            )
-        except grpc.RpcError as err:
-            raise AgentError.from_rpc(f"Reset {self.address}", err) from None
-        return resp.processes_stopped
+        resp = await self._aio_unary("Reset", pb.ResetRequest(), CALL_TIMEOUT_S)
+        return int(resp.processes_stopped)
 
 
 def _check_timeout(deadline: float) -> float:
