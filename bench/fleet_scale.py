@@ -9,7 +9,7 @@ spread is reported). Measured per size, from outside the run:
 
 - coordinator RSS: peak of the ``fleet run`` process plus its phone-host actor (Ray's own
   daemons and the simulated phones' process are reported apart);
-- CPU seconds of the same, per trial;
+- CPU seconds of the same, per trial (and every role's CPU seconds: phones, Ray, Prometheus);
 - dispatch overhead per trial (the store's ``dispatch_s``): the coordinator's own time, from
   deciding to run the trial until its Deploy is sent and from its summary's arrival until the
   trial is stored, p50 and p90; beside it, everything beyond the phone's own load and workload
@@ -231,6 +231,7 @@ def run_size(n: int, duration_s: float) -> dict:
         "prometheus_rss_mb": round(watch.peak["prometheus"] / 2**20),
         "coordinator_cpu_s": round(cpu.get("coordinator", 0.0), 1),
         "coordinator_cpu_ms_per_trial": round(cpu.get("coordinator", 0.0) / len(trials) * 1000, 1),
+        "cpu_s_by_role": {role: round(s, 1) for role, s in sorted(cpu.items())},
         "phone_host_actors": watch.actors,
         "series": watch.series,
     }
