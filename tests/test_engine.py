@@ -176,8 +176,7 @@ def test_bf16_runs_and_halves_weight_bytes():
     m32, m16 = tiny(torch.float32), tiny(torch.bfloat16)
     out = generate(m16, [1, 2, 3, 4], 8)
     assert len(out) == 8
-    b32 = sum(p.numel() * p.element_size() for p in m32.parameters())
-    b16 = sum(p.numel() * p.element_size() for p in m16.parameters())
+    b32, b16 = m32.weight_bytes(), m16.weight_bytes()  # fp32's head table is a buffer
     assert b16 * 2 == b32
     assert m16.args.weight_bytes("bf16") == b16
 
@@ -276,3 +275,39 @@ def test_local_directory_with_an_unsupported_config_is_refused(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="unsupported model config: RoPE scaling 'yarn'"):
         load_model(ModelSpec(path=str(tmp_path)))
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_a_blocked_head_gives_the_same_logits_names_and_bytes(tie):
+    """The fp32 head (and a tied embedding) split into vocabulary blocks: the same tokens and
+    logits (to rounding) as the table in one block, the same state dict, the same bytes, and
+    a quantized copy still shares one int8 table."""
+    from agents.llm.blocked_head import BlockedEmbedding, BlockedHead, head_block
+    from agents.llm.quant import Int8Linear, quantize_model
+
+    one = tiny(tie_embeddings=tie)  # 256 entries: one block, the plain (in, out) layout
+    assert head_block(256) == 256 and head_block(49152) == 4096 and head_block(32000) == 32000
+    assert one.lm_head.blocks.shape[0] == 1
+    four = Transformer(one.args)
+    four.load_state_dict(one.state_dict())
+    four.lay_out_matrices(block=64)
+    assert isinstance(four.lm_head, BlockedHead) and four.lm_head.blocks.shape == (4, 64, 64)
+    assert isinstance(four.embed_tokens, BlockedEmbedding) == tie
+    assert four.tied_head() == one.tied_head() == tie
+    assert four.weight_bytes() == one.weight_bytes()
+    ids = torch.tensor([0, 63, 64, 200, 255])
+    assert torch.equal(four.embed_tokens(ids), one.embed_tokens(ids))
+    for (k, a), (k2, b) in zip(one.state_dict().items(), four.state_dict().items()):
+        assert k == k2 and torch.equal(a, b)
+    prompt = [5, 9, 200, 31, 64, 7]
+    assert generate(four, prompt, 12) == generate(one, prompt, 12)
+    ctx1, ctx4 = KVContext(one), KVContext(four)
+    torch.testing.assert_close(four([(ctx4, prompt)]), one([(ctx1, prompt)]))
+    for model in (one, four):  # a batched decode step, each sequence alone in the other
+        batch = [KVContext(model) for _ in range(3)]
+        model([(c, prompt[: i + 2]) for i, c in enumerate(batch)])
+        if model is one:
+            alone = torch.cat([one([(c, [i + 1])]) for i, c in enumerate(batch)])
+    torch.testing.assert_close(four([(c, [i + 1]) for i, c in enumerate(batch)]), alone)
+    q = quantize_model(four)
+    assert isinstance(q.lm_head, Int8Linear) and q.tied_head() == tie

@@ -94,8 +94,8 @@ def quantize_model(model: Transformer) -> Transformer:
     """Make every matrix of a Transformer int8 (in place) and the rest bf16; a tied lm_head
     shares the embedding's int8 table and scales."""
     m: Any = model
+    tied = m.tied_head()  # before the cast: a cast copies each module's buffers apart
     m.to(COMPUTE_DTYPE)
-    tied = m.lm_head.weight is m.embed_tokens.weight
     q, s = quantize_rows(m.embed_tokens.weight.detach())
     m.embed_tokens = Int8Embedding(q, s)
     m.lm_head = Int8Linear(q, s, None) if tied else _int8_linear(m.lm_head)

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from agents.llm import decode_step
+from agents.llm.blocked_head import BlockedEmbedding, BlockedHead, head_block, to_blocks
 from agents.llm.kv_context import KVContext
 from agents.llm.rope import apply_rope, rope_signs, rope_tables
 from fleet.shapes import ModelArgs
@@ -165,20 +166,35 @@ class Transformer(nn.Module):
         return self.norm.weight.dtype
 
     @torch.no_grad()
-    def lay_out_matrices(self) -> Transformer:
+    def lay_out_matrices(self, block: int = 0) -> Transformer:
         """Keep every fp32 matrix (in, out) in memory, column-major as its (out, in) parameter
         sees it: same shape, names and values, so ``F.linear`` runs as ``x @ W`` over a
         row-major W, which this CPU's fp32 GEMM does faster than ``x @ W^T`` (measured with
-        SmolLM-135M's matrices: the same at one row, 1.4-2.3x faster at eight, 1.2-1.3x on the
-        tied 49152-row head). A tied embedding looks its rows up through the strided view.
-        bf16 keeps rows (its decode row runs in ``torch.mv``, which wants them). A load from
-        a checkpoint makes its private copies in this layout already (``column_major``)."""
+        SmolLM-135M's matrices: the same at one row, 1.4-2.3x faster at eight). The fp32 head
+        (and a tied embedding, the same table) goes further: blocks of ``block`` vocabulary
+        entries (blocked_head.py; by default ``head_block(vocab)``), whose batched product
+        reads each block once for all rows. bf16 keeps rows (its decode row runs in
+        ``torch.mv``, which wants them). A load from a checkpoint makes its private copies in
+        the (in, out) layout already (``column_major``)."""
+        head = self.lm_head
+        if isinstance(head, Linear) and head.weight.dtype == torch.float32:
+            blocks = to_blocks(head.weight.detach(), block or head_block(self.args.vocab_size))
+            if self.tied_head():
+                self.embed_tokens = BlockedEmbedding(blocks)  # type: ignore[assignment]
+            self.lm_head = BlockedHead(blocks)  # type: ignore[assignment]
         for m in self.modules():
             w = getattr(m, "weight", None)
             if isinstance(m, Linear) and w is not None and w.dtype == torch.float32:
                 if w.dim() == 2 and w.is_contiguous():
                     w.data = column_major(w.data)
         return self
+
+    def tied_head(self) -> bool:
+        """Whether the head reads the embedding's own table (no copy)."""
+        head, embed = self.lm_head, self.embed_tokens
+        if isinstance(head, BlockedHead):
+            return isinstance(embed, BlockedEmbedding) and head.blocks is embed.blocks
+        return head.weight is embed.weight
 
     def weight_bytes(self) -> int:
         """Bytes of every weight, scale and bias, a shared (tied) tensor counted once."""

@@ -205,7 +205,7 @@ def save_hf_directory(model: Transformer, path: Path) -> None:
         "tie_word_embeddings": a.tie_embeddings,
         "max_position_embeddings": a.max_position,
     }
-    tied = a.tie_embeddings and model.lm_head.weight is model.embed_tokens.weight
+    tied = a.tie_embeddings and model.tied_head()
     if model.embed_tokens.weight.dtype == torch.int8:
         cfg["quantization_config"] = {"quant_method": QUANT_METHOD, "bits": 8, "group": "row"}
     (path / "config.json").write_text(json.dumps(cfg, indent=2))
