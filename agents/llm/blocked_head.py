@@ -2,8 +2,8 @@
 
 The head is the largest matrix of a small model (SmolLM-135M: 49,152 x 576, a fifth of its
 weights). Stored (in, out) as the other fp32 matrices are (transformer.py), one row is fast but a
-batch of rows is not: this CPU's fp32 GEMM over a 49,152-column matrix runs eight rows in about
-the time of six single rows. Cut into blocks of ``block`` vocabulary entries, each (in, block)
+batch of rows is not: this CPU's fp32 GEMM over a 49,152-column matrix runs eight rows in the
+time of six or seven single rows. Cut into blocks of ``block`` vocabulary entries, each (in, block)
 and contiguous, the same product runs as one batched product over the blocks, each block read
 once for every row while it is in cache. Measured on SmolLM-135M's head, blocks of 4,096
 (medians, one process; AMD EPYC, 2 threads): eight rows 8.3-8.8 ms against 25.7-26.1, one row
