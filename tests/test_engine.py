@@ -311,3 +311,32 @@ def test_a_blocked_head_gives_the_same_logits_names_and_bytes(tie):
     torch.testing.assert_close(four([(c, [i + 1]) for i, c in enumerate(batch)]), alone)
     q = quantize_model(four)
     assert isinstance(q.lm_head, Int8Linear) and q.tied_head() == tie
+
+
+def test_bf16_products_of_many_rows_in_fp32_equal_the_bf16_ones(monkeypatch):
+    """Without bf16 hardware a bf16 product of many rows runs in fp32 a block of weight rows at
+    a time (bf16_products.py): the same values as the fp32 product of the same bf16 numbers,
+    rounded to bf16, for a bf16 matrix with a bias and an int8 one with row scales; a model's
+    logits either way are bf16 rounding apart."""
+    from agents.llm import bf16_products
+    from agents.llm.quant import quantize_rows
+
+    torch.manual_seed(0)
+    x = torch.randn(9, 64).bfloat16()
+    w, b = torch.randn(100, 64).bfloat16(), torch.randn(100).bfloat16()
+    monkeypatch.setattr(bf16_products, "BLOCK_BYTES", 4 * 64 * 30)  # blocks of 30 rows
+    want = (x.float() @ w.float().t() + b.float()).bfloat16()
+    assert torch.equal(bf16_products.linear_in_fp32(x, w, b), want)
+    q, s = quantize_rows(torch.randn(100, 64))
+    want = (x.float() @ (q.float() * s.float()[:, None]).t()).bfloat16()
+    assert torch.equal(bf16_products.linear_in_fp32(x, q, None, s), want)
+    monkeypatch.setattr(bf16_products, "native_bf16", lambda: False)
+    assert bf16_products.upcast(x) and not bf16_products.upcast(x[:7])
+    assert not bf16_products.upcast(x.float())
+    m16, prompt = tiny(torch.bfloat16), list(range(3, 40))
+    upcast_logits = m16([(KVContext(m16), prompt)], all_logits=True)
+    monkeypatch.setattr(bf16_products, "native_bf16", lambda: True)
+    assert not bf16_products.upcast(x)
+    bf16_logits = m16([(KVContext(m16), prompt)], all_logits=True)
+    cosine = torch.nn.functional.cosine_similarity(upcast_logits, bf16_logits, dim=-1)
+    assert cosine.min() > 0.999  # bf16 rounding apart

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from agents.llm.bf16_products import linear_in_fp32, upcast
 from fleet.shapes import INT8_QUANT_METHOD
 
 if TYPE_CHECKING:
@@ -61,6 +62,8 @@ class Int8Linear(nn.Module):
         x2 = x.reshape(-1, self.in_features).to(COMPUTE_DTYPE).contiguous()
         if self.kernel and x2.shape[0] <= KERNEL_MAX_ROWS:
             y = torch._weight_int8pack_mm(x2, self.weight, self.scales)
+        elif upcast(x2):  # a CPU without bf16 hardware: dequantized to fp32 (bf16_products.py)
+            y = linear_in_fp32(x2, self.weight, None, self.scales)
         else:
             y = x2 @ (self.weight.to(COMPUTE_DTYPE) * self.scales[:, None]).T
         if self.bias is not None:

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from agents.llm import decode_step
+from agents.llm.bf16_products import linear_in_fp32, upcast
 from agents.llm.blocked_head import BlockedEmbedding, BlockedHead, head_block, to_blocks
 from agents.llm.kv_context import KVContext
 from agents.llm.rope import apply_rope, rope_signs, rope_tables
@@ -57,6 +58,8 @@ class Linear(nn.Linear):
             if self.bias is not None:
                 y = y + self.bias
             return y.reshape(*x.shape[:-1], self.out_features)
+        if upcast(x):  # many bf16 rows on a CPU without bf16 hardware (bf16_products.py)
+            return linear_in_fp32(x, self.weight, self.bias)
         return F.linear(x, self.weight, self.bias)
 
 
