@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from agents.llm.bf16_products import native_bf16
 from agents.llm.generate import decode_one_token, generate, prefill
 from agents.llm.kv_context import KVContext
 from agents.llm.quant import quantize_model
@@ -36,6 +37,17 @@ from fleet.shapes import ModelArgs
 PROMPT = 256
 BATCH = 8
 RESULTS = Path(__file__).resolve().parent / "results" / "engine_speed.json"
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux), else what the platform says."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def read_bandwidth_bytes_per_s(threads: int, runs: int, size_mib: int = 512) -> float:
@@ -182,10 +194,12 @@ def main() -> None:
     ns = p.parse_args()
 
     args = ModelArgs.from_name(ns.preset)
+    cpu = {"model": cpu_model(), "bf16_instructions": native_bf16()}
     print(
         f"{ns.preset}: {args.num_params() / 1e6:.1f}M parameters, random weights, "
         f"torch {torch.__version__}, medians of {ns.runs} runs, {ns.decode_tokens} decode tokens"
     )
+    print(f"CPU: {cpu['model']}, bf16 instructions: {'yes' if cpu['bf16_instructions'] else 'no'}")
     bandwidth = {t: read_bandwidth_bytes_per_s(t, ns.runs) for t in ns.threads}
     for t, bw in bandwidth.items():
         print(f"read bandwidth, {t} thread(s): {bw / 1e9:.1f} GB/s")
@@ -224,6 +238,7 @@ def main() -> None:
                 "torch": torch.__version__,
                 "machine": platform.machine(),
                 "processor": platform.processor(),
+                "cpu": cpu,
                 "read_bandwidth_bytes_per_s": {str(t): bw for t, bw in bandwidth.items()},
                 "rows": rows,
                 "int8_agreement": [agreement, on_preset],
