@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from agents.llm.quant import COMPUTE_DTYPE, QUANT_METHOD, quantize_model, retie
+from agents.llm.quant import COMPUTE_DTYPE, QUANT_METHOD, Int8Embedding, quantize_model, retie
 from agents.llm.transformer import Transformer, column_major, is_linear_matrix
 from agents.storage import IoCount, PhoneStorage
 from fleet.records import ModelSpec
@@ -206,7 +206,7 @@ def save_hf_directory(model: Transformer, path: Path) -> None:
         "max_position_embeddings": a.max_position,
     }
     tied = a.tie_embeddings and model.tied_head()
-    if model.embed_tokens.weight.dtype == torch.int8:
+    if isinstance(model.embed_tokens, Int8Embedding):
         cfg["quantization_config"] = {"quant_method": QUANT_METHOD, "bits": 8, "group": "row"}
     (path / "config.json").write_text(json.dumps(cfg, indent=2))
     state = {
