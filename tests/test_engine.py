@@ -340,3 +340,27 @@ def test_bf16_products_of_many_rows_in_fp32_equal_the_bf16_ones(monkeypatch):
     bf16_logits = m16([(KVContext(m16), prompt)], all_logits=True)
     cosine = torch.nn.functional.cosine_similarity(upcast_logits, bf16_logits, dim=-1)
     assert cosine.min() > 0.999  # bf16 rounding apart
+
+
+def test_few_fp32_rows_on_two_threads_multiply_the_matrix_in_halves():
+    """On two threads a laid-out fp32 matrix's product of a few rows runs as one batched
+    product over its two column halves: the same values as the plain product, bias too."""
+    from agents.llm.transformer import SPLIT_MAX_ROWS, Linear
+
+    torch.manual_seed(0)
+    lin = Linear(64, 96, bias=True)
+    with torch.no_grad():
+        lin.weight.data = lin.weight.data.t().contiguous().t()  # (in, out), as laid out
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        for rows in (1, 8, SPLIT_MAX_ROWS, SPLIT_MAX_ROWS + 1):
+            x = torch.randn(rows, 64)
+            assert lin._splits(x)
+            want = x @ lin.weight.detach().t() + lin.bias.detach()
+            torch.testing.assert_close(lin(x), want)
+            torch.testing.assert_close(lin(x[None])[0], want)
+        torch.set_num_threads(1)
+        assert not lin._splits(torch.randn(1, 64))
+    finally:
+        torch.set_num_threads(before)
