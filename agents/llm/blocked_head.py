@@ -48,6 +48,15 @@ def to_blocks(weight: torch.Tensor, block: int) -> torch.Tensor:
     return weight.t().reshape(dim, vocab // block, block).permute(1, 0, 2).contiguous()
 
 
+def over_blocks(x: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
+    """x (..., dim) times every (dim, block) block of ``blocks`` (any strides) as one batched
+    product, the blocks' columns side by side: (..., blocks * block)."""
+    n, dim, block = blocks.shape
+    rows = x.reshape(-1, dim)
+    y = torch.bmm(rows.expand(n, *rows.shape), blocks)  # (blocks, rows, block)
+    return y.permute(1, 0, 2).reshape(*x.shape[:-1], n * block)
+
+
 def from_blocks(blocks: torch.Tensor) -> torch.Tensor:
     """The (vocab, dim) table of ``blocks`` (a copy)."""
     n, dim, block = blocks.shape
@@ -96,10 +105,7 @@ class BlockedHead(_BlockedTable):
     bias = None  # a head has none (read where any linear layer's bias is)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.reshape(-1, self.dim)
-        n = self.blocks.shape[0]
-        y = torch.bmm(rows.expand(n, *rows.shape), self.blocks)  # (blocks, rows, block)
-        return y.permute(1, 0, 2).reshape(*x.shape[:-1], self.vocab)
+        return over_blocks(x, self.blocks)
 
 
 class BlockedEmbedding(_BlockedTable):

@@ -26,7 +26,13 @@ from torch import nn
 
 from agents.llm import decode_step
 from agents.llm.bf16_products import linear_in_fp32, upcast
-from agents.llm.blocked_head import BlockedEmbedding, BlockedHead, head_block, to_blocks
+from agents.llm.blocked_head import (
+    BlockedEmbedding,
+    BlockedHead,
+    head_block,
+    over_blocks,
+    to_blocks,
+)
 from agents.llm.kv_context import KVContext
 from agents.llm.rope import apply_rope, rope_signs, rope_tables
 from fleet.shapes import ModelArgs
@@ -86,11 +92,9 @@ class Linear(nn.Linear):
         )
 
     def _in_halves(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.reshape(-1, self.in_features)
         half = self.out_features // 2
         halves = self.weight.t().view(self.in_features, 2, half).permute(1, 0, 2)
-        y = torch.bmm(rows.expand(2, *rows.shape), halves).permute(1, 0, 2)
-        y = y.reshape(*x.shape[:-1], self.out_features)
+        y = over_blocks(x, halves)
         return y if self.bias is None else y + self.bias
 
 
