@@ -51,21 +51,25 @@ dashboards: $(STAMP)
 # Debian packages the run needs: a Python >= 3.11 with venv and pip, git (run manifests record the
 # revision), openssl (the TLS test makes a certificate), prometheus (fleet run embeds it; the
 # tests scrape with it and use its promtool), adb (each lab host's adb server reaches its
-# phones; the tests reach emulated ones through it) and chromium (the report is checked in a real
-# browser). Installed only when missing, so a machine that has them needs no root.
+# phones; the tests reach emulated ones through it), chromium (the report is checked in a real
+# browser) and g++ with ninja-build (the engine compiles its native bf16/int8 row products,
+# agents/llm/native.cpp; without them it runs PyTorch's). Installed only when missing, so a
+# machine that has them needs no root.
 system-deps:
 	@if ! $(PYTHON) -c 'import sys, venv, ensurepip; assert sys.version_info >= (3, 11)' 2>/dev/null \
 	    || ! command -v git >/dev/null || ! command -v openssl >/dev/null \
 	    || ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null \
-	    || ! command -v adb >/dev/null || ! command -v chromium >/dev/null; then \
-	  echo "installing Debian packages: python3 python3-venv python3-pip git openssl prometheus adb chromium"; \
+	    || ! command -v adb >/dev/null || ! command -v chromium >/dev/null \
+	    || ! command -v g++ >/dev/null || ! command -v ninja >/dev/null; then \
+	  echo "installing Debian packages: python3 python3-venv python3-pip git openssl prometheus adb chromium g++ ninja-build"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-	    python3 python3-venv python3-pip git openssl prometheus adb chromium; \
+	    python3 python3-venv python3-pip git openssl prometheus adb chromium g++ ninja-build; \
 	fi
 
 $(STAMP): pyproject.toml | system-deps
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[coordinator,dev]'
+	$(BIN)/python -m agents.llm.native  # compile the native row products once (about 15 s)
 	touch $(STAMP)
 
 clean:

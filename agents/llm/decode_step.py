@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
+from agents.llm import native
 from agents.llm.rope import apply_rope, rope_matrices
 
 if TYPE_CHECKING:
@@ -47,46 +48,76 @@ def decode_step(model: Any, contexts: list[KVContext], tokens: list[int]) -> tor
     for ctx in contexts:
         assert ctx.k is not None and ctx.v is not None  # resident: reserved by the caller
         caches.append((ctx.k, ctx.v))
-    cos, sin = model._rope(torch.tensor(positions))  # (S, D)
-    fp32 = model.dtype == torch.float32
-    if fp32:  # the rotation as a matrix; the queries' also takes the attention's scale
-        rot = rope_matrices(cos, sin, model.rope_signs())
+    cos, sin = model._rope(torch.tensor(positions))  # (S, D), in the model's dtype
+    wide = model.dtype == torch.float32 or native.ops() is not None
+    if wide:  # the rotation as a matrix; the queries' also takes the attention's scale
+        rot = rope_matrices(cos.float(), sin.float(), model.rope_signs().float())
         rot_q = rot * hd**-0.5
     else:  # bf16 products of these shapes are slow on CPUs: the elementwise form
         cos, sin = cos[:, None], sin[:, None]
-    gqa = n_kv != n_head
+    kernels = native.ops() if wide else None
+    k_caches, v_caches = [kc for kc, _ in caches], [vc for _, vc in caches]
     x = model.embed_tokens.forward(torch.tensor(tokens, dtype=torch.long))  # (S, C)
-    if fp32:
-        y = x.new_empty(n, n_kv, group, hd)  # each sequence's attention output, in place
+    y = None  # fp32 without the native kernel: each sequence's attention output, in place
+    if wide:
+        x = x.float()
+        if kernels is None:
+            y = x.new_empty(n, n_kv, group, hd)
     for i, layer in enumerate(model.layers):
         att, mlp = layer.self_attn, layer.mlp
-        h = layer.input_layernorm.forward(x)
+        h = norm(layer.input_layernorm, x)
         q = att.q_proj.forward(h).view(n, n_head, hd)
         k = att.k_proj.forward(h).view(n, n_kv, hd)
-        if fp32:
+        if wide:
             q, k = torch.matmul(q, rot_q), torch.matmul(k, rot)
         else:
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         v = att.v_proj.forward(h).view(n, n_kv, hd)
-        outs = []  # bf16: each sequence's attention output
-        for s, (kc, vc) in enumerate(caches):
-            end = positions[s] + 1
-            kc[i, :, end - 1] = k[s]
-            vc[i, :, end - 1] = v[s]
-            keys, values = kc[i, :, :end], vc[i, :, :end]  # (Hkv, end, D)
-            if fp32:
-                weights = torch.softmax(torch.matmul(q[s].view(n_kv, group, hd), keys.mT), -1)
-                torch.matmul(weights, values, out=y[s])
-            else:
-                outs.append(
-                    F.scaled_dot_product_attention(
-                        q[s].view(1, n_head, 1, hd), keys[None], values[None], enable_gqa=gqa
-                    )
-                )
-        att_out = y if fp32 else outs[0] if n == 1 else torch.cat(outs)
+        if kernels is not None:  # every sequence in one call, fp32 math over its own cache
+            q = q.view(n, n_kv, group, hd)
+            att_out = kernels.decode_attention(q, k, v, k_caches, v_caches, i, positions)
+        else:
+            att_out = attend(q, k, v, caches, i, positions, y)
         x = x + att.o_proj.forward(att_out.view(n, n_head * hd))
-        h = layer.post_attention_layernorm.forward(x)
+        h = norm(layer.post_attention_layernorm, x)
         x = x + mlp.down_proj.forward(F.silu(mlp.gate_proj.forward(h)) * mlp.up_proj.forward(h))
     for ctx, tok in zip(contexts, tokens):
         ctx.append([tok])
-    return model.lm_head.forward(model.norm.forward(x)).float()
+    return model.lm_head.forward(norm(model.norm, x)).float()
+
+
+def norm(rms: Any, x: torch.Tensor) -> torch.Tensor:
+    """An ``RMSNorm`` of fp32 rows in fp32 (a bf16 weight widened): one native call, else
+    PyTorch's fused kernel; other rows go through the module."""
+    w = rms.weight
+    if x.dtype != torch.float32:
+        return rms.forward(x)
+    kernels = native.ops()
+    if kernels is not None:
+        return kernels.rms_norm(x, w, rms.eps)
+    return F.rms_norm(x, w.shape, w if w.dtype == torch.float32 else w.float(), rms.eps)
+
+
+def attend(q, k, v, caches, layer: int, positions: list[int], y: torch.Tensor | None):
+    """One layer's attention without the native kernel, a sequence at a time: fp32 as two
+    products and a softmax written into ``y`` (S, Hkv, G, D); bf16 (``y`` None) in PyTorch's
+    fused kernel."""
+    n, n_head, hd = q.shape
+    n_kv = k.shape[1]
+    outs = []
+    for s, (kc, vc) in enumerate(caches):
+        end = positions[s] + 1
+        kc[layer, :, end - 1] = k[s]  # in the cache's dtype
+        vc[layer, :, end - 1] = v[s]
+        keys, values = kc[layer, :, :end], vc[layer, :, :end]  # (Hkv, end, D)
+        if y is not None:
+            scores = torch.matmul(q[s].view(n_kv, n_head // n_kv, hd), keys.mT)
+            torch.matmul(torch.softmax(scores, -1), values, out=y[s])
+        else:
+            outs.append(
+                F.scaled_dot_product_attention(
+                    q[s].view(1, n_head, 1, hd), keys[None], values[None],
+                    enable_gqa=n_kv != n_head,
+                )
+            )  # fmt: skip
+    return y if y is not None else outs[0] if n == 1 else torch.cat(outs)

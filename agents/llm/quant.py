@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from agents.llm import native
 from agents.llm.bf16_products import linear_in_fp32, upcast
 from fleet.shapes import INT8_QUANT_METHOD
 
@@ -59,6 +60,13 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
+        few = x.numel() <= KERNEL_MAX_ROWS * self.in_features
+        kernels = native.ops() if few and self.scales.dtype == COMPUTE_DTYPE else None
+        if kernels is not None:  # a decode step's rows, fp32 or bf16 (native.py)
+            y = kernels.int8_rows(x.reshape(-1, self.in_features), self.weight, self.scales)
+            if self.bias is not None:
+                y = y + self.bias
+            return y.reshape(*shape[:-1], self.out_features)
         x2 = x.reshape(-1, self.in_features).to(COMPUTE_DTYPE).contiguous()
         if self.kernel and x2.shape[0] <= KERNEL_MAX_ROWS:
             y = torch._weight_int8pack_mm(x2, self.weight, self.scales)

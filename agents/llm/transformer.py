@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from agents.llm import decode_step
+from agents.llm import decode_step, native
 from agents.llm.bf16_products import linear_in_fp32, upcast
 from agents.llm.blocked_head import (
     BlockedEmbedding,
@@ -54,6 +54,7 @@ class RMSNorm(nn.Module):
 
 
 SPLIT_MAX_ROWS = 16  # fp32 products of up to this many rows split in two on 2+ threads
+NATIVE_MAX_ROWS = 16  # bf16 products of up to this many rows run in native.cpp
 
 
 class Linear(nn.Linear):
@@ -70,6 +71,13 @@ class Linear(nn.Linear):
     one thread keeps the plain product."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.weight.dtype == torch.bfloat16 and x.numel() <= NATIVE_MAX_ROWS * self.in_features:
+            kernels = native.ops()
+            if kernels is not None:  # a decode step's rows (native.py)
+                y = kernels.bf16_rows(x.reshape(-1, self.in_features), self.weight)
+                if self.bias is not None:
+                    y = y + self.bias
+                return y.reshape(*x.shape[:-1], self.out_features)
         if x.dtype == torch.bfloat16 and x.numel() == self.in_features:
             y = torch.mv(self.weight, x.reshape(-1))
             if self.bias is not None:

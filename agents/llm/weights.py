@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from agents.llm import native
 from agents.llm.quant import COMPUTE_DTYPE, QUANT_METHOD, Int8Embedding, quantize_model, retie
 from agents.llm.transformer import Transformer, column_major, is_linear_matrix
 from agents.storage import IoCount, PhoneStorage
@@ -60,6 +61,8 @@ def load_model(spec: ModelSpec, storage: PhoneStorage | None = None) -> LoadedMo
     """``int8``: real weights are quantized as they load (a checkpoint saved quantized loads
     as it is); random ones are drawn in bf16 and quantized."""
     quantize = spec.dtype == "int8"
+    if spec.dtype != "fp32":  # built (or loaded) now, not in the first request's time
+        native.ops()
     if spec.path:
         return _load_local(Path(spec.path), spec.dtype, storage)
     if storage is None:
