@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from agents.llm import native
 from agents.llm.bf16_products import native_bf16
 from agents.llm.generate import decode_one_token, generate, prefill
 from agents.llm.kv_context import KVContext
@@ -61,6 +62,41 @@ def read_bandwidth_bytes_per_s(threads: int, runs: int, size_mib: int = 512) -> 
         buf.sum()
         times.append(time.perf_counter() - t0)
     return buf.numel() * 4 / statistics.median(times)
+
+
+def matmul_flops_per_s(threads: int, runs: int, n: int = 1024) -> float:
+    """Median fp32 FLOP/s of an (n, n) x (n, n) matrix product: the compute ceiling, as the
+    read bandwidth is the memory one (the native kernels multiply in fp32 too)."""
+    torch.set_num_threads(threads)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b  # warm-up
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t0)
+    return 2 * n**3 / statistics.median(times)
+
+
+def product_flops(args: ModelArgs, tokens: int, head_rows: int) -> int:
+    """FLOPs of the matrix products (and attention) of ``tokens`` new tokens of one prompt
+    from position 0, the head run for ``head_rows`` of them."""
+    kv = args.n_kv_head * args.head_dim
+    layer = 2 * args.dim * args.dim + 2 * args.dim * kv + 3 * args.dim * args.intermediate_size
+    attention = 4 * args.n_head * args.head_dim * tokens * (tokens + 1) // 2  # QK^T and PV
+    return (
+        2 * args.n_layer * layer * tokens
+        + args.n_layer * attention
+        + (2 * args.vocab_size * args.dim * head_rows)
+    )
+
+
+def batch_ceiling_tok_s(weight_bytes: int, flops_per_token: int, bandwidth: float,
+                        peak: float) -> float:  # fmt: skip
+    """The most tokens/s a batch of BATCH can decode on this CPU: a step reads every weight
+    once (bytes over the read bandwidth) and multiplies BATCH rows (FLOPs over the compute
+    ceiling), and takes at least the longer of the two."""
+    return BATCH / max(weight_bytes / bandwidth, BATCH * flops_per_token / peak)
 
 
 def engine_repetition(model: Transformer, prompt: list[int], decode_tokens: int) -> tuple:
@@ -200,9 +236,21 @@ def main() -> None:
         f"torch {torch.__version__}, medians of {ns.runs} runs, {ns.decode_tokens} decode tokens"
     )
     print(f"CPU: {cpu['model']}, bf16 instructions: {'yes' if cpu['bf16_instructions'] else 'no'}")
+    native.ops()  # compiled now if this machine has not yet: its time is reported apart
+    kernels = native.status()
+    print(
+        f"native kernels: {'loaded' if kernels.loaded else 'NOT loaded: ' + kernels.reason}"
+        f" (compile or load: {kernels.build_s:.1f} s, not in any figure below)"
+    )
     bandwidth = {t: read_bandwidth_bytes_per_s(t, ns.runs) for t in ns.threads}
+    peak = {t: matmul_flops_per_s(t, ns.runs) for t in ns.threads}
     for t, bw in bandwidth.items():
-        print(f"read bandwidth, {t} thread(s): {bw / 1e9:.1f} GB/s")
+        print(
+            f"{t} thread(s): read bandwidth {bw / 1e9:.1f} GB/s, "
+            f"fp32 matrix product {peak[t] / 1e9:.0f} GFLOP/s"
+        )
+    prefill_flops = product_flops(args, PROMPT, 1)
+    token_flops = product_flops(args, 1, 1)
     rows = []
     for dtype_name in ns.dtypes:
         model = build(args, dtype_name)
@@ -218,6 +266,15 @@ def main() -> None:
             row.update(speed(model, hf, ns.runs, ns.decode_tokens))
             row["ceiling_tok_s"] = bandwidth[t] / weight_bytes
             row["decode_vs_ceiling"] = row["decode_tok_s"] / row["ceiling_tok_s"]
+            row["matmul_flops_per_s"] = peak[t]
+            # prefill is compute-bound: its FLOP/s against the fp32 matrix product's
+            row["prefill_vs_compute"] = prefill_flops * row["prefill_tok_s"] / PROMPT / peak[t]
+            if "hf_prefill_tok_s" in row:
+                hf_rate = prefill_flops * row["hf_prefill_tok_s"] / PROMPT
+                row["hf_prefill_vs_compute"] = hf_rate / peak[t]
+            row["batch8_ceiling_tok_s"] = batch_ceiling_tok_s(
+                weight_bytes, token_flops, bandwidth[t], peak[t]
+            )
             rows.append(row)
         del model, hf
     report(rows, args, ns)
@@ -239,7 +296,13 @@ def main() -> None:
                 "machine": platform.machine(),
                 "processor": platform.processor(),
                 "cpu": cpu,
+                "native_kernels": {
+                    "loaded": kernels.loaded,
+                    "build_s": kernels.build_s,
+                    "reason": kernels.reason,
+                },  # fmt: skip
                 "read_bandwidth_bytes_per_s": {str(t): bw for t, bw in bandwidth.items()},
+                "matmul_flops_per_s": {str(t): f for t, f in peak.items()},
                 "rows": rows,
                 "int8_agreement": [agreement, on_preset],
                 "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -294,7 +357,21 @@ def report(rows: list[dict], args: ModelArgs, ns) -> None:
             checks.append(("int8 weights <= 0.55 of bf16", share, -0.55))
         for name, value, target in checks:  # a negative target: at most its magnitude
             hit = value <= -target if target < 0 else value >= target
-            print(f"  {key:<9} {name:<30} {value:6.2f}  {'hit' if hit else 'MISS'}")
+            print(f"  {key:<9} {name:<30} {value:6.2f}  {'hit' if hit else 'MISS'}{bound(r, name)}")
+
+
+def bound(row: dict, check: str) -> str:
+    """What this CPU allows a target, printed beside it."""
+    if check.startswith("batch 8"):
+        ceiling = row["batch8_ceiling_tok_s"]
+        share = row["batch8_tok_s"] / ceiling
+        return f"  (batch 8 at {share:.2f} of its ceiling, {ceiling:.0f} tok/s)"
+    if check.startswith("prefill") and "hf_prefill_vs_compute" in row:
+        return (
+            f"  (of the fp32 matrix product's FLOP/s: engine {row['prefill_vs_compute']:.2f},"
+            f" HF {row['hf_prefill_vs_compute']:.2f})"
+        )
+    return ""
 
 
 if __name__ == "__main__":

@@ -132,12 +132,15 @@ void block(const W* w, const at::BFloat16* scales, int64_t K, int64_t N, const f
   }
 }
 
-// Tiles: four activation rows against two weight rows (eight accumulators); one activation
-// row runs one weight row at a time with four accumulators.
+// Tiles: eight activation rows against one weight row (eight accumulators, each weight vector
+// widened once for all eight: measured on SmolLM-135M's matrices, one thread, 1.3-1.4x faster
+// than two passes of four rows against three weight rows); four rows against three weight
+// rows (twelve accumulators); one row runs one weight row at a time with four accumulators.
 template <typename W, typename Y>
 void rows(const W* w, const at::BFloat16* scales, int64_t K, int64_t N, const float* x, int64_t M, Y* y) {
   at::parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {
     int64_t m0 = 0;
+    for (; m0 + 8 <= M; m0 += 8) block<1, 8, 1>(w, scales, K, N, x, y, m0, n0, n1);
     for (; m0 + 4 <= M; m0 += 4) block<3, 4, 1>(w, scales, K, N, x, y, m0, n0, n1);
     switch (M - m0) {
       case 3: block<2, 3, 1>(w, scales, K, N, x, y, m0, n0, n1); break;
