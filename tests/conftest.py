@@ -13,6 +13,18 @@ import pytest
 TOKEN = "test-token"
 
 
+def pytest_configure(config):
+    """Build the engine's native kernels once, before any test starts a process, in one folder
+    every process shares, even those that move their cache (XDG_CACHE_HOME) or their HOME (an
+    emulated phone's sandbox passes TORCH_EXTENSIONS_DIR through)."""
+    from torch.utils.cpp_extension import get_default_build_root
+
+    from agents.llm import native
+
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", get_default_build_root())
+    native.ops()
+
+
 @contextmanager
 def agent_process(*args: str, token: str = TOKEN):
     """A real ``fleet-agent`` process; yields (address, Popen)."""

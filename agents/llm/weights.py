@@ -61,8 +61,7 @@ def load_model(spec: ModelSpec, storage: PhoneStorage | None = None) -> LoadedMo
     """``int8``: real weights are quantized as they load (a checkpoint saved quantized loads
     as it is); random ones are drawn in bf16 and quantized."""
     quantize = spec.dtype == "int8"
-    if spec.dtype != "fp32":  # built (or loaded) now, not in the first request's time
-        native.ops()
+    native.ops()  # the native kernels, built (or loaded) now, not in the first request's time
     if spec.path:
         return _load_local(Path(spec.path), spec.dtype, storage)
     if storage is None:

@@ -47,7 +47,9 @@ def bundle() -> tuple[bytes, str]:
         p
         for pkg in PACKAGES
         for p in (root / pkg).rglob("*")
-        if p.is_file() and p.suffix in (".py", ".yaml", ".json") and "__pycache__" not in p.parts
+        if p.is_file()
+        and p.suffix in (".py", ".cpp", ".yaml", ".json")  # .cpp: the engine's native kernels
+        and "__pycache__" not in p.parts
     )
     digest = hashlib.sha256()
     for p in files:

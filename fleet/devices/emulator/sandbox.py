@@ -145,7 +145,10 @@ class Sandbox:
         return _PREFIX.sub(lambda m: str(self.root) + m.group(1), command)
 
     def environment(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if k in ("LANG", "LC_ALL")}
+        # the engine's native kernels: a folder of builds the host shares with its emulated
+        # phones (a real phone compiles its own once), and the switch that turns them off
+        shared = ("LANG", "LC_ALL", "TORCH_EXTENSIONS_DIR", "SLM_FLEET_NATIVE")
+        env = {k: v for k, v in os.environ.items() if k in shared}
         tmp = str(self.root / "data/local/tmp")
         return env | {
             "PATH": f"{self.root / 'system/bin'}:/usr/local/bin:/usr/bin:/bin",
