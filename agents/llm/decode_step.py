@@ -6,20 +6,22 @@ instead: the same parameters and the same results (fp32 to rounding) from fewer 
 decode token runs about a thousand small operators beside its matrix products, and on a CPU
 each costs a few microseconds of Python and dispatch, so their count is what this trims:
 
-- no ``nn.Module`` calls: each projection's own ``forward`` is called directly, so a bf16 row
-  still goes through ``torch.mv`` and an int8 matrix through its kernel;
-- fp32 RoPE as one small product a layer for the queries and one for the keys: the "rotate
-  half" rotation of a position is a (D, D) matrix (rope.py), built once a step for all layers,
-  and the queries' takes the attention's scale too (bf16 keeps the elementwise form: its small
-  products are slow on CPUs);
+- no ``nn.Module`` calls: each projection's own ``forward`` is called directly, so a bf16 or
+  int8 matrix still runs its own product (the native kernels, native.py, for a few rows);
+- activations in fp32 ("wide"): an fp32 model's, and a bf16 or int8 model's when the native
+  kernels are loaded (their products take fp32 rows; the KV cache keeps the model's dtype);
+- RoPE as one small product a layer for the queries and one for the keys: the "rotate half"
+  rotation of a position is a (D, D) matrix (rope.py), built once a step for all layers, and
+  the queries' takes the attention's scale too;
+- attention in one native call a layer for every sequence (native.cpp: it writes the new keys
+  and values into each sequence's cache and attends in fp32), and RMSNorm in one call;
 - no transposes, masks or concatenations: one new query sees its whole cache, heads stay in
-  (kv head, group, D) order, and each sequence's attention writes its rows in place.
+  (kv head, group, D) order.
 
-fp32 attention is two products and a softmax (faster here than the fused kernel over one query
-row); bf16 keeps PyTorch's fused kernel, which accumulates in fp32 (its bf16 products do not).
-Against the module path, SmolLM-135M's shape, fp32, 300 cached positions (medians of runs
-interleaved in one process): batch 1 1.03-1.04x on one thread, 1.09-1.12x on two; batch 8
-(40 positions) 1.14-1.17x. bf16 and int8 steps run as fast as before (0.98-1.05x, within noise).
+Without the native kernels fp32 attention is two products and a softmax a sequence, written in
+place (faster here than the fused kernel over one query row), and a bf16 or int8 model keeps
+bf16 activations, the elementwise RoPE and PyTorch's fused attention kernel, which accumulates
+in fp32 (its bf16 products do not).
 """
 
 from __future__ import annotations
