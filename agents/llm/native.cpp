@@ -1,4 +1,4 @@
-// Products of a few activation rows with a bf16 or int8 weight matrix: decode steps.
+// Products of a few activation rows with a bf16, int8 or fp32 weight matrix: decode steps.
 //
 // y[m, n] = sum_k x[m, k] * w[n, k] (* scales[n] for int8), accumulated in fp32. Decode reads
 // every weight once a token, so the products are bound by how fast the weights stream in:
@@ -178,6 +178,11 @@ at::Tensor bf16_rows(const at::Tensor& x, const at::Tensor& w) {
   return product(x, wp, nullptr, w.size(0));
 }
 
+at::Tensor fp32_rows(const at::Tensor& x, const at::Tensor& w) {
+  check(x, w, at::kFloat);
+  return product(x, w.data_ptr<float>(), nullptr, w.size(0));
+}
+
 at::Tensor int8_rows(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scales) {
   check(x, w, at::kChar);
   TORCH_CHECK(scales.dim() == 1 && scales.size(0) == w.size(0) && scales.is_contiguous() &&
@@ -345,6 +350,7 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& w, double eps) {
 
 TORCH_LIBRARY(slm_fleet_native, m) {
   m.def("bf16_rows(Tensor x, Tensor w) -> Tensor", bf16_rows);
+  m.def("fp32_rows(Tensor x, Tensor w) -> Tensor", fp32_rows);
   m.def("int8_rows(Tensor x, Tensor w, Tensor scales) -> Tensor", int8_rows);
   m.def(
       "decode_attention(Tensor q, Tensor k, Tensor v, Tensor(a!)[] k_caches, Tensor(b!)[] v_caches, "

@@ -54,15 +54,16 @@ class RMSNorm(nn.Module):
 
 
 SPLIT_MAX_ROWS = 16  # fp32 products of up to this many rows split in two on 2+ threads
-NATIVE_MAX_ROWS = 16  # bf16 products of up to this many rows run in native.cpp
+NATIVE_MAX_ROWS = 16  # bf16 and fp32 products of up to this many rows run in native.cpp
 
 
 class Linear(nn.Linear):
-    """``nn.Linear`` (same parameters and names); one bf16 row, a decode step's, goes through
-    ``torch.mv``, whose bf16 kernel reads the weight 1.3-2.5x faster than the matrix product's
-    on these CPUs (bench/engine_speed.py measures the engine whole).
+    """``nn.Linear`` (same parameters and names). Up to ``NATIVE_MAX_ROWS`` rows (decode steps)
+    over a bf16 or fp32 matrix stored as (out, in) rows run in the native kernels (native.py).
+    Without them one bf16 row goes through ``torch.mv``, whose bf16 kernel reads the weight
+    1.3-2.5x faster than the matrix product's on these CPUs.
 
-    On two threads or more, a few fp32 rows (a decode step, a batch of them) multiply the two
+    Without them, on two threads or more, a few fp32 rows (a decode step, a batch) multiply the two
     column halves of the (in, out) matrix as one batched product over a strided view (no
     copy): the batched kernel gives each half a thread, where this CPU's matrix product of
     one row runs a 576-wide matrix no faster on two threads than on one. Measured on an AMD
@@ -71,10 +72,12 @@ class Linear(nn.Linear):
     one thread keeps the plain product."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.weight.dtype == torch.bfloat16 and x.numel() <= NATIVE_MAX_ROWS * self.in_features:
-            kernels = native.ops()
-            if kernels is not None:  # a decode step's rows (native.py)
-                y = kernels.bf16_rows(x.reshape(-1, self.in_features), self.weight)
+        w = self.weight
+        if x.numel() <= NATIVE_MAX_ROWS * self.in_features and w.is_contiguous():
+            kernels = native.ops()  # a decode step's rows over (out, in) rows (native.py)
+            if kernels is not None and w.dtype in (torch.bfloat16, torch.float32):
+                product = kernels.bf16_rows if w.dtype == torch.bfloat16 else kernels.fp32_rows
+                y = product(x.reshape(-1, self.in_features), w)
                 if self.bias is not None:
                     y = y + self.bias
                 return y.reshape(*x.shape[:-1], self.out_features)
@@ -213,7 +216,9 @@ class Transformer(nn.Module):
 
     @torch.no_grad()
     def lay_out_matrices(self, block: int = 0) -> Transformer:
-        """Keep every fp32 matrix (in, out) in memory, column-major as its (out, in) parameter
+        """For PyTorch's products, when the native kernels are not loaded (weights.py decides:
+        the native products read the (out, in) rows as stored). Keep every fp32 matrix (in, out)
+        in memory, column-major as its (out, in) parameter
         sees it: same shape, names and values, so ``F.linear`` runs as ``x @ W`` over a
         row-major W, which this CPU's fp32 GEMM does faster than ``x @ W^T`` (measured with
         SmolLM-135M's matrices: the same at one row, 1.4-2.3x faster at eight). The fp32 head

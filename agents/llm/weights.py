@@ -122,7 +122,9 @@ def random_model(args: ModelArgs, dtype: torch.dtype, seed: int) -> Transformer:
             for start in range(0, flat.numel(), RANDOM_POOL):
                 n = min(RANDOM_POOL, flat.numel() - start)
                 flat[start : start + n] = pool[offset : offset + n]
-    return model.lay_out_matrices().eval()
+    if native.ops() is None:  # the native products read (out, in) rows, as stored
+        model.lay_out_matrices()
+    return model.eval()
 
 
 def _load_local(path: Path, dtype_name: str, storage: PhoneStorage | None = None) -> LoadedModel:
@@ -153,8 +155,12 @@ def _load_local(path: Path, dtype_name: str, storage: PhoneStorage | None = None
                     tensor = st.get_tensor(key)
                     if tensor.dtype == torch.int8:  # a quantized matrix stays int8
                         state[name] = tensor.to(torch.int8, copy=True)
-                    elif dtype == torch.float32 and is_linear_matrix(name, args.tie_embeddings):
-                        state[name] = column_major(tensor.to(dtype))  # the copy, laid out
+                    elif (
+                        dtype == torch.float32
+                        and native.ops() is None
+                        and is_linear_matrix(name, args.tie_embeddings)
+                    ):  # PyTorch's products: the copy, laid out (Transformer.lay_out_matrices)
+                        state[name] = column_major(tensor.to(dtype))
                     else:
                         state[name] = tensor.to(dtype, copy=True)
     if args.tie_embeddings:
@@ -179,7 +185,8 @@ def _load_local(path: Path, dtype_name: str, storage: PhoneStorage | None = None
         model.lm_head.weight = model.embed_tokens.weight
     if dtype_name == "int8" and not quant:  # real weights, quantized as they load
         quantize_model(model)
-    model.lay_out_matrices()
+    if native.ops() is None:  # the native products read (out, in) rows, as stored
+        model.lay_out_matrices()
     tokenizer = None
     if (path / "tokenizer.json").is_file():
         from tokenizers import Tokenizer
