@@ -1,14 +1,17 @@
-"""Native products of a few rows with a bf16 or int8 matrix (native.cpp), built at run time.
+"""The engine's native kernels (native.cpp), built at run time: what a decode step runs.
 
 A decode step multiplies one row (a batch: a few rows) by every matrix, and reads each weight
 once, so its speed is how fast the weights stream in. PyTorch's CPU kernels for these shapes
-leave much of that on the table where the CPU has no bf16 instructions: its bf16 ``torch.mv``
-and its int8 weight kernel ``torch._weight_int8pack_mm``. ``native.cpp`` loads each
+leave much of that on the table on the CPUs measured: its bf16 ``torch.mv`` and int8 weight
+kernel (``torch._weight_int8pack_mm``) where the CPU has no bf16 instructions, and its fp32
+product of a few rows, which gains little from a second thread. ``native.cpp`` loads each
 weight vector once, widens it to fp32 in registers and multiplies it into every row (fp32
 accumulation), over PyTorch's own threads (``at::parallel_for``). Measured on an AMD EPYC VM
-(AVX2), SmolLM-135M's 210 layer matrices, one row, one thread: bf16 16 ms against ``torch.mv``'s
-24, int8 12 ms against the int8 kernel's 20; eight rows: bf16 47 ms against 175 (PyTorch's bf16
-product), int8 34 against 49.
+(AVX2), SmolLM-135M's 210 layer matrices, one thread, one row: bf16 16 ms against
+``torch.mv``'s 24, int8 12 against the int8 kernel's 20, fp32 28.5 against MKL's 32.3; eight
+rows: bf16 47 against 175 (PyTorch's bf16 product), int8 34 against 49, fp32 55 against 80.
+Beside the products: a decode step's attention over every sequence's own KV cache in one call
+a layer, and RMSNorm of a few fp32 rows (decode_step.py).
 
 The library is compiled once per machine and source (``torch.utils.cpp_extension``, about 15 s,
 cached under PyTorch's extension folder, ``$TORCH_EXTENSIONS_DIR`` to move it) for the CPU it runs
@@ -19,6 +22,7 @@ fp32 rounding); ``status()`` says which, and how long the build took.
     kernels = ops()
     if kernels is not None:
         y = kernels.bf16_rows(x, w)            # x (M, K) bf16 or fp32, w (N, K) bf16 -> (M, N)
+        y = kernels.fp32_rows(x, w)            # w (N, K) fp32
         y = kernels.int8_rows(x, q, scales)    # q (N, K) int8, scales (N,) bf16
 """
 
@@ -95,7 +99,7 @@ def ops() -> Any | None:
     except Exception as e:  # no compiler, no ninja, a failed build: PyTorch's products stay
         reason = " ".join(str(e).split())[:300] or type(e).__name__
         _status = Status(False, time.perf_counter() - t0, reason)
-        log.warning("native row kernels unavailable, using PyTorch's products: %s", reason)
+        log.warning("native kernels unavailable, using PyTorch's operators: %s", reason)
         return None
     _status = Status(True, time.perf_counter() - t0, "")
     return torch.ops.slm_fleet_native
@@ -106,6 +110,6 @@ def status() -> Status:
     return _status
 
 
-if __name__ == "__main__":  # build it now (make does, so no run pays it): prints the status
+if __name__ == "__main__":  # build it now (make does, so that no run pays it); prints the status
     ops()
     print(status())
