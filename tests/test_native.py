@@ -38,19 +38,26 @@ def assert_within_fp32_sums(got: torch.Tensor, x, w, scales=None) -> None:
     assert (got.double() - want).abs().le(bound).all(), (got.double() - want).abs().max()
 
 
+@pytest.fixture
+def threads(request):
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
+
+
 @needs_kernels
-@pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("k", [64, 100, 576])  # 100: a tail after the last full vector
+@pytest.mark.parametrize("threads", [1, 2], indirect=True)
+@pytest.mark.parametrize("k", [64, 100, 120, 576])  # 100, 120: tails after the vector loops
 def test_products_equal_float64_at_every_tile_shape(threads, k):
-    """1 to 9 rows (every tile: 4, 3, 2, 1 rows) against 2 to 37 weight rows (pairs, a single
-    remainder, a block split between threads)."""
-    torch.set_num_threads(threads)
+    """1 to 17 rows (every tile: 8, 4, 3, 2, 1 rows, and mixes of them) against 2 to 37 weight
+    rows (tiles of three, remainders, a block split between threads)."""
     gen = torch.Generator().manual_seed(k)
     for n in (2, 5, 37):
         w = torch.randn(n, k, generator=gen).bfloat16()
         wf = torch.randn(n, k, generator=gen)
         q, s = quantize_rows(torch.randn(n, k, generator=gen))
-        for m in range(1, 10):
+        for m in range(1, 18):
             x = torch.randn(m, k, generator=gen)
             for got, args in (
                 (kernels.bf16_rows(x, w), (x, w)),
@@ -166,6 +173,46 @@ def test_a_decode_step_with_them_equals_one_without(monkeypatch, dtype):
         n = a.length
         torch.testing.assert_close(a.k[:, :, :n], b.k[:, :, :n], rtol=tol, atol=tol)
         torch.testing.assert_close(a.v[:, :, :n], b.v[:, :, :n], rtol=tol, atol=tol)
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype,count", [("bf16", 17), ("int8", 25)])
+def test_a_step_of_more_sequences_than_the_native_products_take(dtype, count):
+    """A bf16 step of 17 sequences (the native products take 16 rows) and an int8 one of 25
+    (24) run PyTorch's products over bf16 activations, each sequence's logits those of its
+    own full forward."""
+    model = random_model(ModelArgs.from_name("tiny"), torch.bfloat16, seed=5)
+    if dtype == "int8":
+        model = quantize_model(model)
+    seqs = [[3 + i, 7 + i] for i in range(count)]
+    with torch.inference_mode():
+        ctxs = [KVContext(model) for _ in seqs]
+        for ctx, seq in zip(ctxs, seqs):
+            prefill(model, ctx, seq[:-1])
+        step = model([(ctx, seq[-1:]) for ctx, seq in zip(ctxs, seqs)])
+        for i, seq in enumerate(seqs):
+            full = model([(KVContext(model), seq)])[0]
+            torch.testing.assert_close(step[i], full, rtol=5e-2, atol=5e-2)
+
+
+def test_every_checkout_builds_into_one_folder_and_a_stale_lock_goes(tmp_path, monkeypatch):
+    """The build's name and folder depend on the source's bytes, not on where it lies (a
+    phone's bundle, a clean clone), and a lock older than a build can take is removed."""
+    copy = tmp_path / "elsewhere" / "native.cpp"
+    copy.parent.mkdir()
+    copy.write_bytes(native.SOURCE.read_bytes())
+    monkeypatch.delenv("TORCH_EXTENSIONS_DIR", raising=False)
+    here = native._build_place(str(tmp_path / "builds"))
+    monkeypatch.setattr(native, "SOURCE", copy)
+    there = native._build_place(str(tmp_path / "builds"))
+    assert here == there and there[2].read_bytes() == copy.read_bytes()
+    lock = there[1] / "lock"
+    lock.touch()
+    os.utime(lock, (1, 1))
+    native._build_place(str(tmp_path / "builds"))
+    assert not lock.exists()
+    copy.write_bytes(copy.read_bytes() + b"// changed")
+    assert native._build_place(str(tmp_path / "builds"))[0] != here[0]
 
 
 def probe(env: dict[str, str]) -> dict:

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from agents.llm import native
+from agents.llm.native import NATIVE_MAX_ROWS
 from agents.llm.rope import apply_rope, rope_matrices
 
 if TYPE_CHECKING:
@@ -51,7 +52,9 @@ def decode_step(model: Any, contexts: list[KVContext], tokens: list[int]) -> tor
         assert ctx.k is not None and ctx.v is not None  # resident: reserved by the caller
         caches.append((ctx.k, ctx.v))
     cos, sin = model._rope(torch.tensor(positions))  # (S, D), in the model's dtype
-    wide = model.dtype == torch.float32 or native.ops() is not None
+    # fp32 activations: an fp32 model's, and a bf16 or int8 model's when the native products
+    # take every row of the step (more rows run PyTorch's products over bf16 activations)
+    wide = model.dtype == torch.float32 or (n <= NATIVE_MAX_ROWS and native.ops() is not None)
     if wide:  # the rotation as a matrix; the queries' also takes the attention's scale
         rot = rope_matrices(cos.float(), sin.float(), model.rope_signs().float())
         rot_q = rot * hd**-0.5

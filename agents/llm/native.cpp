@@ -266,9 +266,9 @@ void attend(const float* q, const float* k, const float* v, C* keys, C* values, 
 at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                             at::TensorList k_caches, at::TensorList v_caches, int64_t layer,
                             at::IntArrayRef positions) {
+  TORCH_CHECK(q.dim() == 4 && q.scalar_type() == at::kFloat && q.is_contiguous() && q.size(0) > 0,
+              "q must be contiguous fp32 (S, Hkv, G, D), S > 0");
   const int64_t S = q.size(0), H = q.size(1), G = q.size(2), D = q.size(3);
-  TORCH_CHECK(q.dim() == 4 && q.scalar_type() == at::kFloat && q.is_contiguous(),
-              "q must be contiguous fp32 (S, Hkv, G, D)");
   for (const at::Tensor* t : {&k, &v})
     TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous() &&
                     t->sizes() == at::IntArrayRef({S, H, D}),

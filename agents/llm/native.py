@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_suffix(".cpp")
 SWITCH = "SLM_FLEET_NATIVE"  # "0": PyTorch's products only
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-std=c++17"]
+NATIVE_MAX_ROWS = 16  # bf16 and fp32 row products of up to this many rows run here
 
 
 @dataclass
@@ -57,6 +58,34 @@ class Status:
 
 
 _status = Status(False, 0.0, "not tried")
+
+
+STALE_LOCK_S = 300.0  # a build takes about 15 s: an older lock is a killed build's
+
+
+def _build_place(root: str) -> tuple[str, Path, Path]:
+    """The library's name, its build folder and a copy of the source inside it. The name is a
+    digest of what the build depends on (the source, the flags, torch, Python, the CPU), and
+    every process compiles the same copy, so checkouts at other paths (a phone's bundle, a
+    clean clone) reuse one build instead of rebuilding it in turn. A lock left by a build
+    that was killed is removed: PyTorch would wait on it forever."""
+    text = SOURCE.read_bytes()
+    key = f"{FLAGS} {torch.__version__} {sys.version_info[:2]} {_cpu_tag()}".encode()
+    name = f"slm_fleet_native_{hashlib.sha256(text + key).hexdigest()[:16]}"
+    folder = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or root) / name
+    folder.mkdir(parents=True, exist_ok=True)
+    source = folder / "native.cpp"
+    if not source.is_file():
+        tmp = folder / f".native.cpp.{os.getpid()}"
+        tmp.write_bytes(text)
+        os.replace(tmp, source)
+    lock = folder / "lock"
+    try:
+        if time.time() - lock.stat().st_mtime > STALE_LOCK_S:
+            lock.unlink()
+    except FileNotFoundError:
+        pass
+    return name, folder, source
 
 
 def _cpu_tag() -> str:
@@ -88,11 +117,13 @@ def ops() -> Any | None:
         venv_bin = str(Path(sys.executable).parent)  # the ninja of `pip install ninja`
         if shutil.which("ninja") is None and shutil.which("ninja", path=venv_bin):
             os.environ["PATH"] = f"{venv_bin}{os.pathsep}{env_path}"
+        name, folder, source = _build_place(cpp_extension.get_default_build_root())
         cpp_extension.load(
-            name=f"slm_fleet_native_{_cpu_tag()}",
-            sources=[str(SOURCE)],
+            name=name,
+            sources=[str(source)],
             extra_cflags=FLAGS,
             extra_ldflags=["-fopenmp"],
+            build_directory=str(folder),
             is_python_module=False,
             verbose=False,
         )

@@ -34,6 +34,7 @@ from agents.llm.blocked_head import (
     to_blocks,
 )
 from agents.llm.kv_context import KVContext
+from agents.llm.native import NATIVE_MAX_ROWS
 from agents.llm.rope import apply_rope, rope_signs, rope_tables
 from fleet.shapes import ModelArgs
 
@@ -54,7 +55,6 @@ class RMSNorm(nn.Module):
 
 
 SPLIT_MAX_ROWS = 16  # fp32 products of up to this many rows split in two on 2+ threads
-NATIVE_MAX_ROWS = 16  # bf16 and fp32 products of up to this many rows run in native.cpp
 
 
 class Linear(nn.Linear):
