@@ -194,15 +194,8 @@ at::Tensor int8_rows(const at::Tensor& x, const at::Tensor& w, const at::Tensor&
 
 // -- decode attention ---------------------------------------------------------------------
 
-inline float dot(const float* a, const float* b, int64_t n) {
-  vf acc = {};
-  int64_t i = 0;
-  for (; i + L <= n; i += L) acc += load(a + i) * load(b + i);
-  float s = hsum(acc);
-  for (; i < n; ++i) s += a[i] * b[i];
-  return s;
-}
-inline float dot(const float* a, const uint16_t* b, int64_t n) {
+template <typename C>  // C: fp32, or bf16 bits (uint16_t)
+inline float dot(const float* a, const C* b, int64_t n) {
   vf acc = {};
   int64_t i = 0;
   for (; i + L <= n; i += L) acc += load(a + i) * load(b + i);
@@ -210,16 +203,8 @@ inline float dot(const float* a, const uint16_t* b, int64_t n) {
   for (; i < n; ++i) s += a[i] * widen(b[i]);
   return s;
 }
-inline void axpy(float a, const float* x, float* y, int64_t n) {  // y += a * x
-  const vf av = {a, a, a, a, a, a, a, a};
-  int64_t i = 0;
-  for (; i + L <= n; i += L) {
-    const vf r = load(y + i) + av * load(x + i);
-    std::memcpy(y + i, &r, sizeof r);
-  }
-  for (; i < n; ++i) y[i] += a * x[i];
-}
-inline void axpy(float a, const uint16_t* x, float* y, int64_t n) {
+template <typename C>
+inline void axpy(float a, const C* x, float* y, int64_t n) {  // y += a * x
   const vf av = {a, a, a, a, a, a, a, a};
   int64_t i = 0;
   for (; i + L <= n; i += L) {
