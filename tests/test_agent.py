@@ -325,3 +325,22 @@ def test_per_app_apps_may_use_different_models_and_services_refuse_them(agent):
         client.deploy(replace(spec, paradigm=Paradigm.SLMAAS))
     assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT
     assert "only per_app can host" in err.value.reason
+
+
+def test_software_versions_are_read_once_a_process_and_handed_out_as_copies(monkeypatch):
+    """A Describe reads them on every call: from every distribution's metadata, about 4 ms."""
+    from fleet import hostinfo
+
+    hostinfo._software_versions.cache_clear()
+    reads: list[str] = []
+    monkeypatch.setattr(hostinfo.metadata, "version", lambda d: reads.append(d) or "1.0")
+    try:
+        first = hostinfo.software_versions(("x", "y"))
+        first["x"] = "changed by a caller"
+        assert hostinfo.software_versions(("x", "y"))["x"] == "1.0"
+        assert reads == ["x", "y"]
+        facts = hostinfo.host_facts()
+        facts["hostname"] = "changed by a caller"
+        assert hostinfo.host_facts()["hostname"] != "changed by a caller"
+    finally:
+        hostinfo._software_versions.cache_clear()

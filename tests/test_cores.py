@@ -80,3 +80,26 @@ def test_sharing_cores_is_explicit():
         assert not a["shared"] and b["shared"] and set(b["cpus"]) <= set(a["cpus"])
     finally:
         host.shutdown()
+
+
+def test_phones_sharing_a_core_on_the_same_host_are_marked_both_ways():
+    from fleet.coordinator.driver import core_sharers
+
+    cpus = {
+        "a": ("local", (0, 1)),
+        "b": ("local", (1,)),
+        "c": ("local", (2,)),
+        "d": ("host-2", (0,)),  # core 0 of another host
+        "e": ("local", (2, 0)),
+        "sim": ("local", ()),  # a simulated phone is pinned to nothing
+    }
+    assert core_sharers(cpus) == {
+        "a": ["b", "e"],
+        "b": ["a"],
+        "c": ["e"],
+        "d": [],
+        "e": ["a", "c"],
+        "sim": [],
+    }
+    many = {f"p{i}": ("local", (i,)) for i in range(1000)}
+    assert not any(core_sharers(many).values())
