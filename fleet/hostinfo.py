@@ -5,8 +5,8 @@
     host_facts()                             # {"hostname": ..., "cpu_count": 2, ...}
 
 Both are read once a process and copied after: neither changes while it runs, and reading them
-is slow (installed versions about 4 ms, from every distribution's metadata; a simulated phone
-answered each trial's Describe with them).
+is slow (installed versions about 4 ms, from every distribution's metadata; every Describe
+carries them, and a coordinator describes each phone as it comes up).
 """
 
 from __future__ import annotations
