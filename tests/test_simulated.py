@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -12,9 +13,11 @@ import urllib.request
 from dataclasses import replace
 
 import grpc
+import psutil
 import pytest
 from blocking import blocking, blocking_iter
 
+from agents.simulated import main as sim_main
 from agents.simulated.replay import SimulatedParadigm, replay_schedule
 from fleet.coordinator.agent_client import AgentClient, AgentError
 from fleet.coordinator.config import ConfigError, SimulatedPhone, load_experiment, parse_experiment
@@ -171,6 +174,9 @@ def test_one_process_serves_many_phones_over_grpc():
         phones = [SimulatedPhone(name=f"sim-{i}", memory_budget_mb=2048) for i in range(3)]
         started = host.start_simulated_phones(phones, "builtin")
         assert len({s["pid"] for s in started.values()}) == 1  # one process for all
+        # it yields the cores it shares with the coordinator it stands in for phones to
+        pid = started["sim-0"]["pid"]
+        assert psutil.Process(pid).nice() == min(19, os.nice(0) + sim_main.NICE)
         desc = host.describe("sim-1")
         assert desc.profile.name == "sim-1" and desc.profile.kind == "simulated"
         assert desc.host_facts["simulated"] == SIM.label

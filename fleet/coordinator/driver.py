@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from fleet import heap
 from fleet.coordinator.config import (
     AndroidPhone,
     Experiment,
@@ -619,7 +620,9 @@ class Coordinator:
             )
             dispatcher.stop_reason = "the run was stopped"
             if not self.stop.is_set():
-                dispatcher.run(by_phone)
+                self._settle_host_heaps()
+                with heap.settled():
+                    dispatcher.run(by_phone)
         except ForcedStop:
             pass
         except BaseException:
@@ -683,6 +686,17 @@ class Coordinator:
             self.store.mark_trials(pending, TrialStatus.NOT_RUN, f"never started ({why})")
         if running:
             self.store.mark_trials(running, TrialStatus.INTERRUPTED, f"cut short ({why})")
+
+    def _settle_host_heaps(self) -> None:
+        """The phones are up: each host actor's long-lived heap is frozen out of later garbage
+        collections, and its automatic collections stop (PhoneHost.settle_heap)."""
+        import ray
+
+        for actor in self._node_actors.values():
+            try:
+                ray.get(actor.settle_heap.remote(), timeout=30)
+            except Exception as exc:  # a dead host's trials fail on their own
+                log.warning("a phone host's heap not settled: %s", reason_of(exc))
 
     def _collect_agent_logs(self) -> None:
         """Each phone's agent log, from whichever host it ran on, into runs/<id>/agents/."""
