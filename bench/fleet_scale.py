@@ -5,7 +5,8 @@ Each size runs one experiment ``--runs`` times (medians shown, every run kept in
 ``kind: simulated`` phones replaying the embedded profile (measured by the real engine; see
 fleet/sim_profile.py), one SLMaaS trial per phone, one Poisson app; trials start at the
 experiment's default ``start_rate_per_s`` (50 a second: 1,000 phones over 20 s, the start
-spread is reported). Measured per size, from outside the run:
+spread is reported). The simulated phones' processes run at nice 10 (they stand in for phones'
+own CPUs: agents/simulated/main.py). Measured per size, from outside the run:
 
 - coordinator RSS: peak of the ``fleet run`` process plus its phone-host actor (Ray's own
   daemons and the simulated phones' process are reported apart);

@@ -1,4 +1,5 @@
-"""fleet.heap: a settled heap is frozen, collects on its own thread only, and comes back whole."""
+"""fleet.coordinator.heap: a settled heap is frozen, collects on its own thread only, and
+comes back whole."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import gc
 import time
 import weakref
 
-from fleet import heap
+from fleet.coordinator import heap
 from fleet.coordinator.phone_host import PhoneHost
 
 

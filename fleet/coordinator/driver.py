@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from fleet import heap
+from fleet.coordinator import heap
 from fleet.coordinator.config import (
     AndroidPhone,
     Experiment,

@@ -39,7 +39,7 @@ from typing import Any
 
 import grpc
 
-from fleet import heap
+from fleet.coordinator import heap
 from fleet.coordinator.agent_client import AgentClient, AgentError
 from fleet.records import AgentDescription, TrialSummary
 
@@ -324,9 +324,10 @@ class PhoneHost:
 
     def settle_heap(self) -> None:
         """The run's phones are up: this actor's long-lived heap is frozen and its automatic
-        garbage collections stop until shutdown (fleet.heap). At 1,000 phones its automatic
-        ones found no garbage, yet paused it 54 times over 3 ms after the bring-up (up to
-        0.28 s), and the trials' Deploys waited behind them: dispatch p90 76 ms, 26 without."""
+        garbage collections stop until shutdown (``heap.Settled``). At 1,000 phones its
+        automatic ones found no garbage, yet paused it 54 times over 3 ms after the bring-up
+        (up to 0.28 s), and the trials' Deploys waited behind them: dispatch p90 76 ms, 26
+        without."""
         if self._heap is None:
             self._heap = heap.Settled()
 
