@@ -26,7 +26,7 @@ MAX_PHONES = 10_000
 # Added to the process's nice value: simulated phones stand in for phones' own CPUs, so on the
 # coordinator's host they yield its cores to the coordinator, Ray and Prometheus they are
 # measuring. At 1,000 phones they took a whole core of two, and the trials' dispatch p50 was
-# 32-72 ms at the same nice value as the coordinator, 11-17 ms at this one.
+# 32-72 ms at the same nice value as the coordinator, 12-21 ms at this one.
 NICE = 10
 
 
