@@ -4,6 +4,7 @@ store and real coordinator metrics. The path through Ray is covered by test_flee
 
 from __future__ import annotations
 
+import threading
 import time
 import types
 
@@ -94,3 +95,55 @@ def test_a_failure_after_the_end_is_stored_does_not_store_it_again(dispatch, mon
     assert status == "completed"
     assert store.query("SELECT status FROM trials")[0][0] == "completed"
     assert store.query("SELECT COUNT(*) FROM requests")[0][0] == 2
+
+
+def test_a_trial_is_called_ahead_of_its_paced_start_and_timed_from_it(tmp_path, monkeypatch):
+    """Each trial's host call is made as soon as its start slot is given, with the slot's wall
+    time, so the call's trip to the host overlaps the wait; its dispatch time counts from the
+    slot to the Deploy (less the phone's own wait: a lost phone, a cooldown) and from the
+    summary to stored."""
+    monkeypatch.setattr(ray, "get", lambda ref, **_: ref)
+    store = ResultStore(tmp_path / "results.sqlite")
+    calls: dict[str, tuple[float, float]] = {}  # trial -> (called, start_at)
+    trials = {}
+    for phone in ("p", "q"):
+        store.add_trial(f"t-{phone}", phone=phone, paradigm="slmaas", workload="w", model="tiny",
+                        repetition=0, shared_cores=False)  # fmt: skip
+        trials[phone] = types.SimpleNamespace(
+            trial_id=f"t-{phone}", phone=phone, deploy_spec=lambda: None,
+            workload_run=lambda *_: None,
+        )  # fmt: skip
+
+    def remote(phone, _spec, _run, start_at):
+        calls[phone] = (time.time(), start_at)
+        summary = TrialSummary(TrialStatus.COMPLETED, num_requests=1, duration_s=1.0)
+        # the Deploy went 0.3 s after the start, 0.2 s of them waiting for the phone
+        end = TrialEnd(summary, "", [], None, start_at + 0.3, time.time(), phone_wait_s=0.2)
+        return iter([("deployed", DeployResult((), "random weights", 10, 20)), ("end", end)])
+
+    stops: list[str] = []
+    host = types.SimpleNamespace(
+        run_trial=types.SimpleNamespace(remote=remote),
+        stop_trial=types.SimpleNamespace(remote=stops.append),
+    )
+    metrics = FleetMetrics(run_id="r", experiment="e", registry=CollectorRegistry())
+
+    def dispatcher(rate_per_s: float) -> Dispatcher:
+        return Dispatcher(store, types.SimpleNamespace(metrics=metrics), {"p": host, "q": host},
+                          {}, 1.0, start_rate_per_s=rate_per_s)  # fmt: skip
+
+    statuses = dispatcher(2.0).run({"p": [trials["p"]], "q": [trials["q"]]})
+    assert statuses == {"t-p": "completed", "t-q": "completed"}
+    (first_called, first), (second_called, second) = sorted(calls.values(), key=lambda c: c[1])
+    assert second - first == pytest.approx(0.5, abs=0.05)  # slots 1/rate apart
+    assert second_called < second - 0.3  # called well before its slot
+    for t in store.query("SELECT dispatch_s FROM trials"):
+        assert 0.1 <= t[0] < 0.1 + 5.0  # 0.3 - 0.2 to the Deploy, then the summary to stored
+    # a stop while a called trial waits for its slot: its host is asked to stop that phone
+    # (the trial then never deploys), and the dispatcher leaves the trial pending
+    d = dispatcher(0.1)  # the second slot 10 s on
+    threading.Timer(0.5, d.stop.set).start()
+    t0 = time.monotonic()
+    statuses = d.run({"p": [trials["p"]], "q": [trials["q"]]})
+    assert time.monotonic() - t0 < 5.0 and len(statuses) == 1 and len(stops) == 2
+    store.close()

@@ -193,6 +193,19 @@ def test_one_process_serves_many_phones_over_grpc():
         assert sorted(r.request_id for r in records) == [f"kb/{i}" for i in range(4)]
         samples = [e for e in stream if isinstance(e, ResourceSample)]
         assert samples and all(s.pss_bytes > s.weights_bytes > 0 for s in samples)
+        # a trial called ahead of its start deploys at its start, not before; a stop before
+        # then ends it undeployed at once
+        start_at = time.time() + 0.5
+        trial = host.run_trial("sim-2", _spec(Paradigm.SLMAAS, app), run, start_at)
+        end = list(blocking_iter(trial))[-1][1]
+        assert end.summary is not None and start_at <= end.deploy_sent < start_at + 5.0
+        later = host.run_trial("sim-0", _spec(Paradigm.SLMAAS, app), run, time.time() + 60.0)
+        threading.Timer(0.3, lambda: blocking(host.stop_trial("sim-0"))).start()
+        t = time.monotonic()
+        assert list(blocking_iter(later)) == [
+            ("failed", "the run was stopped before the trial deployed")
+        ]
+        assert time.monotonic() - t < 10.0
         # each phone's own /metrics; the other phones' are apart
         text = urllib.request.urlopen(
             f"http://{started['sim-1']['metrics_address']}{started['sim-1']['metrics_path']}"

@@ -4,7 +4,10 @@ One thread per phone (each phone has cores of its own), its trials in the plan's
 optional cooldown between them; each trial a Ray streaming generator of event batches, each batch
 committed as it arrives. Trial starts are paced fleet-wide (``start_rate_per_s``): a thousand
 phones start over seconds, not in one burst that the store and the host actors would queue, and
-their trials end as spread out. A phone that never came up, an agent fault or a dead host actor
+their trials end as spread out. A trial's Ray call is made as soon as its start slot is given,
+with the slot's time: its host actor deploys it at that time, so the call's trip to the host
+(two to five milliseconds of Ray on a 2-core machine) overlaps the wait for the slot instead of
+delaying the Deploy. A phone that never came up, an agent fault or a dead host actor
 fails that trial with the reason and the records already stored stay; the other trials go on.
 
 A stop (``stop.set()``, from the coordinator's signal handler) starts no further trial, asks the
@@ -38,13 +41,22 @@ class StartPacer:
         self._next = time.monotonic()
         self._lock = threading.Lock()
 
-    def wait(self, stop: threading.Event) -> bool:
-        """Wait for this start's slot; False when stopped first."""
+    def reserve(self) -> float:
+        """This start's slot (``time.monotonic()`` seconds): now, or the next free one."""
         with self._lock:
-            now = time.monotonic()
-            slot = max(now, self._next)
+            slot = max(time.monotonic(), self._next)
             self._next = slot + self.interval_s
-        return not stop.wait(slot - now) if slot > now else not stop.is_set()
+        return slot
+
+    @staticmethod
+    def wait_until(slot: float, stop: threading.Event) -> bool:
+        """Wait for ``slot``; False when stopped first."""
+        left = slot - time.monotonic()
+        return not stop.wait(left) if left > 0 else not stop.is_set()
+
+    def wait(self, stop: threading.Event) -> bool:
+        """Reserve a slot and wait for it; False when stopped first."""
+        return self.wait_until(self.reserve(), stop)
 
 
 def reason_of(exc: BaseException) -> str:
@@ -113,11 +125,16 @@ class Dispatcher:
                 self.stop.wait(self.cooldown_s)
             with self._busy_lock:  # before the check: a stop after it sees this phone
                 self._busy.add(trial.phone)
-            if not self.pacer.wait(self.stop):
+            if self.stop.is_set():
                 break  # the rest stay pending: the coordinator marks them not_run
+            slot = self.pacer.reserve()
+            start_at = time.time() + max(0.0, slot - time.monotonic())
+            stream = self._submit(trial, start_at)
+            if not self.pacer.wait_until(slot, self.stop):
+                break  # its host was asked to stop this phone too: the trial never deploys
             self._advance(task, trial, 0)
             try:
-                statuses[trial.trial_id] = self.run_trial(trial, task)
+                statuses[trial.trial_id] = self.run_trial(trial, task, stream, start_at)
             except Exception as exc:  # a bug or a store error fails this trial, not the domain
                 reason = f"coordinator error: {reason_of(exc)}"
                 self.store.finish_trial(trial.trial_id, TrialStatus.FAILED, reason)
@@ -128,9 +145,32 @@ class Dispatcher:
             if task is not None:
                 self.progress.advance(task)
 
-    def run_trial(self, trial: Trial, task: Any = None) -> str:
+    def _submit(self, trial: Trial, start_at: float) -> Any:
+        """The trial's Ray call to its phone's host, to deploy at ``start_at`` (wall clock):
+        its stream of items, the exception that made the call fail, or None for a phone that
+        never came up."""
+        if trial.phone in self.phone_errors:
+            return None
+        try:
+            return self.hosts[trial.phone].run_trial.remote(
+                trial.phone,
+                trial.deploy_spec(),
+                trial.workload_run(self.sample_interval_s, self.drain_s),
+                start_at,
+            )
+        except Exception as exc:  # run_trial stores it as the trial's failure
+            return exc
+
+    def run_trial(
+        self, trial: Trial, task: Any = None, stream: Any = None, start_at: float = 0.0
+    ) -> str:
+        """Run one trial to its end and store it; ``stream``: its call made ahead by
+        ``_submit`` for ``start_at`` (else the call is made now)."""
         import ray
 
+        if stream is None:
+            start_at = time.time()
+            stream = self._submit(trial, start_at)
         metrics = self.observer.metrics
         metrics.trial_state("pending", "running")
         self.store.start_trial(trial.trial_id)
@@ -146,13 +186,10 @@ class Dispatcher:
             return TrialStatus.FAILED.value
         n_records = 0
         status, reason = TrialStatus.FAILED, "no result"
-        started, stored = time.time(), False
+        stored = False
         try:
-            stream = self.hosts[trial.phone].run_trial.remote(
-                trial.phone,
-                trial.deploy_spec(),
-                trial.workload_run(self.sample_interval_s, self.drain_s),
-            )
+            if isinstance(stream, Exception):
+                raise stream
             for ref in stream:  # to its end: the host resets the phone after the last item
                 kind, payload = ray.get(ref)
                 if kind == "deployed":
@@ -165,7 +202,7 @@ class Dispatcher:
                 elif kind == "thermal":
                     self.store.note_thermal(trial.trial_id, *payload)
                 elif kind == "end":  # the trial's last item: stored at once, in one go
-                    status, reason, got = self._end(trial, payload, started)
+                    status, reason, got = self._end(trial, payload, start_at)
                     n_records += got
                     stored = True
                     self._advance(task, trial, n_records)
@@ -183,12 +220,14 @@ class Dispatcher:
             self.trial_log.finished(trial, status.value, n_records, reason)
         return status.value
 
-    def _end(self, trial: Trial, end: Any, started: float) -> tuple[TrialStatus, str, int]:
+    def _end(self, trial: Trial, end: Any, start_at: float) -> tuple[TrialStatus, str, int]:
         """Store a trial's end (a phone_host.TrialEnd): its last events, its summary or why it
         failed, in one transaction; then, for a trial that ran to its summary, the coordinator's
-        own time on it (``dispatch_s``): from deciding to run it until its Deploy was sent, and
-        from its summary's arrival at the host until it is stored. Returns the status and
-        reason stored and the records stored with them."""
+        own time on it (``dispatch_s``): from its start time (its paced slot, or when it was
+        decided on, whichever is later) until its Deploy was sent (less the time an Android
+        phone was waited for, lost or cooling down), and from its summary's arrival at the host
+        until it is stored. Returns the status and reason stored and the
+        records stored with them."""
         summary = end.summary
         if summary is not None:
             status, reason = summary.status, summary.reason
@@ -201,7 +240,7 @@ class Dispatcher:
         try:  # the trial is stored: a failure from here on must not store it again as failed
             self.observer.metrics.records_stored(trial.phone, got)
             if end.summary_got:
-                to_deploy = end.deploy_sent - started
+                to_deploy = end.deploy_sent - start_at - end.phone_wait_s
                 to_store = time.time() - end.summary_got
                 log.debug(
                     "trial %s: dispatch %.1f ms to its Deploy, %.1f ms from its summary to stored",

@@ -70,6 +70,7 @@ class TrialEnd:
     thermal: tuple[str, float, float] | None  # ("end", battery C, 0.0): Android phones only
     deploy_sent: float  # wall clock when the Deploy was sent
     summary_got: float  # wall clock when the summary reached the host (0.0: it never did)
+    phone_wait_s: float = 0.0  # before the Deploy, waiting for a lost phone or its cooldown
 
 
 class CoreError(RuntimeError):
@@ -141,6 +142,7 @@ class PhoneHost:
         self._relay: Any = None  # this host's /metrics relay, made on first use
         self._logs: dict[str, deque] = {}  # virtual phone -> its agent's last output lines
         self._stop_flags: dict[str, threading.Event] = {}  # phone -> a stop was asked for
+        self._slot_waits: dict[str, asyncio.Future] = {}  # phone -> its trial's wait to start
         self._streaming = 0  # trials of this host streaming now
         self._blocking: ThreadPoolExecutor | None = None  # for adb and waits, made on first use
         self._heap: heap.Settled | None = None  # once the run's phones are up
@@ -335,14 +337,19 @@ class PhoneHost:
         return self._clients[name].describe()
 
     async def run_trial(
-        self, name: str, deploy_spec, workload_run
+        self, name: str, deploy_spec, workload_run, start_at: float = 0.0
     ) -> AsyncIterator[tuple[str, object]]:
-        """Deploy, run the workload, reset; yields ("deployed", DeployResult), ("events", [..])
-        while the workload runs, then ("end", TrialEnd): the summary (or why the workload
-        failed) with the events that came with it, in one item. A trial that never deployed
-        yields ("failed", reason) instead. An Android phone also yields ("thermal", ("start",
-        battery C, cooldown s)) before deploying. Never raises for agent faults."""
+        """At ``start_at`` (wall clock; the coordinator calls ahead of a trial's paced start,
+        so that the call's trip here does not delay its Deploy) deploy, run the workload,
+        reset; yields ("deployed", DeployResult), ("events", [..]) while the workload runs,
+        then ("end", TrialEnd): the summary (or why the workload failed) with the events that
+        came with it, in one item. A trial that never deployed yields ("failed", reason)
+        instead. An Android phone also yields ("thermal", ("start", battery C, cooldown s))
+        before deploying. Never raises for agent faults; a stop before ``start_at`` ends the
+        wait."""
+        await self._start_at(name, start_at)
         android = name in self._android
+        ready_at = time.time()
         if android and (lost := await self._in_thread(self._await_phone, name, LOST_PHONE_WAIT_S)):
             yield "failed", lost
             return
@@ -352,6 +359,7 @@ class PhoneHost:
             return
         if android and (thermal := await self._in_thread(self._thermal, name, "start")):
             yield "thermal", thermal
+        phone_wait_s = time.time() - ready_at if android else 0.0
         if self._stopping(name).is_set():
             self._stopping(name).clear()
             yield "failed", "the run was stopped before the trial deployed"
@@ -403,11 +411,27 @@ class PhoneHost:
                     thermal=thermal,
                     deploy_sent=deploy_sent,
                     summary_got=summary_got,
+                    phone_wait_s=phone_wait_s,
                 ),
             )
         finally:  # after the trial's last item: the coordinator stores it meanwhile, and starts
             await _reset_quietly(client)  # the phone's next trial once this stream has ended
             self._stopping(name).clear()  # asked of this trial; it has ended
+
+    async def _start_at(self, name: str, start_at: float) -> None:
+        """Wait until ``start_at`` (wall clock) or a stop of this phone (``stop_trial``)."""
+        delay = start_at - time.time()
+        if delay <= 0 or self._stopping(name).is_set():
+            return
+        loop = asyncio.get_running_loop()
+        woken = self._slot_waits[name] = loop.create_future()
+        timer = loop.call_later(delay, _settle, woken)
+        try:
+            await woken
+        finally:
+            timer.cancel()
+            if self._slot_waits.get(name) is woken:
+                del self._slot_waits[name]
 
     def _batch_interval(self) -> float:
         """How long a trial's events gather before they ship: the host ships about
@@ -576,6 +600,8 @@ class PhoneHost:
         """Ask the phone's agent to end its running workload early; True if one was running. A
         trial still cooling down or waiting for its phone does not deploy."""
         self._stopping(name).set()
+        if (waiting := self._slot_waits.get(name)) is not None:
+            _settle(waiting)  # its trial has not started: it ends now, undeployed
         client = self._clients.get(name)
         if client is None:
             return False
@@ -614,6 +640,11 @@ class PhoneHost:
             self._blocking.shutdown(wait=False, cancel_futures=True)
         if self._heap is not None:
             self._heap.release()
+
+
+def _settle(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 async def _reset_quietly(client: AgentClient) -> None:
