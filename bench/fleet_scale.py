@@ -12,7 +12,7 @@ own CPUs: agents/simulated/main.py). Measured per size, from outside the run:
   daemons and the simulated phones' process are reported apart);
 - CPU seconds of the same, per trial (and every role's CPU seconds: phones, Ray, Prometheus);
 - dispatch overhead per trial (the store's ``dispatch_s``): the coordinator's own time, from
-  deciding to run the trial until its Deploy is sent and from its summary's arrival until the
+  the trial's start slot until its Deploy is sent and from its summary's arrival until the
   trial is stored, p50 and p90; beside it, everything beyond the phone's own load and workload
   time (``beyond phone``: the RPCs and the one simulated-phone process's queueing included) and
   the phones' workload time against its nominal duration (a saturated host stretches it);
