@@ -99,9 +99,9 @@ def test_a_failure_after_the_end_is_stored_does_not_store_it_again(dispatch, mon
 
 def test_a_trial_is_called_ahead_of_its_paced_start_and_timed_from_it(tmp_path, monkeypatch):
     """Each trial's host call is made as soon as its start slot is given, with the slot's wall
-    time, so the call's trip to the host overlaps the wait; its dispatch time counts from the
-    slot to the Deploy (less the phone's own wait: a lost phone, a cooldown) and from the
-    summary to stored."""
+    time (in the host's clock), so the call's trip to the host overlaps the wait; its dispatch
+    time counts from the slot to the Deploy (less the phone's own wait: a lost phone, a
+    cooldown) and from the summary to stored, the host's times taken back to this clock."""
     monkeypatch.setattr(ray, "get", lambda ref, **_: ref)
     store = ResultStore(tmp_path / "results.sqlite")
     calls: dict[str, tuple[float, float]] = {}  # trial -> (called, start_at)
@@ -114,11 +114,14 @@ def test_a_trial_is_called_ahead_of_its_paced_start_and_timed_from_it(tmp_path, 
             workload_run=lambda *_: None,
         )  # fmt: skip
 
-    def remote(phone, _spec, _run, start_at):
-        calls[phone] = (time.time(), start_at)
+    offsets = {"p": 100.0, "q": -50.0}  # each host's clock less the coordinator's
+
+    def remote(phone, _spec, _run, start_at):  # start_at, and the end's times: the host's clock
+        calls[phone] = (time.time(), start_at - offsets[phone])
         summary = TrialSummary(TrialStatus.COMPLETED, num_requests=1, duration_s=1.0)
         # the Deploy went 0.3 s after the start, 0.2 s of them waiting for the phone
-        end = TrialEnd(summary, "", [], None, start_at + 0.3, time.time(), phone_wait_s=0.2)
+        got = time.time() + offsets[phone]
+        end = TrialEnd(summary, "", [], None, start_at + 0.3, got, phone_wait_s=0.2)
         return iter([("deployed", DeployResult((), "random weights", 10, 20)), ("end", end)])
 
     stops: list[str] = []
@@ -130,7 +133,8 @@ def test_a_trial_is_called_ahead_of_its_paced_start_and_timed_from_it(tmp_path, 
 
     def dispatcher(rate_per_s: float) -> Dispatcher:
         return Dispatcher(store, types.SimpleNamespace(metrics=metrics), {"p": host, "q": host},
-                          {}, 1.0, start_rate_per_s=rate_per_s)  # fmt: skip
+                          {}, 1.0, start_rate_per_s=rate_per_s,
+                          clock_offsets=offsets)  # fmt: skip
 
     statuses = dispatcher(2.0).run({"p": [trials["p"]], "q": [trials["q"]]})
     assert statuses == {"t-p": "completed", "t-q": "completed"}

@@ -132,6 +132,13 @@ def test_an_experiment_spans_emulated_phones_on_two_hosts(tmp_path):
         (failed, why), (after, _) = outcomes["ph-hub-b"]  # cut, then back for the next one
         assert (failed, after) == ("failed", "completed") and why, outcomes
         assert scraped == {"ph-hub-a", "ph-hub-b"}, log.read_text()[-3000:]
+        # the other host's clock was compared with the coordinator's, and the dispatch times,
+        # taken on both, came out sane
+        assert "its clock is" in (tmp_path / "runs" / "r" / "fleet.log").read_text()
+        dispatch = [
+            d for (d,) in db.execute("SELECT dispatch_s FROM trials WHERE status='completed'")
+        ]
+        assert len(dispatch) == 3 and all(0.0 <= d < 5.0 for d in dispatch), dispatch
         report = (tmp_path / "runs" / "r" / "report.html").read_text()
         temps = report[report.index("Phone temperatures") :]
         assert "ph-hub-a" in temps and "ph-hub-b" in temps  # battery at trial start and end

@@ -79,6 +79,7 @@ class Dispatcher:
         drain_s: float = 30.0,
         stop: threading.Event | None = None,
         trial_log: Any = None,
+        clock_offsets: dict[str, float] | None = None,
     ):
         self.store = store
         self.observer = observer
@@ -92,6 +93,9 @@ class Dispatcher:
         self.stop = stop or threading.Event()
         self.stop_reason = "the run was stopped"
         self.trial_log = trial_log  # a progress.RunProgress: lines and the run log, or None
+        # phone -> its host's wall clock less this one's (host_clock): a start slot is sent in
+        # the host's time, and the host's times come back to this one's
+        self.clock_offsets = clock_offsets or {}
         self._busy: set[str] = set()  # phones that have begun trials (a stop asks each to Stop)
         self._busy_lock = threading.Lock()
 
@@ -156,7 +160,7 @@ class Dispatcher:
                 trial.phone,
                 trial.deploy_spec(),
                 trial.workload_run(self.sample_interval_s, self.drain_s),
-                start_at,
+                start_at + self.clock_offsets.get(trial.phone, 0.0),
             )
         except Exception as exc:  # run_trial stores it as the trial's failure
             return exc
@@ -240,8 +244,9 @@ class Dispatcher:
         try:  # the trial is stored: a failure from here on must not store it again as failed
             self.observer.metrics.records_stored(trial.phone, got)
             if end.summary_got:
-                to_deploy = end.deploy_sent - start_at - end.phone_wait_s
-                to_store = time.time() - end.summary_got
+                offset = self.clock_offsets.get(trial.phone, 0.0)  # the host's times, here
+                to_deploy = end.deploy_sent - offset - start_at - end.phone_wait_s
+                to_store = time.time() - (end.summary_got - offset)
                 log.debug(
                     "trial %s: dispatch %.1f ms to its Deploy, %.1f ms from its summary to stored",
                     trial.trial_id,

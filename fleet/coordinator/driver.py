@@ -22,6 +22,7 @@ run again as new attempts that supersede the partial ones.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import secrets
@@ -605,6 +606,7 @@ class Coordinator:
             for t in trials:  # in the plan's order
                 by_phone.setdefault(t.phone, []).append(t)
             hosts = {p: self._hosts[h] for p, h in self._phone_host.items() if h in self._hosts}
+            offsets = self._host_clock_offsets()
             dispatcher = Dispatcher(
                 self.store,
                 self.observer,
@@ -617,6 +619,7 @@ class Coordinator:
                 drain_s=self.exp.drain_s,
                 stop=self.stop,
                 trial_log=RunProgress(trials, self.exp.drain_s, say=self.say, lines=self.lines),
+                clock_offsets={p: offsets.get(id(a), 0.0) for p, a in hosts.items()},
             )
             dispatcher.stop_reason = "the run was stopped"
             if not self.stop.is_set():
@@ -687,6 +690,36 @@ class Coordinator:
         if running:
             self.store.mark_trials(running, TrialStatus.INTERRUPTED, f"cut short ({why})")
 
+    def _host_clock_offsets(self) -> dict[int, float]:
+        """{id(host actor): its wall clock less this one's} for the actors on other nodes (the
+        driver's own node shares its clock): a trial's start slot and the host's times in its
+        dispatch figure are compared through it, so a host whose clock is off by milliseconds
+        does not shift them."""
+        import ray
+
+        from fleet.coordinator.host_clock import clock_offset
+
+        here = ray.get_runtime_context().get_node_id()
+        out: dict[int, float] = {}
+        for node_id, actor in self._node_actors.items():
+            if node_id == here:
+                continue
+            try:
+                offset, error = clock_offset(functools.partial(_read_clock, actor))
+            except Exception as exc:  # a dead host's trials fail on their own
+                log.warning("a phone host's clock not read: %s", reason_of(exc))
+                continue
+            out[id(actor)] = offset
+            say = log.warning if abs(offset) > 1.0 else log.info
+            say(
+                "node %s: its clock is %+.1f ms from the coordinator's (+/- %.1f ms); "
+                "dispatch times are corrected by it",
+                node_id[:12],
+                offset * 1e3,
+                error * 1e3,
+            )
+        return out
+
     def _settle_host_heaps(self) -> None:
         """The phones are up: each host actor's long-lived heap is frozen out of later garbage
         collections, and its automatic collections stop (PhoneHost.settle_heap)."""
@@ -728,3 +761,9 @@ class Coordinator:
         finally:
             self._hosts.clear()
             self._node_actors.clear()
+
+
+def _read_clock(actor: Any) -> float:
+    import ray
+
+    return ray.get(actor.clock.remote(), timeout=10)

@@ -324,6 +324,11 @@ class PhoneHost:
             self._blocking = ThreadPoolExecutor(BLOCKING_THREADS, thread_name_prefix="phone")
         return await asyncio.get_running_loop().run_in_executor(self._blocking, fn, *args)
 
+    def clock(self) -> float:
+        """This host's wall clock (``host_clock.clock_offset`` compares it with the
+        coordinator's)."""
+        return time.time()
+
     def settle_heap(self) -> None:
         """The run's phones are up: this actor's long-lived heap is frozen and its automatic
         garbage collections stop until shutdown (``heap.Settled``). At 1,000 phones its
