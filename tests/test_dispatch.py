@@ -151,3 +151,29 @@ def test_a_trial_is_called_ahead_of_its_paced_start_and_timed_from_it(tmp_path, 
     statuses = d.run({"p": [trials["p"]], "q": [trials["q"]]})
     assert time.monotonic() - t0 < 5.0 and len(statuses) == 1 and len(stops) == 2
     store.close()
+
+
+def test_a_trial_called_ahead_is_cancelled_when_the_coordinator_fails_it(tmp_path, monkeypatch):
+    """A coordinator error before the trial is read (here the store refusing its start) fails
+    it and cancels its host call, which would otherwise deploy and run on unobserved."""
+    store = ResultStore(tmp_path / "results.sqlite")
+    store.add_trial("t1", phone="p", paradigm="slmaas", workload="w", model="tiny", repetition=0,
+                    shared_cores=False)  # fmt: skip
+    call = object()  # the Ray call's stream
+    cancelled: list = []
+    monkeypatch.setattr(ray, "cancel", lambda ref, **_: cancelled.append(ref))
+
+    def full(*_):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ResultStore, "start_trial", full)
+    host = types.SimpleNamespace(run_trial=types.SimpleNamespace(remote=lambda *_: call))
+    metrics = FleetMetrics(run_id="r", experiment="e", registry=CollectorRegistry())
+    d = Dispatcher(store, types.SimpleNamespace(metrics=metrics), {"p": host}, {}, 1.0)
+    trial = types.SimpleNamespace(
+        trial_id="t1", phone="p", deploy_spec=lambda: None, workload_run=lambda *_: None
+    )
+    assert d.run({"p": [trial]}) == {"t1": "failed"}
+    assert cancelled == [call]
+    assert store.query("SELECT reason FROM trials")[0][0] == "coordinator error: OSError: disk full"
+    store.close()

@@ -59,6 +59,18 @@ class StartPacer:
         return self.wait_until(self.reserve(), stop)
 
 
+def _cancel(stream: Any) -> None:
+    """Cancel a trial's host call (a Ray ObjectRefGenerator); a finished one is left as it is.
+    The host's coroutine ends: undeployed if it was waiting for its start, else its phone is
+    reset."""
+    import ray
+
+    try:
+        ray.cancel(stream)
+    except Exception:  # not a Ray call (None, an exception), or already gone
+        pass
+
+
 def reason_of(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[-1] if text else ''}"[:500]
@@ -140,6 +152,7 @@ class Dispatcher:
             try:
                 statuses[trial.trial_id] = self.run_trial(trial, task, stream, start_at)
             except Exception as exc:  # a bug or a store error fails this trial, not the domain
+                _cancel(stream)  # called ahead: it must not run on unobserved
                 reason = f"coordinator error: {reason_of(exc)}"
                 self.store.finish_trial(trial.trial_id, TrialStatus.FAILED, reason)
                 self.observer.metrics.trial_state("running", "failed")
