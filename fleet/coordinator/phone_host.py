@@ -376,7 +376,19 @@ class PhoneHost:
             except AgentError as err:  # unreachable: a moment to come back, then "not healthy"
                 if err.code is not grpc.StatusCode.UNAVAILABLE:
                     raise
-                await client.wait_healthy_async(timeout_s=5.0)
+                try:
+                    await client.wait_healthy_async(timeout_s=5.0)
+                except AgentError:
+                    if not android:
+                        raise
+                    # its cable was pulled as the last trial ended, before its agent's end was
+                    # seen: by now it is, and the phone gets the lost phone's bounded wait
+                    waited = time.time()
+                    lost = await self._in_thread(self._await_phone, name, LOST_PHONE_WAIT_S)
+                    phone_wait_s += time.time() - waited
+                    if lost:
+                        raise AgentError(None, lost) from None
+                    client = self._clients.get(name, client)  # a rejoined agent's new client
                 deployed = await client.deploy_async(deploy_spec)
         except AgentError as err:
             yield "failed", err.reason
