@@ -50,8 +50,9 @@ def threads(request):
 @pytest.mark.parametrize("threads", [1, 2], indirect=True)
 @pytest.mark.parametrize("k", [64, 100, 120, 576])  # 100, 120: tails after the vector loops
 def test_products_equal_float64_at_every_tile_shape(threads, k):
-    """1 to 17 rows (every tile: 8, 4, 3, 2, 1 rows, and mixes of them) against 2 to 37 weight
-    rows (tiles of three, remainders, a block split between threads)."""
+    """1 to 17 rows (every tile: 4, 3, 2, 1 rows, and 4 with a rest of 1 to 3) against 2 to 37
+    weight rows (groups of three or two, remainders, a block split between threads; groups
+    that prefetch the group ahead and the last groups, which do not)."""
     gen = torch.Generator().manual_seed(k)
     for n in (2, 5, 37):
         w = torch.randn(n, k, generator=gen).bfloat16()
