@@ -175,9 +175,9 @@ void groups(const W* w, const at::BFloat16* scales, int64_t K, int64_t N, const 
 // (one row: eight rows ahead; not for fp32, whose one-row product, bound by the memory's
 // bandwidth, ran 0.92x with it). SmolLM-135M's 210 matrices, one thread, interleaved against
 // the previous kernels (eight rows against one weight row, a pass of the matrix for each four
-// rows after eight, no prefetching): eight rows bf16 1.03x, int8 1.25x, fp32 1.02x (two
-// threads: 1.14x, 1.26x, 1.02x); sixteen rows 1.23x, 1.26x, 1.26x; int8 24 rows 1.40x; one row
-// bf16 1.21x, int8 1.09x.
+// rows after eight, no prefetching): eight rows bf16 1.03-1.10x, int8 1.21-1.28x, fp32
+// 1.02-1.08x (two threads: 1.14x, 1.26x, 1.02x); sixteen rows 1.23-1.26x; int8 24 rows 1.40x;
+// one row bf16 1.12-1.21x, int8 1.09-1.20x, fp32 1.03x.
 template <typename W, typename Y>
 void rows(const W* w, const at::BFloat16* scales, int64_t K, int64_t N, const float* x, int64_t M, Y* y) {
   constexpr int D1 = sizeof(W) == 4 ? 0 : 8;
