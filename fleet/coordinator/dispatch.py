@@ -112,12 +112,14 @@ class Dispatcher:
         self._busy_lock = threading.Lock()
 
     def run(self, domains: dict[str, list[Trial]]) -> dict[str, str]:
-        """Run every phone's trials, phones in parallel; returns trial_id -> status."""
+        """Run every phone's trials, phones in parallel; returns trial_id -> status. A stop's
+        asks to the phones' hosts have been answered (or timed out) by the time it returns."""
         statuses: dict[str, str] = {}
         finished = threading.Event()
-        threading.Thread(
+        stopper = threading.Thread(
             target=self._stop_when_asked, args=(finished,), daemon=True, name="stopper"
-        ).start()
+        )
+        stopper.start()
         threads = [
             threading.Thread(
                 target=self._run_domain, args=(d, ts, statuses), name=f"domain-{d}", daemon=True
@@ -132,6 +134,10 @@ class Dispatcher:
                     th.join(timeout=0.5)
         finally:
             finished.set()
+        # the domains can end first (a stop wakes their slot waits at once): the asks of a stop
+        # must still reach the hosts before the run moves on (and, say, shuts Ray down)
+        while stopper.is_alive():
+            stopper.join(timeout=0.5)
         return statuses
 
     def _run_domain(self, domain: str, trials: list[Trial], statuses: dict[str, str]) -> None:
